@@ -1,0 +1,87 @@
+"""TF Hub feature-vector backbones, wrapped as a Keras 3 layer.
+
+`hub.KerasLayer` is a tf-keras (Keras 2) layer and cannot sit in a Keras 3
+model, so `HubFeatures` holds `hub.load(handle)` and calls it. `hub.load`
+accepts a local SavedModel directory, which is how tests run offline. The
+model is opaque to Keras: no inner layers, so Grad-CAM needs a flat backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+
+from engine.errors import BackboneUnavailable
+
+
+def _hub_cache_dir() -> Path:
+    return Path(os.environ.get("TFHUB_CACHE_DIR") or Path(tempfile.gettempdir()) / "tfhub_modules")
+
+
+def is_local(handle: str) -> bool:
+    return "://" not in handle
+
+
+def handle_ready(handle: str) -> bool:
+    """True when the SavedModel is on disk: a local path, or already in the hub cache."""
+    folder = Path(handle) if is_local(handle) else _hub_cache_dir() / hashlib.sha1(handle.encode()).hexdigest()
+    return (folder / "saved_model.pb").is_file()
+
+
+def load_module(handle: str, bundled_names: list[str]):
+    """hub.load with errors turned into a clear BackboneUnavailable."""
+    if is_local(handle) and not Path(handle).is_dir():
+        raise BackboneUnavailable(f"TF Hub SavedModel folder {handle} does not exist.")
+    try:
+        import tensorflow_hub as hub
+
+        return hub.load(handle)
+    except Exception as exc:  # network, HTTP, bad SavedModel: all unusable here
+        raise BackboneUnavailable(
+            f"could not load the TF Hub model {handle} ({type(exc).__name__}: {str(exc)[:300]}). "
+            f"Remote handles need network on first use; backbones that work offline: "
+            f"{', '.join(bundled_names)}."
+        ) from exc
+
+
+@keras.saving.register_keras_serializable(package="convscope")
+class HubFeatures(keras.layers.Layer):
+    """A frozen TF Hub feature vector: (N, H, W, 3) in [0, 1] -> (N, D)."""
+
+    def __init__(self, handle: str, output_dim: int, module=None, **kwargs) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.handle = handle
+        self.output_dim = int(output_dim)
+        self._module = module if module is not None else load_module(handle, [])
+
+    def call(self, images):
+        return self._module(images)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_dim)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "handle": self.handle, "output_dim": self.output_dim}
+
+
+def build(name: str, handle: str, image_size: int, bundled_names: list[str]) -> keras.Model:
+    """Model (N, S, S, 3) in [0, 1] -> features (N, D)."""
+    import numpy as np
+
+    module = load_module(handle, bundled_names)
+    probe = np.zeros((1, image_size, image_size, 3), np.float32)
+    try:
+        dim = int(module(probe).shape[-1])
+    except Exception as exc:
+        raise BackboneUnavailable(
+            f"TF Hub model {handle} is not an image feature vector taking (N, {image_size}, {image_size}, 3) "
+            f"images: {str(exc)[:300]}"
+        ) from exc
+    inputs = keras.Input((image_size, image_size, 3), name="input_image")
+    outputs = HubFeatures(handle, dim, module=module, name="hub_features")(inputs)
+    return keras.Model(inputs, outputs, name=name)

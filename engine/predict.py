@@ -1,0 +1,83 @@
+"""ImageNet prediction with a backbone's own classification head."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine import backbones, imaging
+from engine.imagenet import imagenet_labels
+
+
+@dataclass(frozen=True)
+class Top:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: top-k classes, the image as the network saw it, timing."""
+
+    image: str
+    top: list[Top]
+    model_input: np.ndarray  # (S, S, 3) uint8, after resizing
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"image": self.image, "top": [t.__dict__ for t in self.top], "seconds": round(self.seconds, 4)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, stable for large values."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ImageNetClassifier:
+    """A backbone with its ImageNet head. Read-only after construction, so one
+    instance can be shared by every session and thread (never train it)."""
+
+    def __init__(self, backbone: str = backbones.DEFAULT_BACKBONE) -> None:
+        self.spec = backbones.get_spec(backbone)
+        t0 = time.perf_counter()
+        self.model = backbones.load(backbone, include_top=True)
+        self.load_seconds = time.perf_counter() - t0
+        self.input_size = int(self.model.input_shape[1])
+        self.labels = imagenet_labels()
+        # Keras models are not guaranteed re-entrant under concurrent calls from
+        # many threads; a lock keeps shared-model predictions correct.
+        self._lock = threading.Lock()
+
+    def predict(self, images: list[tuple[str, np.ndarray]], top_k: int = 5) -> list[Prediction]:
+        """Classify RGB images.
+
+        Args:
+            images: (name, (H, W, 3) uint8 array) pairs.
+            top_k: how many classes to report per image (1..1000).
+
+        Returns:
+            One Prediction per image, in order.
+        """
+        if not 1 <= top_k <= len(self.labels):
+            raise ValueError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        resized = np.stack([imaging.resize(rgb, self.input_size) for _, rgb in images])
+        x = self.spec.preprocess(resized.astype(np.float32))
+        with self._lock:
+            logits = np.asarray(self.model(x, training=False))
+        probs = softmax(logits.astype(np.float64))
+        per_image = (time.perf_counter() - t0) / len(images)
+        out = []
+        for (name, _), p, seen in zip(images, probs, resized, strict=True):
+            order = np.argsort(-p)[:top_k]
+            top = [Top(int(i), self.labels[i], float(p[i])) for i in order]
+            out.append(Prediction(name, top, seen, per_image))
+        return out

@@ -1,0 +1,72 @@
+"""Operator settings, read from environment variables (no UI can change them).
+
+- CONVSCOPE_CACHE_DIR: where converted backbones are cached
+  (default: $XDG_CACHE_HOME/convscope or ~/.cache/convscope).
+- CONVSCOPE_HUB_MODELS: extra TF Hub handles or local SavedModel paths the
+  operator allows, `name=handle[@size]` separated by `;`. Users can pick only
+  these and the built-in handles; they can never type a handle of their own.
+- CONVSCOPE_MAX_IMAGE_PIXELS: decoded images larger than this are refused
+  (default 40 megapixels).
+- CONVSCOPE_MAX_UPLOAD_MB: largest single image upload accepted (default 20).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The directory for converted backbones; created on first use."""
+    env = os.environ.get("CONVSCOPE_CACHE_DIR")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(base) / "convscope"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def max_image_pixels() -> int:
+    return _int_env("CONVSCOPE_MAX_IMAGE_PIXELS", 40_000_000)
+
+
+def max_upload_bytes() -> int:
+    return _int_env("CONVSCOPE_MAX_UPLOAD_MB", 20) * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HubEntry:
+    name: str
+    handle: str
+    input_size: int
+
+
+def hub_models() -> list[HubEntry]:
+    """Operator-allowed TF Hub handles from CONVSCOPE_HUB_MODELS."""
+    raw = os.environ.get("CONVSCOPE_HUB_MODELS", "").strip()
+    entries = []
+    for item in filter(None, (part.strip() for part in raw.split(";"))):
+        name, sep, handle = item.partition("=")
+        if not sep or not name.strip() or not handle.strip():
+            raise ValueError(f"CONVSCOPE_HUB_MODELS entry {item!r} is not of the form name=handle[@size]")
+        handle, at, size = handle.strip().rpartition("@") if "@" in handle else (handle.strip(), "", "224")
+        if at and not size.isdigit():
+            raise ValueError(f"CONVSCOPE_HUB_MODELS entry {item!r}: size after @ must be a number")
+        entries.append(HubEntry(name.strip(), handle, int(size)))
+    return entries
