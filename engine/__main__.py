@@ -58,8 +58,10 @@ def _print_backbones(result: dict) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> dict:
     from engine import imaging
+    from engine.backbones import get_spec
     from engine.predict import ImageNetClassifier
 
+    get_spec(args.backbone)  # an unknown name fails before any image is read
     if args.top < 1 or args.top > 1000:
         raise ConvScopeError(f"--top must be between 1 and 1000, got {args.top}")
     images, problems = [], []

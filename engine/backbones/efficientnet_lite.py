@@ -113,15 +113,24 @@ def build(plan: list[dict], weights: Weights, input_size: int, include_top: bool
     def conv(x, filters, kernel, stride, lname):
         (k,) = weights[lname]
         return layers.Conv2D(
-            filters, kernel, strides=stride, padding="same", use_bias=False,
-            kernel_initializer=_given(k), name=lname,
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=_given(k),
+            name=lname,
         )(x)
 
     def bn(x, lname):
         gamma, beta, mean, var = weights[lname]
         return layers.BatchNormalization(
-            epsilon=BN_EPSILON, gamma_initializer=_given(gamma), beta_initializer=_given(beta),
-            moving_mean_initializer=_given(mean), moving_variance_initializer=_given(var), name=lname,
+            epsilon=BN_EPSILON,
+            gamma_initializer=_given(gamma),
+            beta_initializer=_given(beta),
+            moving_mean_initializer=_given(mean),
+            moving_variance_initializer=_given(var),
+            name=lname,
         )(x)
 
     inputs = keras.Input((input_size, input_size, 3), name="input_image")
@@ -135,8 +144,12 @@ def build(plan: list[dict], weights: Weights, input_size: int, include_top: bool
             x = bn(x, f"{n}_expand_bn")
             x = layers.ReLU(6.0, name=f"{n}_expand_activation")(x)
         x = layers.DepthwiseConv2D(
-            b["kernel"], strides=b["stride"], padding="same", use_bias=False,
-            depthwise_initializer=_given(weights[f"{n}_dwconv"][0]), name=f"{n}_dwconv",
+            b["kernel"],
+            strides=b["stride"],
+            padding="same",
+            use_bias=False,
+            depthwise_initializer=_given(weights[f"{n}_dwconv"][0]),
+            name=f"{n}_dwconv",
         )(x)
         x = bn(x, f"{n}_bn")
         x = layers.ReLU(6.0, name=f"{n}_activation")(x)

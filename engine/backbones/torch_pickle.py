@@ -103,7 +103,7 @@ def _materialize(t: _TensorRef, buf: np.ndarray) -> np.ndarray:
         if min(t.size) > 0 and (t.offset < 0 or last >= buf.size):
             raise TorchPickleError("a tensor view points outside its storage")
     view = np.lib.stride_tricks.as_strided(
-        buf[t.offset:],
+        buf[t.offset :],
         shape=t.size,
         strides=tuple(s * item for s in t.stride),
         writeable=False,

@@ -1,0 +1,13 @@
+"""ConvScope: router and shared sidebar. Run with `streamlit run app.py`."""
+
+import streamlit as st
+
+st.set_page_config(page_title="ConvScope", page_icon="🔬", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/predict.py", title="Predict", icon="🔮"),
+]
+pg = st.navigation(pages)
+st.sidebar.caption("ConvScope · transfer learning and CNN insight")
+pg.run()

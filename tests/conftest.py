@@ -1,0 +1,25 @@
+"""Shared fixtures. The backbone cache lives in a per-session temp folder so
+tests never read a cache left by a developer, and the first load in the
+session really converts."""
+
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["CONVSCOPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="convscope-test-cache-")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lite0_classifier():
+    from engine.predict import ImageNetClassifier
+
+    return ImageNetClassifier("efficientnet_lite0")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """An empty backbone cache for one test."""
+    monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,56 @@
+"""Dashboard pages through Streamlit's AppTest (no browser)."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+TIMEOUT = 120
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def app():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_home_links_to_predict(app):
+    assert "ConvScope" in app.title[0].value
+
+
+def test_predict_sample_photo(app):
+    app.switch_page("pages/predict.py").run()
+    assert not app.exception and not app.error
+    assert app.selectbox(key="backbone").value == "efficientnet_lite0"
+    (heading,) = app.subheader
+    assert heading.value.startswith("Chelsea the cat: ") and "cat" in heading.value.split(":")[1].lower()
+    assert any("Prediction took" in c.value for c in app.caption)
+    (image,) = app.get("image")
+    assert "As the network sees it: 224×224 px" in str(image.proto)
+
+
+def test_predict_two_samples_and_top_k(app):
+    app.switch_page("pages/predict.py").run()
+    app.multiselect(key="samples").set_value(["chelsea", "coffee"]).run()
+    app.slider(key="top_k").set_value(3).run()
+    assert not app.exception
+    headings = [h.value for h in app.subheader]
+    assert len(headings) == 2 and "espresso" in headings[1]
+    assert len(app.get("plotly_chart")) == 2
+
+
+def test_no_image_selected_shows_a_hint(app):
+    app.switch_page("pages/predict.py").run()
+    app.multiselect(key="samples").set_value([]).run()
+    assert not app.exception and "Pick a sample photo" in app.info[0].value
+
+
+def test_unusable_backbones_are_listed_with_reasons(app):
+    app.switch_page("pages/predict.py").run()
+    names = app.selectbox(key="backbone").options
+    assert all("TF Hub" not in n and "scratch" not in n for n in names)
+    greyed = " ".join(m.value for m in app.markdown)
+    assert "AlexNet" in greyed and "no ImageNet head" in greyed

@@ -1,0 +1,86 @@
+"""One real-browser test: headless Chromium opens the app, uploads a photo,
+and sees a prediction. CI installs Chromium; elsewhere it skips without it."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Chromium (apt-get install chromium) for the browser test")
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_upload_an_image_and_see_a_prediction(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    photo = tmp_path / "my_cat.jpg"
+    Image.fromarray(data.chelsea()).save(photo, quality=90)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(server)
+        page.get_by_role("link", name="Predict").first.click()
+        page.get_by_text("Upload", exact=True).click()
+        page.locator("input[type=file]").set_input_files(str(photo))
+        heading = page.get_by_role("heading", name="my_cat.jpg")
+        heading.wait_for(timeout=120_000)
+        text = heading.inner_text().lower()
+        assert "cat" in text.split(":", 1)[1], text
+        page.get_by_text("Prediction took").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
+        browser.close()

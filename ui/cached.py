@@ -1,0 +1,45 @@
+"""The only place with st.cache_resource / st.cache_data, wrapping engine loaders.
+
+Cached resources are shared by every session: never mutate what they return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from engine import backbones
+from engine.predict import ImageNetClassifier
+from engine.samples import sample_photo
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def imagenet_classifier(name: str) -> ImageNetClassifier:
+    """One classifier per backbone per process (read-only, thread-safe)."""
+    return ImageNetClassifier(name)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def backbone_rows() -> list[dict]:
+    """Registry entries with availability; re-checked every minute."""
+    rows = []
+    for spec in backbones.all_specs():
+        ok, reason = backbones.availability(spec)
+        rows.append(
+            {
+                "name": spec.name,
+                "title": spec.title,
+                "source": spec.source,
+                "imagenet_head": spec.imagenet_head,
+                "input_size": spec.input_size,
+                "params": spec.params,
+                "available": ok,
+                "reason": reason,
+            }
+        )
+    return rows
+
+
+@st.cache_data(show_spinner=False)
+def sample(name: str) -> np.ndarray:
+    return sample_photo(name)
