@@ -81,6 +81,11 @@ class BackboneSpec:
 
 _LITE_BLOCKS = tuple(f"block{i}" for i in range(1, 8)) + ("top",)
 
+# TF Hub models are opaque SavedModels: no inner layers, no ImageNet head, [0, 1] input.
+_hub_spec = partial(
+    BackboneSpec, source="hub", last_conv_layer=None, finetune_blocks=(), imagenet_head=False, preprocess=scale_0_1
+)
+
 
 def _builtin_specs() -> list[BackboneSpec]:
     lite = partial(
@@ -147,30 +152,20 @@ def _builtin_specs() -> list[BackboneSpec]:
             preprocess=identity,
             finetune_blocks=_LITE_BLOCKS,
         ),
-        BackboneSpec(
+        _hub_spec(
             name="hub_mobilenet_v2",
-            source="hub",
             title="MobileNetV2 feature vector (TF Hub)",
             input_size=224,
             feature_dim=1280,
-            last_conv_layer=None,
-            finetune_blocks=(),
-            imagenet_head=False,
             params=2_257_984,
-            preprocess=scale_0_1,
             handle="https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4",
         ),
-        BackboneSpec(
+        _hub_spec(
             name="hub_inception_v3",
-            source="hub",
             title="InceptionV3 feature vector (TF Hub)",
             input_size=299,
             feature_dim=2048,
-            last_conv_layer=None,
-            finetune_blocks=(),
-            imagenet_head=False,
             params=21_802_784,
-            preprocess=scale_0_1,
             handle="https://tfhub.dev/google/tf2-preview/inception_v3/feature_vector/4",
         ),
         BackboneSpec(
@@ -203,17 +198,12 @@ def _builtin_specs() -> list[BackboneSpec]:
 def _operator_hub_specs() -> list[BackboneSpec]:
     """Hub handles the operator allowed in CONVSCOPE_HUB_MODELS (feature size found at load)."""
     return [
-        BackboneSpec(
+        _hub_spec(
             name=e.name,
-            source="hub",
             title=f"{e.name} (TF Hub, operator-allowed)",
             input_size=e.input_size,
             feature_dim=0,
-            last_conv_layer=None,
-            finetune_blocks=(),
-            imagenet_head=False,
             params=0,
-            preprocess=scale_0_1,
             handle=e.handle,
         )
         for e in settings.hub_models()
