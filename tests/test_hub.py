@@ -82,3 +82,11 @@ def test_only_configured_handles_exist():
     assert hub.is_local("/some/path") and not hub.is_local("https://tfhub.dev/x")
     with pytest.raises(Exception, match="unknown backbone"):
         backbones.get_spec("https://tfhub.dev/google/some/other/model")
+
+
+def test_a_model_file_cannot_smuggle_in_an_unlisted_handle(monkeypatch):
+    import tensorflow_hub
+
+    monkeypatch.setattr(tensorflow_hub, "load", lambda h, **k: pytest.fail(f"loaded {h}"))
+    with pytest.raises(BackboneUnavailable, match="not allowed"):
+        hub.HubFeatures.from_config({"handle": "https://example.com/evil", "output_dim": 8, "name": "h"})

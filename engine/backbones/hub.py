@@ -48,6 +48,16 @@ def load_module(handle: str, bundled_names: list[str]):
         ) from exc
 
 
+def _check_allowed(handle: str) -> None:
+    """Refuse handles that are neither built in nor allowed by the operator."""
+    from engine.backbones.registry import all_specs  # late: the registry imports this module
+
+    if handle not in {s.handle for s in all_specs() if s.handle}:
+        raise BackboneUnavailable(
+            f"TF Hub handle {handle!r} is not allowed here; the operator can allow it in CONVSCOPE_HUB_MODELS."
+        )
+
+
 @keras.saving.register_keras_serializable(package="convscope")
 class HubFeatures(keras.layers.Layer):
     """A frozen TF Hub feature vector: (N, H, W, 3) in [0, 1] -> (N, D)."""
@@ -57,7 +67,10 @@ class HubFeatures(keras.layers.Layer):
         super().__init__(**kwargs)
         self.handle = handle
         self.output_dim = int(output_dim)
-        self._module = module if module is not None else load_module(handle, [])
+        if module is None:  # deserialised from a model file: the handle must be allowed
+            _check_allowed(handle)
+            module = load_module(handle, [])
+        self._module = module
 
     def call(self, images):
         return self._module(images)
