@@ -19,3 +19,11 @@ class BackboneUnavailable(ConvScopeError):
 
 class UnknownBackbone(ConvScopeError):
     """No backbone of that name is registered."""
+
+
+class DatasetError(ConvScopeError):
+    """A dataset cannot be opened or is not fit for training (too few classes or images)."""
+
+
+class ArchiveError(DatasetError):
+    """An uploaded archive is unsafe (path escape, link, bomb) or unreadable."""

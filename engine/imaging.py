@@ -65,13 +65,19 @@ def _open(source: str | Path | bytes | BinaryIO, label: str) -> Image.Image:
     except IsADirectoryError as exc:
         raise ImageLoadError(f"{label}: is a folder, not an image", NOT_AN_IMAGE) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{label}: {exc}", TOO_MANY_PIXELS) from exc
+        raise ImageLoadError(
+            f"{label}: declares over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels, "
+            "a decompression bomb; refused before decoding",
+            TOO_MANY_PIXELS,
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageLoadError(
             f"{label}: not an image Pillow can decode as {'/'.join(ALLOWED_FORMATS[:6])} (checked by content)",
             NOT_AN_IMAGE,
         ) from exc
     except OSError as exc:
+        if "truncat" in str(exc).lower():  # cut off so early that even the header is incomplete
+            raise ImageLoadError(f"{label}: truncated image data ({exc})", TRUNCATED) from exc
         raise ImageLoadError(f"{label}: could not be read ({exc})", NOT_AN_IMAGE) from exc
 
 

@@ -7,7 +7,16 @@
   these and the built-in handles; they can never type a handle of their own.
 - CONVSCOPE_MAX_IMAGE_PIXELS: decoded images larger than this are refused
   (default 40 megapixels).
-- CONVSCOPE_MAX_UPLOAD_MB: largest single image upload accepted (default 20).
+- CONVSCOPE_MAX_UPLOAD_MB: largest single image accepted, uploaded or in a
+  dataset (default 20).
+- CONVSCOPE_MAX_ARCHIVE_MB: largest dataset archive upload (default 200).
+- CONVSCOPE_MAX_EXTRACT_MB: most bytes an archive may expand to (default 2000).
+- CONVSCOPE_MAX_ARCHIVE_ENTRIES: most members in an archive (default 50000).
+- CONVSCOPE_DATA_ROOTS: server folders (separated by `:`) whose dataset
+  subfolders the dashboard may open; unset means none. The CLI, run by the
+  operator, opens any path.
+- CONVSCOPE_TFDS_DIR: TensorFlow Datasets data directory
+  (default: TFDS_DATA_DIR or ~/tensorflow_datasets).
 """
 
 from __future__ import annotations
@@ -48,6 +57,30 @@ def max_image_pixels() -> int:
 
 def max_upload_bytes() -> int:
     return _int_env("CONVSCOPE_MAX_UPLOAD_MB", 20) * 1024 * 1024
+
+
+def max_archive_bytes() -> int:
+    return _int_env("CONVSCOPE_MAX_ARCHIVE_MB", 200) * 1024 * 1024
+
+
+def max_extract_bytes() -> int:
+    return _int_env("CONVSCOPE_MAX_EXTRACT_MB", 2000) * 1024 * 1024
+
+
+def max_archive_entries() -> int:
+    return _int_env("CONVSCOPE_MAX_ARCHIVE_ENTRIES", 50_000)
+
+
+def data_roots() -> list[Path]:
+    """Operator-allowed server folders holding datasets (resolved, existing only)."""
+    raw = os.environ.get("CONVSCOPE_DATA_ROOTS", "")
+    roots = [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    return [r for r in roots if r.is_dir()]
+
+
+def tfds_dir() -> Path:
+    env = os.environ.get("CONVSCOPE_TFDS_DIR") or os.environ.get("TFDS_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / "tensorflow_datasets"
 
 
 @dataclass(frozen=True)
