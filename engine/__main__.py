@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter quiet
 
@@ -84,6 +85,79 @@ def _print_predictions(result: dict) -> None:
             print(f"  {t['probability']:6.1%}  {t['label']}  [{t['index']}]")
 
 
+def _stderr_progress(stage: str, done: int, total: int) -> None:
+    """Progress on stderr (stdout stays one JSON object), at most every half second."""
+    now = time.monotonic()
+    tty = sys.__stderr__.isatty()
+    if done < total and now - _stderr_progress.last < (0.5 if tty else 5.0):
+        return
+    _stderr_progress.last = now
+    end = "\n" if done >= total or not tty else "\r"
+    print(f"{stage}: {done}/{total}", end=end, file=sys.__stderr__, flush=True)
+
+
+_stderr_progress.last = 0.0
+
+
+def cmd_make_shapes(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from engine.data import shapes
+    from engine.data.sources import shapes_config
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConvScopeError(f"{out} exists and is not empty; give a new folder")
+    opts = f"per_class={args.per_class},classes={args.classes},seed={args.seed},size={args.size}"
+    config = shapes_config(opts)
+    boxes = shapes.generate(out, config, lambda d, t: _stderr_progress("Drawing shapes", d, t))
+    return {
+        "out": str(out),
+        "classes": list(config.class_names),
+        "num_images": len(boxes),
+        "boxes": str(out / "boxes.json"),
+    }
+
+
+def _print_make_shapes(result: dict) -> None:
+    print(f"wrote {result['num_images']} images of {', '.join(result['classes'])} to {result['out']}")
+    print(f"object boxes: {result['boxes']}")
+
+
+def cmd_inspect_data(args: argparse.Namespace) -> dict:
+    from engine.config import DataConfig
+    from engine.data.report import inspect_report
+    from engine.data.sources import open_dataset
+
+    DataConfig(source=args.source, val_frac=args.val, test_frac=args.test, seed=args.seed)  # validates
+    dataset = open_dataset(args.source, _stderr_progress)
+    report = inspect_report(dataset, args.seed, args.val, args.test)
+    if report["problems"]:
+        # Still show the whole report: the user needs it to fix the data.
+        report["error"] = f"{args.source} cannot be used for training: " + "; ".join(report["problems"])
+    return report
+
+
+def _print_inspect(result: dict) -> None:
+    print(f"{result['source']}  ({result['root']})")
+    print(f"{len(result['classes'])} classes, {result['num_images']} usable images")
+    width = max([len(c) for c in result["classes"]] + [5])
+    for c, n in result["counts"].items():
+        print(f"  {c:{width}}  {n:6d}")
+    s = result["splits"]
+    own = " (the source's own splits kept)" if result["source_splits"] else ""
+    print(f"splits: train {s['train']}, validation {s['validation']}, test {s['test']}{own}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} files:")
+        for item in result["skipped"]:
+            detail = f" - {item['detail']}" if item.get("detail") else ""
+            print(f"  {item['path']}: {item['reason']}{detail}")
+    for w in result["warnings"]:
+        print(f"warning: {w}")
+    for p in result["problems"]:
+        print(f"problem: {p}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.backbones import DEFAULT_BACKBONE
 
@@ -98,6 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_predict, show=_print_predictions)
+
+    p = sub.add_parser("make-shapes", help="write the built-in shapes dataset as class folders plus boxes.json")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--per-class", type=int, default=60, help="images per class (default 60)")
+    p.add_argument("--classes", type=int, default=5, help="number of shape classes, 2..8 (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=160, help="image side in pixels (default 160)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_make_shapes, show=_print_make_shapes)
+
+    p = sub.add_parser(
+        "inspect-data",
+        help="check a dataset: classes, counts, splits and every skipped file with its reason",
+        description="SOURCE is shapes[:per_class=N,...], a folder, a .zip/.tar.gz, or tfds:NAME[:SPLIT]. "
+        "Exit code 2 when the data cannot be used for training (the report says why).",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--val", type=float, default=0.15, help="validation fraction carved when the source has none")
+    p.add_argument("--test", type=float, default=0.15, help="test fraction carved when the source has none")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_inspect_data, show=_print_inspect)
     return parser
 
 
@@ -119,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         args.show(result)
-    return 0
+    return 2 if "error" in result else 0
 
 
 if __name__ == "__main__":

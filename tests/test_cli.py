@@ -89,3 +89,46 @@ def test_bad_input_is_exit_2_with_json_error(args, fragment):
     proc = run_cli(*args)
     assert proc.returncode == 2
     assert fragment in json.loads(proc.stdout)["error"]
+
+
+def test_inspect_data_json_on_a_messy_folder(tmp_path):
+    import datafactory as f
+
+    f.messy_folder(tmp_path / "pets")
+    proc = run_cli("inspect-data", str(tmp_path / "pets"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {"source", "classes", "counts", "num_images", "splits", "skipped"} <= set(out)
+    assert out["classes"] == ["cats", "dogs"] and out["num_images"] == sum(out["counts"].values())
+    assert sum(out["splits"].values()) == out["num_images"]
+    reasons = {s["path"]: s["reason"] for s in out["skipped"]}
+    assert reasons["cats/truncated.jpg"] == "truncated or corrupt" and reasons["dogs/notes.jpg"] == "not an image"
+
+
+def test_inspect_data_unusable_data_exits_2_with_the_report(tmp_path):
+    import datafactory as f
+
+    for i in range(2):
+        f.write(tmp_path / "d" / "only" / f"{i}.png", f.png_bytes(i))
+    f.write(tmp_path / "d" / "other" / "0.png", f.png_bytes(9))
+    proc = run_cli("inspect-data", str(tmp_path / "d"), "--json")
+    assert proc.returncode == 2
+    out = json.loads(proc.stdout)
+    assert "class 'other' has only 1 usable image" in out["error"] and out["counts"] == {"only": 2, "other": 1}
+
+
+def test_inspect_data_bad_sources(tmp_path):
+    for source, message in [
+        (str(tmp_path / "missing"), "no such folder"),
+        ("shapes:per_class=0", "per_class must be"),
+        (str(f_zip := tmp_path / "x.zip"), "no such archive"),
+    ]:
+        proc = run_cli("inspect-data", source, "--json")
+        assert proc.returncode == 2 and message in json.loads(proc.stdout)["error"], (source, proc.stdout)
+    assert not f_zip.exists()
+
+
+def test_inspect_data_human_output(tmp_path):
+    proc = run_cli("inspect-data", "shapes:per_class=3,classes=2,size=48")
+    assert proc.returncode == 0
+    assert "2 classes, 6 usable images" in proc.stdout and "circle" in proc.stdout
