@@ -6,6 +6,7 @@ st.set_page_config(page_title="ConvScope", page_icon="🔬", layout="wide")
 
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/datasets.py", title="Dataset Explorer", icon="🗂️"),
     st.Page("pages/predict.py", title="Predict", icon="🔮"),
 ]
 pg = st.navigation(pages)

@@ -1,4 +1,4 @@
-"""Plotly figures shared by the dashboard and reports (no Streamlit here)."""
+"""Charts shared by the dashboard and reports (Plotly, and Altair where Plotly cannot; no Streamlit here)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,72 @@ def topk_bar(prediction: Prediction) -> go.Figure:
         height=60 + 34 * len(top),
     )
     return fig
+
+
+SPLIT_COLOURS = {"train": "#4c78a8", "validation": "#f58518", "test": "#54a24b"}
+
+
+def class_balance_bar(per_split: dict[str, dict[str, int]]) -> go.Figure:
+    """Stacked bars: images per class, split by train / validation / test.
+
+    Args:
+        per_split: {split: {class: count}}.
+    """
+    fig = go.Figure()
+    for split, counts in per_split.items():
+        fig.add_bar(x=list(counts), y=list(counts.values()), name=split, marker_color=SPLIT_COLOURS.get(split))
+    fig.update_layout(
+        barmode="stack",
+        yaxis_title="images",
+        margin={"l": 10, "r": 10, "t": 30, "b": 40},
+        height=320,
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig
+
+
+def size_scatter(widths: list[int], heights: list[int], classes: list[str], paths: list[str]) -> go.Figure:
+    """Image width against height, one colour per class; hover shows the file."""
+    fig = go.Figure()
+    for name in dict.fromkeys(classes):
+        idx = [i for i, c in enumerate(classes) if c == name]
+        fig.add_scatter(
+            x=[widths[i] for i in idx],
+            y=[heights[i] for i in idx],
+            mode="markers",
+            name=name,
+            text=[f"{paths[i]}<br>{widths[i]}×{heights[i]} (aspect {widths[i] / heights[i]:.2f})" for i in idx],
+            hoverinfo="text",
+            marker={"size": 7, "opacity": 0.6},
+        )
+    fig.update_layout(
+        xaxis_title="width (px)",
+        yaxis_title="height (px)",
+        margin={"l": 10, "r": 10, "t": 30, "b": 40},
+        height=320,
+    )
+    return fig
+
+
+def feature_scatter(xy, classes: list[str], paths: list[str], thumbnails: list[str], title: str):
+    """2-D projection of image features, coloured by class, with the image in the tooltip.
+
+    An Altair chart: Vega's tooltip shows a field named `image` as a picture,
+    which Plotly's hover labels cannot.
+    """
+    import altair as alt
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": classes, "file": paths, "image": thumbnails})
+    return (
+        alt.Chart(frame, title=title)
+        .mark_circle(size=70, opacity=0.75)
+        .encode(
+            x=alt.X("x", title="component 1", axis=alt.Axis(labels=False, ticks=False)),
+            y=alt.Y("y", title="component 2", axis=alt.Axis(labels=False, ticks=False)),
+            color=alt.Color("class:N", legend=alt.Legend(orient="right")),
+            tooltip=["image", "class", "file"],
+        )
+        .properties(height=460)
+        .interactive()
+    )

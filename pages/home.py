@@ -2,15 +2,25 @@
 
 import streamlit as st
 
+from ui import router
+
+router.ensure_routed()
 st.title("🔬 ConvScope")
 st.markdown(
     """
 Train image classifiers on pretrained backbones and look inside convolutional
 networks, in the browser.
 
-**Start here:** open **Predict** to classify your own photos with
-EfficientNet-Lite0, an ImageNet network that ships with ConvScope and works
-offline. Everything the dashboard does is also scriptable: `python -m engine --help`.
+**Start here:**
+- **Dataset Explorer**: open the built-in shapes set, your own zip of class
+  folders, a server folder or a TensorFlow Datasets set; see the class balance,
+  samples, every skipped file and why, augmentations, and whether the classes
+  separate in a pretrained network's feature space.
+- **Predict**: classify your own photos with EfficientNet-Lite0, an ImageNet
+  network that ships with ConvScope and works offline.
+
+Everything the dashboard does is also scriptable: `python -m engine --help`.
 """
 )
+st.page_link("pages/datasets.py", label="Explore a dataset", icon="🗂️")
 st.page_link("pages/predict.py", label="Classify an image", icon="🔮")

@@ -7,8 +7,9 @@ from engine.charts import topk_bar
 from engine.errors import ConvScopeError
 from engine.samples import SAMPLE_PHOTOS
 from engine.settings import max_upload_bytes
-from ui import cached, widgets
+from ui import cached, router, widgets
 
+router.ensure_routed()
 st.title("🔮 Predict")
 st.caption("Classify photos into the 1000 ImageNet classes with a pretrained backbone.")
 

@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from engine import backbones
+from engine.features import FeatureExtractor
 from engine.predict import ImageNetClassifier
 from engine.samples import sample_photo
 
@@ -43,3 +44,9 @@ def backbone_rows() -> list[dict]:
 @st.cache_data(show_spinner=False)
 def sample(name: str) -> np.ndarray:
     return sample_photo(name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def feature_extractor(name: str) -> FeatureExtractor:
+    """One pooled feature extractor per backbone per process (read-only, thread-safe)."""
+    return FeatureExtractor(name)

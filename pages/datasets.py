@@ -1,0 +1,269 @@
+"""Dataset Explorer: open data four ways, see what is in it and what was skipped."""
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine import charts
+from engine.config import FLIP_MODES, AugmentConfig, DataConfig
+from engine.data import pipeline, report
+from engine.data.ingest import load_item
+from engine.data.layout import DUPLICATE
+from engine.data.splits import SPLITS, split_items
+from engine.errors import ConvScopeError
+from engine.features import knn_accuracy, pca_2d
+from ui import cached, router, state, widgets
+
+router.ensure_routed()
+st.title("🗂️ Dataset Explorer")
+st.caption("Every file is decoded once and checked before any training; bad files are reported and skipped.")
+
+source = widgets.dataset_picker()
+if source is None:
+    st.stop()
+dataset = widgets.open_dataset(source)
+if dataset is None:
+    st.stop()
+
+with st.sidebar:
+    st.subheader("Splits")
+    old = state.data_config()
+    seed = st.number_input("Split seed", 0, 10_000, old.seed, key="split_seed")
+    val_pct = st.slider("Validation %", 5, 40, round(old.val_frac * 100), key="val_pct")
+    test_pct = st.slider("Test %", 0, 40, round(old.test_frac * 100), key="test_pct")
+    if dataset.has_splits:
+        st.caption("This source has its own splits; only missing ones are carved from its training part.")
+
+splits = split_items(dataset.items, int(seed), val_pct / 100, test_pct / 100)
+split_of = {i.rel: s for s, items in splits.items() for i in items}
+counts = dataset.counts()
+duplicates = [s for s in dataset.skipped if s.reason == DUPLICATE]
+
+name = state.display_name(source)
+st.subheader(name)
+if name != source:
+    st.caption(f"Source `{source}`")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Classes", len(dataset.classes))
+c2.metric("Usable images", f"{len(dataset.items):,}")
+c3.metric("Skipped files", len(dataset.skipped))
+c4.metric("Duplicates", len(duplicates))
+problems = dataset.problems()
+for p in problems:
+    st.error(f"Not ready for training: {p}")
+for w in dataset.warnings():
+    st.warning(w)
+if not problems:
+    st.success(
+        f"Ready for training: train {len(splits['train'])}, validation {len(splits['validation'])}, "
+        f"test {len(splits['test'])} images."
+    )
+
+tab_overview, tab_samples, tab_report, tab_aug, tab_space = st.tabs(
+    ["📊 Balance & sizes", "🖼️ Samples", "🧾 Ingest report", "🎲 Augmentation", "🧭 Feature space"],
+    key="explorer_tab",
+    on_change="rerun",  # only the open tab runs, and a rerun keeps it open
+)
+augment = old.augment
+
+with tab_overview:
+    if tab_overview.open:
+        per_split = {s: {c: 0 for c in dataset.classes} for s in SPLITS}
+        for s, items in splits.items():
+            for i in items:
+                per_split[s][dataset.classes[i.label]] += 1
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Class balance** (stacked by split)")
+            st.plotly_chart(charts.class_balance_bar(per_split), width="stretch", key="balance")
+        with right:
+            st.markdown("**Image sizes** (before resizing)")
+            items = report.balanced_sample(dataset.items, 400)  # enough to see the spread, fast to draw
+            st.plotly_chart(
+                charts.size_scatter(
+                    [i.width for i in items],
+                    [i.height for i in items],
+                    [dataset.classes[i.label] for i in items],
+                    [i.rel for i in items],
+                ),
+                width="stretch",
+                key="sizes",
+            )
+            if dataset.items:
+                aspects = np.array([i.width / i.height for i in dataset.items])
+                st.caption(
+                    f"Median {int(np.median([i.width for i in dataset.items]))}×"
+                    f"{int(np.median([i.height for i in dataset.items]))} px; aspect ratio "
+                    f"{aspects.min():.2f}–{aspects.max():.2f}."
+                )
+
+with tab_samples:
+    if tab_samples.open:
+        c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+        pick_class = c1.selectbox("Class", ["all", *dataset.classes], key="grid_class")
+        pick_split = c2.selectbox("Split", ["all", *SPLITS], key="grid_split")
+        how_many = c3.select_slider("Images", [12, 24, 48], 24, key="grid_n")
+        show_boxes = c4.toggle("Object boxes", value=dataset.boxes is not None, disabled=dataset.boxes is None)
+        chosen = [
+            i
+            for i in dataset.items
+            if pick_class in ("all", dataset.classes[i.label]) and pick_split in ("all", split_of[i.rel])
+        ]
+        chosen = report.balanced_sample(chosen, how_many if pick_class != "all" else max(1, how_many // len(counts)))
+        chosen = chosen[:how_many]
+        if not chosen:
+            st.info("No images match this class and split.")
+        cols = st.columns(6)
+        for k, item in enumerate(chosen):
+            rgb = load_item(dataset, item)
+            box = dataset.boxes.get(item.rel) if show_boxes and dataset.boxes else None
+            if box:
+                rgb = report.draw_box(rgb, box)
+            cols[k % 6].image(rgb, caption=f"{dataset.classes[item.label]} · {split_of[item.rel]}", width="stretch")
+
+with tab_report:
+    if tab_report.open:
+        if not dataset.skipped:
+            st.success("Nothing was skipped: every file is a readable, unique image in a class folder.")
+        else:
+            by_reason = Counter(s.reason for s in dataset.skipped)
+            st.markdown("**Skipped, by reason:** " + ", ".join(f"{r} {n}" for r, n in by_reason.most_common()))
+            rows = [
+                {
+                    "thumbnail": report.skipped_thumbnail(dataset, s),
+                    "file": s.path,
+                    "class": s.cls or "",
+                    "reason": s.reason,
+                    "detail": s.detail,
+                }
+                for s in dataset.skipped
+            ]
+            st.dataframe(
+                pd.DataFrame(rows),
+                column_config={"thumbnail": st.column_config.ImageColumn("", width="small")},
+                hide_index=True,
+                width="stretch",
+            )
+        if duplicates:
+            st.markdown(f"**Duplicates** ({len(duplicates)}): the same bytes more than once; the first copy is kept.")
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "kept": report.file_thumbnail(dataset.root / d.duplicate_of),
+                            "kept file": d.duplicate_of,
+                            "dropped file": d.path,
+                            "note": d.detail,
+                        }
+                        for d in duplicates
+                    ]
+                ),
+                column_config={"kept": st.column_config.ImageColumn("", width="small")},
+                hide_index=True,
+                width="stretch",
+            )
+        st.caption(f"Dataset root: `{dataset.root}` · content fingerprint `{dataset.fingerprint[:16]}`")
+
+with tab_aug:
+    if tab_aug.open:
+        aug = old.augment
+        c1, c2 = st.columns([1, 2])
+        with c1:
+            # Widgets take their values from session state only, so the presets can set them.
+            for k, v in aug.__dict__.items():
+                st.session_state.setdefault(f"aug_{k}", v)
+            p1, p2 = st.columns(2)
+            if p1.button("Standard preset", help="flip, rotate ±36°, zoom ±10%", key="aug_preset"):
+                for k, v in AugmentConfig.standard().__dict__.items():
+                    st.session_state[f"aug_{k}"] = v
+            if p2.button("All off", key="aug_off"):
+                for k, v in AugmentConfig().__dict__.items():
+                    st.session_state[f"aug_{k}"] = v
+            flip = st.selectbox("Flip", FLIP_MODES, key="aug_flip")
+            factors = {
+                k: st.slider(k.capitalize(), 0.0, 0.5, step=0.05, key=f"aug_{k}")
+                for k in ("rotation", "zoom", "translation", "contrast", "brightness")
+            }
+            views = st.slider("Views", 4, 16, 8, key="aug_views")
+        augment = AugmentConfig(flip=flip, **factors)
+        with c2:
+            if not dataset.items:
+                st.info("No usable images to preview.")
+            else:
+                options = report.balanced_sample(dataset.items, 4)
+                item = st.selectbox(
+                    "Image", options, format_func=lambda i: f"{dataset.classes[i.label]} · {i.rel}", key="aug_image"
+                )
+                try:
+                    shown = pipeline.preview(load_item(dataset, item), augment, n=views, size=160, seed=int(seed))
+                except ConvScopeError as exc:
+                    st.error(str(exc))
+                    shown = []
+                cols = st.columns(4)
+                for k, img in enumerate(shown):
+                    cols[k % 4].image(img, width="stretch")
+                if not augment.enabled:
+                    st.caption("All augmentations are off: every view is the same. Move a slider.")
+
+with tab_space:
+    if tab_space.open:
+        st.markdown(
+            "Embed images with a pretrained backbone and project the features to 2-D (PCA). "
+            "If the classes form separate clouds, a classifier head on this backbone will learn them easily."
+        )
+        c1, c2 = st.columns([2, 1])
+        with c1:
+            backbone = widgets.pretrained_backbone_picker("space_backbone")
+        per_class = c2.slider("Images per class", 5, 100, 30, 5, key="space_per_class")
+        key = (dataset.fingerprint, backbone, per_class)
+        result = st.session_state.get("feature_space")
+        if backbone and st.button("Embed and project", type="primary", key="space_go"):
+            sample = report.balanced_sample(dataset.items, per_class)
+            bar = st.progress(0.0, text=f"Loading {backbone}…")
+            try:
+                extractor = cached.feature_extractor(backbone)
+                feats = extractor.embed(
+                    lambda k: pipeline.load_resized(str(dataset.path(sample[k])), extractor.input_size),
+                    len(sample),
+                    progress=lambda d, t: bar.progress(d / t, text=f"Embedding {d} of {t} images"),
+                )
+            except ConvScopeError as exc:
+                st.error(str(exc))
+                feats = None
+            bar.empty()
+            if feats is not None and len(sample) >= 2:
+                labels = np.array([i.label for i in sample])
+                result = {
+                    "key": key,
+                    "xy": pca_2d(feats),
+                    "knn": knn_accuracy(feats, labels),
+                    "classes": [dataset.classes[i.label] for i in sample],
+                    "paths": [i.rel for i in sample],
+                    "thumbs": [report.file_thumbnail(dataset.path(i), 96) for i in sample],
+                    "dim": feats.shape[1],
+                }
+                st.session_state["feature_space"] = result
+        if result and result["key"] == key:
+            c1, c2 = st.columns([3, 1])
+            c2.metric(
+                "5-NN accuracy",
+                f"{result['knn']:.0%}",
+                help="Leave-one-out nearest-neighbour accuracy in feature space",
+            )
+            c2.caption(
+                f"{len(result['paths'])} images, {result['dim']}-D features from {backbone}. "
+                f"Chance is {1 / len(dataset.classes):.0%}. Hover a point to see its image."
+            )
+            c1.altair_chart(
+                charts.feature_scatter(
+                    result["xy"], result["classes"], result["paths"], result["thumbs"], "PCA of features"
+                ),
+                width="stretch",
+            )
+
+# Remember the choices for the Train page.
+state.set_data_config(
+    DataConfig(source=source, val_frac=val_pct / 100, test_frac=test_pct / 100, seed=int(seed), augment=augment)
+)

@@ -1,0 +1,137 @@
+"""The Dataset Explorer page through AppTest: the four kinds of data, the report, the tabs."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import datafactory as f
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TABS = {
+    "overview": "📊 Balance & sizes",
+    "samples": "🖼️ Samples",
+    "report": "🧾 Ingest report",
+    "aug": "🎲 Augmentation",
+    "space": "🧭 Feature space",
+}
+
+
+@pytest.fixture
+def page():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page("pages/datasets.py").run()
+    assert not at.exception
+    return at
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def open_tab(at, name: str):
+    at.session_state["explorer_tab"] = TABS[name]
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_default_is_the_shapes_set(page):
+    page.number_input(key="data_per_class").set_value(6).run()
+    assert metrics(page) == {"Classes": "5", "Usable images": "30", "Skipped files": "0", "Duplicates": "0"}
+    assert "Ready for training: train 20, validation 5, test 5" in page.success[0].value
+    assert len(page.get("plotly_chart")) == 2  # class balance and image sizes
+
+
+def test_samples_grid_filters_by_class_and_split(page):
+    page.number_input(key="data_per_class").set_value(6).run()
+    open_tab(page, "samples")
+    page.selectbox(key="grid_class").set_value("star").run()
+    captions = [str(i.proto) for i in page.get("image")]
+    assert captions and all("star" in c for c in captions)
+    page.selectbox(key="grid_split").set_value("test").run()
+    assert all("star · test" in str(i.proto) for i in page.get("image"))
+
+
+def test_uploaded_zip_report_lists_every_skipped_file(page, tmp_path):
+    f.messy_folder(tmp_path / "src" / "pets")
+    data = f.zip_folder(tmp_path / "src", tmp_path / "pets.zip").read_bytes()
+    page.radio(key="data_kind").set_value("Upload an archive").run()
+    page.file_uploader(key="data_upload").set_value(("pets.zip", data, "application/zip")).run()
+    assert not page.exception
+    assert page.subheader[0].value == "pets.zip"
+    m = metrics(page)
+    assert m["Classes"] == "2" and m["Usable images"] == "18" and m["Duplicates"] == "2"
+    open_tab(page, "report")
+    table = page.dataframe[0].value
+    reasons = dict(zip(table["file"], table["reason"], strict=True))
+    assert reasons["cats/truncated.jpg"] == "truncated or corrupt"
+    assert reasons["dogs/bomb.png"] == "too many pixels"
+    assert reasons["dogs/notes.jpg"] == "not an image"
+    assert all(t.startswith("data:image/jpeg;base64,") for t in table["thumbnail"])
+
+
+def test_bad_archive_shows_an_error_not_a_traceback(page):
+    page.radio(key="data_kind").set_value("Upload an archive").run()
+    page.file_uploader(key="data_upload").set_value(("x.zip", b"not a zip at all", "application/zip")).run()
+    assert not page.exception
+    assert "not a readable zip archive" in page.error[0].value
+
+
+def test_server_folders_only_under_data_roots(page, tmp_path, monkeypatch):
+    page.radio(key="data_kind").set_value("Server folder").run()
+    assert "has not allowed any server folders" in page.info[0].value
+    f.messy_folder(tmp_path / "root" / "pets")
+    monkeypatch.setenv("CONVSCOPE_DATA_ROOTS", str(tmp_path / "root"))
+    page.run()
+    box = page.selectbox(key="data_folder")
+    assert [str(o) for o in box.options] == [str(tmp_path / "root"), str(tmp_path / "root" / "pets")]
+    box.set_value(tmp_path / "root" / "pets").run()
+    assert metrics(page)["Usable images"] == "18"
+
+
+def test_one_class_is_not_ready_for_training(page, tmp_path):
+    for i in range(3):
+        f.write(tmp_path / "src" / "cats" / f"{i}.png", f.png_bytes(i))
+    data = f.zip_folder(tmp_path / "src", tmp_path / "one.zip").read_bytes()
+    page.radio(key="data_kind").set_value("Upload an archive").run()
+    page.file_uploader(key="data_upload").set_value(("one.zip", data, "application/zip")).run()
+    assert not page.exception
+    assert "Not ready for training" in page.error[0].value and "at least 2 classes" in page.error[0].value
+
+
+def test_tfds_needs_a_click_and_fails_clearly_offline(page, tmp_path, monkeypatch):
+    from engine.data import tfds_source
+
+    monkeypatch.setenv("CONVSCOPE_TFDS_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(tfds_source, "network_ok", lambda *a, **k: False)
+    page.radio(key="data_kind").set_value("TensorFlow Datasets").run()
+    assert not page.error and not page.metric  # nothing is downloaded before the click
+    page.button(key="data_tfds_load").click().run()
+    assert not page.exception
+    assert "no network to download it" in page.error[0].value
+
+
+def test_augmentation_preview_and_preset(page):
+    page.number_input(key="data_per_class").set_value(6).run()
+    open_tab(page, "aug")
+    assert any("All augmentations are off" in c.value for c in page.caption)
+    page.button(key="aug_preset").click().run()
+    assert page.selectbox(key="aug_flip").value == "horizontal"
+    assert page.slider(key="aug_rotation").value == pytest.approx(0.1)
+    assert len(page.get("image")) == 8
+    from ui import state  # the choice is kept for the Train page
+
+    assert page.session_state[state.DATA_CONFIG].augment.flip == "horizontal"
+
+
+def test_feature_space(page):
+    page.number_input(key="data_per_class").set_value(6).run()
+    page.number_input(key="data_classes").set_value(3).run()
+    open_tab(page, "space")
+    page.slider(key="space_per_class").set_value(5).run()
+    page.button(key="space_go").click().run()
+    assert not page.exception and not page.error
+    assert metrics(page)["5-NN accuracy"].endswith("%")
+    assert len(page.get("vega_lite_chart")) == 1
