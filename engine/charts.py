@@ -96,5 +96,4 @@ def feature_scatter(xy, classes: list[str], paths: list[str], thumbnails: list[s
             tooltip=["image", "class", "file"],
         )
         .properties(height=460)
-        .interactive()
-    )
+    )  # not .interactive(): wheel-zoom would hijack scrolling the page

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from engine.data.splits import check_fractions
 from engine.imaging import RESIZE_POLICIES
 
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
@@ -76,11 +77,7 @@ class DataConfig:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}")
         if not 16 <= self.image_size <= 1024:
             raise ValueError(f"image size must be 16..1024 pixels, got {self.image_size}")
-        if not (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1):
-            raise ValueError(
-                "validation and test fractions must be in [0, 1) and sum below 1, "
-                f"got {self.val_frac} and {self.test_frac}"
-            )
+        check_fractions(self.val_frac, self.test_frac)
 
     def to_json(self) -> dict:
         return asdict(self)

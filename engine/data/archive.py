@@ -163,22 +163,16 @@ def extract(
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
     try:
         if lower.endswith(".zip"):
-            try:
-                zf = zipfile.ZipFile(archive)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise ArchiveError(f"{archive.name} is not a readable zip archive ({exc})") from exc
-            with zf:
-                members = _zip_members(zf, limits)
-                opener = zf.open
-                skipped = _write(members, opener, tmp, limits, progress)
+            open_archive, list_members, kind = zipfile.ZipFile, _zip_members, "zip"
         else:
-            try:
-                tf = tarfile.open(archive)
-            except (tarfile.TarError, OSError) as exc:
-                raise ArchiveError(f"{archive.name} is not a readable tar archive ({exc})") from exc
-            with tf:
-                members = _tar_members(tf, limits)
-                skipped = _write(members, tf.extractfile, tmp, limits, progress)
+            open_archive, list_members, kind = tarfile.open, _tar_members, "tar"
+        try:
+            handle = open_archive(archive)
+        except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
+            raise ArchiveError(f"{archive.name} is not a readable {kind} archive ({exc})") from exc
+        with handle:
+            opener = handle.open if kind == "zip" else handle.extractfile
+            skipped = _write(list_members(handle, limits), opener, tmp, limits, progress)
         os.replace(tmp, dest)
         return skipped
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:

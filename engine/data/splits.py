@@ -14,6 +14,14 @@ from engine.data.ingest import Item
 SPLITS = ("train", "validation", "test")
 
 
+def check_fractions(val_frac: float, test_frac: float) -> None:
+    """Raise ValueError unless both fractions are in [0, 1) and leave room for training."""
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise ValueError(
+            f"validation and test fractions must be in [0, 1) and sum below 1, got {val_frac} and {test_frac}"
+        )
+
+
 def split_items(
     items: list[Item], seed: int = 0, val_frac: float = 0.15, test_frac: float = 0.15
 ) -> dict[str, list[Item]]:
@@ -22,10 +30,7 @@ def split_items(
     Every class keeps at least one training image; a class with 2+ images gets
     one validation image and one with 3+ a test image, when those are carved.
     """
-    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise ValueError(
-            f"validation and test fractions must be in [0, 1) and sum below 1, got {val_frac}, {test_frac}"
-        )
+    check_fractions(val_frac, test_frac)
     out: dict[str, list[Item]] = {s: [] for s in SPLITS}
     own = {i.split for i in items if i.split}
     carve_val = "validation" not in own
