@@ -117,10 +117,8 @@ with tab_samples:
             st.info("No images match this class and split.")
         cols = st.columns(6)
         for k, item in enumerate(chosen):
-            rgb = load_item(dataset, item)
             box = dataset.boxes.get(item.rel) if show_boxes and dataset.boxes else None
-            if box:
-                rgb = report.draw_box(rgb, box)
+            rgb = cached.preview(str(dataset.path(item)), tuple(box) if box else None)
             cols[k % 6].image(rgb, caption=f"{dataset.classes[item.label]} · {split_of[item.rel]}", width="stretch")
 
 with tab_report:
@@ -197,8 +195,10 @@ with tab_aug:
                     "Image", options, format_func=lambda i: f"{dataset.classes[i.label]} · {i.rel}", key="aug_image"
                 )
                 try:
-                    shown = pipeline.preview(load_item(dataset, item), augment, n=views, size=160, seed=int(seed))
-                except ConvScopeError as exc:
+                    with st.spinner("Augmenting…"):
+                        rgb = load_item(dataset, item)
+                        shown = pipeline.preview(rgb, augment, n=views, size=160, seed=int(seed))
+                except ConvScopeError as exc:  # the file changed on disk since ingest
                     st.error(str(exc))
                     shown = []
                 cols = st.columns(4)

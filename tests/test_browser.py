@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def server():
             "127.0.0.1",
         ],
         cwd=ROOT,
+        env={**os.environ, "CONVSCOPE_MAX_ARCHIVE_MB": "1"},  # small, so case 3 needs no big file
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -87,7 +89,15 @@ def test_open_a_page_url_first_then_upload_a_dataset_zip(server, tmp_path):
         page.get_by_role("tab", name="Ingest report").click()
         page.get_by_text("truncated or corrupt").first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "datasets.png"), full_page=True)
+
+        # Case 3: an archive over the limit is refused in the browser and the server stays up.
+        big = tmp_path / "big.zip"
+        with zipfile.ZipFile(big, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("a/noise.bin", os.urandom(3 << 20))
+        page.locator("input[type=file]").set_input_files(str(big))
+        page.get_by_text("File must be 1.0MB or smaller").wait_for(timeout=30_000)
         browser.close()
+    assert urllib.request.urlopen(server + "/_stcore/health", timeout=5).read() == b"ok"
 
 
 def test_upload_an_image_and_see_a_prediction(server, tmp_path):

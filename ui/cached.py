@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from engine import backbones
+from engine.data import report
 from engine.features import FeatureExtractor
 from engine.predict import ImageNetClassifier
 from engine.samples import sample_photo
@@ -50,3 +51,9 @@ def sample(name: str) -> np.ndarray:
 def feature_extractor(name: str) -> FeatureExtractor:
     """One pooled feature extractor per backbone per process (read-only, thread-safe)."""
     return FeatureExtractor(name)
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def preview(path: str, box: tuple[int, ...] | None = None, px: int = 256) -> np.ndarray:
+    """Shrunk images for grids: big photos are decoded once, not on every rerun."""
+    return report.preview(path, px, list(box) if box else None)

@@ -99,3 +99,13 @@ def skipped_thumbnail(dataset: Dataset, skipped: Skipped, px: int = 64) -> str:
     if not path.is_relative_to(root) or not path.is_file():
         return thumbnail(_no_preview(px), px)  # rejected archive members, links out, folders
     return file_thumbnail(path, px)
+
+
+def preview(path, px: int = 256, box: list[int] | None = None) -> np.ndarray:
+    """A decoded image shrunk to fit px x px, with its object box drawn if given: (h, w, 3) uint8."""
+    rgb = imaging.load_rgb(path)
+    if box:
+        rgb = draw_box(rgb, box)
+    img = Image.fromarray(rgb)
+    img.thumbnail((px, px), Image.Resampling.BILINEAR)
+    return np.asarray(img)
