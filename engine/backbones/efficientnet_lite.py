@@ -83,17 +83,6 @@ def convert_state_dict(sd: dict[str, np.ndarray]) -> tuple[list[dict], Weights]:
     return plan, w
 
 
-def _given(value: np.ndarray):
-    """An initializer that returns a known array: no random init, no second copy."""
-
-    def init(shape, dtype=None):
-        if tuple(shape) != value.shape:
-            raise ValueError(f"cached weight has shape {value.shape}, layer wants {tuple(shape)}")
-        return value
-
-    return init
-
-
 def build(plan: list[dict], weights: Weights, input_size: int, include_top: bool, name: str) -> keras.Model:
     """Build EfficientNet-Lite with the given weights.
 
@@ -110,28 +99,14 @@ def build(plan: list[dict], weights: Weights, input_size: int, include_top: bool
         (N, S/32, S/32, 1280), the output of `top_activation`.
     """
 
+    # Layers get the standard initializers and their weights are set once the
+    # graph exists: custom initializer functions would make the model
+    # impossible to reload from a .keras file.
     def conv(x, filters, kernel, stride, lname):
-        (k,) = weights[lname]
-        return layers.Conv2D(
-            filters,
-            kernel,
-            strides=stride,
-            padding="same",
-            use_bias=False,
-            kernel_initializer=_given(k),
-            name=lname,
-        )(x)
+        return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=lname)(x)
 
     def bn(x, lname):
-        gamma, beta, mean, var = weights[lname]
-        return layers.BatchNormalization(
-            epsilon=BN_EPSILON,
-            gamma_initializer=_given(gamma),
-            beta_initializer=_given(beta),
-            moving_mean_initializer=_given(mean),
-            moving_variance_initializer=_given(var),
-            name=lname,
-        )(x)
+        return layers.BatchNormalization(epsilon=BN_EPSILON, name=lname)(x)
 
     inputs = keras.Input((input_size, input_size, 3), name="input_image")
     x = conv(inputs, weights["stem_conv"][0].shape[-1], 3, 2, "stem_conv")
@@ -144,12 +119,7 @@ def build(plan: list[dict], weights: Weights, input_size: int, include_top: bool
             x = bn(x, f"{n}_expand_bn")
             x = layers.ReLU(6.0, name=f"{n}_expand_activation")(x)
         x = layers.DepthwiseConv2D(
-            b["kernel"],
-            strides=b["stride"],
-            padding="same",
-            use_bias=False,
-            depthwise_initializer=_given(weights[f"{n}_dwconv"][0]),
-            name=f"{n}_dwconv",
+            b["kernel"], strides=b["stride"], padding="same", use_bias=False, name=f"{n}_dwconv"
         )(x)
         x = bn(x, f"{n}_bn")
         x = layers.ReLU(6.0, name=f"{n}_activation")(x)
@@ -161,13 +131,17 @@ def build(plan: list[dict], weights: Weights, input_size: int, include_top: bool
     x = bn(x, "top_bn")
     x = layers.ReLU(6.0, name="top_activation")(x)
     if include_top:
-        kernel, bias = weights["predictions"]
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(DROPOUT, name="top_dropout")(x)
-        x = layers.Dense(
-            kernel.shape[1], kernel_initializer=_given(kernel), bias_initializer=_given(bias), name="predictions"
-        )(x)
-    return keras.Model(inputs, x, name=name)
+        x = layers.Dense(weights["predictions"][0].shape[1], name="predictions")(x)
+    model = keras.Model(inputs, x, name=name)
+    for layer in model.layers:
+        if layer.weights:
+            try:
+                layer.set_weights(list(weights[layer.name]))
+            except ValueError as exc:
+                raise ValueError(f"cached weights do not fit layer {layer.name}: {exc}") from exc
+    return model
 
 
 def preprocess(images):
