@@ -158,6 +158,109 @@ def _print_inspect(result: dict) -> None:
         print(f"problem: {p}")
 
 
+def _explainable(args: argparse.Namespace):
+    from engine.explain import Explainable
+
+    return Explainable.from_run(args.run_dir) if args.run_dir else Explainable.from_backbone(args.backbone)
+
+
+def _read_image(path: str):
+    from engine import imaging
+
+    return imaging.load_rgb(path)
+
+
+def cmd_activations(args: argparse.Namespace) -> dict:
+    from engine.explain import activations as acts_mod
+    from engine.explain.overlay import to_png
+
+    model = _explainable(args)
+    if args.layer == "list":
+        return {"model": model.name, "layers": [info.to_json() for info in model.layers()]}
+    if not args.image:
+        raise ConvScopeError("give an IMAGE; only `--layer list` works without one")
+    if args.channels < 1:
+        raise ConvScopeError(f"--channels must be at least 1, got {args.channels}")
+    rgb = _read_image(args.image)
+    layer = model.check_layer(args.layer)
+    acts = model.activations(model.prepare(rgb)[None], layer)[0]
+    order = acts_mod.channel_order(acts, args.sort)
+    shown = order[: args.channels]
+    result = {
+        "layer": layer,
+        "shape": list(acts.shape),
+        "channels": int(acts.shape[-1]),
+        "shown_channels": [int(c) for c in shown],
+        "stats": acts_mod.layer_stats(acts),
+        "out": None,
+    }
+    if args.out:
+        _write_png(args.out, to_png(acts_mod.channel_grid(acts, shown)))
+        result["out"] = args.out
+    return result
+
+
+def _write_png(path: str, data: bytes) -> None:
+    from pathlib import Path
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)  # never a half-written PNG
+
+
+def _print_activations(result: dict) -> None:
+    if "layers" in result:
+        print(f"{'layer':40} {'type':22} {'output shape':22} {'params':>10}")
+        for info in result["layers"]:
+            print(f"{info['name']:40} {info['type']:22} {str(tuple(info['output_shape'])):22} {info['params']:>10,}")
+        return
+    st = result["stats"]
+    print(
+        f"{result['layer']}: {tuple(result['shape'])}, mean {st['mean']:.3f}, max {st['max']:.3f}, "
+        f"dead channels {st['dead_fraction']:.0%}"
+    )
+    print(f"most active channels: {result['shown_channels'][:16]}")
+    if result["out"]:
+        print(f"grid written to {result['out']}")
+
+
+def cmd_explain(args: argparse.Namespace) -> dict:
+    from engine.explain import explain_image
+    from engine.explain.overlay import overlay, to_png
+
+    model = _explainable(args)
+    rgb = _read_image(args.image)
+    result = explain_image(model, rgb, args.method, args.class_index, args.layer)
+    out = result.to_json()
+    out["out"] = None
+    if args.out:
+        _write_png(args.out, to_png(overlay(rgb, result.heatmap, args.opacity, args.colormap)))
+        out["out"] = args.out
+    return out
+
+
+def _print_explain(result: dict) -> None:
+    layer = f" at {result['layer']}" if result["layer"] else ""
+    print(f"{result['method']}{layer}: class {result['class_index']} {result['label']} ({result['probability']:.1%})")
+    print(f"peak at row {result['peak'][0]}, column {result['peak'][1]} of the input image")
+    if result["out"]:
+        print(f"overlay written to {result['out']}")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    from engine.backbones import DEFAULT_BACKBONE
+
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--run", dest="run_dir", metavar="DIR", help="a trained run folder (model.keras, labels.json, config.json)"
+    )
+    group.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help=f"an ImageNet backbone (default {DEFAULT_BACKBONE})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.backbones import DEFAULT_BACKBONE
 
@@ -194,6 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=float, default=0.15, help="test fraction carved when the source has none")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_inspect_data, show=_print_inspect)
+
+    p = sub.add_parser("activations", help="a layer's feature maps for an image, or `--layer list` for the layers")
+    p.add_argument("image", metavar="IMAGE", nargs="?")
+    _model_args(p)
+    p.add_argument("--layer", required=True, help="layer name, or `list`")
+    p.add_argument("--sort", choices=("mean", "index"), default="mean", help="channel order (default: most active)")
+    p.add_argument("--channels", type=int, default=32, help="channels in the grid (default 32)")
+    p.add_argument("--out", metavar="PNG", help="write the channel grid here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_activations, show=_print_activations)
+
+    from engine.explain.overlay import COLORMAPS
+
+    p = sub.add_parser("explain", help="where the network looked: a CAM or an input attribution for one image")
+    p.add_argument("image", metavar="IMAGE")
+    _model_args(p)
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        help="gradcam, gradcam++, layercam, scorecam, eigencam, cam, "
+        "saliency, smoothgrad, integrated_gradients, occlusion (default gradcam)",
+    )
+    p.add_argument("--class", dest="class_index", type=int, help="class index (default: the predicted class)")
+    p.add_argument("--layer", help="convolutional layer (default: the last one)")
+    p.add_argument("--out", metavar="PNG", help="write the heatmap overlay here")
+    p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--colormap", choices=COLORMAPS, default="Jet")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_explain, show=_print_explain)
     return parser
 
 

@@ -97,3 +97,22 @@ def feature_scatter(xy, classes: list[str], paths: list[str], thumbnails: list[s
         )
         .properties(height=460)
     )  # not .interactive(): wheel-zoom would hijack scrolling the page
+
+
+def faithfulness_curves(fractions, deletion, insertion, deletion_auc: float, insertion_auc: float) -> go.Figure:
+    """Class probability as the map's top pixels are deleted / inserted (Petsiuk et al.)."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=fractions, y=deletion, mode="lines+markers", name=f"deletion (area {deletion_auc:.2f}, lower is better)"
+    )
+    fig.add_scatter(
+        x=fractions, y=insertion, mode="lines+markers", name=f"insertion (area {insertion_auc:.2f}, higher is better)"
+    )
+    fig.update_layout(
+        xaxis={"title": "fraction of pixels, most important first", "tickformat": ".0%"},
+        yaxis={"title": "class probability", "range": [0, 1]},
+        margin={"l": 10, "r": 10, "t": 30, "b": 40},
+        height=320,
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return fig

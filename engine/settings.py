@@ -15,6 +15,7 @@
 - CONVSCOPE_DATA_ROOTS: server folders (separated by `:`) whose dataset
   subfolders the dashboard may open; unset means none. The CLI, run by the
   operator, opens any path.
+- CONVSCOPE_RUNS_DIR: trained runs (default $XDG_DATA_HOME/convscope/runs).
 - CONVSCOPE_TFDS_DIR: TensorFlow Datasets data directory
   (default: TFDS_DATA_DIR or ~/tensorflow_datasets).
 """
@@ -103,3 +104,12 @@ def hub_models() -> list[HubEntry]:
             raise ValueError(f"CONVSCOPE_HUB_MODELS entry {item!r}: size after @ must be a number")
         entries.append(HubEntry(name.strip(), handle, int(size)))
     return entries
+
+
+def runs_dir() -> Path:
+    """Where trained runs live (CONVSCOPE_RUNS_DIR, default $XDG_DATA_HOME/convscope/runs)."""
+    env = os.environ.get("CONVSCOPE_RUNS_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "convscope" / "runs"

@@ -1,0 +1,114 @@
+"""Inside the network: activations, class activation maps and input attributions.
+
+One file per method over engine.explain.base; `METHODS` is the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.explain.base import BaseCAM, Explainer
+from engine.explain.cam import CAM
+from engine.explain.eigen_cam import EigenCAM
+from engine.explain.grad_cam import GradCAM
+from engine.explain.grad_cam_pp import GradCAMPlusPlus
+from engine.explain.integrated_gradients import IntegratedGradients
+from engine.explain.layer_cam import LayerCAM
+from engine.explain.model import Explainable, ExplainError, LayerInfo
+from engine.explain.occlusion import Occlusion
+from engine.explain.saliency import VanillaGradients
+from engine.explain.score_cam import ScoreCAM
+from engine.explain.smoothgrad import SmoothGrad
+
+METHODS: dict[str, type[Explainer]] = {
+    m.name: m
+    for m in (
+        GradCAM,
+        GradCAMPlusPlus,
+        LayerCAM,
+        ScoreCAM,
+        EigenCAM,
+        CAM,
+        VanillaGradients,
+        SmoothGrad,
+        IntegratedGradients,
+        Occlusion,
+    )
+}
+CAM_METHODS = [name for name, m in METHODS.items() if issubclass(m, BaseCAM)]
+INPUT_METHODS = [name for name, m in METHODS.items() if not issubclass(m, BaseCAM)]
+
+__all__ = ["METHODS", "Explainable", "ExplainError", "Explanation", "LayerInfo", "explain_image", "make"]
+
+
+def make(method: str, model: Explainable, layer: str | None = None) -> Explainer:
+    """An explainer by registry name; a clear error for unknown names and opaque models."""
+    if method not in METHODS:
+        raise ExplainError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cls = METHODS[method]
+    if cls.uses_layer and model.opaque_reason:
+        raise ExplainError(f"{model.opaque_reason}; use an input attribution: {', '.join(INPUT_METHODS)}")
+    return cls(model, layer)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One heatmap for one image and class."""
+
+    method: str
+    class_index: int
+    label: str
+    probability: float
+    layer: str | None
+    heatmap: np.ndarray  # (S, S) float32 in [0, 1], over the resized input
+    model_input: np.ndarray  # (S, S, 3) uint8
+    peak: tuple[int, int]  # (row, col) of the maximum, in the original image's pixels
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "class_index": self.class_index,
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "layer": self.layer,
+            "peak": list(self.peak),
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def peak_in_original(heatmap: np.ndarray, height: int, width: int) -> tuple[int, int]:
+    """The heatmap's maximum, mapped from the (S, S) model input back to (height, width) pixels."""
+    s = heatmap.shape[0]
+    r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    row = min(height - 1, int((r + 0.5) * height / s))
+    col = min(width - 1, int((c + 0.5) * width / heatmap.shape[1]))
+    return row, col
+
+
+def explain_image(
+    model: Explainable, rgb: np.ndarray, method: str, class_index: int | None = None, layer: str | None = None
+) -> Explanation:
+    """Explain one (H, W, 3) uint8 image for a class (default: the predicted one)."""
+    t0 = time.perf_counter()
+    explainer = make(method, model, layer)
+    x = model.prepare(rgb)[None]
+    probs = model.probabilities(x)[0]
+    index = int(np.argmax(probs)) if class_index is None else int(class_index)
+    if not 0 <= index < len(model.labels):
+        raise ExplainError(f"class index must be 0..{len(model.labels) - 1}, got {index}")
+    heat = explainer(x, [index])[0]
+    return Explanation(
+        method=method,
+        class_index=index,
+        label=model.labels[index],
+        probability=float(probs[index]),
+        layer=explainer.layer,
+        heatmap=heat,
+        model_input=x[0].astype(np.uint8),
+        peak=peak_in_original(heat, rgb.shape[0], rgb.shape[1]),
+        seconds=time.perf_counter() - t0,
+    )

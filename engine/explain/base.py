@@ -1,0 +1,110 @@
+"""The shared base of every CAM method: gradients, upsampling, ReLU, normalisation.
+
+A method only says how it weights the layer's activations (after
+jacobgil/pytorch-grad-cam's BaseCAM). Maps are float32 (N, S, S) in [0, 1]
+at the model's input size; drawing overlays is engine.explain.overlay's job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.explain.model import Explainable
+
+
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max to [0, 1]; a constant map becomes all zeros. (N, H, W) -> same."""
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    return np.where(span > 1e-12, (maps - lo) / np.maximum(span, 1e-12), 0.0).astype(np.float32)
+
+
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w) -> (N, size, size), bilinear."""
+    import tensorflow as tf
+
+    return tf.image.resize(maps[..., None], (size, size), method="bilinear").numpy()[..., 0]
+
+
+class Explainer:
+    """Anything that turns images and target classes into heatmaps."""
+
+    name = ""
+    title = ""
+    uses_layer = True  # False: an input attribution, works on opaque models too
+
+    def __init__(self, model: Explainable, layer: str | None = None) -> None:
+        self.model = model
+        if self.uses_layer:
+            self.layer = model.check_layer(layer) if layer else model.default_layer()
+        else:
+            self.layer = None
+
+    def __call__(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
+        """Heatmaps for (N, S, S, 3) images in [0, 255] and one class index per image.
+
+        Returns:
+            float32 (N, S, S) in [0, 1].
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if len(classes) != len(images):
+            raise ValueError(f"one class per image: got {len(classes)} classes for {len(images)} images")
+        raw = self.raw_maps(images, list(classes))
+        if raw.shape[1] != images.shape[1]:
+            raw = upsample(raw, images.shape[1])
+        return normalise(raw)
+
+    def raw_maps(self, images: np.ndarray, classes: list[int]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BaseCAM(Explainer):
+    """Weighted sums of a layer's activation maps; subclasses give the weights."""
+
+    needs_gradients = True
+
+    def activations_and_grads(self, images: np.ndarray, classes: list[int]):
+        """(A (N, h, w, C), dScore/dA (N, h, w, C) or None, logits (N, K)) as NumPy."""
+        import tensorflow as tf
+
+        fn = self.model.layer_fn(self.layer)
+        with self.model.lock:
+            x = tf.convert_to_tensor(self.model.preprocess(images))
+            if not self.needs_gradients:
+                a, y = fn(x)
+                return np.asarray(a), None, np.asarray(y)
+            with tf.GradientTape() as tape:
+                tape.watch(x)  # frozen layers record nothing otherwise
+                a, y = fn(x)
+                score = tf.gather(y, classes, axis=1, batch_dims=1)
+            grads = tape.gradient(score, a)
+        return np.asarray(a), np.asarray(grads), np.asarray(y)
+
+    def weights(self, activations: np.ndarray, grads: np.ndarray | None, classes: list[int], images: np.ndarray):
+        """(N, C) channel weights, or (N, h, w, C) per-position weights."""
+        raise NotImplementedError
+
+    def raw_maps(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
+        a, g, _ = self.activations_and_grads(images, classes)
+        w = self.weights(a, g, classes, images)
+        cam = (w[:, None, None, :] * a).sum(-1) if w.ndim == 2 else (w * a).sum(-1)
+        return np.maximum(cam, 0)  # only what speaks for the class
+
+
+class BaseAttribution(Explainer):
+    """Input-space attribution: needs only the model's input and output."""
+
+    uses_layer = False
+
+    def input_gradients(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
+        """dScore/dInput in [0, 255] pixel units, (N, S, S, 3)."""
+        import tensorflow as tf
+
+        with self.model.lock:
+            x = tf.convert_to_tensor(images)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = self.model.model(self.model.preprocess(x), training=False)
+                score = tf.gather(y, classes, axis=1, batch_dims=1)
+            return np.asarray(tape.gradient(score, x))

@@ -1,0 +1,177 @@
+"""Are the explanations right? Model randomisation, deletion/insertion, localisation.
+
+- Sanity check (Adebayo et al. 2018): the map for the trained model against
+  the same architecture with its top layers randomised; a faithful method's
+  map changes (low rank correlation), an edge detector's does not.
+- Deletion / insertion (Petsiuk et al. 2018): the class probability as the
+  most important pixels are removed (should fall fast: low area) or added to
+  a blurred image (should rise fast: high area).
+- Localisation: how often the map's peak falls inside the object's box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.explain.model import Explainable
+
+SANITY_THRESHOLD = 0.5  # rank correlation at or above this: the map ignores the model's weights
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two maps (ties broken by position; fine for continuous maps)."""
+    ra = np.argsort(np.argsort(a.ravel(), kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(b.ravel(), kind="stable"), kind="stable").astype(np.float64)
+    if ra.std() == 0 or rb.std() == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> Explainable:
+    """A copy of the model whose last `top_layers` weighted layers get random weights.
+
+    The shared model is never touched. Random weights keep each tensor's scale
+    (normal with the original's standard deviation).
+    """
+    import keras
+
+    clone = keras.models.clone_model(model.model)
+    clone.set_weights(model.model.get_weights())
+    rng = np.random.default_rng(seed)
+    weighted = [layer for layer in _all_layers(clone) if layer.weights]
+    for layer in weighted[-top_layers:]:
+        new = []
+        for w in layer.get_weights():
+            std = float(w.std()) or 0.05
+            new.append(rng.normal(0, std, w.shape).astype(w.dtype) if w.ndim > 1 else w)
+        layer.set_weights(new)
+    return Explainable(
+        clone, model.preprocess, model.labels, f"{model.name} (top {top_layers} randomised)", model._default_layer
+    )
+
+
+def _all_layers(model) -> list:
+    import keras
+
+    out = []
+    for layer in model.layers:
+        out.extend(_all_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return out
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    correlation: float
+    passed: bool
+    randomised_map: np.ndarray  # (S, S)
+
+
+def sanity_check(
+    model: Explainable,
+    method: str,
+    image: np.ndarray,
+    class_index: int,
+    layer: str | None = None,
+    randomised: Explainable | None = None,
+) -> SanityResult:
+    """Compare the method's map on (S, S, 3) `image` for the trained and a randomised model."""
+    from engine.explain import make
+
+    randomised = randomised or randomised_copy(model)
+    trained = make(method, model, layer)(image[None], [class_index])[0]
+    random_map = make(method, randomised, layer)(image[None], [class_index])[0]
+    rho = spearman(trained, random_map)
+    return SanityResult(rho, rho < SANITY_THRESHOLD, random_map)
+
+
+@dataclass(frozen=True)
+class Curves:
+    fractions: np.ndarray  # (steps + 1,) share of pixels removed / inserted
+    deletion: np.ndarray  # class probability after removing the top pixels
+    insertion: np.ndarray  # class probability after inserting the top pixels into a blurred image
+    deletion_auc: float  # lower is better
+    insertion_auc: float  # higher is better
+
+
+def _blur(image: np.ndarray) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    radius = max(2, image.shape[0] // 20)
+    return np.asarray(Image.fromarray(image.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+
+
+def deletion_insertion(
+    model: Explainable, image: np.ndarray, heat: np.ndarray, class_index: int, steps: int = 16
+) -> Curves:
+    """Both faithfulness curves for one (S, S, 3) image in [0, 255] and its (S, S) map."""
+    order = np.argsort(-heat.ravel(), kind="stable")
+    blurred = _blur(image)
+    fractions = np.linspace(0, 1, steps + 1)
+    flat_img, flat_blur = image.reshape(-1, 3), blurred.reshape(-1, 3)
+    deleted, inserted = [], []
+    for f in fractions:
+        top = order[: int(round(f * len(order)))]
+        d = flat_img.copy()
+        d[top] = flat_blur[top]
+        i = flat_blur.copy()
+        i[top] = flat_img[top]
+        deleted.append(d.reshape(image.shape))
+        inserted.append(i.reshape(image.shape))
+    probs = model.probabilities(np.stack(deleted + inserted))[:, class_index]
+    dele, ins = probs[: steps + 1], probs[steps + 1 :]
+    return Curves(fractions, dele, ins, float(np.trapezoid(dele, fractions)), float(np.trapezoid(ins, fractions)))
+
+
+def peak_in_box(heat: np.ndarray, box: list[int], height: int, width: int) -> bool:
+    """Whether the (S, S) map's maximum, in original pixels, lies in box [x0, y0, x1, y1]."""
+    from engine.explain import peak_in_original
+
+    row, col = peak_in_original(heat, height, width)
+    x0, y0, x1, y1 = box
+    return x0 <= col < x1 and y0 <= row < y1
+
+
+def localisation(
+    model: Explainable, dataset, items: list, methods: list[str], layer: str | None = None, progress=None
+) -> dict:
+    """How often each method's peak falls inside the object's box, for each item's own class.
+
+    Args:
+        dataset: an ingested Dataset with `boxes` (the shapes set has them).
+        items: the items to score; their class names must be among the model's labels.
+
+    Returns:
+        {"chance": mean box area / image area, "n": images, "hit_rate": {method: fraction}}.
+    """
+    from engine.data.ingest import load_item
+    from engine.explain import ExplainError, make
+
+    if not dataset.boxes:
+        raise ExplainError("localisation needs object boxes (boxes.json), as the shapes set has")
+    missing = sorted({dataset.classes[i.label] for i in items} - set(model.labels))
+    if missing:
+        raise ExplainError(f"the model does not know the classes {missing}; use a model trained on this data")
+    explainers = {m: make(m, model, layer) for m in methods}
+    hits = dict.fromkeys(methods, 0)
+    areas, n = [], 0
+    for k, item in enumerate(items):
+        box = dataset.boxes.get(item.rel)
+        if not box:
+            continue
+        rgb = load_item(dataset, item)
+        h, w = rgb.shape[:2]
+        x = model.prepare(rgb)[None]
+        target = model.labels.index(dataset.classes[item.label])
+        for m, explainer in explainers.items():
+            hits[m] += peak_in_box(explainer(x, [target])[0], box, h, w)
+        areas.append((box[2] - box[0]) * (box[3] - box[1]) / (h * w))
+        n += 1
+        if progress:
+            progress(k + 1, len(items))
+    return {
+        "chance": float(np.mean(areas)) if areas else 0.0,
+        "n": n,
+        "hit_rate": {m: hits[m] / max(n, 1) for m in methods},
+    }

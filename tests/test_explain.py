@@ -1,0 +1,241 @@
+"""Explanations: one contract over every method on tiny models, a hand-computed
+Grad-CAM, nested backbones, models reloaded from disk, the trust checks."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from engine.explain import METHODS, Explainable, ExplainError, checks, explain_image, make, peak_in_original
+from engine.explain import activations as acts_mod
+from engine.explain.grad_cam import GradCAM
+from engine.explain.overlay import COLORMAPS, overlay
+
+LABELS = ["a", "b", "c"]
+
+
+def scale(x):
+    return x / 255.0
+
+
+def tiny_flat(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(3, name="head")(x)
+    return keras.Model(inp, out)
+
+
+def tiny_nested(flat: keras.Model) -> keras.Model:
+    """The same network as `flat`, with its convolutions inside a nested backbone."""
+    b_in = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(b_in)
+    y = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(y)
+    base = keras.Model(b_in, y, name="base")
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(base(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+    for name in ("conv1", "conv2"):
+        base.get_layer(name).set_weights(flat.get_layer(name).get_weights())
+    model.get_layer("head").set_weights(flat.get_layer("head").get_weights())
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Explainable(tiny_flat(), scale, LABELS, "tiny")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_keeps_the_contract(tiny, images, method):
+    maps = make(method, tiny)(images, [0, 2])
+    assert maps.shape == (2, 8, 8) and maps.dtype == np.float32
+    assert not np.isnan(maps).any()
+    assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_grad_cam_weights_by_hand(tiny, images):
+    # With global average pooling into a Dense layer, dScore_c/dA[i, j, k] = W[k, c] / (h * w)
+    # at every position, so Grad-CAM's weights are the Dense kernel's column over h * w.
+    cam = GradCAM(tiny, "conv2")
+    a, g, _ = cam.activations_and_grads(images, [1, 2])
+    kernel = tiny.model.get_layer("head").get_weights()[0]
+    expected = kernel[:, [1, 2]].T / (8 * 8)
+    np.testing.assert_allclose(cam.weights(a, g, [1, 2], images), expected, rtol=1e-5, atol=1e-7)
+    # ...which makes Grad-CAM equal to CAM for such heads.
+    np.testing.assert_allclose(cam(images, [1, 2]), make("cam", tiny, "conv2")(images, [1, 2]), atol=1e-5)
+
+
+def test_layers_and_default(tiny):
+    names = [i.name for i in tiny.layers()]
+    assert names == ["conv1", "conv2", "gap", "head"]
+    assert tiny.default_layer() == "conv2"
+    with pytest.raises(ExplainError, match="not a feature map"):
+        make("gradcam", tiny, "gap")
+    with pytest.raises(ExplainError, match="no layer 'conv9'"):
+        make("gradcam", tiny, "conv9")
+    with pytest.raises(ExplainError, match="unknown method"):
+        make("magic", tiny)
+
+
+def test_nested_backbone_gives_the_same_maps_as_the_flat_graph(images):
+    flat = tiny_flat(3)
+    nested = Explainable(tiny_nested(flat), scale, LABELS, "nested")
+    plain = Explainable(flat, scale, LABELS, "flat")
+    assert "base/conv2" in [i.name for i in nested.layers()] and nested.default_layer() == "base/conv2"
+    for method in ("gradcam", "layercam", "eigencam", "saliency"):
+        layer = "base/conv1" if method == "layercam" else None
+        flat_layer = "conv1" if method == "layercam" else None
+        np.testing.assert_allclose(
+            make(method, nested, layer)(images, [0, 1]), make(method, plain, flat_layer)(images, [0, 1]), atol=1e-5
+        )
+    np.testing.assert_allclose(nested.activations(images, "base/conv1"), plain.activations(images, "conv1"), atol=1e-6)
+
+
+def save_run(model: keras.Model, folder, labels=LABELS, backbone=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "labels.json").write_text(json.dumps(labels))
+    (folder / "config.json").write_text(json.dumps({"backbone": backbone} if backbone else {}))
+    return folder
+
+
+def test_maps_from_a_model_reloaded_from_disk(tmp_path, images):
+    model = tiny_flat(5)
+    run = save_run(model, tmp_path / "run")
+    reloaded = Explainable.from_run(run)
+    reloaded.preprocess = scale  # a run without a registry backbone has no preprocessing of its own
+    original = Explainable(model, scale, LABELS, "tiny")
+    for method in ("gradcam", "scorecam", "integrated_gradients"):
+        np.testing.assert_allclose(
+            make(method, reloaded)(images, [2, 0]), make(method, original)(images, [2, 0]), atol=1e-5
+        )
+
+
+def test_bad_run_folders_give_clear_errors(tmp_path):
+    with pytest.raises(ExplainError, match="no model.keras"):
+        Explainable.from_run(tmp_path)
+    (tmp_path / "model.keras").write_text("not a zip")
+    with pytest.raises(ExplainError, match="cannot be loaded safely"):
+        Explainable.from_run(tmp_path)
+
+
+def test_lambda_layers_are_refused(tmp_path):
+    inp = keras.Input((8, 8, 3))
+    out = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2)(inp)))
+    save_run(keras.Model(inp, out), tmp_path / "run")
+    with pytest.raises(ExplainError, match="cannot be loaded safely"):
+        Explainable.from_run(tmp_path / "run")
+
+
+def test_opaque_models_offer_input_attributions(images):
+    opaque = Explainable(tiny_flat(), scale, LABELS, "hub-like", opaque_reason="hub-like is an opaque TF Hub module")
+    with pytest.raises(ExplainError, match="opaque TF Hub module.*occlusion"):
+        make("gradcam", opaque)
+    assert make("occlusion", opaque)(images, [0, 1]).shape == (2, 8, 8)
+
+
+def test_peak_maps_back_to_original_pixels():
+    heat = np.zeros((4, 4), np.float32)
+    heat[3, 0] = 1
+    assert peak_in_original(heat, 400, 800) == (350, 100)
+
+
+def test_activation_views(tiny, images):
+    acts = tiny.activations(images[:1], "conv1")[0]
+    order = acts_mod.channel_order(acts)
+    assert sorted(order) == [0, 1, 2, 3] and acts[..., order[0]].mean() >= acts[..., order[-1]].mean()
+    grid = acts_mod.channel_grid(acts, order, tile=8, columns=2)
+    assert grid.shape == (2 * 10, 2 * 10, 3) and grid.dtype == np.uint8
+    stats = acts_mod.layer_stats(acts)
+    assert 0 <= stats["dead_fraction"] <= 1 and stats["channels"] == 4
+    name, tiles = acts_mod.first_layer_filters(tiny)
+    assert name == "conv1" and len(tiles) == 4 and tiles[0].shape == (32, 32, 3)
+    assert acts_mod.depth_layers(tiny, 5) == ["conv1", "conv2"]
+
+
+@pytest.mark.parametrize("colormap", COLORMAPS)
+def test_overlay(colormap):
+    rgb = np.full((10, 20, 3), 100, np.uint8)
+    heat = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    out = overlay(rgb, heat, 0.5, colormap)
+    assert out.shape == (10, 20, 3) and out.dtype == np.uint8
+    assert np.array_equal(overlay(rgb, heat, 0.0, colormap), rgb)
+
+
+def test_spearman():
+    a = np.arange(16.0).reshape(4, 4)
+    assert checks.spearman(a, a * 3 + 1) == pytest.approx(1.0)
+    assert checks.spearman(a, -a) == pytest.approx(-1.0)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return Explainable.from_backbone("efficientnet_lite0")
+
+
+def test_imagenet_cat_grad_cam_and_faithfulness(lite0):
+    from engine.samples import sample_photo
+
+    rgb = sample_photo("chelsea")
+    result = explain_image(lite0, rgb, "gradcam")
+    assert result.label == "Egyptian cat" and result.layer == "top_activation"
+    row, col = result.peak
+    assert 0 <= row < rgb.shape[0] and 0 <= col < rgb.shape[1]
+    x = lite0.prepare(rgb)
+    curves = checks.deletion_insertion(lite0, x, result.heatmap, result.class_index, steps=8)
+    assert curves.deletion[0] == pytest.approx(curves.insertion[-1], abs=1e-5)  # both are the intact image
+    assert curves.deletion_auc < curves.insertion_auc  # removing what the map marks hurts most
+
+
+def test_sanity_check_separates_grad_cam_from_an_edge_detector(lite0):
+    from engine.samples import sample_photo
+
+    x = lite0.prepare(sample_photo("chelsea"))
+    randomised = checks.randomised_copy(lite0)
+    assert lite0.model.get_layer("predictions").get_weights()[0].std() > 0  # the shared model is untouched
+    grad = checks.sanity_check(lite0, "gradcam", x, 285, randomised=randomised)
+    assert grad.passed and grad.correlation < checks.SANITY_THRESHOLD
+    # Eigen-CAM ignores the head entirely: its map cannot change with the head's weights.
+    eig = checks.sanity_check(lite0, "eigencam", x, 285, randomised=checks.randomised_copy(lite0, top_layers=1))
+    assert not eig.passed and eig.correlation > 0.99
+
+
+@pytest.mark.slow
+def test_localisation_on_a_trained_shapes_run_is_well_above_chance(tmp_path, cache_dir):
+    """Train a head on frozen Lite0 features of the shapes set, save it as a run, reload, localise."""
+    from engine.backbones import load
+    from engine.data.pipeline import load_resized
+    from engine.data.sources import open_dataset
+    from engine.features import FeatureExtractor
+
+    ds = open_dataset("shapes:per_class=20,classes=3,size=160")
+    size = 224  # a 7x7 last feature map: 128 px gives 4x4, too coarse to place a peak
+    fx = FeatureExtractor("efficientnet_lite0", image_size=size)
+    feats = fx.embed(lambda k: load_resized(str(ds.path(ds.items[k])), size), len(ds.items))
+    labels = np.array([i.label for i in ds.items])
+    keras.utils.set_random_seed(0)
+    head = keras.layers.Dense(len(ds.classes), name="head")
+    probe = keras.Sequential([keras.Input((feats.shape[1],)), head])
+    probe.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    probe.fit(feats, labels, epochs=60, batch_size=16, verbose=0)
+    base = load("efficientnet_lite0", image_size=size)
+    full_head = keras.layers.Dense(len(ds.classes), name="head")
+    model = keras.Model(base.input, full_head(keras.layers.GlobalAveragePooling2D(name="gap")(base.output)))
+    full_head.set_weights(head.get_weights())
+    run = save_run(model, tmp_path / "shapes-run", labels=ds.classes, backbone="efficientnet_lite0")
+
+    reloaded = Explainable.from_run(run)
+    assert reloaded.default_layer() == "top_activation"
+    result = checks.localisation(reloaded, ds, ds.items, ["gradcam", "layercam"])
+    assert result["n"] == 60
+    for method, rate in result["hit_rate"].items():
+        assert rate > 2 * result["chance"] and rate >= 0.6, (method, result)
