@@ -8,6 +8,7 @@ pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/datasets.py", title="Dataset Explorer", icon="🗂️"),
     st.Page("pages/predict.py", title="Predict", icon="🔮"),
+    st.Page("pages/inside.py", title="Inside the network", icon="🔍"),
 ]
 pg = st.navigation(pages)
 st.sidebar.caption("ConvScope · transfer learning and CNN insight")

@@ -18,9 +18,15 @@ networks, in the browser.
   separate in a pretrained network's feature space.
 - **Predict**: classify your own photos with EfficientNet-Lite0, an ImageNet
   network that ships with ConvScope and works offline.
+- **Inside the network**: every layer's feature maps, the first layer's
+  filters, a walk from edges to objects, where the network looked for any
+  class (Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM, Eigen-CAM, CAM, gradients,
+  SmoothGrad, Integrated Gradients, occlusion), and checks that say how far to
+  trust each map.
 
 Everything the dashboard does is also scriptable: `python -m engine --help`.
 """
 )
 st.page_link("pages/datasets.py", label="Explore a dataset", icon="🗂️")
 st.page_link("pages/predict.py", label="Classify an image", icon="🔮")
+st.page_link("pages/inside.py", label="Look inside the network", icon="🔍")

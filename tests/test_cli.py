@@ -132,3 +132,50 @@ def test_inspect_data_human_output(tmp_path):
     proc = run_cli("inspect-data", "shapes:per_class=3,classes=2,size=48")
     assert proc.returncode == 0
     assert "2 classes, 6 usable images" in proc.stdout and "circle" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def cat_photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "cat.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=90)
+    return path
+
+
+def test_activations_list_and_one_layer(cat_photo, tmp_path):
+    proc = run_cli("activations", "--layer", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    layers = json.loads(proc.stdout)["layers"]
+    assert layers[0]["name"] == "stem_conv" and any(la["name"] == "top_activation" for la in layers)
+    out = tmp_path / "grid.png"
+    proc = run_cli("activations", str(cat_photo), "--layer", "block2a_expand_activation", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["layer"] == "block2a_expand_activation" and result["shape"][:2] == [112, 112]
+    assert result["channels"] == result["shape"][2] and result["out"] == str(out)
+    assert Image.open(out).size[0] > 100
+
+
+def test_explain_json_peak_in_image_pixels(cat_photo, tmp_path):
+    out = tmp_path / "cam.png"
+    proc = run_cli("explain", str(cat_photo), "--method", "gradcam", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert {"method", "class_index", "label", "probability", "layer", "peak", "out"} <= set(result)
+    assert result["label"] == "Egyptian cat" and result["layer"] == "top_activation"
+    h, w = data.chelsea().shape[:2]
+    assert 0 <= result["peak"][0] < h and 0 <= result["peak"][1] < w
+    assert Image.open(out).size == (w, h)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "magic"], "unknown method"),
+        (["--layer", "predictions"], "not a feature map"),
+        (["--class", "1000"], "class index must be 0..999"),
+        (["--run", "/no/such/run"], "no model.keras"),
+    ],
+)
+def test_explain_bad_input(cat_photo, args, message):
+    proc = run_cli("explain", str(cat_photo), *args, "--json")
+    assert proc.returncode == 2 and message in json.loads(proc.stdout)["error"]

@@ -9,7 +9,8 @@ import numpy as np
 import streamlit as st
 
 from engine import backbones
-from engine.data import report
+from engine.data import report, sources
+from engine.explain import Explainable, checks
 from engine.features import FeatureExtractor
 from engine.predict import ImageNetClassifier
 from engine.samples import sample_photo
@@ -57,3 +58,27 @@ def feature_extractor(name: str) -> FeatureExtractor:
 def preview(path: str, box: tuple[int, ...] | None = None, px: int = 256) -> np.ndarray:
     """Shrunk images for grids: big photos are decoded once, not on every rerun."""
     return report.preview(path, px, list(box) if box else None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def explainable_backbone(name: str) -> Explainable:
+    """An ImageNet classifier prepared for explanations (read-only, shared)."""
+    return Explainable.from_backbone(name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def explainable_run(path: str, mtime: float) -> Explainable:
+    """A trained run's model; `mtime` makes a rewritten model.keras load again."""
+    return Explainable.from_run(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def randomised(_model: Explainable, key: str) -> Explainable:
+    """The model with its top layers randomised, for the sanity check (a copy: the shared model is untouched)."""
+    return checks.randomised_copy(_model)
+
+
+@st.cache_resource(show_spinner=False)
+def builtin_shapes():
+    """The default shapes set (generated once per cache folder), for picking test images."""
+    return sources.open_dataset(sources.DEFAULT_SOURCE)

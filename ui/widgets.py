@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
-from engine import settings
+from engine import imaging, settings
 from engine.backbones import DEFAULT_BACKBONE
 from engine.data import sources, tfds_source
-from engine.data.ingest import Dataset
+from engine.data.ingest import Dataset, load_item
 from engine.data.shapes import SHAPE_CLASSES, ShapesConfig
 from engine.errors import ConvScopeError
+from engine.samples import SAMPLE_PHOTOS
 from ui import cached, state
 
 
@@ -124,3 +126,35 @@ def open_dataset(source: str) -> Dataset | None:
     opened.clear()  # keep one dataset per session: they can be large
     opened[source] = dataset
     return dataset
+
+
+IMAGE_SOURCES = ("Sample photo", "Shapes image", "Upload")
+
+
+def image_picker(key: str = "img") -> tuple[str, np.ndarray, list[int] | None] | None:
+    """One image to look at: (name, (H, W, 3) uint8, object box or None); None until chosen."""
+    source = st.radio("Image", IMAGE_SOURCES, horizontal=True, key=f"{key}_source")
+    if source == IMAGE_SOURCES[0]:
+        name = st.selectbox("Photo", list(SAMPLE_PHOTOS), format_func=SAMPLE_PHOTOS.get, key=f"{key}_sample")
+        return SAMPLE_PHOTOS[name], cached.sample(name), None
+    if source == IMAGE_SOURCES[1]:
+        with st.spinner("Preparing the shapes set…"):
+            shapes = cached.builtin_shapes()
+        c1, c2 = st.columns(2)
+        cls = c1.selectbox("Shape", shapes.classes, key=f"{key}_shape")
+        items = [i for i in shapes.items if shapes.classes[i.label] == cls]
+        k = c2.number_input("Index", 0, len(items) - 1, 0, key=f"{key}_shape_index")
+        item = items[int(k)]
+        return item.rel, load_item(shapes, item), (shapes.boxes or {}).get(item.rel)
+    upload = st.file_uploader(
+        "An image (JPEG, PNG, GIF, BMP, TIFF, WebP)",
+        key=f"{key}_upload",
+        max_upload_size=settings.max_upload_bytes() // 2**20,
+    )
+    if upload is None:
+        return None
+    try:
+        return upload.name, imaging.load_rgb(upload.getvalue(), name=upload.name), None
+    except imaging.ImageLoadError as exc:
+        st.error(str(exc))
+        return None

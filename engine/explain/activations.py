@@ -83,9 +83,12 @@ def first_layer_filters(model: Explainable, tile: int = 32) -> tuple[str, list[n
 
 def depth_layers(model: Explainable, count: int = 5) -> list[str]:
     """`count` spatial layers spread from input to output, for the walk through the network."""
-    names = model.spatial_layers()
-    if not names:
+    infos = [i for i in model.layers() if i.spatial]
+    if not infos:
         raise ExplainError(f"{model.name} has no spatial layers")
+    # Prefer activation outputs: what the next layer actually sees.
+    acts = [i.name for i in infos if i.type in ("ReLU", "Activation") or i.name.endswith(("activation", "relu"))]
+    names = acts if len(acts) >= count else [i.name for i in infos]
     picks = np.unique(np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int))
     return [names[i] for i in picks]
 
