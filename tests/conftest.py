@@ -23,3 +23,22 @@ def cache_dir(tmp_path, monkeypatch):
     """An empty backbone cache for one test."""
     monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def open_page():
+    """Open a dashboard page through app.py's router, as AppTest."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+
+    def _open(page: str, timeout: int = 300) -> AppTest:
+        at = AppTest.from_file(app, default_timeout=timeout)
+        at.run()
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        return at
+
+    return _open

@@ -1,13 +1,9 @@
 """The Dataset Explorer page through AppTest: the four kinds of data, the report, the tabs."""
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import datafactory as f
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TABS = {
     "overview": "📊 Balance & sizes",
     "samples": "🖼️ Samples",
@@ -18,12 +14,8 @@ TABS = {
 
 
 @pytest.fixture
-def page():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    at.switch_page("pages/datasets.py").run()
-    assert not at.exception
-    return at
+def page(open_page):
+    return open_page("pages/datasets.py")
 
 
 def metrics(at) -> dict[str, str]:

@@ -1,22 +1,15 @@
 """The Inside-the-network page through AppTest: every tab, the checks, a trained run."""
 
 import json
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TABS = ["🧱 Layers & feature maps", "🎛️ First-layer filters", "🚶 Walk through", "🔥 Where it looked", "✅ Trust"]
 
 
 @pytest.fixture
-def page():
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page("pages/inside.py").run()
-    assert not at.exception
-    return at
+def page(open_page):
+    return open_page("pages/inside.py")
 
 
 def open_tab(at, index: int):
