@@ -236,7 +236,7 @@ def cmd_explain(args: argparse.Namespace) -> dict:
     out = result.to_json()
     out["out"] = None
     if args.out:
-        _write_png(args.out, to_png(overlay(rgb, result.heatmap, args.opacity, args.colormap)))
+        _write_png(args.out, to_png(overlay(rgb, result.display, args.opacity, args.colormap)))
         out["out"] = args.out
     return out
 

@@ -176,7 +176,7 @@ with tab_cam:
                 except ConvScopeError as exc:
                     st.warning(f"{METHODS[method].title}: {exc}")
                     continue
-                picture = overlay(rgb, result.heatmap, opacity, cmap)
+                picture = overlay(rgb, result.display, opacity, cmap)
                 where = f" at {result.layer}" if result.layer else ""
                 st.image(picture, caption=f"{METHODS[method].title}{where} · {result.seconds:.2f} s", width="stretch")
                 if score:
@@ -205,7 +205,8 @@ with tab_trust:
                 bar.progress(0.3, text="Sanity check…")
                 sanity = checks.sanity_check(model, method, x, target, randomised=rand)
                 bar.progress(0.6, text="Deletion and insertion…")
-                heat = make(method, model)(x[None], [target])[0]
+                explainer = make(method, model)
+                heat = explainer(x[None], [target])[0]
                 curves = checks.deletion_insertion(model, x, heat, target)
             except ConvScopeError as exc:
                 bar.empty()
@@ -213,8 +214,9 @@ with tab_trust:
                 st.stop()
             bar.empty()
             c1, c2, c3 = st.columns(3)
-            c1.image(overlay(rgb, heat, 0.5), caption="trained model", width="stretch")
-            c2.image(overlay(rgb, sanity.randomised_map, 0.5), caption="top 3 layers randomised", width="stretch")
+            shown = explainer.for_display(np.stack([heat, sanity.randomised_map]))
+            c1.image(overlay(rgb, shown[0], 0.5), caption="trained model", width="stretch")
+            c2.image(overlay(rgb, shown[1], 0.5), caption="top 3 layers randomised", width="stretch")
             verdict = "passes" if sanity.passed else "FAILS"
             c3.metric("Rank correlation", f"{sanity.correlation:.2f}")
             (c3.success if sanity.passed else c3.error)(

@@ -239,3 +239,12 @@ def test_localisation_on_a_trained_shapes_run_is_well_above_chance(tmp_path, cac
     assert result["n"] == 60
     for method, rate in result["hit_rate"].items():
         assert rate > 2 * result["chance"] and rate >= 0.6, (method, result)
+
+
+def test_display_contrast_never_moves_the_peak(tiny, images):
+    saliency = make("saliency", tiny)
+    maps = saliency(images, [0, 1])
+    shown = saliency.for_display(maps)
+    assert shown.shape == maps.shape and shown.min() >= 0 and shown.max() <= 1
+    assert (shown >= maps - 1e-6).all()  # clipping the top brightens the rest
+    assert np.array_equal(make("gradcam", tiny).for_display(maps), maps)  # CAMs are drawn as they are

@@ -64,6 +64,7 @@ class Explanation:
     probability: float
     layer: str | None
     heatmap: np.ndarray  # (S, S) float32 in [0, 1], over the resized input
+    display: np.ndarray  # the same, contrast-adjusted for drawing (pixel attributions are spiky)
     model_input: np.ndarray  # (S, S, 3) uint8
     peak: tuple[int, int]  # (row, col) of the maximum, in the original image's pixels
     seconds: float
@@ -108,6 +109,7 @@ def explain_image(
         probability=float(probs[index]),
         layer=explainer.layer,
         heatmap=heat,
+        display=explainer.for_display(heat[None])[0],
         model_input=x[0].astype(np.uint8),
         peak=peak_in_original(heat, rgb.shape[0], rgb.shape[1]),
         seconds=time.perf_counter() - t0,

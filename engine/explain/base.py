@@ -33,7 +33,7 @@ class Explainer:
     name = ""
     title = ""
     uses_layer = True  # False: an input attribution, works on opaque models too
-    clip_percentile = 100.0
+    display_percentile = 100.0  # see for_display
 
     def __init__(self, model: Explainable, layer: str | None = None) -> None:
         self.model = model
@@ -52,16 +52,22 @@ class Explainer:
         if len(classes) != len(images):
             raise ValueError(f"one class per image: got {len(classes)} classes for {len(images)} images")
         raw = self.raw_maps(images, list(classes))
-        if self.clip_percentile < 100:
-            # Pixel attributions are dominated by a few extreme pixels; clipping them shows the rest.
-            top = np.percentile(raw, self.clip_percentile, axis=(1, 2), keepdims=True)
-            raw = np.minimum(raw, top)
         if raw.shape[1] != images.shape[1]:
             raw = upsample(raw, images.shape[1])
         return normalise(raw)
 
     def raw_maps(self, images: np.ndarray, classes: list[int]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def for_display(self, maps: np.ndarray) -> np.ndarray:
+        """Maps clipped at `display_percentile` and rescaled, for drawing only.
+
+        Peaks and faithfulness scores use the maps as they are: clipping makes ties.
+        """
+        if self.display_percentile >= 100:
+            return maps
+        top = np.percentile(maps, self.display_percentile, axis=(1, 2), keepdims=True)
+        return normalise(np.minimum(maps, top))
 
 
 class BaseCAM(Explainer):
@@ -101,7 +107,7 @@ class BaseAttribution(Explainer):
     """Input-space attribution: needs only the model's input and output."""
 
     uses_layer = False
-    clip_percentile = 99.0
+    display_percentile = 99.0  # a few extreme pixels would otherwise hide the rest
 
     def input_gradients(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
         """dScore/dInput in [0, 255] pixel units, (N, S, S, 3)."""
