@@ -7,6 +7,7 @@ st.set_page_config(page_title="ConvScope", page_icon="🔬", layout="wide")
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/datasets.py", title="Dataset Explorer", icon="🗂️"),
+    st.Page("pages/train.py", title="Train", icon="🏋️"),
     st.Page("pages/predict.py", title="Predict", icon="🔮"),
     st.Page("pages/inside.py", title="Inside the network", icon="🔍"),
 ]

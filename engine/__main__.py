@@ -1,7 +1,8 @@
 """ConvScope command line: `python -m engine COMMAND ... [--json]`.
 
 With --json, exactly one JSON object goes to stdout; logs go to stderr.
-Exit codes: 0 success, 2 bad input (with {"error": "..."} under --json).
+Exit codes: 0 success, 1 a training run that failed (its JSON says why),
+2 bad input (with {"error": "..."} under --json).
 """
 
 from __future__ import annotations
@@ -249,6 +250,114 @@ def _print_explain(result: dict) -> None:
         print(f"overlay written to {result['out']}")
 
 
+def _train_config(args: argparse.Namespace):
+    """A TrainConfig from the defaults, then the preset, then the options given on the command line."""
+    from dataclasses import replace
+
+    from engine import backbones, presets
+    from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
+
+    config = TrainConfig(data=DataConfig(source=args.source))
+    if args.preset:
+        config = presets.get(args.preset).apply(config)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if "mode" in given and "backbone" not in given and not args.preset:
+        config = replace(config, backbone="small_cnn" if given["mode"] == "scratch" else config.backbone)
+    top = {k: given[k] for k in ("backbone", "mode", "epochs", "batch_size", "optimizer", "seed") if k in given}
+    if "lr" in given:
+        top["learning_rate"] = given["lr"]
+    if "early_stopping" in given:
+        top["early_stopping"] = given["early_stopping"]
+    if "aug_views" in given:
+        top["aug_views"] = given["aug_views"]
+    if args.class_weights:
+        top["class_weights"] = True
+    config = replace(config, **top)
+    if "hidden" in given or "dropout" in given:
+        config = replace(
+            config,
+            head=HeadConfig.parse(
+                given.get("hidden", ",".join(map(str, config.head.hidden))), given.get("dropout", config.head.dropout)
+            ),
+        )
+    data = {}
+    if "image_size" in given:
+        data["image_size"] = given["image_size"]
+    elif not args.preset:
+        data["image_size"] = backbones.get_spec(config.backbone).input_size
+    for key, name in (("val", "val_frac"), ("test", "test_frac"), ("resize", "resize")):
+        if key in given:
+            data[name] = given[key]
+    if "augment" in given:
+        data["augment"] = AugmentConfig.parse(given["augment"])
+    data["seed"] = config.seed
+    return replace(config, data=DataConfig.from_json({**config.data.to_json(), **data}))
+
+
+class _TrainProgress:
+    """Training progress on stderr: stages as they go, one line per epoch."""
+
+    def __call__(self, stage: str = "", **fields) -> None:
+        if stage in ("data", "features") and "done" in fields:
+            _stderr_progress(fields.get("message", stage), fields["done"], fields["total"])
+        elif stage == "training" and "history" in fields and fields["history"].get("loss"):
+            h = fields["history"]
+            parts = [f"{k} {h[k][-1]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if h.get(k)]
+            print(f"epoch {len(h['loss'])}/{fields['epochs']}: " + ", ".join(parts), file=sys.__stderr__, flush=True)
+        elif stage in ("evaluating", "saving"):
+            print(f"{stage}…", file=sys.__stderr__, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    import signal
+    import threading
+
+    from engine import runs, training
+
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after this batch; second: abort
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("stopping after this batch (Ctrl-C again to abort)…", file=sys.__stderr__, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    if args.resume:
+        run = runs.open_run(args.resume)
+        return training.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
+    if not args.source:
+        raise ConvScopeError("give a SOURCE (shapes, a folder, a .zip or tfds:NAME), or --resume RUN_DIR")
+    config = _train_config(args)
+    run = runs.create(args.out, backbone=config.backbone, mode=config.mode)
+    print(f"run folder: {run.path}", file=sys.__stderr__, flush=True)
+    return training.train(config, run, stop=stop, report=_TrainProgress())
+
+
+def _print_train(result: dict) -> None:
+    print(f"{result['status']}: {result['run_dir']}")
+    if result["reason"]:
+        print(f"  {result['reason']}")
+    for key in ("val_accuracy", "test_accuracy"):
+        if result.get(key) is not None:
+            print(f"  {key.replace('_', ' ')}: {result[key]:.3f}")
+    print(f"  {result['epochs_run']} epochs in {result['seconds']:.1f} s")
+
+
+def cmd_runs(args: argparse.Namespace) -> dict:
+    from engine import runs
+
+    return {"runs_dir": str(runs.runs_root()), "runs": [runs.summary(r) for r in runs.list_runs()]}
+
+
+def _print_runs(result: dict) -> None:
+    print(f"runs in {result['runs_dir']}")
+    for r in result["runs"]:
+        acc = f"{r['val_accuracy']:.3f}" if r["val_accuracy"] is not None else "-"
+        why = f" ({r['reason']})" if r["reason"] else ""
+        print(f"  {r['name']:52} {r['status']:9} epochs {r['epochs_run']:>3}  val acc {acc}{why}")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     from engine.backbones import DEFAULT_BACKBONE
 
@@ -326,6 +435,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colormap", choices=COLORMAPS, default="Jet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_explain, show=_print_explain)
+
+    from engine import presets
+    from engine.config import MODES, OPTIMIZERS
+
+    p = sub.add_parser(
+        "train",
+        help="train a classifier: a head on a frozen pretrained backbone (feature) or a CNN from scratch",
+        description="SOURCE as for inspect-data. Options left out come from --preset, else the defaults. "
+        "Exit code 1 when the run failed (NaN loss, out of memory), 2 for bad input.",
+    )
+    p.add_argument("source", metavar="SOURCE", nargs="?")
+    p.add_argument("--preset", choices=list(presets.PRESETS), help="start from a classic recipe")
+    p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE}; small_cnn in scratch mode)")
+    p.add_argument("--mode", choices=MODES, help="feature (default) or scratch")
+    p.add_argument("--epochs", type=int, help="epochs (default 10; with --resume: the new total)")
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted (default stretch)")
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam (sgd has momentum 0.9)")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.001)")
+    p.add_argument("--hidden", help="hidden Dense layers of the head, e.g. 256 or 512,512 (default none)")
+    p.add_argument("--dropout", type=float, help="dropout in the head (default 0)")
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better validation loss, keeping the best weights (default off)",
+    )
+    p.add_argument("--class-weights", action="store_true", help="weight classes by inverse frequency")
+    p.add_argument("--augment", help="e.g. flip=horizontal,rotation=0.1,zoom=0.1 (default none)")
+    p.add_argument("--aug-views", type=int, help="feature mode: augmented views per image, computed once (default 4)")
+    p.add_argument("--val", type=float, help="validation fraction (default 0.15)")
+    p.add_argument("--test", type=float, help="test fraction (default 0.15)")
+    p.add_argument("--seed", type=int, help="seed for the split, initial weights and shuffling (default 0)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new one under CONVSCOPE_RUNS_DIR)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped, failed or killed run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_train, show=_print_train)
+
+    p = sub.add_parser("runs", help="list training runs and their status")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_runs, show=_print_runs)
     return parser
 
 
@@ -347,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         args.show(result)
-    return 2 if "error" in result else 0
+    if "error" in result:
+        return 2
+    return 1 if result.get("status") == "failed" else 0
 
 
 if __name__ == "__main__":

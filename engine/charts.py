@@ -116,3 +116,75 @@ def faithfulness_curves(fractions, deletion, insertion, deletion_auc: float, ins
         legend={"orientation": "h", "y": 1.15},
     )
     return fig
+
+
+def training_curves(history: dict[str, list[float]], epochs: int, live: dict[str, float] | None = None) -> go.Figure:
+    """Loss and accuracy per epoch, train solid and validation dashed, side by side.
+
+    Args:
+        history: per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy").
+        epochs: planned epochs (fixes the x range, so the curves grow into it).
+        live: the running training metrics of the epoch in progress, drawn as a hollow point.
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+    for col, metric in ((1, "loss"), (2, "accuracy")):
+        for key, name, dash in ((metric, "train", "solid"), (f"val_{metric}", "validation", "dash")):
+            values = history.get(key) or []
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(1, len(values) + 1)),
+                    y=values,
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": SPLIT_COLOURS["train" if name == "train" else "validation"], "dash": dash},
+                ),
+                row=1,
+                col=col,
+            )
+        if live and metric in live:
+            fig.add_trace(
+                go.Scatter(
+                    x=[len(history.get(metric) or []) + 1],
+                    y=[live[metric]],
+                    mode="markers",
+                    name="this epoch so far",
+                    showlegend=col == 1,
+                    legendgroup="live",
+                    marker={"color": SPLIT_COLOURS["train"], "symbol": "circle-open", "size": 10},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="epoch", range=[0.5, max(epochs, 1) + 0.5], dtick=max(1, epochs // 10))
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def confusion_matrix(matrix: list[list[int]], classes: list[str], title: str) -> go.Figure:
+    """Counts of true class (rows) against predicted class (columns)."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=classes,
+            y=classes,
+            colorscale="Blues",
+            text=matrix,
+            texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+            showscale=False,
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis={"title": "predicted"},
+        yaxis={"title": "true", "autorange": "reversed"},
+        height=120 + 40 * len(classes),
+        margin={"l": 10, "r": 10, "t": 40, "b": 40},
+    )
+    return fig

@@ -87,3 +87,96 @@ class DataConfig:
         data = dict(data)
         data["augment"] = AugmentConfig(**data.get("augment", {}))
         return cls(**data)
+
+
+MODES = ("feature", "scratch")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The classifier head on a frozen backbone: GAP -> [Dense(relu) -> Dropout]* -> Dense logits.
+
+    `dropout` is applied after every hidden layer, and before the logits
+    when there are no hidden layers (the Keras tutorial's Dropout(0.2)).
+    """
+
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if any(not 1 <= h <= 8192 for h in self.hidden):
+            raise ValueError(f"hidden layer sizes must be 1..8192 units, got {list(self.hidden)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def parse(cls, hidden: str, dropout: float = 0.0) -> HeadConfig:
+        """`256,128` (or '' / `none`) -> hidden layer sizes."""
+        text = hidden.strip()
+        if text in ("", "none", "0"):
+            return cls((), dropout)
+        try:
+            sizes = tuple(int(p) for p in text.split(","))
+        except ValueError as exc:
+            raise ValueError(f"hidden layers {hidden!r}: give sizes like 256 or 256,128") from exc
+        return cls(sizes, dropout)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as the run's config.json.
+
+    Attributes:
+        mode: `feature` (frozen pretrained backbone, train a head on cached
+            features) or `scratch` (a scratch CNN trained from random weights).
+        early_stopping: patience in epochs on validation loss; 0 turns it off.
+        aug_views: with augmentation on in feature mode, how many augmented
+            views of each training image are computed once and cached; each
+            epoch draws one view per image (the original counts as a view).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: str = "efficientnet_lite0"
+    mode: str = "feature"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    early_stopping: int = 0
+    class_weights: bool = False
+    aug_views: int = 4
+    seed: int = 0
+    preset: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 1 <= self.epochs <= 1000:
+            raise ValueError(f"epochs must be 1..1000, got {self.epochs}")
+        if not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch size must be 1..4096, got {self.batch_size}")
+        if not 0 < self.learning_rate <= 100:
+            raise ValueError(f"learning rate must be above 0 (and at most 100), got {self.learning_rate}")
+        if not 0 <= self.early_stopping <= 1000:
+            raise ValueError(
+                f"early-stopping patience must be 0 (off) or a number of epochs, got {self.early_stopping}"
+            )
+        if not 1 <= self.aug_views <= 32:
+            raise ValueError(f"augmented views must be 1..32, got {self.aug_views}")
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["head"]["hidden"] = list(self.head.hidden)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
+        data["data"] = DataConfig.from_json(data.get("data", {}))
+        data["head"] = HeadConfig(**data.get("head", {}))
+        return cls(**data)

@@ -16,6 +16,11 @@ networks, in the browser.
   folders, a server folder or a TensorFlow Datasets set; see the class balance,
   samples, every skipped file and why, augmentations, and whether the classes
   separate in a pretrained network's feature space.
+- **Train**: train a classifier on the data you chose, from the bundled
+  EfficientNet-Lite0 (features computed once and cached, so a run takes
+  seconds) or a small CNN from scratch; watch the loss and accuracy curves
+  live, stop, resume, and find every run again. Classic tutorial recipes are
+  one click away.
 - **Predict**: classify your own photos with EfficientNet-Lite0, an ImageNet
   network that ships with ConvScope and works offline.
 - **Inside the network**: every layer's feature maps, the first layer's
@@ -28,5 +33,6 @@ Everything the dashboard does is also scriptable: `python -m engine --help`.
 """
 )
 st.page_link("pages/datasets.py", label="Explore a dataset", icon="🗂️")
+st.page_link("pages/train.py", label="Train a classifier", icon="🏋️")
 st.page_link("pages/predict.py", label="Classify an image", icon="🔮")
 st.page_link("pages/inside.py", label="Look inside the network", icon="🔍")

@@ -21,6 +21,9 @@ st.caption("Every layer's feature maps, and where the network looked for a class
 
 with st.sidebar:
     st.subheader("Model")
+    wanted = st.query_params.get("run")  # from the Train page's "Look inside this model"
+    if wanted and st.session_state.get("inside_wanted") != wanted:
+        st.session_state.update(inside_wanted=wanted, inside_kind="Trained run")
     kind = st.radio("Model", ["ImageNet backbone", "Trained run"], key="inside_kind", label_visibility="collapsed")
     model = None
     try:
@@ -34,6 +37,9 @@ with st.sidebar:
             if not runs:
                 st.info(f"No trained runs in {settings.runs_dir()} yet (CONVSCOPE_RUNS_DIR).")
             else:
+                names = [p.name for p in runs]
+                if wanted in names and st.session_state.get("inside_run_for") != wanted:
+                    st.session_state.update(inside_run=runs[names.index(wanted)], inside_run_for=wanted)
                 run = st.selectbox("Run", runs, format_func=lambda p: p.name, key="inside_run")
                 with st.spinner(f"Loading {run.name}…"):
                     model = cached.explainable_run(str(run), (run / "model.keras").stat().st_mtime)

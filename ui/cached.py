@@ -82,3 +82,15 @@ def randomised(_model: Explainable, key: str) -> Explainable:
 def builtin_shapes():
     """The default shapes set (generated once per cache folder), for picking test images."""
     return sources.open_dataset(sources.DEFAULT_SOURCE)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def model_summary(config_json: str, num_classes: int) -> dict:
+    """Parameter counts and layer rows of the model a TrainConfig would build (built once per config)."""
+    import json
+
+    from engine import models
+    from engine.config import TrainConfig
+
+    built = models.build(TrainConfig.from_json(json.loads(config_json)), num_classes)
+    return models.summarise(built.classifier).to_json()

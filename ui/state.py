@@ -33,3 +33,14 @@ def display_name(source: str) -> str:
 
 def set_display_name(source: str, name: str) -> None:
     st.session_state.setdefault(DISPLAY_NAMES, {})[source] = name
+
+
+TRAIN_JOB = "train_job"  # the id (run name) of the job this session last started or opened
+
+
+def train_job() -> str | None:
+    return st.session_state.get(TRAIN_JOB)
+
+
+def set_train_job(job_id: str | None) -> None:
+    st.session_state[TRAIN_JOB] = job_id

@@ -1,0 +1,151 @@
+"""Feature-mode training with cached features against the classic recipe.
+
+The classic tutorial recipe fits `backbone (frozen) -> GAP -> head` on image
+batches with `model.fit`, so the frozen backbone runs on every training and
+validation image in every epoch. ConvScope computes the pooled features once
+(then keeps them on disk) and fits the head on them. Both train the same head
+on the same split of the same shapes set, in this one process, for a few
+seeds (each seed draws its own split and head initialisation, so the
+accuracy comparison is not one split's luck):
+
+- classic: `model.fit` on cached, decoded image batches (decoding is not
+  repeated, to be fair to it), validation every epoch, then the test split;
+- ours, cold: `engine.training.train` with an empty feature cache, end to end
+  (features, head, evaluation, saving the run);
+- ours again with the first seed: features read from the cache.
+
+The speed-up is the first seed's: classic against ours with features computed.
+
+    python bench/feature_cache.py [--per-class 120] [--classes 5] [--size 160] [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def classic(config, dataset, splits) -> tuple[float, float, float]:
+    """The tutorial recipe; returns (seconds, validation accuracy, test accuracy)."""
+    import keras
+    import numpy as np
+
+    from engine import backbones, models, training
+    from engine.data.pipeline import make_tf_dataset
+
+    spec = backbones.get_spec(config.backbone)
+    size = config.data.image_size
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    base = models.frozen_backbone(config.backbone, size)
+    inputs = keras.Input((size, size, 3))
+    x = base(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    head = models.build_head(models.pooled_dim(base), len(dataset.classes), config.head)
+    model = keras.Model(inputs, head(x))
+    training.compile_model(model, config)
+
+    def batches(split: str, train: bool):
+        ds = make_tf_dataset(
+            dataset, splits[split], size, batch_size=config.batch_size, shuffle=train, seed=config.seed
+        )
+        return ds.map(lambda im, y: (spec.preprocess(im), y))
+
+    model.fit(batches("train", True), validation_data=batches("validation", False), epochs=config.epochs, verbose=0)
+    accuracy = []
+    for split in ("validation", "test"):
+        labels = np.array([i.label for i in splits[split]])
+        logits = model.predict(batches(split, False), verbose=0)
+        accuracy.append(float((logits.argmax(1) == labels).mean()))
+    return time.perf_counter() - t0, accuracy[0], accuracy[1]
+
+
+def ours(config) -> tuple[float, float, float, dict]:
+    from engine import runs, training
+
+    t0 = time.perf_counter()
+    out = training.train(config, runs.create(backbone=config.backbone, mode=config.mode))
+    assert out["status"] == "finished", out
+    return time.perf_counter() - t0, out["val_accuracy"], out["test_accuracy"], out["features"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=120)
+    parser.add_argument("--classes", type=int, default=5)
+    parser.add_argument("--size", type=int, default=160, help="image size, drawn and trained")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds (each also draws its own split)")
+    args = parser.parse_args()
+
+    # A private cache and runs folder: the first run of ours really computes features.
+    tmp = Path(tempfile.mkdtemp(prefix="convscope-bench-"))
+    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from engine.config import DataConfig, TrainConfig
+    from engine.data import sources
+    from engine.data.shapes import ShapesConfig
+    from engine.data.splits import split_items
+
+    source = sources.shapes_source(ShapesConfig(per_class=args.per_class, classes=args.classes, size=args.size))
+    dataset = sources.open_dataset(source)  # drawn and checked once, outside both timings
+    config = TrainConfig(
+        data=DataConfig(source=source, image_size=args.size), backbone=args.backbone, epochs=args.epochs
+    )
+    splits = split_items(dataset.items, config.seed, config.data.val_frac, config.data.test_frac)
+    print(
+        f"{source}: {len(dataset.items)} images (train {len(splits['train'])}, validation "
+        f"{len(splits['validation'])}, test {len(splits['test'])}), {args.backbone} at {args.size} px, "
+        f"{args.epochs} epochs, batch {config.batch_size}"
+    )
+
+    # Warm TensorFlow up (first-use costs that neither way should be charged with).
+    from engine import backbones
+
+    backbones.load(args.backbone, include_top=False, image_size=args.size)
+
+    rows = []
+    for seed in range(args.seeds):
+        cfg = replace(config, seed=seed)
+        splits = split_items(dataset.items, seed, cfg.data.val_frac, cfg.data.test_frac)
+        c_s, c_val, c_test = classic(cfg, dataset, splits)
+        o_s, o_val, o_test, feats = ours(cfg)
+        rows.append((seed, "classic model.fit", c_s, c_val, c_test))
+        rows.append((seed, f"ours ({'computed' if feats['computed'] else 'cached'} features)", o_s, o_val, o_test))
+        if seed == 0:
+            assert feats["computed"] == len(dataset.items), feats
+            cold = c_s / o_s
+            w_s, w_val, w_test, warm = ours(cfg)
+            assert warm["computed"] == 0, warm
+            rows.append((seed, "ours (cached, again)", w_s, w_val, w_test))
+
+    print(f"{'seed':>4} {'':26} {'seconds':>8} {'val acc':>8} {'test acc':>9}")
+    for seed, name, secs, val, test in rows:
+        print(f"{seed:>4} {name:26} {secs:8.1f} {val:8.3f} {test:9.3f}")
+
+    def mean(prefix: str, k: int) -> float:
+        picked = [r[k] for r in rows if r[1].startswith(prefix) and "again" not in r[1]]
+        return sum(picked) / len(picked)
+
+    print(f"speed-up end to end, first run (features computed): {cold:.1f}x (target >= 5x)")
+    print(f"speed-up end to end, features cached: {mean('classic', 2) / w_s:.1f}x")
+    for k, name in ((3, "validation"), (4, "test")):
+        diff = 100 * (mean("ours", k) - mean("classic", k))
+        print(
+            f"{name} accuracy, mean of {args.seeds} seeds: classic {mean('classic', k):.3f}, ours "
+            f"{mean('ours', k):.3f}, difference {diff:+.1f} points (target within 2)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Backbone features computed once and kept on disk.
+
+A frozen backbone gives the same features for the same image every epoch,
+so feature-mode training computes them once and trains the head on them.
+They are stored under `<cache>/features/` keyed by backbone, image size,
+resize policy and the dataset's content fingerprint (plus, for augmented
+views, the augmentation, the number of views, the seed and the training
+images), so a second run on the same data starts training at once.
+
+Augmentation policy: each training image gets `views` augmented copies,
+computed once (the original is kept as one more view). Every epoch draws
+one of the views per image, so the head still sees a different version of
+an image from epoch to epoch, at the cost of computing features `views`
+extra times once instead of once per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import settings
+from engine.config import AugmentConfig
+from engine.data.ingest import Dataset, Item
+from engine.data.pipeline import make_tf_dataset
+from engine.features import FeatureExtractor
+from engine.runs import atomic_write
+
+_VERSION = 1  # bump when the way features are computed changes
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    backbone: str
+    image_size: int
+    resize: str
+
+    @property
+    def folder(self) -> Path:
+        return settings.cache_dir() / "features" / f"v{_VERSION}-{self.backbone}-{self.image_size}-{self.resize}"
+
+
+def _load(path: Path, expected: int) -> np.ndarray | None:
+    """The cached array, or None when missing, unreadable or of the wrong length (then recomputed)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return arr if arr.shape[-2:-1] == (expected,) and np.isfinite(arr).all() else None
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    try:
+        atomic_write(path, lambda tmp: np.save(tmp, arr, allow_pickle=False))
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def _compute(
+    extractor: FeatureExtractor,
+    dataset: Dataset,
+    items: list[Item],
+    key: FeatureKey,
+    batch_size: int,
+    augment: AugmentConfig | None,
+    seed: int,
+    progress: Progress | None,
+    done_before: int,
+    total: int,
+) -> np.ndarray:
+    ds = make_tf_dataset(
+        dataset,
+        items,
+        key.image_size,
+        resize=key.resize,
+        batch_size=batch_size,
+        augment=augment,
+        seed=seed,
+        cache=False,
+    )
+    chunks, done = [], done_before
+    for images, _ in ds:
+        chunks.append(extractor(images.numpy()))
+        done += len(chunks[-1])
+        if progress:
+            progress(done, total)
+    return np.concatenate(chunks)
+
+
+def clean_features(
+    extractor: FeatureExtractor,
+    dataset: Dataset,
+    key: FeatureKey,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Features of every item of the dataset, in `dataset.items` order.
+
+    Returns:
+        ((N, D) float32, whether they came from the cache).
+    """
+    path = key.folder / f"{dataset.fingerprint[:32]}.npy"
+    cached = _load(path, len(dataset.items))
+    if cached is not None:
+        if progress:
+            progress(len(dataset.items), len(dataset.items))
+        return cached, True
+    feats = _compute(extractor, dataset, dataset.items, key, batch_size, None, 0, progress, 0, len(dataset.items))
+    _save(path, feats)
+    return feats, False
+
+
+def augmented_features(
+    extractor: FeatureExtractor,
+    dataset: Dataset,
+    items: list[Item],
+    key: FeatureKey,
+    augment: AugmentConfig,
+    views: int,
+    seed: int,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, bool]:
+    """`views` augmented copies of each of `items` (the training split).
+
+    Returns:
+        ((views, n, D) float32, whether they came from the cache).
+    """
+    tag = json.dumps([dataset.fingerprint, [i.sha256 for i in items], augment.__dict__, views, seed])
+    path = key.folder / f"aug-{hashlib.sha256(tag.encode()).hexdigest()[:32]}.npy"
+    total = views * len(items)
+    cached = _load(path, len(items))
+    if cached is not None and cached.shape[0] == views:
+        if progress:
+            progress(total, total)
+        return cached, True
+    out = np.stack(
+        [
+            _compute(
+                extractor, dataset, items, key, batch_size, augment, seed * 1000 + v, progress, v * len(items), total
+            )
+            for v in range(views)
+        ]
+    )
+    _save(path, out)
+    return out, False

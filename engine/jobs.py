@@ -1,0 +1,217 @@
+"""The process-wide job registry: training in background workers, never in a page script.
+
+One worker thread per accelerator (each GPU, or the CPU when there is none)
+takes jobs from one FIFO queue, so one training job runs per accelerator and
+the others wait with a visible position. A job's id is its run folder's name,
+so a page that lost its session (a refresh, a reopened tab, a restarted
+server) finds it again: in the registry while this process knows it, in the
+run folder otherwise.
+
+Workers never call Streamlit; pages read `snapshot()` copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine import runs, training
+from engine.config import TrainConfig
+from engine.runs import Run
+
+
+@dataclass
+class Job:
+    """One training request and everything known about it so far."""
+
+    id: str
+    run: Run
+    config: TrainConfig
+    resume: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    status: str = "queued"
+    reason: str = ""
+    progress: dict = field(default_factory=dict)  # the latest report(): stage, epoch, batch, logs, eta, ...
+    history: dict = field(default_factory=dict)  # per-epoch metrics so far
+    result: dict | None = None
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    device: str = ""
+
+
+class JobRegistry:
+    """Queue, workers and the state of every job this process has run."""
+
+    def __init__(self, train_fn: Callable = training.train, devices: list[str] | None = None) -> None:
+        self._train = train_fn
+        self._devices = devices
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._workers: list[threading.Thread] = []
+
+    # ---- requests ----------------------------------------------------------------
+    def submit(self, config: TrainConfig, run: Run | None = None) -> Job:
+        """Queue a new run of `config` (a new run folder unless `run` is given)."""
+        run = run or runs.create(backbone=config.backbone, mode=config.mode)
+        return self._enqueue(Job(run.name, run, config))
+
+    def resume(self, run: Run, epochs: int | None = None) -> Job:
+        """Queue the continuation of a stopped, failed or killed run from its last finished epoch."""
+        with self._lock:
+            known = self._jobs.get(run.name)
+            if known and known.status in runs.ACTIVE:
+                return known
+        config = training.resume_config(run, epochs)
+        run.set_status("queued", epoch=run.checkpoint_epoch())
+        return self._enqueue(Job(run.name, run, config, resume=True, history=run.history()))
+
+    def _enqueue(self, job: Job) -> Job:
+        with self._lock:
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._start_workers()
+            self._wake.notify_all()
+        return job
+
+    def stop(self, job_id: str) -> bool:
+        """Ask a job to stop: a queued one is dropped, a running one stops within one batch."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status not in runs.ACTIVE:
+                return False
+            job.stop.set()
+            if job.status == "queued":
+                self._queue.remove(job)
+                job.status, job.reason, job.finished = "stopped", "stopped before it started", time.time()
+                job.run.set_status("stopped", job.reason, epoch=job.run.checkpoint_epoch())
+        return True
+
+    # ---- reading -----------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def position(self, job_id: str) -> int | None:
+        """0 while running, k for the k-th in the queue, None otherwise."""
+        with self._lock:
+            return self._position(job_id)
+
+    def _position(self, job_id: str) -> int | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status == "running":
+            return 0
+        for k, queued in enumerate(self._queue, start=1):
+            if queued.id == job_id:
+                return k
+        return None
+
+    def snapshot(self, job_id: str) -> dict | None:
+        """A copy of a job's state for rendering, or None when this process does not know it."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            return {
+                "id": job.id,
+                "run_dir": str(job.run.path),
+                "status": job.status,
+                "reason": job.reason,
+                "position": self._position(job_id),
+                "progress": copy.deepcopy(job.progress),
+                "history": copy.deepcopy(job.history),
+                "epochs": job.config.epochs,
+                "result": copy.deepcopy(job.result),
+                "submitted": job.submitted,
+                "started": job.started,
+                "finished": job.finished,
+                "device": job.device,
+            }
+
+    def active(self) -> list[str]:
+        """Ids of running and queued jobs, running first."""
+        with self._lock:
+            running = [j.id for j in self._jobs.values() if j.status == "running"]
+            return running + [j.id for j in self._queue]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict | None:
+        """Block until the job is no longer queued or running (for the CLI and tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while (job := self._jobs.get(job_id)) is not None and job.status in runs.ACTIVE:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._wake.wait(left)
+        return self.snapshot(job_id)
+
+    # ---- workers -----------------------------------------------------------------
+    def _start_workers(self) -> None:
+        if self._workers:
+            return
+        for device in self._devices or _devices():
+            worker = threading.Thread(target=self._work, args=(device,), name=f"convscope-train-{device}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _work(self, device: str) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._wake.wait()
+                job = self._queue.popleft()
+                job.status, job.started, job.device = "running", time.time(), device
+            self._run(job, device)
+            with self._lock:
+                job.finished = time.time()
+                self._wake.notify_all()
+            gc.collect()  # let a finished job's models go before the next one builds its own
+
+    def _run(self, job: Job, device: str) -> None:
+        def report(**fields) -> None:
+            with self._lock:
+                if "history" in fields:
+                    job.history = fields.pop("history")
+                job.progress.update(fields)
+
+        try:
+            import tensorflow as tf
+
+            with tf.device(device):
+                result = self._train(job.config, job.run, stop=job.stop, report=report, resume=job.resume)
+            with self._lock:
+                job.result, job.status, job.reason = result, result["status"], result["reason"]
+                job.history = result["history"]
+        except Exception as exc:  # noqa: BLE001 - a worker must survive any failed job; the run says why
+            with self._lock:
+                job.status, job.reason = "failed", str(exc) or type(exc).__name__
+
+
+def _devices() -> list[str]:
+    """One entry per accelerator: every GPU, else the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in gpus] or ["/CPU:0"]
+
+
+_REGISTRY: JobRegistry | None = None
+_REGISTRY_LOCK = threading.Lock()
+
+
+def registry() -> JobRegistry:
+    """The one registry of this process (shared by every dashboard session)."""
+    global _REGISTRY
+    with _REGISTRY_LOCK:
+        if _REGISTRY is None:
+            _REGISTRY = JobRegistry()
+        return _REGISTRY

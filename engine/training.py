@@ -1,0 +1,453 @@
+"""Training runs: feature extraction on cached features, or a CNN from scratch.
+
+`train()` runs one TrainConfig into one run folder (engine.runs) and reports
+progress through a callback; it never touches a UI. The job registry
+(engine.jobs) calls it in a worker thread, the CLI calls it directly.
+
+- feature mode: the backbone is frozen, so its pooled features are computed
+  once (engine.feature_cache) and a small head model is fitted on them. The
+  head's layers are shared with the flat classifier (backbone -> GAP -> head),
+  which is what gets saved as model.keras.
+- scratch mode: the whole CNN is fitted on decoded, augmented image batches.
+
+Every finished epoch writes history.json and a checkpoint (what is being
+fitted, optimizer state included), atomically. A NaN loss aborts at once and
+marks the run failed; the last good checkpoint stays. A stopped, failed or
+killed run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from engine import backbones, runs
+from engine.config import TrainConfig
+from engine.data import sources
+from engine.data.ingest import Dataset, Item
+from engine.data.pipeline import make_tf_dataset
+from engine.data.splits import split_items
+from engine.errors import ConvScopeError
+from engine.runs import Run
+
+Report = Callable[..., None]  # report(stage=..., **fields): progress for the UI or the CLI
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class TrainingError(ConvScopeError):
+    """A run that cannot start or continue: bad data, bad options, an unusable run folder."""
+
+
+class Stopped(Exception):
+    """Raised inside training when the stop event is set (caught by train())."""
+
+
+class NanLoss(Exception):
+    """Raised inside training when the loss stops being a finite number."""
+
+
+def _noop(**_: object) -> None:
+    pass
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Balanced weights n / (k * count): rare classes count more in the loss."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = max(int((counts > 0).sum()), 1)
+    return {c: (len(labels) / (present * counts[c]) if counts[c] else 1.0) for c in range(num_classes)}
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def compile_model(model, config: TrainConfig) -> None:
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+# ---- data ----------------------------------------------------------------------
+
+
+def _labels(items: list[Item]) -> np.ndarray:
+    return np.array([i.label for i in items], dtype=np.int32)
+
+
+def _feature_batches(views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+    """Shuffled batches of cached features; each epoch draws one view per image.
+
+    Args:
+        views: (V, n, D) float32; V = 1 without augmentation.
+    """
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return math.ceil(len(labels) / batch_size)
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(labels))
+            self.view = self.rng.integers(0, len(views), len(labels))
+
+        def __getitem__(self, k: int):
+            idx = self.order[k * batch_size : (k + 1) * batch_size]
+            return views[self.view[idx], idx], labels[idx]
+
+    return Batches()
+
+
+def _image_batches(dataset: Dataset, items: list[Item], config: TrainConfig, train: bool):
+    """Preprocessed image batches for scratch mode (shuffled and augmented when `train`)."""
+    spec = backbones.get_spec(config.backbone)
+    data = config.data
+    ds = make_tf_dataset(
+        dataset,
+        items,
+        data.image_size,
+        resize=data.resize,
+        batch_size=config.batch_size,
+        shuffle=train,
+        seed=config.seed,
+        augment=data.augment if train else None,
+    )
+    return ds.map(lambda x, y: (spec.preprocess(x), y))
+
+
+# ---- callbacks -------------------------------------------------------------------
+
+
+def _callbacks(
+    run: Run,
+    fitted,
+    config: TrainConfig,
+    history: dict,
+    stop,
+    report: Report,
+    start_epoch: int,
+    steps: int,
+    has_val: bool,
+):
+    import keras
+
+    class Watch(keras.callbacks.Callback):
+        """Per-batch progress, Stop within one batch, NaN detection, per-epoch checkpoint."""
+
+        def on_train_begin(self, logs=None) -> None:
+            self.t0 = time.monotonic()
+            self.done = 0
+            self.total = max((config.epochs - start_epoch) * steps, 1)
+
+        def on_epoch_begin(self, epoch, logs=None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            self.done += 1
+            values = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
+            if not all(math.isfinite(v) for v in values.values()):
+                bad = ", ".join(f"{k} {v}" for k, v in values.items() if not math.isfinite(v))
+                raise NanLoss(f"the loss became NaN or infinite ({bad}) at epoch {self.epoch + 1}, batch {batch + 1}")
+            elapsed = time.monotonic() - self.t0
+            report(
+                stage="training",
+                epoch=self.epoch + 1,
+                epochs=config.epochs,
+                batch=batch + 1,
+                batches=steps,
+                logs=values,
+                eta=elapsed / self.done * (self.total - self.done),
+            )
+            if stop is not None and stop.is_set():
+                raise Stopped(f"stopped at epoch {self.epoch + 1}, batch {batch + 1}")
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            logs = logs or {}
+            values = {k: float(logs[k]) for k in HISTORY_KEYS if k in logs}
+            if not all(math.isfinite(v) for v in values.values()):
+                raise NanLoss(
+                    f"the {'validation ' if 'val_loss' in values else ''}loss became NaN at epoch {epoch + 1}"
+                )
+            for k, v in values.items():
+                history.setdefault(k, []).append(v)
+            # Checkpoint first, then the history that points to it: both atomic.
+            runs.atomic_write(run.checkpoint, lambda tmp: fitted.save(tmp))
+            runs.write_json(run.checkpoint.with_suffix(".json"), {"epoch": epoch + 1})
+            run.write_history(history)
+            run.set_status("running", epoch=epoch + 1)
+            report(
+                stage="training",
+                epoch=epoch + 1,
+                epochs=config.epochs,
+                history={k: list(v) for k, v in history.items()},
+            )
+
+    out = [Watch()]
+    if config.early_stopping:
+        out.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss" if has_val else "loss", patience=config.early_stopping, restore_best_weights=True
+            )
+        )
+    out.append(keras.callbacks.TensorBoard(log_dir=str(run.logs), write_graph=False, update_freq="epoch"))
+    return out
+
+
+# ---- evaluation ------------------------------------------------------------------
+
+
+def _evaluate(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    predicted = logits.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    return {
+        "accuracy": float((predicted == labels).mean()) if len(labels) else None,
+        "confusion": confusion.tolist(),
+        "count": int(len(labels)),
+    }
+
+
+# ---- the run ---------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    run: Run,
+    *,
+    stop: threading.Event | None = None,
+    report: Report | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train `config` into `run` (or continue it from its checkpoint with `resume`).
+
+    Returns:
+        {"run_dir", "status", "reason", "epochs_run", "history", "val_accuracy",
+         "test_accuracy", "seconds", "features"}; the same facts are in the run folder.
+
+    Raises:
+        TrainingError / ConvScopeError: bad data or options (the run is marked failed first).
+    """
+    import tensorflow as tf
+
+    report = report or _noop
+    t0 = time.monotonic()
+    start_epoch = run.checkpoint_epoch() if resume else 0
+    history = {k: v[:start_epoch] for k, v in run.history().items()} if resume else {}
+    run.set_status("running", epoch=start_epoch)
+    info: dict = {"features": {}}
+    try:
+        outcome = _train(config, run, stop, report, resume, start_epoch, history, info)
+        status, reason = outcome
+    except Stopped as exc:
+        status, reason = "stopped", str(exc)
+        info.setdefault("stopped", True)
+    except NanLoss as exc:
+        status, reason = "failed", f"{exc}; try a lower learning rate. The last good checkpoint is kept."
+    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+        status = "failed"
+        reason = (
+            f"out of memory ({type(exc).__name__}); lower the batch size ({config.batch_size}) "
+            f"or the image size ({config.data.image_size}) and try again"
+        )
+    except (ConvScopeError, ValueError) as exc:
+        run.set_status("failed", str(exc))
+        raise
+    except BaseException as exc:
+        run.set_status("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    # A stop during training keeps the weights reached so far as the model.
+    if status == "stopped" and info.get("classifier") is not None:
+        _save_model(run, info["classifier"])
+    history = run.history()
+    run.set_status(status, reason, epoch=len(history.get("loss", [])))
+    metrics = run.metrics()
+    return {
+        "run_dir": str(run.path),
+        "status": status,
+        "reason": reason,
+        "epochs_run": len(history.get("loss", [])),
+        "history": {k: history.get(k, []) for k in HISTORY_KEYS},
+        "val_accuracy": metrics.get("val_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "seconds": round(time.monotonic() - t0, 2),
+        "features": info["features"],
+    }
+
+
+def _save_model(run: Run, classifier) -> None:
+    runs.atomic_write(run.model_file, lambda tmp: classifier.save(tmp))
+
+
+def _train(config, run, stop, report, resume, start_epoch, history, info) -> tuple[str, str]:
+    import keras
+
+    from engine import feature_cache, models
+    from engine.features import FeatureExtractor
+
+    def data_progress(stage: str, done: int, total: int) -> None:
+        report(stage="data", message=stage, done=done, total=total)
+        if stop is not None and stop.is_set():
+            raise Stopped("stopped while opening the data")
+
+    dataset = sources.open_dataset(config.data.source, data_progress)
+    dataset.check()
+    splits = split_items(dataset.items, config.seed, config.data.val_frac, config.data.test_frac)
+    num_classes = len(dataset.classes)
+    saved = run.config()
+    if resume:
+        if saved.get("fingerprint") != dataset.fingerprint:
+            raise TrainingError(f"{run.path}: the data changed since this run started, so it cannot be resumed")
+    else:
+        runs.write_json(
+            run.path / "config.json",
+            {
+                **config.to_json(),
+                "labels": dataset.classes,
+                "fingerprint": dataset.fingerprint,
+                "split_sizes": {k: len(v) for k, v in splits.items()},
+                "created": time.time(),
+            },
+        )
+        runs.write_json(run.path / "labels.json", dataset.classes)
+    keras.utils.set_random_seed(config.seed)
+    y = {k: _labels(v) for k, v in splits.items()}
+    has_val = len(y["validation"]) > 0
+    weights = class_weights(y["train"], num_classes) if config.class_weights else None
+
+    built = models.build(config, num_classes)
+    classifier = built.classifier
+    if config.mode == "feature":
+        base, head = built.base, built.head
+        extractor = FeatureExtractor(config.backbone, model=base)
+        key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
+        n = len(dataset.items)
+
+        def feat_progress(done: int, total: int) -> None:
+            report(stage="features", message="Computing backbone features", done=done, total=total)
+            if stop is not None and stop.is_set():
+                raise Stopped("stopped while computing features")
+
+        feats, hit = feature_cache.clean_features(extractor, dataset, key, config.batch_size, feat_progress)
+        info["features"] = {"computed": 0 if hit else n, "cached": n if hit else 0}
+        row = {item.rel: k for k, item in enumerate(dataset.items)}
+        x = {s: feats[[row[i.rel] for i in items]] for s, items in splits.items()}
+        views = x["train"][None]
+        if config.data.augment.enabled:
+            aug, hit = feature_cache.augmented_features(
+                extractor,
+                dataset,
+                splits["train"],
+                key,
+                config.data.augment,
+                config.aug_views,
+                config.seed,
+                config.batch_size,
+                feat_progress,
+            )
+            views = np.concatenate([views, aug])
+            info["features"]["augmented_views"] = config.aug_views
+            info["features"]["augmented_computed"] = 0 if hit else int(aug.shape[0] * aug.shape[1])
+        fitted = head
+        if resume and run.checkpoint.is_file():
+            fitted = keras.models.load_model(run.checkpoint, safe_mode=True)
+            classifier = models.feature_classifier(base, fitted)
+        else:
+            compile_model(fitted, config)
+        train_data = _feature_batches(views, y["train"], config.batch_size, config.seed)
+        val_data = (x["validation"], y["validation"]) if has_val else None
+
+        def predict(split: str) -> np.ndarray:
+            return np.asarray(fitted.predict(x[split], batch_size=256, verbose=0))
+    else:
+        fitted = classifier
+        if resume and run.checkpoint.is_file():
+            fitted = classifier = keras.models.load_model(run.checkpoint, safe_mode=True)
+        else:
+            compile_model(fitted, config)
+        train_data = _image_batches(dataset, splits["train"], config, train=True)
+        val_data = _image_batches(dataset, splits["validation"], config, train=False) if has_val else None
+
+        def predict(split: str) -> np.ndarray:
+            return np.asarray(fitted.predict(_image_batches(dataset, splits[split], config, False), verbose=0))
+
+    info["classifier"] = classifier
+    steps = len(train_data) if hasattr(train_data, "__len__") else math.ceil(len(y["train"]) / config.batch_size)
+    report(
+        stage="training",
+        epoch=start_epoch,
+        epochs=config.epochs,
+        batch=0,
+        batches=steps,
+        history={k: list(v) for k, v in history.items()},
+    )
+    callbacks = _callbacks(run, fitted, config, history, stop, report, start_epoch, steps, has_val)
+    if start_epoch < config.epochs:
+        fitted.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=config.epochs,
+            initial_epoch=start_epoch,
+            class_weight=weights,
+            shuffle=False,  # the data shuffles itself, seeded
+            callbacks=callbacks,
+            verbose=0,
+        )
+    report(stage="evaluating")
+    metrics = {"classes": dataset.classes}
+    for split in ("validation", "test"):
+        if len(y[split]):
+            result = _evaluate(predict(split), y[split], num_classes)
+            metrics[f"{'val' if split == 'validation' else split}_accuracy"] = result["accuracy"]
+            metrics[f"{split}_confusion"] = result["confusion"]
+            metrics[f"{split}_count"] = result["count"]
+    runs.write_json(run.path / "metrics.json", metrics)
+    report(stage="saving")
+    _save_model(run, classifier)
+    early = callbacks[1] if config.early_stopping else None
+    epochs_run = len(history.get("loss", []))
+    if early is not None and early.stopped_epoch:
+        return "finished", f"early stopping after {epochs_run} epochs (best weights restored)"
+    return "finished", ""
+
+
+def resume_config(run: Run, epochs: int | None = None) -> TrainConfig:
+    """The config to continue a stopped, failed or killed run with (optionally to more epochs).
+
+    Raises:
+        TrainingError: the run is still active, or has no checkpoint or config.
+    """
+    status = run.status()
+    if status.get("status") in runs.ACTIVE:
+        raise TrainingError(f"{run.name} is still {status['status']}; stop it before resuming")
+    saved = run.config()
+    if not saved or not run.resumable():
+        raise TrainingError(f"{run.name} has no checkpoint to resume from (no finished epoch)")
+    config = TrainConfig.from_json(saved)
+    if epochs is not None and epochs != config.epochs:
+        config = replace(config, epochs=epochs)
+        runs.write_json(run.path / "config.json", {**saved, "epochs": epochs})
+    return config
+
+
+def resume(run: Run, *, epochs: int | None = None, stop=None, report: Report | None = None) -> dict:
+    """Continue a run from its last finished epoch, in this thread."""
+    return train(resume_config(run, epochs), run, stop=stop, report=report, resume=True)

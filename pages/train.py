@@ -1,0 +1,395 @@
+"""Train: set up a run, watch it live, stop it, and find every run again.
+
+Training happens in the engine's job registry (a background worker), never in
+this script: the page only submits jobs and draws their snapshots. The job id
+is in the URL (?job=...), so a refreshed or reopened tab finds it again.
+"""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from engine import backbones, charts, jobs, presets, runs
+from engine.config import MODES, OPTIMIZERS, HeadConfig, TrainConfig
+from engine.errors import ConvScopeError
+from ui import cached, router, state, widgets
+
+router.ensure_routed()
+st.title("🏋️ Train")
+registry = jobs.registry()
+
+LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0, 10.0]
+IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 240, 260, 299, 320]
+SCRATCH = ["small_cnn", "alexnet"]
+VAL_ABOVE_TRAIN = (
+    "Training metrics are averaged over the epoch while the model is still learning, on augmented images "
+    "and with dropout on; validation is measured at the end of the epoch on clean images. So the validation "
+    "curve can sit above the training one, especially early on."
+)
+
+# ---- which job this tab shows: the URL first, then this session's last one -------------
+job_id = st.query_params.get("job") or state.train_job()
+if job_id:
+    st.query_params["job"] = job_id
+    state.set_train_job(job_id)
+
+
+def _apply_preset() -> None:
+    """Copy a preset's choices into the widgets (runs before they are drawn)."""
+    name = st.session_state["train_preset"]
+    if name not in presets.PRESETS:
+        return
+    p = presets.PRESETS[name]
+    ss = st.session_state
+    ss["train_mode"] = p.mode
+    ss["train_backbone" if p.mode == "feature" else "train_scratch"] = p.backbone
+    ss["train_size"], ss["train_epochs"], ss["train_batch"] = p.image_size, p.epochs, p.batch_size
+    ss["train_optimizer"], ss["train_lr"] = p.optimizer, p.learning_rate
+    ss["train_hidden"] = ",".join(map(str, p.head.hidden))
+    ss["train_dropout"] = p.head.dropout
+    ss["train_patience"], ss["train_class_weights"] = 0, False
+    ss["train_size_for"] = p.backbone
+    data = state.data_config()
+    state.set_data_config(replace(data, augment=p.augment, val_frac=p.val_frac, test_frac=p.test_frac))
+
+
+def setup_form() -> tuple[TrainConfig, int] | None:
+    """The run's settings: (a validated TrainConfig, number of classes), or None while something is missing."""
+    data = state.data_config()
+    source = data.source
+    c1, c2 = st.columns([3, 1])
+    c1.markdown(
+        f"**Data:** {state.display_name(source)} · validation {data.val_frac:.0%} · test {data.test_frac:.0%}"
+        f" · augmentation: {_augment_text(data.augment)}"
+    )
+    c2.page_link("pages/datasets.py", label="Change data", icon="🗂️")
+    dataset = widgets.open_dataset(source)
+    if dataset is None:
+        return None
+    for p in dataset.problems():
+        st.error(f"Not ready for training: {p}")
+    for w in dataset.warnings():
+        st.warning(w)
+    if dataset.problems():
+        return None
+
+    names = ["custom", *presets.PRESETS]
+    preset = st.selectbox(
+        "Start from a classic recipe",
+        names,
+        format_func=lambda n: "Custom settings" if n == "custom" else f"{n} · {presets.PRESETS[n].title}",
+        key="train_preset",
+        on_change=_apply_preset,
+    )
+    if preset != "custom":
+        p = presets.PRESETS[preset]
+        st.caption(f"{p.note}. Published: {p.published}.")
+
+    left, mid, right = st.columns(3)
+    with left:
+        mode = st.radio(
+            "Mode",
+            MODES,
+            format_func={"feature": "Feature extraction (frozen backbone)", "scratch": "From scratch"}.get,
+            key="train_mode",
+            help="Feature extraction trains only a new head on a frozen pretrained backbone (its features are "
+            "computed once and cached). From scratch trains a whole CNN from random weights.",
+        )
+        if mode == "feature":
+            backbone = widgets.pretrained_backbone_picker("train_backbone")
+        else:
+            backbone = st.selectbox("Network", SCRATCH, key="train_scratch", format_func=_title)
+        if backbone is None:
+            return None
+        spec = backbones.get_spec(backbone)
+        if st.session_state.get("train_size_for") != backbone:  # a new backbone: its own input size
+            st.session_state["train_size"] = spec.input_size if mode == "feature" else 64
+            st.session_state["train_size_for"] = backbone
+        size = st.select_slider("Image size (px)", IMAGE_SIZES, key="train_size")
+    with mid:
+        epochs = st.number_input("Epochs", 1, 500, 10, key="train_epochs")
+        batch = st.select_slider("Batch size", [4, 8, 16, 32, 64, 128, 256], 32, key="train_batch")
+        optimizer = st.selectbox(
+            "Optimizer", OPTIMIZERS, key="train_optimizer", format_func=lambda o: "sgd (momentum 0.9)" if o == "sgd" else o
+        )
+        lr = st.select_slider("Learning rate", LEARNING_RATES, 1e-3, key="train_lr", format_func=lambda v: f"{v:g}")
+    with right:
+        hidden = st.text_input(
+            "Hidden layers in the head",
+            "",
+            key="train_hidden",
+            disabled=mode == "scratch",
+            help="Dense ReLU layers between pooling and the logits, e.g. 256 or 512,512.",
+        )
+        dropout = st.slider("Dropout", 0.0, 0.8, 0.0, 0.05, key="train_dropout", disabled=mode == "scratch")
+        patience = st.number_input(
+            "Early stopping patience (0 = off)",
+            0,
+            100,
+            0,
+            key="train_patience",
+            help="Stop after this many epochs without a better validation loss, and keep the best weights.",
+        )
+        weights = st.checkbox("Class weights (for unbalanced data)", key="train_class_weights")
+        views = 4
+        if data.augment.enabled and mode == "feature":
+            views = st.number_input(
+                "Augmented views per image",
+                1,
+                16,
+                4,
+                key="train_views",
+                help="Feature mode computes this many augmented versions of each training "
+                "image once; every epoch draws one of them (or the original).",
+            )
+        seed = st.number_input("Seed", 0, 10_000, data.seed, key="train_seed")
+    try:
+        config = TrainConfig(
+            data=replace(data, image_size=int(size), seed=int(seed)),
+            backbone=backbone,
+            mode=mode,
+            head=HeadConfig.parse(hidden, dropout) if mode == "feature" else HeadConfig(),
+            epochs=int(epochs),
+            batch_size=int(batch),
+            optimizer=optimizer,
+            learning_rate=float(lr),
+            early_stopping=int(patience),
+            class_weights=weights,
+            aug_views=int(views),
+            seed=int(seed),
+            preset="" if preset == "custom" else preset,
+        )
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+    return config, len(dataset.classes)
+
+
+def _title(name: str) -> str:
+    return backbones.get_spec(name).title
+
+
+def _augment_text(augment) -> str:
+    on = {k: v for k, v in augment.__dict__.items() if v not in (0, 0.0, "none")}
+    return ", ".join(f"{k} {v}" for k, v in on.items()) or "none"
+
+
+def show_summary(config: TrainConfig, num_classes: int) -> None:
+    try:
+        with st.spinner("Building the model…"):
+            summary = cached.model_summary(json.dumps(config.to_json()), num_classes)
+    except ConvScopeError as exc:
+        st.error(str(exc))
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Parameters", f"{summary['total']:,}")
+    c2.metric("Trainable", f"{summary['trainable']:,}")
+    c3.metric("Non-trainable (frozen)", f"{summary['non_trainable']:,}")
+    with st.expander("Model summary"):
+        st.dataframe(pd.DataFrame(summary["layers"]), hide_index=True, width="stretch")
+
+
+# ---- one job, live ------------------------------------------------------------------
+
+
+def _snapshot(job_id: str) -> dict | None:
+    """From the registry while this process runs it, else from its run folder (a CLI run, a restart)."""
+    snap = registry.snapshot(job_id)
+    if snap is not None:
+        return snap
+    try:
+        run = runs.open_run(job_id)
+    except ConvScopeError:
+        return None
+    status = run.status()
+    config = run.config()
+    return {
+        "id": job_id,
+        "run_dir": str(run.path),
+        "status": status.get("status"),
+        "reason": status.get("detail") or status.get("reason", ""),
+        "position": None,
+        "progress": {},
+        "history": run.history(),
+        "epochs": config.get("epochs", 1),
+        "result": None,
+        "on_disk": True,
+    }
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f" · about {m} min {s:02d} s left" if m else f" · about {s} s left"
+
+
+def _progress(snap: dict) -> None:
+    p = snap["progress"]
+    stage = p.get("stage")
+    if snap["status"] == "queued":
+        ahead = (snap["position"] or 1) - 1
+        st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
+        return
+    if stage in ("data", "features") and p.get("total"):
+        st.progress(
+            min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}"
+        )
+    elif stage == "training" and p.get("batches"):
+        epochs, batches = snap["epochs"], p["batches"]
+        epoch, batch = max(p.get("epoch", 1), 1), p.get("batch", 0)
+        done = ((epoch - 1) * batches + batch) / max(epochs * batches, 1)
+        logs = p.get("logs", {})
+        metrics = " · ".join(f"{k} {v:.3f}" for k, v in logs.items())
+        st.progress(
+            min(done, 1.0),
+            text=f"Epoch {epoch}/{epochs} · batch {batch}/{batches}"
+            f"{' · ' + metrics if metrics else ''}{_eta(p.get('eta'))}",
+        )
+    elif stage in ("evaluating", "saving"):
+        st.progress(1.0, text=f"{stage.capitalize()}…")
+    else:
+        st.progress(0.0, text="Starting…")
+
+
+def job_panel(job_id: str) -> None:
+    snap = _snapshot(job_id)
+    if snap is None:
+        st.warning(f"No run called {job_id!r} here any more.")
+        return
+    active = snap["status"] in runs.ACTIVE
+    head, stop_col = st.columns([4, 1])
+    head.subheader(f"Run {snap['id']}")
+    if active:
+        if snap.get("on_disk"):
+            stop_col.caption("Running in another process (the CLI?)")
+        elif stop_col.button("⏹ Stop", key=f"stop_{job_id}", type="primary", help="Stops within one batch"):
+            registry.stop(job_id)
+            st.toast("Stopping after the current batch…")
+        _progress(snap)
+    else:
+        icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
+        message = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
+        (st.error if snap["status"] == "failed" else st.success)(message)
+    live = snap["progress"].get("logs") if snap["progress"].get("stage") == "training" and active else None
+    st.plotly_chart(
+        charts.training_curves(snap["history"], snap["epochs"], live), width="stretch", key=f"curves_{job_id}"
+    )
+    st.caption("Why can validation sit above training?", help=VAL_ABOVE_TRAIN)
+    if not active:
+        _results(runs.Run(Path(snap["run_dir"])))
+    # When a job ends, refresh the whole page once (the runs table, the form's Start button).
+    seen = st.session_state.setdefault("train_seen_status", {})
+    if seen.get(job_id) in runs.ACTIVE and not active:
+        seen[job_id] = snap["status"]
+        st.rerun(scope="app")
+    seen[job_id] = snap["status"]
+
+
+def _results(run: runs.Run) -> None:
+    metrics = run.metrics()
+    if metrics:
+        c1, c2 = st.columns(2)
+        for col, key, name in ((c1, "val_accuracy", "Validation accuracy"), (c2, "test_accuracy", "Test accuracy")):
+            if metrics.get(key) is not None:
+                col.metric(name, f"{metrics[key]:.1%}")
+        split = "test" if metrics.get("test_confusion") else "validation"
+        if metrics.get(f"{split}_confusion"):
+            st.plotly_chart(
+                charts.confusion_matrix(metrics[f"{split}_confusion"], metrics["classes"], f"Confusion ({split})"),
+                width="stretch",
+                key=f"confusion_{run.name}",
+            )
+    if run.model_file.is_file():
+        st.page_link("pages/inside.py", label="Look inside this model", icon="🔍", query_params={"run": run.name})
+    if run.resumable():
+        more = st.number_input(
+            "Epochs in total", 1, 1000, int(run.config().get("epochs", 10)), key=f"resume_epochs_{run.name}"
+        )
+        if st.button(f"▶ Resume from epoch {run.checkpoint_epoch()}", key=f"resume_{run.name}"):
+            try:
+                registry.resume(run, int(more))
+            except ConvScopeError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
+    st.caption(f"Run folder: `{run.path}` (TensorBoard: `tensorboard --logdir {run.logs}`)")
+
+
+def show_job(job_id: str) -> None:
+    snap = _snapshot(job_id)
+    active = bool(snap and snap["status"] in runs.ACTIVE)
+    # Redraw every second while the job is queued or running; a finished job is drawn once.
+    st.fragment(job_panel, run_every=1.0 if active else None)(job_id)
+
+
+# ---- the page -----------------------------------------------------------------------
+
+current = _snapshot(job_id) if job_id else None
+busy = bool(current and current["status"] in runs.ACTIVE)
+with st.expander("Set up a run", expanded=not busy and current is None):
+    picked = setup_form()
+    if picked is not None:
+        config, num_classes = picked
+        show_summary(config, num_classes)
+        others = registry.active()
+        if others and not busy:
+            st.caption(f"{len(others)} job(s) are training or queued on this server; yours will queue behind them.")
+        if st.button(
+            "🚀 Start training",
+            type="primary",
+            disabled=busy,
+            key="train_start",
+            help="Training runs on the server; you can leave this page and come back."
+            if not busy
+            else "Your run is still going: stop it or wait for it to finish.",
+        ):
+            job = registry.submit(config)
+            state.set_train_job(job.id)
+            st.query_params["job"] = job.id
+            st.rerun()
+
+if job_id:
+    show_job(job_id)
+    if not busy and st.button("Set up another run", key="train_new"):
+        state.set_train_job(None)
+        del st.query_params["job"]
+        st.rerun()
+
+st.subheader("Runs")
+rows = [runs.summary(r) for r in runs.list_runs()]
+if not rows:
+    st.caption(f"No runs yet in {runs.runs_root()} (CONVSCOPE_RUNS_DIR).")
+else:
+    table = pd.DataFrame(rows)[
+        ["name", "status", "backbone", "mode", "epochs_run", "val_accuracy", "test_accuracy", "source", "reason"]
+    ]
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "val_accuracy": st.column_config.NumberColumn("val acc", format="percent"),
+            "test_accuracy": st.column_config.NumberColumn("test acc", format="percent"),
+            "epochs_run": st.column_config.NumberColumn("epochs"),
+        },
+    )
+
+    def _open_run() -> None:
+        name = st.session_state.get("train_open")
+        if name:
+            state.set_train_job(name)
+            st.query_params["job"] = name
+        st.session_state["train_open"] = None
+
+    st.selectbox(
+        "Open a run",
+        [r["name"] for r in rows],
+        index=None,
+        placeholder="Choose a run to see its curves and results",
+        key="train_open",
+        on_change=_open_run,
+    )

@@ -1,0 +1,481 @@
+"""Training: feature mode on cached features, scratch CNNs, the run store, stop, NaN, resume, jobs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import feature_cache, jobs, models, presets, runs, training
+from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
+from engine.features import FeatureExtractor
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "shapes:per_class=12,classes=3,size=64"
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def feature_config(**kw) -> TrainConfig:
+    data = kw.pop("data", DataConfig(source=TINY, image_size=96))
+    return TrainConfig(data=data, epochs=kw.pop("epochs", 3), **kw)
+
+
+def scratch_config(**kw) -> TrainConfig:
+    data = kw.pop("data", DataConfig(source=TINY, image_size=32))
+    return TrainConfig(data=data, backbone="small_cnn", mode="scratch", epochs=kw.pop("epochs", 3), **kw)
+
+
+def new_run(config: TrainConfig) -> runs.Run:
+    return runs.create(backbone=config.backbone, mode=config.mode)
+
+
+# ---- config, presets, models -------------------------------------------------------
+
+
+def test_configs_validate_and_round_trip():
+    config = TrainConfig(
+        head=HeadConfig.parse("256,128", 0.3), optimizer="sgd", data=DataConfig(augment=AugmentConfig.standard())
+    )
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    for bad in ({"mode": "finetune"}, {"optimizer": "adagrad"}, {"epochs": 0}, {"learning_rate": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="sizes like 256"):
+        HeadConfig.parse("big")
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_presets_give_valid_configs(name):
+    config = presets.get(name).apply(TrainConfig(data=DataConfig(source="some/folder", seed=3)))
+    assert config.preset == name and config.data.source == "some/folder" and config.data.seed == 3
+    assert (config.mode == "scratch") == (name == "alexnet-scratch")
+
+
+def test_class_weights_favour_rare_classes():
+    w = training.class_weights(np.array([0] * 8 + [1] * 2), 3)
+    assert w[1] == pytest.approx(4 * w[0]) and w[2] == 1.0
+    assert w[0] * 8 + w[1] * 2 == pytest.approx(10)
+
+
+def test_feature_classifier_summary_counts_frozen_backbone_and_head():
+    built = models.build(replace(feature_config(), head=HeadConfig((16,), 0.2)), 4)
+    summary = models.summarise(built.classifier)
+    assert summary.trainable == (1280 * 16 + 16) + (16 * 4 + 4)
+    assert summary.non_trainable == models.summarise(built.base).total
+    assert summary.layers[0]["type"].startswith("frozen backbone") and not summary.layers[0]["trainable"]
+    assert [r["layer"] for r in summary.layers[-4:]] == ["avg_pool", "head_dense1", "head_dropout1", "logits"]
+    # the head's layers are the classifier's: one set of weights
+    assert built.classifier.get_layer("logits") is built.head.get_layer("logits")
+
+
+def test_scratch_mode_refuses_pretrained_backbones_and_vice_versa():
+    with pytest.raises(ValueError, match="scratch mode"):
+        models.build(TrainConfig(mode="scratch"), 3)
+    with pytest.raises(ValueError, match="feature mode"):
+        models.build(TrainConfig(backbone="small_cnn"), 3)
+
+
+# ---- feature mode ------------------------------------------------------------------
+
+
+def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypatch):
+    config = feature_config()
+    run = new_run(config)
+    out = training.train(config, run)
+    assert out["status"] == "finished" and out["epochs_run"] == 3
+    assert out["features"]["computed"] > 0
+    for name in ("config.json", "history.json", "labels.json", "metrics.json", "model.keras", "status.json"):
+        assert (run.path / name).is_file(), name
+    assert run.checkpoint.is_file() and run.checkpoint_epoch() == 3
+    assert any(run.logs.rglob("events.out.tfevents.*")), "TensorBoard logs"
+    assert set(out["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in out["history"].values())
+    assert run.status()["status"] == "finished" and run.labels() == ["circle", "square", "triangle"]
+    assert run.config()["backbone"] == "efficientnet_lite0"
+    assert not list(run.path.rglob(".*")), "no temporary files left behind"
+
+    # A second run on the same data computes no features at all.
+    def no_features(self, images):
+        raise AssertionError("features were computed again")
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", no_features)
+    again = training.train(config, new_run(config))
+    assert again["features"] == {"computed": 0, "cached": out["features"]["computed"]}
+    assert again["history"] == out["history"], "same seed, same data: identical metrics"
+
+
+def test_trained_run_is_explainable_after_reload():
+    from engine.explain import Explainable, explain_image
+    from engine.samples import sample_photo
+
+    config = feature_config(epochs=1)
+    run = new_run(config)
+    training.train(config, run)
+    model = Explainable.from_run(run.path)
+    assert model.labels == ["circle", "square", "triangle"] and model.input_size == 96
+    result = explain_image(model, sample_photo("chelsea"), "gradcam")
+    assert result.layer == "top_activation" and result.heatmap.shape == (96, 96)
+    assert np.isfinite(result.heatmap).all()
+
+
+def test_augmented_views_are_computed_once_and_differ():
+    aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.2)
+    config = feature_config(data=DataConfig(source=TINY, image_size=96, augment=aug), aug_views=2)
+    first = training.train(config, new_run(config))
+    assert first["features"]["augmented_views"] == 2 and first["features"]["augmented_computed"] > 0
+    second = training.train(config, new_run(config))
+    assert second["features"]["augmented_computed"] == 0 and second["features"]["computed"] == 0
+    stored = [np.load(p) for p in feature_cache.FeatureKey("efficientnet_lite0", 96, "stretch").folder.glob("aug-*")]
+    views = next(a for a in stored if a.shape[0] == 2)
+    assert not np.allclose(views[0], views[1]), "two augmented views of the same images differ"
+
+
+@pytest.mark.slow
+def test_feature_mode_reaches_high_validation_accuracy_in_few_epochs():
+    config = TrainConfig(
+        data=DataConfig(source="shapes:per_class=40,classes=3,size=160", image_size=224),
+        epochs=8,
+        learning_rate=1e-2,
+    )
+    out = training.train(config, new_run(config))
+    assert out["val_accuracy"] >= 0.8 and out["test_accuracy"] >= 0.8, out["history"]["val_accuracy"]
+
+
+# ---- scratch mode ------------------------------------------------------------------
+
+
+def colour_classes(root: Path, per_class: int = 24) -> Path:
+    """Two classes a small CNN can learn in a few epochs: reddish and bluish noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 140, (32, 32, 3), dtype=np.uint8)
+            img[..., channel] += 110
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def test_scratch_mode_learns(tmp_path):
+    source = str(colour_classes(tmp_path / "colours"))
+    config = scratch_config(data=DataConfig(source=source, image_size=32), epochs=8, batch_size=8)
+    out = training.train(config, new_run(config))
+    h = out["history"]
+    assert out["status"] == "finished" and h["loss"][-1] < h["loss"][0]
+    assert out["val_accuracy"] > 0.8 and out["test_accuracy"] > 0.8, h  # chance is 0.5
+    again = training.train(config, new_run(config))
+    assert again["history"] == h, "same seed, same data, CPU: identical metrics"
+
+
+# ---- stop, NaN, out of memory, atomic checkpoints, resume -----------------------------
+
+
+def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
+    config = scratch_config(epochs=4, batch_size=4)
+    run = new_run(config)
+    stop = threading.Event()
+    after = []
+
+    def report(stage="", **fields):
+        if stop.is_set() and "batch" in fields and "history" not in fields:
+            after.append(fields["batch"])
+        if stage == "training" and fields.get("epoch") == 2 and fields.get("batch") == 2:
+            stop.set()
+
+    out = training.train(config, run, stop=stop, report=report)
+    assert out["status"] == "stopped" and "epoch 2, batch 2" in out["reason"]
+    assert after == [], f"batches ran after the stop: {after}"
+    assert out["epochs_run"] == 1 and run.checkpoint_epoch() == 1
+    assert run.model_file.is_file() and run.resumable()
+    resumed = training.resume(run)
+    assert resumed["status"] == "finished" and resumed["epochs_run"] == 4
+    assert resumed["history"]["loss"][0] == out["history"]["loss"][0]
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(monkeypatch):
+    import keras
+
+    real = training._feature_batches
+
+    class Poisoned(keras.utils.PyDataset):
+        """The real batches, turned to NaN from the third epoch on."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.epoch = inner, 0
+
+        def __len__(self):
+            return len(self.inner)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.inner.on_epoch_end()
+
+        def __getitem__(self, k):
+            x, y = self.inner[k]
+            return (x * np.nan if self.epoch >= 2 else x), y
+
+    monkeypatch.setattr(training, "_feature_batches", lambda *a: Poisoned(real(*a)))
+    config = feature_config(epochs=6)
+    run = new_run(config)
+    out = training.train(config, run)
+    assert out["status"] == "failed" and "NaN" in out["reason"] and "lower learning rate" in out["reason"]
+    assert run.checkpoint_epoch() == len(run.history()["loss"]) >= 1
+    assert all(np.isfinite(run.history()["loss"]))
+    assert not run.model_file.exists()
+    keras.models.load_model(run.checkpoint, safe_mode=True)  # the good checkpoint loads
+
+
+def test_learning_rate_10_fails_the_run_and_keeps_the_last_good_checkpoint():
+    import keras
+
+    # AlexNet with SGD at learning rate 10: epoch 1 ends with finite numbers, epoch 2 diverges.
+    config = TrainConfig(
+        data=DataConfig(source=TINY, image_size=64),
+        backbone="alexnet",
+        mode="scratch",
+        epochs=5,
+        optimizer="sgd",
+        learning_rate=10.0,
+    )
+    run = new_run(config)
+    out = training.train(config, run)
+    assert out["status"] == "failed" and "NaN" in out["reason"], out
+    assert run.status()["status"] == "failed" and "NaN" in run.status()["reason"]
+    assert run.checkpoint_epoch() == len(run.history()["loss"]) == 1
+    keras.models.load_model(run.checkpoint, safe_mode=True)
+    assert run.resumable()
+
+
+def test_out_of_memory_is_a_friendly_failure_and_the_next_run_works(monkeypatch):
+    import tensorflow as tf
+
+    real = training._feature_batches
+
+    def oom(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(training, "_feature_batches", oom)
+    config = feature_config(epochs=1)
+    run = new_run(config)
+    out = training.train(config, run)
+    assert out["status"] == "failed" and "out of memory" in out["reason"] and "batch size" in out["reason"]
+    assert run.status()["status"] == "failed"
+    monkeypatch.setattr(training, "_feature_batches", real)
+    assert training.train(config, new_run(config))["status"] == "finished"
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_dies(tmp_path):
+    target = tmp_path / "x.json"
+    runs.write_json(target, {"epoch": 1})
+
+    def dies(tmp: Path) -> None:
+        tmp.write_text('{"epo')  # half written, then killed
+        raise OSError("killed")
+
+    with pytest.raises(OSError):
+        runs.atomic_write(target, dies)
+    assert json.loads(target.read_text()) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(monkeypatch):
+    import keras
+
+    real_save, calls = keras.Model.save, []
+
+    def save(self, path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 2:  # the epoch-2 checkpoint: half written, then the process "dies"
+            Path(path).write_bytes(b"PK\x03\x04 half a zip")
+            raise OSError("killed during the checkpoint write")
+        return real_save(self, path, *a, **kw)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    config = feature_config(epochs=3)
+    run = new_run(config)
+    with pytest.raises(OSError):
+        training.train(config, run)
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    assert run.checkpoint_epoch() == 1
+    keras.models.load_model(run.checkpoint, safe_mode=True)
+    assert not [p for p in (run.path / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert run.status()["status"] == "failed"
+    assert training.resume(run)["epochs_run"] == 3
+
+
+def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir):
+    out_dir = runs_dir / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "train",
+        TINY,
+        "--mode",
+        "scratch",
+        "--image-size",
+        "32",
+        "--epochs",
+        "300",
+        "--out",
+        str(out_dir),
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CONVSCOPE_RUNS_DIR": str(runs_dir)},
+    )
+    run = runs.Run(out_dir)
+    deadline = time.monotonic() + 120
+    while run.checkpoint_epoch() < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = run.checkpoint_epoch()
+    assert 2 <= done < 300
+    status = run.status()
+    assert status["status"] == "failed" and status["reason"] == runs.INTERRUPTED and run.resumable()
+    before = run.history()["loss"][:done]
+
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "--resume", str(out_dir), "--epochs", str(done + 2), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    result = json.loads(res.stdout)
+    assert result["status"] == "finished" and result["epochs_run"] == done + 2
+    assert result["history"]["loss"][:done] == before
+
+
+# ---- the job registry --------------------------------------------------------------
+
+
+def test_registry_runs_one_job_at_a_time_and_queues_the_rest():
+    release, running, peak = threading.Event(), [], []
+    lock = threading.Lock()
+
+    def fake_train(config, run, *, stop, report, resume):
+        with lock:
+            running.append(run.name)
+            peak.append(len(running))
+        report(stage="training", epoch=1, epochs=config.epochs, batch=1, batches=2)
+        release.wait(10)
+        with lock:
+            running.remove(run.name)
+        return {"status": "finished", "reason": "", "history": {"loss": [1.0]}}
+
+    registry = jobs.JobRegistry(train_fn=fake_train, devices=["/CPU:0"])
+    config = feature_config()
+    with ThreadPoolExecutor(2) as pool:  # two users press Train at the same moment
+        a, b = pool.map(lambda _: registry.submit(config), range(2))
+    deadline = time.monotonic() + 10
+    while not running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    positions = sorted([registry.position(a.id), registry.position(b.id)])
+    assert positions == [0, 1], "one runs, the other waits first in line"
+    third = registry.submit(config)
+    assert registry.position(third.id) == 2
+    assert registry.stop(third.id) and registry.snapshot(third.id)["status"] == "stopped"
+    assert third.run.status()["status"] == "stopped"
+    release.set()
+    for job in (a, b):
+        assert registry.wait(job.id, 10)["status"] == "finished"
+    assert max(peak) == 1
+    assert registry.active() == []
+
+
+def test_registry_trains_for_real_and_a_failing_job_does_not_kill_the_worker():
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    bad = registry.submit(feature_config(data=DataConfig(source="/no/such/folder")))
+    good = registry.submit(feature_config(epochs=2))
+    assert "no such folder" in registry.wait(bad.id, 60)["reason"]
+    snap = registry.wait(good.id, 300)
+    assert snap["status"] == "finished" and len(snap["history"]["loss"]) == 2
+    assert snap["progress"]["stage"] == "saving" and snap["result"]["val_accuracy"] is not None
+    assert bad.run.status()["status"] == "failed"
+
+
+# ---- CLI ---------------------------------------------------------------------------
+
+
+def cli(*args: str) -> tuple[int, dict]:
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    return res.returncode, json.loads(res.stdout)
+
+
+def test_cli_train_and_runs(runs_dir):
+    code, out = cli(
+        "train",
+        TINY,
+        "--backbone",
+        "efficientnet_lite0",
+        "--mode",
+        "feature",
+        "--epochs",
+        "2",
+        "--image-size",
+        "96",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.003",
+        "--seed",
+        "1",
+        "--out",
+        str(runs_dir / "mine"),
+    )
+    assert code == 0, out
+    assert set(out) >= {"run_dir", "status", "epochs_run", "history", "val_accuracy", "test_accuracy", "seconds"}
+    assert out["run_dir"] == str(runs_dir / "mine") and out["status"] == "finished" and out["epochs_run"] == 2
+    assert len(out["history"]["val_accuracy"]) == 2 and 0 <= out["test_accuracy"] <= 1
+    config = runs.Run(runs_dir / "mine").config()
+    assert (config["batch_size"], config["learning_rate"], config["seed"]) == (8, 0.003, 1)
+    code, listed = cli("runs")
+    assert code == 0 and listed["runs"][0]["name"] == "mine" and listed["runs"][0]["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "scratch", "--backbone", "efficientnet_lite0"], "scratch mode"),
+        (["--epochs", "0"], "epochs"),
+        (["--backbone", "resnet1000"], "unknown backbone"),
+        (["--augment", "spin=3"], "augmentation"),
+        (["--hidden", "lots"], "hidden"),
+    ],
+)
+def test_cli_train_refuses_bad_options(args, message):
+    code, out = cli("train", TINY, *args)
+    assert code == 2 and message in out["error"], out
+
+
+def test_cli_train_refuses_unusable_data_and_missing_resume(tmp_path):
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    code, out = cli("train", str(tmp_path / "data"))
+    assert code == 2 and "at least 2 classes" in out["error"]
+    code, out = cli("train", "--resume", str(tmp_path / "nothing"))
+    assert code == 2 and "not a run folder" in out["error"]
