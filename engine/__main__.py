@@ -342,6 +342,9 @@ def _print_train(result: dict) -> None:
         if result.get(key) is not None:
             print(f"  {key.replace('_', ' ')}: {result[key]:.3f}")
     print(f"  {result['epochs_run']} epochs in {result['seconds']:.1f} s")
+    if result.get("params"):
+        p = result["params"]
+        print(f"  parameters: {p['trainable']:,} trainable, {p['non_trainable']:,} frozen")
 
 
 def cmd_runs(args: argparse.Namespace) -> dict:

@@ -46,13 +46,13 @@ class FeatureKey:
         return settings.cache_dir() / "features" / f"v{_VERSION}-{self.backbone}-{self.image_size}-{self.resize}"
 
 
-def _load(path: Path, expected: int) -> np.ndarray | None:
-    """The cached array, or None when missing, unreadable or of the wrong length (then recomputed)."""
+def _load(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array, or None when missing, unreadable or of another shape (then recomputed)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None
-    return arr if arr.shape[-2:-1] == (expected,) and np.isfinite(arr).all() else None
+    return arr if arr.shape[: len(shape)] == shape and np.isfinite(arr).all() else None
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
@@ -60,6 +60,19 @@ def _save(path: Path, arr: np.ndarray) -> None:
         atomic_write(path, lambda tmp: np.save(tmp, arr, allow_pickle=False))
     except OSError:
         pass  # a read-only cache only costs speed
+
+
+def _cached(path: Path, shape: tuple[int, ...], compute, progress: Progress | None) -> tuple[np.ndarray, bool]:
+    """The array at `path` if it has the leading `shape`, else `compute()` saved there."""
+    cached = _load(path, shape)
+    if cached is not None:
+        if progress:
+            total = int(np.prod(shape))  # images (times views)
+            progress(total, total)
+        return cached, True
+    arr = compute()
+    _save(path, arr)
+    return arr, False
 
 
 def _compute(
@@ -105,15 +118,13 @@ def clean_features(
     Returns:
         ((N, D) float32, whether they came from the cache).
     """
-    path = key.folder / f"{dataset.fingerprint[:32]}.npy"
-    cached = _load(path, len(dataset.items))
-    if cached is not None:
-        if progress:
-            progress(len(dataset.items), len(dataset.items))
-        return cached, True
-    feats = _compute(extractor, dataset, dataset.items, key, batch_size, None, 0, progress, 0, len(dataset.items))
-    _save(path, feats)
-    return feats, False
+    n = len(dataset.items)
+    return _cached(
+        key.folder / f"{dataset.fingerprint[:32]}.npy",
+        (n,),
+        lambda: _compute(extractor, dataset, dataset.items, key, batch_size, None, 0, progress, 0, n),
+        progress,
+    )
 
 
 def augmented_features(
@@ -134,19 +145,16 @@ def augmented_features(
     """
     tag = json.dumps([dataset.fingerprint, [i.sha256 for i in items], augment.__dict__, views, seed])
     path = key.folder / f"aug-{hashlib.sha256(tag.encode()).hexdigest()[:32]}.npy"
-    total = views * len(items)
-    cached = _load(path, len(items))
-    if cached is not None and cached.shape[0] == views:
-        if progress:
-            progress(total, total)
-        return cached, True
-    out = np.stack(
-        [
-            _compute(
-                extractor, dataset, items, key, batch_size, augment, seed * 1000 + v, progress, v * len(items), total
-            )
-            for v in range(views)
-        ]
-    )
-    _save(path, out)
-    return out, False
+    n = len(items)
+
+    def compute() -> np.ndarray:
+        return np.stack(
+            [
+                _compute(
+                    extractor, dataset, items, key, batch_size, augment, seed * 1000 + v, progress, v * n, views * n
+                )
+                for v in range(views)
+            ]
+        )
+
+    return _cached(path, (views, n), compute, progress)

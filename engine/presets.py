@@ -107,8 +107,7 @@ PRESETS: dict[str, Preset] = {
             mode="scratch",
             epochs=20,
             augment=AugmentConfig(rotation=10 / 360, translation=0.1, zoom=0.1),
-            note="He initialisation, rotation 10 degrees, shifts 0.1, zoom 0.1 (no shear), Adam 1e-3, "
-            "TensorBoard logs",
+            note="He initialisation, rotation 10 degrees, shifts 0.1, zoom 0.1 (no shear), Adam 1e-3, TensorBoard logs",
         ),
     )
 }

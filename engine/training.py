@@ -178,7 +178,7 @@ def _callbacks(
                 eta=elapsed / self.done * (self.total - self.done),
             )
             if stop is not None and stop.is_set():
-                raise Stopped(f"stopped at epoch {self.epoch + 1}, batch {batch + 1}")
+                raise Stopped(f"by the user at epoch {self.epoch + 1}, batch {batch + 1}")
 
         def on_epoch_end(self, epoch, logs=None) -> None:
             logs = logs or {}
@@ -241,7 +241,7 @@ def train(
 
     Returns:
         {"run_dir", "status", "reason", "epochs_run", "history", "val_accuracy",
-         "test_accuracy", "seconds", "features"}; the same facts are in the run folder.
+         "test_accuracy", "seconds", "features", "params"}; the same facts are in the run folder.
 
     Raises:
         TrainingError / ConvScopeError: bad data or options (the run is marked failed first).
@@ -290,6 +290,7 @@ def train(
         "test_accuracy": metrics.get("test_accuracy"),
         "seconds": round(time.monotonic() - t0, 2),
         "features": info["features"],
+        "params": info.get("params"),
     }
 
 
@@ -306,7 +307,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
     def data_progress(stage: str, done: int, total: int) -> None:
         report(stage="data", message=stage, done=done, total=total)
         if stop is not None and stop.is_set():
-            raise Stopped("stopped while opening the data")
+            raise Stopped("by the user while the data was opened")
 
     dataset = sources.open_dataset(config.data.source, data_progress)
     dataset.check()
@@ -335,16 +336,22 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
 
     built = models.build(config, num_classes)
     classifier = built.classifier
+    counts = models.summarise(classifier)
+    info["params"] = {"total": counts.total, "trainable": counts.trainable, "non_trainable": counts.non_trainable}
     if config.mode == "feature":
         base, head = built.base, built.head
         extractor = FeatureExtractor(config.backbone, model=base)
         key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
         n = len(dataset.items)
 
+        started = time.monotonic()
+
         def feat_progress(done: int, total: int) -> None:
-            report(stage="features", message="Computing backbone features", done=done, total=total)
+            rate = done / max(time.monotonic() - started, 1e-6)
+            eta = (total - done) / rate if done else None
+            report(stage="features", message="Computing backbone features", done=done, total=total, eta=eta)
             if stop is not None and stop.is_set():
-                raise Stopped("stopped while computing features")
+                raise Stopped("by the user while features were computed")
 
         feats, hit = feature_cache.clean_features(extractor, dataset, key, config.batch_size, feat_progress)
         info["features"] = {"computed": 0 if hit else n, "cached": n if hit else 0}

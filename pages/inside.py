@@ -13,9 +13,19 @@ from engine.explain import CAM_METHODS, INPUT_METHODS, METHODS, checks, explain_
 from engine.explain import activations as acts_mod
 from engine.explain.model import list_runs
 from engine.explain.overlay import COLORMAPS, overlay, to_png
+from engine.runs import RunError, open_run
 from ui import cached, router, widgets
 
 router.ensure_routed()
+
+
+def run_config(name: str) -> dict:
+    try:
+        return open_run(name).config()
+    except RunError:
+        return {}
+
+
 st.title("🔍 Inside the network")
 st.caption("Every layer's feature maps, and where the network looked for a class, by several methods.")
 
@@ -24,6 +34,8 @@ with st.sidebar:
     wanted = st.query_params.get("run")  # from the Train page's "Look inside this model"
     if wanted and st.session_state.get("inside_wanted") != wanted:
         st.session_state.update(inside_wanted=wanted, inside_kind="Trained run")
+        if str(run_config(wanted).get("data", {}).get("source", "")).startswith("shapes"):
+            st.session_state["inside_img_source"] = "Shapes image"  # show it what it was trained on
     kind = st.radio("Model", ["ImageNet backbone", "Trained run"], key="inside_kind", label_visibility="collapsed")
     model = None
     try:

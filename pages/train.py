@@ -113,7 +113,10 @@ def setup_form() -> tuple[TrainConfig, int] | None:
         epochs = st.number_input("Epochs", 1, 500, 10, key="train_epochs")
         batch = st.select_slider("Batch size", [4, 8, 16, 32, 64, 128, 256], 32, key="train_batch")
         optimizer = st.selectbox(
-            "Optimizer", OPTIMIZERS, key="train_optimizer", format_func=lambda o: "sgd (momentum 0.9)" if o == "sgd" else o
+            "Optimizer",
+            OPTIMIZERS,
+            key="train_optimizer",
+            format_func=lambda o: "sgd (momentum 0.9)" if o == "sgd" else o,
         )
         lr = st.select_slider("Learning rate", LEARNING_RATES, 1e-3, key="train_lr", format_func=lambda v: f"{v:g}")
     with right:
@@ -235,8 +238,9 @@ def _progress(snap: dict) -> None:
         st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
         return
     if stage in ("data", "features") and p.get("total"):
+        eta = _eta(p.get("eta")) if stage == "features" else ""
         st.progress(
-            min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}"
+            min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"
         )
     elif stage == "training" and p.get("batches"):
         epochs, batches = snap["epochs"], p["batches"]

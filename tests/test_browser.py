@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("CI must install Chromium (apt-get install chromium) for the browser test")
@@ -48,7 +48,11 @@ def server():
             "127.0.0.1",
         ],
         cwd=ROOT,
-        env={**os.environ, "CONVSCOPE_MAX_ARCHIVE_MB": "1"},  # small, so case 3 needs no big file
+        env={
+            **os.environ,
+            "CONVSCOPE_MAX_ARCHIVE_MB": "1",  # small, so case 3 needs no big file
+            "CONVSCOPE_RUNS_DIR": str(tmp_path_factory.mktemp("runs")),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -118,4 +122,27 @@ def test_upload_an_image_and_see_a_prediction(server, tmp_path):
         assert "cat" in text.split(":", 1)[1], text
         page.get_by_text("Prediction took").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
+        browser.close()
+
+
+def test_train_with_defaults_watch_it_refresh_and_reattach(server, tmp_path):
+    """A new user's first run: the built-in shapes, the bundled backbone, default settings."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})
+        page.goto(server + "/train")
+        start = page.get_by_role("button", name="🚀 Start training")
+        start.wait_for(timeout=180_000)
+        page.get_by_text("Trainable", exact=True).wait_for(timeout=60_000)  # the model summary before starting
+        start.click()
+        page.wait_for_url("**/train?job=*", timeout=30_000)
+        job = page.url.split("job=", 1)[1]
+        page.get_by_text("Epoch ").first.wait_for(timeout=180_000)  # live progress of the training stage
+        page.reload()  # the tab is refreshed mid-run: it finds its job again from the URL
+        page.get_by_role("heading", name=f"Run {job}").wait_for(timeout=60_000)
+        page.get_by_text("Finished").first.wait_for(timeout=300_000)
+        page.get_by_text("Validation accuracy").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
         browser.close()

@@ -91,7 +91,7 @@ def test_scratch_mode_refuses_pretrained_backbones_and_vice_versa():
 # ---- feature mode ------------------------------------------------------------------
 
 
-def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypatch):
+def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypatch, cache_dir):
     config = feature_config()
     run = new_run(config)
     out = training.train(config, run)
@@ -131,7 +131,7 @@ def test_trained_run_is_explainable_after_reload():
     assert np.isfinite(result.heatmap).all()
 
 
-def test_augmented_views_are_computed_once_and_differ():
+def test_augmented_views_are_computed_once_and_differ(cache_dir):
     aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.2)
     config = feature_config(data=DataConfig(source=TINY, image_size=96, augment=aug), aug_views=2)
     first = training.train(config, new_run(config))
@@ -198,7 +198,7 @@ def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
             stop.set()
 
     out = training.train(config, run, stop=stop, report=report)
-    assert out["status"] == "stopped" and "epoch 2, batch 2" in out["reason"]
+    assert out["status"] == "stopped" and out["reason"] == "by the user at epoch 2, batch 2"
     assert after == [], f"batches ran after the stop: {after}"
     assert out["epochs_run"] == 1 and run.checkpoint_epoch() == 1
     assert run.model_file.is_file() and run.resumable()
@@ -452,6 +452,7 @@ def test_cli_train_and_runs(runs_dir):
     assert set(out) >= {"run_dir", "status", "epochs_run", "history", "val_accuracy", "test_accuracy", "seconds"}
     assert out["run_dir"] == str(runs_dir / "mine") and out["status"] == "finished" and out["epochs_run"] == 2
     assert len(out["history"]["val_accuracy"]) == 2 and 0 <= out["test_accuracy"] <= 1
+    assert out["params"]["trainable"] == 1280 * 3 + 3 and out["params"]["non_trainable"] > 3_000_000
     config = runs.Run(runs_dir / "mine").config()
     assert (config["batch_size"], config["learning_rate"], config["seed"]) == (8, 0.003, 1)
     code, listed = cli("runs")
