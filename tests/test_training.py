@@ -369,6 +369,37 @@ def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir
     assert result["history"]["loss"][:done] == before
 
 
+def test_ctrl_c_stops_the_cli_run_after_the_current_batch_and_keeps_the_model(runs_dir):
+    out_dir = runs_dir / "interrupted"
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "train",
+        TINY,
+        "--mode",
+        "scratch",
+        "--image-size",
+        "32",
+        "--epochs",
+        "300",
+        "--out",
+        str(out_dir),
+        "--json",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    run = runs.Run(out_dir)
+    deadline = time.monotonic() + 120
+    while run.checkpoint_epoch() < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout
+    result = json.loads(stdout)
+    assert result["status"] == "stopped" and result["reason"].startswith("by the user at epoch")
+    assert run.model_file.is_file() and run.status()["status"] == "stopped" and run.resumable()
+
+
 # ---- the job registry --------------------------------------------------------------
 
 
