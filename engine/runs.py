@@ -186,11 +186,17 @@ def create(name: str | None = None, root: Path | None = None, *, backbone: str =
     return run
 
 
-def open_run(name_or_path: str | Path, root: Path | None = None) -> Run:
-    """An existing run, by folder name under the runs root or by path."""
+def open_run(name_or_path: str | Path, root: Path | None = None, *, allow_path: bool = True) -> Run:
+    """An existing run, by folder name under the runs root or (with allow_path, the CLI) by path.
+
+    The dashboard passes allow_path=False: a name from a URL must not reach other folders.
+    """
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if not path.is_absolute() and "/" not in text and os.sep not in text:
+    is_name = not path.is_absolute() and "/" not in text and os.sep not in text
+    if not is_name and not allow_path:
+        raise RunError(f"{text!r} is not a run name")
+    if is_name:
         if not _NAME.match(text):
             raise RunError(f"run name {text!r} is not valid")
         path = (root or runs_root()) / text

@@ -21,7 +21,7 @@ router.ensure_routed()
 
 def run_config(name: str) -> dict:
     try:
-        return open_run(name).config()
+        return open_run(name, allow_path=False).config()
     except RunError:
         return {}
 

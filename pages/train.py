@@ -65,7 +65,12 @@ def setup_form() -> tuple[TrainConfig, int] | None:
         f"**Data:** {state.display_name(source)} · validation {data.val_frac:.0%} · test {data.test_frac:.0%}"
         f" · augmentation: {_augment_text(data.augment)}"
     )
-    c2.page_link("pages/datasets.py", label="Change data", icon="🗂️")
+    c2.page_link("pages/datasets.py", label="Explore or change", icon="🗂️")
+    with st.expander("Choose other data here"):
+        other = widgets.dataset_picker("train_data")
+        if other and other != source and st.button("Use this data", key="train_use_data"):
+            state.set_data_config(replace(data, source=other))
+            st.rerun()
     dataset = widgets.open_dataset(source)
     if dataset is None:
         return None
@@ -204,7 +209,7 @@ def _snapshot(job_id: str) -> dict | None:
     if snap is not None:
         return snap
     try:
-        run = runs.open_run(job_id)
+        run = runs.open_run(job_id, allow_path=False)
     except ConvScopeError:
         return None
     status = run.status()

@@ -140,3 +140,22 @@ def test_unusable_data_blocks_training(page, tmp_path):
     at = page(DataConfig(source=str(tmp_path / "data")))
     assert any("at least 2 classes" in e.value for e in at.error)
     assert all(b.key != "train_start" for b in at.button)
+
+
+def test_a_job_in_the_url_cannot_name_a_folder_outside_the_runs(page, tmp_path):
+    from engine.runs import create
+
+    outside = create(str(tmp_path / "elsewhere" / "secret-run"))
+    at = page(job=str(outside.path))
+    assert any("No run called" in w.value for w in at.warning)
+
+
+def test_other_data_can_be_chosen_on_the_page(page):
+    at = page()
+    at.number_input(key="train_data_classes").set_value(2).run()
+    at.number_input(key="train_data_per_class").set_value(10).run()
+    at.button(key="train_use_data").click().run()
+    assert not at.exception
+    assert at.session_state["data_config"].source.startswith("shapes:per_class=10,classes=2")
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Trainable"].replace(",", "")) == 1280 * 2 + 2
