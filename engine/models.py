@@ -10,6 +10,7 @@ weights are shared, so the trained head is the classifier's head.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import keras
@@ -113,7 +114,7 @@ class Summary:
 
 
 def _count(weights) -> int:
-    return int(sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in weights))
+    return int(sum(math.prod(w.shape) for w in weights))  # from shapes: no copies of the values
 
 
 def summarise(model: keras.Model, frozen_prefix_groups: bool = True) -> Summary:

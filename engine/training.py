@@ -383,7 +383,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
         val_data = (x["validation"], y["validation"]) if has_val else None
 
         def predict(split: str) -> np.ndarray:
-            return np.asarray(fitted.predict(x[split], batch_size=256, verbose=0))
+            return np.asarray(fitted(x[split], training=False))  # a few Dense layers: one eager call
     else:
         fitted = classifier
         if resume and run.checkpoint.is_file():
