@@ -45,7 +45,15 @@ def _apply_preset() -> None:
     p = presets.PRESETS[name]
     ss = st.session_state
     ss["train_mode"] = p.mode
-    ss["train_backbone" if p.mode == "feature" else "train_scratch"] = p.backbone
+    row = next(r for r in cached.backbone_rows() if r["name"] == p.backbone)
+    if row["available"]:
+        ss["train_backbone" if p.mode == "feature" else "train_scratch"] = p.backbone
+        ss.pop("train_preset_note", None)
+    else:  # keep a backbone that loads, and say why the recipe's own cannot
+        ss["train_preset_note"] = (
+            f"{p.name} uses {row['title']}, which cannot load here: {row['reason']}. "
+            "Its other settings are applied; pick a backbone that loads below."
+        )
     ss["train_size"], ss["train_epochs"], ss["train_batch"] = p.image_size, p.epochs, p.batch_size
     ss["train_optimizer"], ss["train_lr"] = p.optimizer, p.learning_rate
     ss["train_hidden"] = ",".join(map(str, p.head.hidden))
@@ -92,6 +100,8 @@ def setup_form() -> tuple[TrainConfig, int] | None:
     if preset != "custom":
         p = presets.PRESETS[preset]
         st.caption(f"{p.note}. Published: {p.published}.")
+        if st.session_state.get("train_preset_note"):
+            st.warning(st.session_state["train_preset_note"])
 
     left, mid, right = st.columns(3)
     with left:

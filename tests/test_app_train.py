@@ -159,3 +159,12 @@ def test_other_data_can_be_chosen_on_the_page(page):
     assert at.session_state["data_config"].source.startswith("shapes:per_class=10,classes=2")
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Trainable"].replace(",", "")) == 1280 * 2 + 2
+
+
+def test_a_preset_whose_backbone_cannot_load_says_so(page):
+    at = page()
+    at.selectbox(key="train_preset").set_value("hub-course-mobilenet").run()
+    assert not at.exception
+    assert any("cannot load here" in w.value for w in at.warning)
+    assert at.number_input(key="train_epochs").value == 6  # the rest of the recipe applies
+    assert at.selectbox(key="train_backbone").value == "efficientnet_lite0"

@@ -1,7 +1,6 @@
 """Training: feature mode on cached features, scratch CNNs, the run store, stop, NaN, resume, jobs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -319,35 +318,20 @@ def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(monkeypatch
     assert training.resume(run)["epochs_run"] == 3
 
 
-def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir):
-    out_dir = runs_dir / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "engine",
-        "train",
-        TINY,
-        "--mode",
-        "scratch",
-        "--image-size",
-        "32",
-        "--epochs",
-        "300",
-        "--out",
-        str(out_dir),
-        "--json",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CONVSCOPE_RUNS_DIR": str(runs_dir)},
-    )
+def long_cli_run(out_dir: Path, until_epoch: int) -> tuple[subprocess.Popen, runs.Run]:
+    """A 300-epoch scratch run in a child process, returned once `until_epoch` epochs are checkpointed."""
+    cmd = [sys.executable, "-m", "engine", "train", TINY, "--mode", "scratch", "--image-size", "32"]
+    cmd += ["--epochs", "300", "--out", str(out_dir), "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     run = runs.Run(out_dir)
     deadline = time.monotonic() + 120
-    while run.checkpoint_epoch() < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while run.checkpoint_epoch() < until_epoch and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    return proc, run
+
+
+def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir):
+    proc, run = long_cli_run(runs_dir / "killed", 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = run.checkpoint_epoch()
@@ -357,7 +341,7 @@ def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir
     before = run.history()["loss"][:done]
 
     res = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "--resume", str(out_dir), "--epochs", str(done + 2), "--json"],
+        [sys.executable, "-m", "engine", "train", "--resume", str(run.path), "--epochs", str(done + 2), "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -370,28 +354,7 @@ def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir
 
 
 def test_ctrl_c_stops_the_cli_run_after_the_current_batch_and_keeps_the_model(runs_dir):
-    out_dir = runs_dir / "interrupted"
-    cmd = [
-        sys.executable,
-        "-m",
-        "engine",
-        "train",
-        TINY,
-        "--mode",
-        "scratch",
-        "--image-size",
-        "32",
-        "--epochs",
-        "300",
-        "--out",
-        str(out_dir),
-        "--json",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    run = runs.Run(out_dir)
-    deadline = time.monotonic() + 120
-    while run.checkpoint_epoch() < 1 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc, run = long_cli_run(runs_dir / "interrupted", 1)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, stdout
