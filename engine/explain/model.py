@@ -116,7 +116,8 @@ class Explainable:
         default = None
         if spec and spec.last_conv_layer:
             default = spec.last_conv_layer if _has_layer(model, spec.last_conv_layer) else None
-        return cls(model, preprocess, list(labels), run.name, default)
+        opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
+        return cls(model, preprocess, list(labels), run.name, default, opaque)
 
     # ---- layers ---------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
