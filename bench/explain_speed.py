@@ -1,11 +1,22 @@
-"""Grad-CAM for one image against a bare forward pass of the same model.
+"""Prediction and all 10 explanation methods against a compiled, batched forward pass.
 
-Both are timed in this one process after warm-up (tracing), interleaved, and
-the medians compared. Grad-CAM includes everything a user waits for:
-preprocessing, the forward pass returning the layer's activations, the
-backward pass to them, the weighting, upsampling and normalisation.
+Everything is measured in this one process, after warm-up (tracing):
+- floor 1: one image through `tf.function(model)` (batch 1), the physical floor of
+  any single-image answer;
+- floor B: the per-image cost of the same compiled forward pass at batch 32, the
+  floor of a method that needs many passes;
+- for the gradient methods, also the per-image cost of a compiled batched input-gradient
+  pass (forward + backward), the floor of any method built on input gradients.
 
-    python bench/explain_speed.py [--backbone efficientnet_lite0] [--method gradcam] [--repeats 15]
+Each row times what a user waits for: `ImageNetClassifier.predict` from the original
+photo (resize included), or an explainer's map for one prepared image (preprocessing,
+passes, weighting, upsampling, normalisation). Medians of `--repeats` runs.
+
+Targets (issue 10): predict <= 1.5x floor 1; Grad-CAM, Grad-CAM++, Layer-CAM, CAM,
+Eigen-CAM, vanilla gradients <= 3x floor 1; Score-CAM, SmoothGrad, Integrated Gradients,
+occlusion <= 1.5x (their passes x floor B).
+
+    python bench/explain_speed.py [--backbone efficientnet_lite0] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -18,39 +29,97 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+ONE_PASS = ("gradcam", "gradcam++", "layercam", "cam", "eigencam", "saliency")
+MANY_PASSES = ("scorecam", "smoothgrad", "integrated_gradients", "occlusion")
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: tracing and first-call allocations
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--method", default="gradcam")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    from engine.explain import Explainable, make
+    import numpy as np
+    import tensorflow as tf
+
+    from engine.explain import METHODS, Explainable, make
+    from engine.predict import ImageNetClassifier
     from engine.samples import sample_photo
 
     model = Explainable.from_backbone(args.backbone)
-    explainer = make(args.method, model)
-    x = model.prepare(sample_photo("chelsea"))[None]
+    classifier = ImageNetClassifier(args.backbone)
+    photo = sample_photo("chelsea")
+    x = model.prepare(photo)[None]
     target = int(model.logits(x).argmax())
-    for _ in range(3):  # warm-up: graph tracing and first-call allocations
-        model.logits(x)
-        explainer(x, [target])
-    forward, explain = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        model.logits(x)
-        forward.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        explainer(x, [target])
-        explain.append(time.perf_counter() - t0)
-    f, e = statistics.median(forward), statistics.median(explain)
+    size = model.input_size
+
+    # The floors: a plain tf.function over the Keras model, on preprocessed tensors.
+    keras_model = model.model
+    forward = tf.function(lambda t: keras_model(t, training=False))
+    one = tf.constant(model.preprocess(x))
+    noise = np.random.default_rng(0).normal(0, 5, (32, 1, 1, 1)).astype(np.float32)
+    batch = tf.constant(model.preprocess(np.repeat(x, 32, axis=0) + noise))
+
+    @tf.function
+    def input_gradient(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            score = keras_model(t, training=False)[:, target]
+        return tape.gradient(score, t)
+
+    floor_1 = median_time(lambda: forward(one).numpy(), args.repeats * 3)
+    floor_b = median_time(lambda: forward(batch).numpy(), args.repeats) / 32
+    floor_g = median_time(lambda: input_gradient(batch).numpy(), args.repeats) / 32
+
+    rows = []
+    t = median_time(lambda: classifier.predict([("chelsea", photo)]), args.repeats * 3)
+    rows.append(("predict one image", 1, t, floor_1, 1.5, None))
+    for name in ONE_PASS:
+        explainer = make(name, model)
+        t = median_time(lambda e=explainer: e(x, [target]), args.repeats * 2)
+        gradient_floor = floor_g if name == "saliency" else None
+        rows.append((METHODS[name].title, 1, t, floor_1, 3.0, gradient_floor))
+    for name in MANY_PASSES:
+        explainer = make(name, model)
+        forwards, gradients = explainer.passes(size)
+        passes = forwards + gradients
+        t = median_time(lambda e=explainer: e(x, [target]), max(2, args.repeats // 2))
+        gradient_floor = forwards * floor_b + gradients * floor_g if gradients else None
+        rows.append((METHODS[name].title, passes, t, passes * floor_b, 1.5, gradient_floor))
+
+    print(f"backbone {args.backbone}, one {size}px image, layer {model.default_layer()}, {tf.__version__=}")
     print(
-        f"backbone {args.backbone}, layer {explainer.layer}, one {model.input_size}px image, {args.repeats} runs each"
+        f"floor 1 (compiled forward, batch 1): {floor_1 * 1000:.1f} ms; "
+        f"floor B (compiled forward, batch 32, per image): {floor_b * 1000:.1f} ms; "
+        f"compiled input gradient, batch 32, per image: {floor_g * 1000:.1f} ms"
     )
-    print(f"forward pass   median {f * 1000:7.1f} ms")
-    print(f"{args.method:14} median {e * 1000:7.1f} ms")
-    print(f"ratio {args.method} / forward = {e / f:.2f}x (target: 3x or less)")
+    print()
+    header = (
+        f"{'':28} {'passes':>6} {'ms':>9} {'floor ms':>9} {'ratio':>6} {'target':>6} {'ok':3} {'vs gradient floor':>17}"
+    )
+    print(header)
+    print("-" * len(header))
+    for title, passes, t, floor, target_ratio, gradient_floor in rows:
+        ratio = t / floor
+        ok = "yes" if ratio <= target_ratio else "NO"
+        extra = f"{t / gradient_floor:17.2f}x" if gradient_floor else ""
+        print(
+            f"{title:28} {passes:6d} {t * 1000:9.1f} {floor * 1000:9.1f} {ratio:5.2f}x {target_ratio:5.1f}x  {ok:3}",
+            extra,
+        )
+    print()
+    print("floor = floor 1 for single-pass rows, passes x floor B for the others;")
+    print("vs gradient floor = time / (the same passes through a compiled batched input-gradient function).")
 
 
 if __name__ == "__main__":

@@ -248,3 +248,90 @@ def test_display_contrast_never_moves_the_peak(tiny, images):
     assert shown.shape == maps.shape and shown.min() >= 0 and shown.max() <= 1
     assert (shown >= maps - 1e-6).all()  # clipping the top brightens the rest
     assert np.array_equal(make("gradcam", tiny).for_display(maps), maps)  # CAMs are drawn as they are
+
+
+# ---- the compiled paths (engine.explain.compiled) ---------------------------------------------------------
+
+
+def eager_twin(model: Explainable) -> Explainable:
+    """The same model whose passes run the same Python functions eagerly, without tf.function."""
+    from engine.explain import CompiledModel
+
+    twin = Explainable(model.model, model.preprocess, model.labels, f"{model.name} (eager)", model._default_layer)
+    twin.compiled = CompiledModel(model.model, model.preprocess, compiled=False)
+    return twin
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_compiled_maps_equal_the_eager_ones(tiny, images, method):
+    compiled = make(method, tiny)(images, [0, 2])
+    eager = make(method, eager_twin(tiny))(images, [0, 2])
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+def test_compiled_grad_cam_equals_a_plain_eager_reference_on_lite0():
+    """Grad-CAM written out by hand with eager Keras calls, against the engine's compiled path on Lite0."""
+    import tensorflow as tf
+
+    from engine.explain.base import normalise, upsample
+    from engine.samples import sample_photo
+
+    model = Explainable.from_backbone("efficientnet_lite0")
+    x = model.prepare(sample_photo("chelsea"))[None]
+    layer = model.default_layer()
+    both = keras.Model(model.model.input, [model.model.get_layer(layer).output, model.model.output])
+    inputs = tf.constant(model.preprocess(x))
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        a, y = both(inputs, training=False)
+        score = y[:, 285]  # Egyptian cat
+    grads = tape.gradient(score, a).numpy()
+    cam = np.maximum((grads.mean(axis=(1, 2))[:, None, None, :] * a.numpy()).sum(-1), 0)
+    expected = normalise(upsample(cam, model.input_size))
+    np.testing.assert_allclose(make("gradcam", model)(x, [285]), expected, atol=1e-5)
+    np.testing.assert_allclose(model.logits(x), y.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_each_function_is_traced_once_for_any_batch_size(tiny, images):
+    fresh = Explainable(tiny.model, scale, LABELS, "fresh")
+    many = np.concatenate([images] * 20)  # 40 images: more than one chunk of 32
+    for batch in (images[:1], images, many):
+        fresh.logits(batch)
+        make("gradcam", fresh, "conv1")(batch, [1] * len(batch))
+        make("saliency", fresh)(batch, [0] * len(batch))
+    traces = fresh.compiled.traces
+    assert traces[("logits",)] == 1
+    assert traces[("layer_gradient", "conv1")] == 1
+    assert traces[("input_gradient",)] == 1
+    assert fresh.logits(many).shape == (40, 3)
+
+
+def test_a_shared_model_is_right_from_two_threads_at_once(tiny):
+    """Two sessions explaining different images on one cached model: each gets its own right answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    batches = [rng.uniform(0, 255, (3, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+    expected = [(make("gradcam", tiny)(b, [0, 1, 2]), tiny.logits(b)) for b in batches]
+
+    def work(k: int):
+        out = []
+        for _ in range(25):
+            out.append((make("gradcam", tiny)(batches[k], [0, 1, 2]), tiny.logits(batches[k])))
+        return out
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(work, [0, 1]))
+    for k in range(2):
+        for maps, logits in results[k]:
+            np.testing.assert_allclose(maps, expected[k][0], atol=1e-6)
+            np.testing.assert_allclose(logits, expected[k][1], atol=1e-6)
+
+
+def test_methods_report_progress_and_their_cost(tiny, images):
+    seen = []
+    make("occlusion", tiny)(images, [0, 1], progress=seen.append)
+    assert seen and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+    assert make("occlusion", tiny).passes(8) == (1 + 9, 0)  # 4-px patches every 2 px on 8 px: 3 x 3
+    assert make("smoothgrad", tiny).passes(8) == (0, 16)
+    assert make("gradcam", tiny).expected_seconds() > 0

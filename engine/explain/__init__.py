@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.explain.base import BaseCAM, Explainer
+from engine.explain.base import BaseCAM, Explainer, normalise
 from engine.explain.cam import CAM
+from engine.explain.compiled import CompiledModel, Progress
 from engine.explain.eigen_cam import EigenCAM
 from engine.explain.grad_cam import GradCAM
 from engine.explain.grad_cam_pp import GradCAMPlusPlus
@@ -41,7 +42,16 @@ METHODS: dict[str, type[Explainer]] = {
 CAM_METHODS = [name for name, m in METHODS.items() if issubclass(m, BaseCAM)]
 INPUT_METHODS = [name for name, m in METHODS.items() if not issubclass(m, BaseCAM)]
 
-__all__ = ["METHODS", "Explainable", "ExplainError", "Explanation", "LayerInfo", "explain_image", "make"]
+__all__ = [
+    "METHODS",
+    "CompiledModel",
+    "Explainable",
+    "ExplainError",
+    "Explanation",
+    "LayerInfo",
+    "explain_image",
+    "make",
+]
 
 
 def make(method: str, model: Explainable, layer: str | None = None) -> Explainer:
@@ -64,6 +74,7 @@ class Explanation:
     probability: float
     layer: str | None
     heatmap: np.ndarray  # (S, S) float32 in [0, 1], over the resized input
+    unscaled: np.ndarray  # (S, S) float32 >= 0: the same map before scaling, comparable across classes
     display: np.ndarray  # the same, contrast-adjusted for drawing (pixel attributions are spiky)
     model_input: np.ndarray  # (S, S, 3) uint8
     peak: tuple[int, int]  # (row, col) of the maximum, in the original image's pixels
@@ -91,7 +102,12 @@ def peak_in_original(heatmap: np.ndarray, height: int, width: int) -> tuple[int,
 
 
 def explain_image(
-    model: Explainable, rgb: np.ndarray, method: str, class_index: int | None = None, layer: str | None = None
+    model: Explainable,
+    rgb: np.ndarray,
+    method: str,
+    class_index: int | None = None,
+    layer: str | None = None,
+    progress: Progress | None = None,
 ) -> Explanation:
     """Explain one (H, W, 3) uint8 image for a class (default: the predicted one)."""
     t0 = time.perf_counter()
@@ -101,7 +117,8 @@ def explain_image(
     index = int(np.argmax(probs)) if class_index is None else int(class_index)
     if not 0 <= index < len(model.labels):
         raise ExplainError(f"class index must be 0..{len(model.labels) - 1}, got {index}")
-    heat = explainer(x, [index])[0]
+    unscaled = explainer.unscaled(x, [index], progress)
+    heat = normalise(unscaled)[0]
     return Explanation(
         method=method,
         class_index=index,
@@ -109,6 +126,7 @@ def explain_image(
         probability=float(probs[index]),
         layer=explainer.layer,
         heatmap=heat,
+        unscaled=unscaled[0],
         display=explainer.for_display(heat[None])[0],
         model_input=x[0].astype(np.uint8),
         peak=peak_in_original(heat, rgb.shape[0], rgb.shape[1]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.explain.compiled import Progress
 from engine.explain.model import Explainable
 
 
@@ -42,22 +43,41 @@ class Explainer:
         else:
             self.layer = None
 
-    def __call__(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, classes: list[int], progress: Progress | None = None) -> np.ndarray:
         """Heatmaps for (N, S, S, 3) images in [0, 255] and one class index per image.
 
         Returns:
-            float32 (N, S, S) in [0, 1].
+            float32 (N, S, S) in [0, 1], each map scaled to its own range.
+        """
+        return normalise(self.unscaled(images, classes, progress))
+
+    def unscaled(self, images: np.ndarray, classes: list[int], progress: Progress | None = None) -> np.ndarray:
+        """The maps before per-map scaling, at the input size: (N, S, S) float32, >= 0.
+
+        Their values compare across classes of one image (for "relative to the prediction").
         """
         images = np.asarray(images, dtype=np.float32)
         if len(classes) != len(images):
             raise ValueError(f"one class per image: got {len(classes)} classes for {len(images)} images")
-        raw = self.raw_maps(images, list(classes))
+        raw = self.raw_maps(images, [int(c) for c in classes], progress)
         if raw.shape[1] != images.shape[1]:
             raw = upsample(raw, images.shape[1])
-        return normalise(raw)
+        return np.maximum(np.nan_to_num(np.asarray(raw, np.float32)), 0)
 
-    def raw_maps(self, images: np.ndarray, classes: list[int]) -> np.ndarray:  # pragma: no cover - abstract
+    def raw_maps(
+        self, images: np.ndarray, classes: list[int], progress: Progress | None = None
+    ) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def passes(self, size: int) -> tuple[int, int]:
+        """(forward passes, input-gradient passes) per image: what the method costs, for time estimates."""
+        return 1, 0
+
+    def expected_seconds(self, images: int = 1) -> float:
+        """How long the method should take for `images` images, from this model's measured pass times."""
+        forward, gradient = self.passes(self.model.input_size)
+        t = self.model.compiled.timing()
+        return images * (forward * t["forward"] + gradient * t["gradient"])
 
     def for_display(self, maps: np.ndarray) -> np.ndarray:
         """Maps clipped at `display_percentile` and rescaled, for drawing only.
@@ -76,27 +96,18 @@ class BaseCAM(Explainer):
     needs_gradients = True
 
     def activations_and_grads(self, images: np.ndarray, classes: list[int]):
-        """(A (N, h, w, C), dScore/dA (N, h, w, C) or None, logits (N, K)) as NumPy."""
-        import tensorflow as tf
-
-        fn = self.model.layer_fn(self.layer)
-        with self.model.lock:
-            x = tf.convert_to_tensor(self.model.preprocess(images))
-            if not self.needs_gradients:
-                a, y = fn(x)
-                return np.asarray(a), None, np.asarray(y)
-            with tf.GradientTape() as tape:
-                tape.watch(x)  # frozen layers record nothing otherwise
-                a, y = fn(x)
-                score = tf.gather(y, classes, axis=1, batch_dims=1)
-            grads = tape.gradient(score, a)
-        return np.asarray(a), np.asarray(grads), np.asarray(y)
+        """(A (N, h, w, C), dScore/dA (N, h, w, C) or None, logits (N, K)) as NumPy, from one compiled pass."""
+        compiled = self.model.compiled
+        if not self.needs_gradients:
+            a, y = compiled.layer_and_logits(images, self.layer)
+            return a, None, y
+        return compiled.layer_gradients(images, self.layer, classes)
 
     def weights(self, activations: np.ndarray, grads: np.ndarray | None, classes: list[int], images: np.ndarray):
         """(N, C) channel weights, or (N, h, w, C) per-position weights."""
         raise NotImplementedError
 
-    def raw_maps(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
+    def raw_maps(self, images: np.ndarray, classes: list[int], progress: Progress | None = None) -> np.ndarray:
         a, g, _ = self.activations_and_grads(images, classes)
         w = self.weights(a, g, classes, images)
         cam = (w[:, None, None, :] * a).sum(-1) if w.ndim == 2 else (w * a).sum(-1)
@@ -109,14 +120,9 @@ class BaseAttribution(Explainer):
     uses_layer = False
     display_percentile = 99.0  # a few extreme pixels would otherwise hide the rest
 
-    def input_gradients(self, images: np.ndarray, classes: list[int]) -> np.ndarray:
-        """dScore/dInput in [0, 255] pixel units, (N, S, S, 3)."""
-        import tensorflow as tf
+    def input_gradients(self, images: np.ndarray, classes: list[int], progress: Progress | None = None) -> np.ndarray:
+        """dScore/dInput in [0, 255] pixel units, (N, S, S, 3), batched through the compiled path."""
+        return self.model.compiled.input_gradients(images, classes, progress)[0]
 
-        with self.model.lock:
-            x = tf.convert_to_tensor(images)
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = self.model.model(self.model.preprocess(x), training=False)
-                score = tf.gather(y, classes, axis=1, batch_dims=1)
-            return np.asarray(tape.gradient(score, x))
+    def passes(self, size: int) -> tuple[int, int]:
+        return 0, 1

@@ -13,7 +13,7 @@ class EigenCAM(BaseCAM):
     title = "Eigen-CAM (class-agnostic)"
     needs_gradients = False
 
-    def raw_maps(self, images, classes):
+    def raw_maps(self, images, classes, progress=None):
         a, _, _ = self.activations_and_grads(images, classes)
         out = []
         for act in a:

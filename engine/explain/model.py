@@ -2,16 +2,13 @@
 
 Works on flat functional graphs (the bundled backbones, keras.applications
 built with `input_tensor=`) and on transfer-learning models whose backbone
-sits nested one level deep (`Input -> base_model -> GAP -> Dense`): for a
-layer inside the nested backbone the forward pass is split into the part
-before the backbone, the backbone (returning both the layer's output and its
-own output), and the part after it, all under one GradientTape.
+sits nested one level deep (`Input -> base_model -> GAP -> Dense`); the
+compiled passes (engine.explain.compiled) split the latter at the backbone.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ import numpy as np
 
 from engine import backbones, imaging
 from engine.errors import ConvScopeError
+from engine.explain.compiled import CompiledModel
 
 
 class ExplainError(ConvScopeError):
@@ -59,7 +57,8 @@ def _shape(layer) -> tuple:
 class Explainable:
     """A logits classifier with its preprocessing and labels.
 
-    Shared read-only between sessions (never trained); calls are serialised by a lock.
+    Shared read-only between sessions (never trained). Every forward and backward pass
+    goes through `self.compiled`, which is safe to call from several threads at once.
     """
 
     def __init__(
@@ -72,14 +71,23 @@ class Explainable:
         opaque_reason: str = "",
     ) -> None:
         self.model = model
-        self.preprocess = preprocess
+        self._preprocess = preprocess
         self.labels = labels
         self.name = name
         self.input_size = int(model.input_shape[1])
         self.opaque_reason = opaque_reason
         self._default_layer = default_layer
-        self._fns: dict[str, Callable] = {}
-        self.lock = threading.RLock()
+        self.compiled = CompiledModel(model, preprocess)
+
+    @property
+    def preprocess(self) -> Callable:
+        """[0, 255] RGB float images -> the model's input."""
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, fn: Callable) -> None:
+        self._preprocess = fn
+        self.compiled = CompiledModel(self.model, fn)  # traced functions hold the old preprocessing
 
     # ---- construction ---------------------------------------------------
     @classmethod
@@ -174,59 +182,21 @@ class Explainable:
         """(H, W, 3) uint8 -> (S, S, 3) float32 in [0, 255], resized as for prediction."""
         return imaging.resize(rgb, self.input_size).astype(np.float32)
 
-    # ---- forward passes -------------------------------------------------
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    # ---- forward passes (all compiled: engine.explain.compiled) ----------
+    def logits(self, images: np.ndarray, progress=None) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> (N, classes) logits."""
-        with self.lock:
-            return np.asarray(self.model(self.preprocess(np.asarray(images, np.float32)), training=False))
+        return self.compiled.logits(images, progress)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray, progress=None) -> np.ndarray:
+        """(N, S, S, 3) in [0, 255] -> (N, classes) softmax probabilities (float64)."""
         from engine.predict import softmax
 
-        return softmax(self.logits(images).astype(np.float64))
-
-    def layer_fn(self, layer: str) -> Callable:
-        """A function (N, S, S, 3) preprocessed tensor -> (activations (N, h, w, C), logits).
-
-        Both come from one forward pass, so tape.gradient(logits, activations) works.
-        """
-        if layer in self._fns:
-            return self._fns[layer]
-        import keras
-
-        self.check_layer(layer)
-        outer, _, inner = layer.rpartition("/")
-        if not outer:
-            both = keras.Model(self.model.input, [self.model.get_layer(layer).output, self.model.output])
-
-            def fn(x):
-                a, y = both(x, training=False)
-                return a, y
-        else:
-            nested = self.model.get_layer(outer)
-            node = nested._inbound_nodes[0]  # where the backbone sits in the outer graph
-            before = keras.Model(self.model.input, node.input_tensors[0])
-            middle = keras.Model(nested.input, [nested.get_layer(inner).output, nested.output])
-            try:
-                after = keras.Model(node.output_tensors[0], self.model.output)
-            except ValueError as exc:
-                raise ExplainError(
-                    f"the layers after {outer!r} also use tensors from before it; pick a layer outside {outer!r}"
-                ) from exc
-
-            def fn(x):
-                a, inner_out = middle(before(x, training=False), training=False)
-                return a, after(inner_out, training=False)
-
-        self._fns[layer] = fn
-        return fn
+        return softmax(self.logits(images, progress).astype(np.float64))
 
     def activations(self, images: np.ndarray, layer: str) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> the layer's output (N, h, w, C) float32."""
-        fn = self.layer_fn(layer)
-        with self.lock:
-            a, _ = fn(self.preprocess(np.asarray(images, np.float32)))
-        return np.asarray(a, dtype=np.float32)
+        self.check_layer(layer)
+        return self.compiled.activations(images, layer).astype(np.float32, copy=False)
 
 
 def _is_model(layer) -> bool:

@@ -5,31 +5,40 @@ import numpy as np
 
 from engine.explain.base import BaseAttribution
 
-BATCH = 32
+
+def patches(size: int) -> tuple[int, list[int]]:
+    """(patch side, top-left offsets along one axis) for an image of `size` pixels."""
+    patch = max(4, size // 7)
+    stride = max(2, patch // 2)
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return patch, starts
 
 
 class Occlusion(BaseAttribution):
     name = "occlusion"
     title = "Occlusion sensitivity"
 
-    def raw_maps(self, images, classes):
+    def passes(self, size):
+        return 1 + len(patches(size)[1]) ** 2, 0
+
+    def raw_maps(self, images, classes, progress=None):
         n, size = images.shape[0], images.shape[1]
-        patch = max(4, size // 7)
-        stride = max(2, patch // 2)
-        starts = list(range(0, size - patch + 1, stride))
-        if starts[-1] != size - patch:
-            starts.append(size - patch)
+        patch, starts = patches(size)
+        boxes = [(y, x) for y in starts for x in starts]
+        base = self.model.probabilities(images)[np.arange(n), classes]
         out = np.zeros((n, size, size), np.float32)
         for i in range(n):
-            base = self.model.probabilities(images[i][None])[0, classes[i]]
-            boxes = [(y, x) for y in starts for x in starts]
-            drops = []
-            for start in range(0, len(boxes), BATCH):
-                batch = np.repeat(images[i][None], len(boxes[start : start + BATCH]), axis=0)
-                for b, (y, x) in enumerate(boxes[start : start + BATCH]):
-                    batch[b, y : y + patch, x : x + patch] = 127.0
-                drops.append(base - self.model.probabilities(batch)[:, classes[i]])
-            drop = np.concatenate(drops)
+            batch = np.repeat(images[i][None], len(boxes), axis=0)
+            for b, (y, x) in enumerate(boxes):
+                batch[b, y : y + patch, x : x + patch] = 127.0
+
+            def step(done, i=i):
+                if progress:
+                    progress((i + done) / n)
+
+            drop = base[i] - self.model.probabilities(batch, step)[:, classes[i]]
             heat = np.zeros((size, size), np.float32)
             count = np.zeros((size, size), np.float32)
             for d, (y, x) in zip(drop, boxes, strict=True):

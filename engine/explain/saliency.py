@@ -9,5 +9,5 @@ class VanillaGradients(BaseAttribution):
     name = "saliency"
     title = "Vanilla gradients"
 
-    def raw_maps(self, images, classes):
-        return np.abs(self.input_gradients(images, classes)).max(axis=-1)
+    def raw_maps(self, images, classes, progress=None):
+        return np.abs(self.input_gradients(images, classes, progress)).max(axis=-1)

@@ -6,7 +6,6 @@ import numpy as np
 from engine.explain.base import BaseCAM, normalise, upsample
 
 MAX_CHANNELS = 64  # the most active channels only: all 1280 would take minutes on a CPU
-BATCH = 32
 
 
 class ScoreCAM(BaseCAM):
@@ -14,18 +13,28 @@ class ScoreCAM(BaseCAM):
     title = "Score-CAM"
     needs_gradients = False
 
-    def weights(self, activations, grads, classes, images):
+    def passes(self, size):
+        return 1 + MAX_CHANNELS, 0
+
+    def raw_maps(self, images, classes, progress=None):
+        a, _, _ = self.activations_and_grads(images, classes)
+        w = self.weights(a, None, classes, images, progress)
+        return np.maximum((w[:, None, None, :] * a).sum(-1), 0)
+
+    def weights(self, activations, grads, classes, images, progress=None):
         n, _, _, c = activations.shape
         size = images.shape[1]
         out = np.zeros((n, c), np.float32)
         for i in range(n):
             keep = np.argsort(-activations[i].max(axis=(0, 1)))[: min(MAX_CHANNELS, c)]
             masks = normalise(upsample(np.moveaxis(activations[i][..., keep], -1, 0), size))
-            scores = []
-            for start in range(0, len(keep), BATCH):
-                m = masks[start : start + BATCH, ..., None]
-                scores.append(self.model.logits(images[i][None] * m)[:, classes[i]])
-            s = np.concatenate(scores)
+
+            def step(done, i=i):
+                if progress:
+                    progress((i + done) / n)
+
+            # All masked copies of image i in one batched call: (len(keep), S, S, 3).
+            s = self.model.logits(images[i][None] * masks[..., None], step)[:, classes[i]]
             e = np.exp(s - s.max())
             out[i, keep] = e / e.sum()
         return out
