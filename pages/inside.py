@@ -9,14 +9,26 @@ import streamlit as st
 from engine import charts, settings
 from engine.data.report import draw_box
 from engine.errors import ConvScopeError
-from engine.explain import CAM_METHODS, INPUT_METHODS, METHODS, checks, explain_image, make
+from engine.explain import (
+    CAM_METHODS,
+    INPUT_METHODS,
+    METHODS,
+    checks,
+    explain_image,
+    image_digest,
+    make,
+    relative_to,
+)
 from engine.explain import activations as acts_mod
 from engine.explain.model import list_runs
-from engine.explain.overlay import COLORMAPS, overlay, to_png
+from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
 from engine.runs import RunError, open_run
 from ui import cached, router, widgets
 
 router.ensure_routed()
+
+SLOW = 1.5  # seconds: methods expected to take longer show it before they are added, and a progress bar
+SCALES = {"own": "each map to its own range", "relative": "relative to the predicted class"}
 
 
 def run_config(name: str) -> dict:
@@ -24,6 +36,10 @@ def run_config(name: str) -> dict:
         return open_run(name, allow_path=False).config()
     except RunError:
         return {}
+
+
+def seconds_text(s: float) -> str:
+    return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
 
 
 st.title("🔍 Inside the network")
@@ -37,24 +53,28 @@ with st.sidebar:
         if str(run_config(wanted).get("data", {}).get("source", "")).startswith("shapes"):
             st.session_state["inside_img_source"] = "Shapes image"  # show it what it was trained on
     kind = st.radio("Model", ["ImageNet backbone", "Trained run"], key="inside_kind", label_visibility="collapsed")
-    model = None
+    model, model_key, run_mode = None, "", ""
     try:
         if kind == "ImageNet backbone":
             name = widgets.imagenet_backbone_picker("inside_backbone")
             if name:
                 with st.spinner(f"Loading {name}…"):
                     model = cached.explainable_backbone(name)
+                model_key = f"backbone:{name}"
         else:
             runs = list_runs(settings.runs_dir())
             if not runs:
-                st.info(f"No trained runs in {settings.runs_dir()} yet (CONVSCOPE_RUNS_DIR).")
+                st.info("No trained runs yet: train one on the Train page.")
             else:
                 names = [p.name for p in runs]
                 if wanted in names and st.session_state.get("inside_run_for") != wanted:
                     st.session_state.update(inside_run=runs[names.index(wanted)], inside_run_for=wanted)
                 run = st.selectbox("Run", runs, format_func=lambda p: p.name, key="inside_run")
+                mtime = (run / "model.keras").stat().st_mtime
                 with st.spinner(f"Loading {run.name}…"):
-                    model = cached.explainable_run(str(run), (run / "model.keras").stat().st_mtime)
+                    model = cached.explainable_run(str(run), mtime)
+                model_key = f"run:{run.name}:{mtime}"
+                run_mode = str(run_config(run.name).get("mode", ""))
     except ConvScopeError as exc:
         st.error(str(exc))
 
@@ -64,7 +84,17 @@ if model is None or picked is None:
     st.stop()
 image_name, rgb, box = picked
 x = model.prepare(rgb)
-probs = model.probabilities(x[None])[0]
+image_key = f"{model_key}|{image_digest(x)}"
+if st.session_state.get("inside_image_key") != image_key:
+    # A new image or model: the class chosen for the old one must not carry over (its list, maps
+    # and scores all belong to the image shown), nor the old trust results.
+    for stale in ("cam_class", "trust_result"):
+        st.session_state.pop(stale, None)
+    st.session_state["inside_image_key"] = image_key
+if st.session_state.get("inside_model_key") != model_key:
+    st.session_state.pop("loc_result", None)
+    st.session_state["inside_model_key"] = model_key
+probs = model.memo(("probabilities", image_digest(x[None])), lambda: model.probabilities(x[None])[0])
 top = np.argsort(-probs)[:5]
 
 left, right = st.columns([1, 2])
@@ -101,20 +131,31 @@ with tab_layers:
             "Order", ["mean", "index"], format_func={"mean": "most active", "index": "as stored"}.get, key="fm_sort"
         )
         show = c3.select_slider("Channels", [16, 32, 64, 128], 32, key="fm_count")
-        acts = model.activations(x[None], layer)[0]
-        stats = acts_mod.layer_stats(acts)
+        # This image first, then the probe images: "dead" means silent on all of them, not just on this one.
+        batch = np.concatenate([x[None], cached.probe_images(model.input_size)])
+        batch_acts = model.memo(
+            ("probe-activations", layer, image_digest(x)), lambda: model.activations(batch, layer)
+        )
+        acts = batch_acts[0]
+        stats = acts_mod.layer_stats(batch_acts)
         m = st.columns(5)
         m[0].metric("Output", f"{stats['height']}×{stats['width']}×{stats['channels']}")
-        m[1].metric("Mean", f"{stats['mean']:.3f}")
-        m[2].metric("Max", f"{stats['max']:.2f}")
-        m[3].metric("Zeros", f"{stats['zero_fraction']:.0%}")
+        m[1].metric("Mean", f"{stats['mean']:.3f}", help="over this image")
+        m[2].metric("Max", f"{stats['max']:.2f}", help="over this image")
+        m[3].metric("Zeros", f"{stats['zero_fraction']:.0%}", help="share of this image's activations that are ≤ 0")
         m[4].metric(
-            "Dead channels", f"{stats['dead_fraction']:.0%}", help="channels that are zero everywhere on this image"
+            "Dead channels",
+            f"{stats['dead_fraction']:.0%}",
+            help=f"channels that are zero everywhere on all {stats['images']} images: this one, "
+            "the sample photos and built-in shapes images",
         )
         order = acts_mod.channel_order(acts, sort)
         shown = order[: min(show, len(order))]
         st.image(
-            acts_mod.channel_grid(acts, shown), caption=f"channels {', '.join(map(str, shown[:12]))}…", width="stretch"
+            acts_mod.channel_grid(acts, shown),
+            caption=f"{len(shown)} channels of {layer}, numbered, each at its true {acts.shape[0]}×{acts.shape[1]} "
+            "resolution and scaled to its own range (dark: low, yellow: high)",
+            width="stretch",
         )
         c1, c2 = st.columns([1, 2])
         channel = c1.selectbox("Enlarge channel", list(map(int, shown)), key="fm_channel")
@@ -126,12 +167,16 @@ with tab_layers:
 
 with tab_filters:
     if tab_filters.open and not model.opaque_reason:
+        size = st.select_slider(
+            "Filter size", ["small", "medium", "large"], "small", key="filter_size", help="enlarge the kernels"
+        )
+        tile, per_row = {"small": (32, 16), "medium": (64, 8), "large": (128, 4)}[size]
         try:
-            fname, tiles = acts_mod.first_layer_filters(model)
+            fname, tiles = acts_mod.first_layer_filters(model, tile=tile)
             st.caption(f"{len(tiles)} kernels of {fname}, each scaled to its own range: colour and edge detectors.")
-            cols = st.columns(16)
-            for k, tile in enumerate(tiles):
-                cols[k % 16].image(tile, width="stretch")
+            cols = st.columns(per_row)
+            for k, tile_img in enumerate(tiles):
+                cols[k % per_row].image(tile_img, caption=f"#{k}", width="stretch")
         except ConvScopeError as exc:
             st.info(str(exc))
 
@@ -149,9 +194,35 @@ with tab_walk:
                 caption=f"{name} · {acts.shape[0]}×{acts.shape[1]}×{acts.shape[2]}",
             )
         st.caption(
-            "The four most active channels at each depth: edges and textures early, parts in the middle, "
-            "whole objects late."
+            "The four most active channels at each depth, at their true resolution: edges and textures early, "
+            "parts in the middle, whole objects late."
         )
+
+
+def expected(method: str, layer: str | None) -> float:
+    """Seconds the method should take on this model (from its measured pass times; kept per model)."""
+    return model.memo(("expected", method), lambda: make(method, model, layer).expected_seconds())
+
+
+def explanation(method: str, target: int, layer: str | None):
+    """A cached map, or one computed now with a progress bar when it is slow."""
+    layer = layer if method in CAM_METHODS else None
+    eta = expected(method, layer)
+    if eta < SLOW:
+        return explain_image(model, rgb, method, target, layer)
+    bar = st.progress(0.0, text=f"{METHODS[method].title}: about {seconds_text(eta)}…")
+    try:
+        return explain_image(
+            model,
+            rgb,
+            method,
+            target,
+            layer,
+            progress=lambda f: bar.progress(min(1.0, f), text=f"{METHODS[method].title}: {f:.0%}"),
+        )
+    finally:
+        bar.empty()
+
 
 with tab_cam:
     if tab_cam.open:
@@ -159,9 +230,24 @@ with tab_cam:
         default = [m for m in ("gradcam", "gradcam++", "layercam", "eigencam", "saliency") if m in offered] or offered[
             :1
         ]
-        c1, c2 = st.columns([2, 1])
+        c1, c2, c3 = st.columns([2, 2, 1])
+        layer = None
+        if not model.opaque_reason:
+            spatial = model.spatial_layers()
+            layer = c3.selectbox("Layer for CAMs", spatial, index=spatial.index(model.default_layer()), key="cam_layer")
+
+        def method_title(m: str) -> str:
+            eta = expected(m, layer)
+            return f"{METHODS[m].title} · ~{seconds_text(eta)}" if eta >= SLOW else METHODS[m].title
+
         methods = c1.multiselect(
-            "Methods", offered, default=default, format_func=lambda m: METHODS[m].title, key="cam_methods"
+            "Methods",
+            offered,
+            default=default,
+            format_func=method_title,
+            key="cam_methods",
+            help="Slow methods show their expected time on this model; a computed map is kept, "
+            "so switching back to it is instant.",
         )
         classes = [int(i) for i in top] + [i for i in range(len(model.labels)) if i not in set(top)]
         target = c2.selectbox(
@@ -172,10 +258,15 @@ with tab_cam:
             help="any class; the predicted ones come first",
         )
         c1, c2, c3 = st.columns([2, 1, 1])
-        layer = None
-        if not model.opaque_reason:
-            spatial = model.spatial_layers()
-            layer = c1.selectbox("Layer for CAMs", spatial, index=spatial.index(model.default_layer()), key="cam_layer")
+        scale = c1.radio(
+            "Scale",
+            list(SCALES),
+            format_func=SCALES.get,
+            horizontal=True,
+            key="cam_scale",
+            help="Each map to its own range shows the shape of every map; relative to the predicted class keeps a "
+            "class the model barely sees dark instead of glowing as brightly as the prediction.",
+        )
         opacity = c2.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
         cmap = c3.selectbox("Colour map", COLORMAPS, key="cam_cmap")
         score = st.toggle(
@@ -185,20 +276,30 @@ with tab_cam:
             help="How fast the class probability falls when the map's top pixels are blurred away (deletion, "
             "lower is better) and rises when only they are kept (insertion, higher is better).",
         )
+        predicted = int(top[0])
+        legend = (
+            ("0", "0.5", "1 = this map's peak")
+            if scale == "own"
+            else ("0", "0.5", f"≥ the peak for {model.labels[predicted]}")
+        )
+        st.image(colour_bar(cmap, 360, legend), caption=f"map value, {SCALES[scale]}", width=360)
         cols = st.columns(3)
         for k, method in enumerate(methods):
             with cols[k % 3]:
                 try:
-                    with st.spinner(f"{METHODS[method].title}…"):
-                        result = explain_image(model, rgb, method, target, layer if method in CAM_METHODS else None)
+                    result = explanation(method, target, layer)
+                    shown = result.display
+                    if scale == "relative":
+                        shown = relative_to(result, explanation(method, predicted, layer))
                 except ConvScopeError as exc:
                     st.warning(f"{METHODS[method].title}: {exc}")
                     continue
-                picture = overlay(rgb, result.display, opacity, cmap)
+                picture = overlay(rgb, shown, opacity, cmap)
                 where = f" at {result.layer}" if result.layer else ""
-                st.image(picture, caption=f"{METHODS[method].title}{where} · {result.seconds:.2f} s", width="stretch")
+                timing = "kept from before" if result.cached else seconds_text(result.seconds)
+                st.image(picture, caption=f"{METHODS[method].title}{where} · {timing}", width="stretch")
                 if score:
-                    curves = checks.deletion_insertion(model, x, result.heatmap, result.class_index, steps=8)
+                    curves = checks.faithfulness(model, result)
                     st.caption(f"deletion {curves.deletion_auc:.2f} ↓ · insertion {curves.insertion_auc:.2f} ↑")
                 st.download_button(
                     "PNG",
@@ -208,38 +309,72 @@ with tab_cam:
                     key=f"dl_{method}",
                 )
 
+SANITY_TEXT = """
+**What the sanity check tests** (Adebayo et al. 2018). An explanation should depend on what
+the model learned. The check draws the method's map twice: for this model, and for a copy
+whose top layers get random weights. If the map barely changes (high rank correlation), the
+method is showing the image's edges or the early layers' features, not the trained
+decision, and it *fails*.
+"""
+
+FROZEN_TEXT = """
+**Why a frozen-backbone model can fail it, and what to do.** In feature extraction only the
+head was trained; the backbone is ImageNet's. Randomising the top layers mostly replaces the
+head, while a map taken at the backbone's last convolution still shows where the unchanged
+ImageNet features fire. A failure then says the map is driven by the backbone's features
+more than by your head. Randomise more layers (into the backbone) to test the method itself,
+compare the maps of two classes (alike maps mean the head's decision is not what you see),
+or fine-tune the backbone so its features become your classes'.
+"""
+
 with tab_trust:
     if tab_trust.open:
         offered = INPUT_METHODS if model.opaque_reason else list(METHODS)
-        c1, c2 = st.columns(2)
+        st.markdown(SANITY_TEXT)
+        c1, c2, c3 = st.columns(3)
         method = c1.selectbox("Method", offered, format_func=lambda m: METHODS[m].title, key="trust_method")
+        depth = c2.slider("Layers to randomise", 1, 8, 3, key="trust_depth", help="the last layers that have weights")
         target = int(top[0])
-        c2.markdown(f"Class: **{model.labels[target]}** (the prediction)")
+        c3.markdown(f"Class: **{model.labels[target]}** (the prediction)")
+        names = checks.randomised_layers(model, depth)
+        st.caption(f"Randomised for {model.name}: {', '.join(names)} (their weights redrawn at the same scale).")
+        if run_mode == "feature":
+            st.info(FROZEN_TEXT)
+        trust_key = (image_key, method, depth)
         if st.button("Run the checks", type="primary", key="trust_go"):
             bar = st.progress(0.0, text="Randomising the top layers…")
             t0 = time.perf_counter()
             try:
-                rand = cached.randomised(model, f"{model.name}:{id(model)}")
+                rand = cached.randomised(model, model_key, depth)
                 bar.progress(0.3, text="Sanity check…")
                 sanity = checks.sanity_check(model, method, x, target, randomised=rand)
                 bar.progress(0.6, text="Deletion and insertion…")
-                explainer = make(method, model)
-                heat = explainer(x[None], [target])[0]
-                curves = checks.deletion_insertion(model, x, heat, target)
+                result = explain_image(model, rgb, method, target)
+                curves = checks.deletion_insertion(model, x, result.heatmap, target)
             except ConvScopeError as exc:
                 bar.empty()
                 st.error(str(exc))
                 st.stop()
             bar.empty()
+            shown = make(method, model).for_display(np.stack([result.heatmap, sanity.randomised_map]))
+            st.session_state["trust_result"] = {
+                "key": trust_key,
+                "sanity": sanity,
+                "curves": curves,
+                "shown": shown,
+                "seconds": time.perf_counter() - t0,
+            }
+        kept = st.session_state.get("trust_result")
+        if kept and kept["key"] == trust_key:  # kept across reruns: the localisation run does not erase it
+            sanity, curves, shown = kept["sanity"], kept["curves"], kept["shown"]
             c1, c2, c3 = st.columns(3)
-            shown = explainer.for_display(np.stack([heat, sanity.randomised_map]))
             c1.image(overlay(rgb, shown[0], 0.5), caption="trained model", width="stretch")
-            c2.image(overlay(rgb, shown[1], 0.5), caption="top 3 layers randomised", width="stretch")
+            c2.image(overlay(rgb, shown[1], 0.5), caption=f"top {depth} layers randomised", width="stretch")
             verdict = "passes" if sanity.passed else "FAILS"
-            c3.metric("Rank correlation", f"{sanity.correlation:.2f}")
+            c3.metric("Rank correlation", f"{sanity.correlation:.2f}", help="1: the same map; 0: unrelated maps")
             (c3.success if sanity.passed else c3.error)(
                 f"Sanity check {verdict}: the map {'changes' if sanity.passed else 'barely changes'} when the "
-                f"model's top layers are randomised (threshold {checks.SANITY_THRESHOLD})."
+                f"model's top {depth} layers are randomised (threshold {checks.SANITY_THRESHOLD})."
             )
             st.plotly_chart(
                 charts.faithfulness_curves(
@@ -248,7 +383,7 @@ with tab_trust:
                 width="stretch",
                 key="curves",
             )
-            st.caption(f"Checks took {time.perf_counter() - t0:.1f} s.")
+            st.caption(f"Checks took {kept['seconds']:.1f} s.")
 
         st.markdown("**Localisation on the shapes set** (for a run trained on the built-in shapes)")
         shapes = cached.builtin_shapes()
@@ -277,12 +412,15 @@ with tab_trust:
                     progress=lambda d, t: bar.progress(d / t, text=f"Image {d} of {t}"),
                 )
                 bar.empty()
+                st.session_state["loc_result"] = {"methods": loc_methods, **result}
+            loc = st.session_state.get("loc_result")
+            if loc:
                 st.dataframe(
                     pd.DataFrame(
                         {
-                            "method": [METHODS[m].title for m in loc_methods],
-                            "peak inside the box": [result["hit_rate"][m] for m in loc_methods],
-                            "chance": result["chance"],
+                            "method": [METHODS[m].title for m in loc["methods"]],
+                            "peak inside the box": [loc["hit_rate"][m] for m in loc["methods"]],
+                            "chance": loc["chance"],
                         }
                     ),
                     column_config={
@@ -290,4 +428,8 @@ with tab_trust:
                         "chance": st.column_config.NumberColumn(format="percent"),
                     },
                     hide_index=True,
+                )
+                st.caption(
+                    f"Over {loc['n']} shapes images: how often each map's peak falls inside the object's box; "
+                    "chance is the boxes' mean share of the image."
                 )

@@ -38,7 +38,7 @@ def test_filters_and_walk(page):
 
 def test_where_it_looked_any_class(page):
     open_tab(page, 3)
-    assert len(page.get("image")) == 1 + 5  # the photo and five methods
+    assert len(page.get("image")) == 1 + 1 + 5  # the photo, the colour bar and five methods
     page.multiselect(key="cam_methods").set_value(["gradcam", "occlusion"]).run()
     page.selectbox(key="cam_class").set_value(504).run()  # coffee mug: any of the 1000 classes
     assert not page.exception and not page.error
@@ -49,11 +49,18 @@ def test_where_it_looked_any_class(page):
 def test_trust_checks(page):
     open_tab(page, 4)
     page.selectbox(key="trust_method").set_value("gradcam").run()
+    text = " ".join(m.value for m in page.markdown) + " ".join(c.value for c in page.caption)
+    assert "What the sanity check tests" in text
+    assert "Randomised for efficientnet_lite0: " in text and "predictions" in text  # the ImageNet head is among them
     page.button(key="trust_go").click().run()
     assert not page.exception and not page.error
     assert "Sanity check passes" in page.success[0].value
     assert len(page.get("plotly_chart")) == 1
     assert "not trained on the shapes classes" in " ".join(c.value for c in page.caption)
+    page.slider(key="trust_depth").set_value(5).run()  # another check: the old result is not shown for it
+    assert len(page.get("plotly_chart")) == 0 and "top 5 layers" not in str(page.get("image"))
+    page.slider(key="trust_depth").set_value(3).run()
+    assert len(page.get("plotly_chart")) == 1  # kept across reruns
 
 
 def test_a_trained_run_and_localisation(page, tmp_path, monkeypatch):
@@ -78,10 +85,13 @@ def test_a_trained_run_and_localisation(page, tmp_path, monkeypatch):
     open_tab(page, 4)
     page.slider(key="loc_n").set_value(10).run()
     page.multiselect(key="loc_methods").set_value(["gradcam"]).run()
+    page.button(key="trust_go").click().run()
+    assert "Why a frozen-backbone model can fail it" not in " ".join(i.value for i in page.info)  # no run config
     page.button(key="loc_go").click().run()
     assert not page.exception and not page.error
     table = page.dataframe[-1].value
     assert list(table["method"]) == ["Grad-CAM"] and 0 <= table["peak inside the box"][0] <= 1
+    assert len(page.get("plotly_chart")) == 1  # the localisation run did not erase the sanity check's results
 
 
 def test_each_map_gets_its_faithfulness_numbers(page):
@@ -89,3 +99,69 @@ def test_each_map_gets_its_faithfulness_numbers(page):
     page.multiselect(key="cam_methods").set_value(["gradcam", "eigencam"]).run()
     scores = [c.value for c in page.caption if c.value.startswith("deletion ")]
     assert len(scores) == 2 and all("insertion" in s for s in scores)
+
+
+def classes_and_scores(page):
+    """What the Where-it-looked tab shows about the class: the chosen one, the first option, the scores."""
+    box = page.selectbox(key="cam_class")
+    scores = [c.value for c in page.caption if c.value.startswith("deletion ")]
+    return box.value, box.options[0], scores
+
+
+def test_the_class_maps_and_scores_follow_the_image(page):
+    """Switching the image (a sample, then an upload) never keeps the old image's class, maps or scores."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    open_tab(page, 3)
+    page.multiselect(key="cam_methods").set_value(["gradcam"]).run()
+    value, first, scores = classes_and_scores(page)
+    assert value == 285 and first.startswith("Egyptian cat")  # Chelsea the cat
+    cat_scores = scores
+    page.selectbox(key="inside_img_sample").set_value("coffee").run()
+    assert not page.exception and not page.error
+    value, first, scores = classes_and_scores(page)
+    predicted = page.dataframe[0].value["index"][0]
+    assert value == predicted != 285 and not first.startswith("Egyptian cat")
+    assert scores != cat_scores and "deletion 0.00 ↓ · insertion 0.00" not in scores[0]
+    page.slider(key="cam_opacity").set_value(0.8).run()  # a redraw keeps the class
+    assert page.selectbox(key="cam_class").value == predicted
+
+    page.radio(key="inside_img_source").set_value("Upload").run()
+    rgb = np.zeros((96, 96, 3), np.uint8)
+    rgb[:, :, 2] = 255  # a plain blue square
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    page.file_uploader(key="inside_img_upload").set_value(("blue.png", buf.getvalue(), "image/png")).run()
+    assert not page.exception and not page.error
+    value, first, _ = classes_and_scores(page)
+    assert value == page.dataframe[0].value["index"][0] and value != predicted
+
+
+def test_maps_are_kept_and_settings_only_redraw(page):
+    from ui import cached
+
+    open_tab(page, 3)
+    page.multiselect(key="cam_methods").set_value(["gradcam", "smoothgrad"]).run()
+    model = cached.explainable_backbone("efficientnet_lite0")
+    misses = model.memo.misses
+    page.slider(key="cam_opacity").set_value(0.7).run()
+    page.selectbox(key="cam_cmap").set_value("Viridis").run()
+    page.multiselect(key="cam_methods").set_value(["gradcam"]).run()
+    page.multiselect(key="cam_methods").set_value(["gradcam", "smoothgrad"]).run()
+    assert model.memo.misses == misses  # nothing was computed again
+    captions = " ".join(str(i.proto) for i in page.get("image"))
+    assert "kept from before" in captions
+    page.radio(key="cam_scale").set_value("relative").run()
+    assert not page.exception and not page.error
+    assert any("relative to the predicted class" in str(i.proto) for i in page.get("image"))
+
+
+def test_slow_methods_show_their_expected_time(page):
+    open_tab(page, 3)
+    options = page.multiselect(key="cam_methods").options
+    occlusion = [o for o in options if o.startswith("Occlusion")][0]
+    assert "~" in occlusion and occlusion.endswith(" s")
+    assert not any("~" in o for o in options if o.startswith("Grad-CAM"))

@@ -154,12 +154,58 @@ def test_activation_views(tiny, images):
     order = acts_mod.channel_order(acts)
     assert sorted(order) == [0, 1, 2, 3] and acts[..., order[0]].mean() >= acts[..., order[-1]].mean()
     grid = acts_mod.channel_grid(acts, order, tile=8, columns=2)
-    assert grid.shape == (2 * 10, 2 * 10, 3) and grid.dtype == np.uint8
+    assert grid.shape == (2 * (8 + 14), 2 * (8 + 2), 3) and grid.dtype == np.uint8  # 8x8 maps, a label strip each
     stats = acts_mod.layer_stats(acts)
-    assert 0 <= stats["dead_fraction"] <= 1 and stats["channels"] == 4
+    assert 0 <= stats["dead_fraction"] <= 1 and stats["channels"] == 4 and stats["images"] == 1
     name, tiles = acts_mod.first_layer_filters(tiny)
     assert name == "conv1" and len(tiles) == 4 and tiles[0].shape == (32, 32, 3)
     assert acts_mod.depth_layers(tiny, 5) == ["conv1", "conv2"]
+
+
+def test_feature_maps_are_drawn_at_their_true_resolution_with_their_channel_number():
+    acts = np.zeros((2, 2, 3), np.float32)
+    acts[0, 0, 2] = 1.0  # channel 2: one hot cell in a 2x2 map
+    grid = acts_mod.channel_grid(acts, np.array([2]), tile=8, columns=1)
+    assert grid.shape == (8 + 14, 8 + 2, 3)
+    tile = grid[13 : 13 + 8, 1 : 1 + 8]  # below the 12-px label strip
+    assert (tile[:4, :4] == tile[0, 0]).all() and (tile[4:, 4:] == tile[7, 7]).all()  # blocks, not a blur
+    assert not np.array_equal(tile[0, 0], tile[7, 7])
+    strip = grid[1:13, 1:9]
+    assert (strip < 200).any()  # the channel number is written there
+    assert np.array_equal(acts_mod.nearest(np.eye(2)[None], 3)[0, :3, :3], np.ones((3, 3)))
+
+
+def test_dead_channels_are_counted_over_a_batch():
+    acts = np.zeros((2, 4, 4, 3), np.float32)
+    acts[0, ..., 0] = 1  # channel 0 fires on image 0 only
+    acts[1, ..., 1] = 1  # channel 1 fires on image 1 only; channel 2 never: dead
+    assert acts_mod.layer_stats(acts[0])["dead_fraction"] == pytest.approx(2 / 3)
+    stats = acts_mod.layer_stats(acts)
+    assert stats["dead_fraction"] == pytest.approx(1 / 3) and stats["images"] == 2
+
+
+def test_colour_bar():
+    from engine.explain.overlay import colour_bar
+
+    bar = colour_bar("Viridis", 100)
+    assert bar.shape == (34, 100, 3) and bar.dtype == np.uint8
+    assert not np.array_equal(bar[5, 0], bar[5, 99])
+
+
+def test_maps_are_cached_by_image_content_method_layer_and_class(tiny):
+    rgb = np.random.default_rng(3).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    other = np.random.default_rng(4).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    model = Explainable(tiny.model, scale, LABELS, "memo")
+    first = explain_image(model, rgb, "gradcam", 1)
+    again = explain_image(model, rgb.copy(), "gradcam", 1)
+    assert not first.cached and again.cached
+    np.testing.assert_array_equal(first.heatmap, again.heatmap)
+    assert not explain_image(model, rgb, "gradcam", 2).cached  # another class
+    assert not explain_image(model, rgb, "gradcam", 1, "conv1").cached  # another layer
+    new = explain_image(model, other, "gradcam", 1)  # another image: its own map, never the old one
+    assert not new.cached and not np.array_equal(new.heatmap, first.heatmap)
+    curves = checks.faithfulness(model, first)
+    assert checks.faithfulness(model, again) is curves
 
 
 @pytest.mark.parametrize("colormap", COLORMAPS)
@@ -335,3 +381,19 @@ def test_methods_report_progress_and_their_cost(tiny, images):
     assert make("occlusion", tiny).passes(8) == (1 + 9, 0)  # 4-px patches every 2 px on 8 px: 3 x 3
     assert make("smoothgrad", tiny).passes(8) == (0, 16)
     assert make("gradcam", tiny).expected_seconds() > 0
+
+
+def test_maps_relative_to_the_prediction_keep_an_unlikely_class_dark(tiny):
+    from engine.explain import relative_to
+
+    rgb = np.random.default_rng(5).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    pred = explain_image(tiny, rgb, "gradcam")
+    assert relative_to(pred, pred).max() == pytest.approx(1.0)
+    for k in range(3):
+        other = explain_image(tiny, rgb, "gradcam", k)
+        rel = relative_to(other, pred)
+        assert rel.min() >= 0 and rel.max() <= 1
+        expected = min(1.0, other.unscaled.max() / pred.unscaled.max())
+        assert rel.max() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError):
+        relative_to(explain_image(tiny, rgb, "layercam"), pred)

@@ -73,9 +73,27 @@ def explainable_run(path: str, mtime: float) -> Explainable:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def randomised(_model: Explainable, key: str) -> Explainable:
+def randomised(_model: Explainable, key: str, top_layers: int = 3) -> Explainable:
     """The model with its top layers randomised, for the sanity check (a copy: the shared model is untouched)."""
-    return checks.randomised_copy(_model)
+    return checks.randomised_copy(_model, top_layers)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def probe_images(size: int) -> np.ndarray:
+    """(16, size, size, 3) float32: the sample photos and 12 built-in shapes images, resized.
+
+    A fixed batch over which "dead channels" are counted (a unit silent on one image may not be dead).
+    """
+    from engine import imaging
+    from engine.data.ingest import load_item
+    from engine.data.report import balanced_sample
+    from engine.samples import SAMPLE_PHOTOS
+
+    photos = [sample_photo(name) for name in SAMPLE_PHOTOS]
+    shapes = builtin_shapes()
+    items = balanced_sample(shapes.items, max(1, 12 // len(shapes.classes)))[:12]
+    photos += [load_item(shapes, item) for item in items]
+    return np.stack([imaging.resize(rgb, size) for rgb in photos]).astype(np.float32)
 
 
 @st.cache_resource(show_spinner=False)

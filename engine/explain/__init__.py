@@ -6,7 +6,7 @@ One file per method over engine.explain.base; `METHODS` is the registry.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -79,6 +79,7 @@ class Explanation:
     model_input: np.ndarray  # (S, S, 3) uint8
     peak: tuple[int, int]  # (row, col) of the maximum, in the original image's pixels
     seconds: float
+    cached: bool = False  # True: taken from the map cache, not computed now
 
     def to_json(self) -> dict:
         return {
@@ -89,6 +90,7 @@ class Explanation:
             "layer": self.layer,
             "peak": list(self.peak),
             "seconds": round(self.seconds, 4),
+            "cached": self.cached,
         }
 
 
@@ -101,6 +103,14 @@ def peak_in_original(heatmap: np.ndarray, height: int, width: int) -> tuple[int,
     return row, col
 
 
+def image_digest(x: np.ndarray) -> str:
+    """A short content hash of a prepared image: the map cache's key, so a new image never shows old maps."""
+    import hashlib
+
+    x = np.ascontiguousarray(x)
+    return hashlib.blake2b(x.tobytes() + str(x.shape).encode(), digest_size=12).hexdigest()
+
+
 def explain_image(
     model: Explainable,
     rgb: np.ndarray,
@@ -109,26 +119,55 @@ def explain_image(
     layer: str | None = None,
     progress: Progress | None = None,
 ) -> Explanation:
-    """Explain one (H, W, 3) uint8 image for a class (default: the predicted one)."""
+    """Explain one (H, W, 3) uint8 image for a class (default: the predicted one).
+
+    Results are kept in the model's map cache, keyed by (image content, method, layer,
+    class): asking again, from any session, costs nothing (`seconds` is then the lookup).
+    """
     t0 = time.perf_counter()
     explainer = make(method, model, layer)
     x = model.prepare(rgb)[None]
-    probs = model.probabilities(x)[0]
+    digest = image_digest(x)
+    probs = model.memo(("probabilities", digest), lambda: model.probabilities(x)[0])
     index = int(np.argmax(probs)) if class_index is None else int(class_index)
     if not 0 <= index < len(model.labels):
         raise ExplainError(f"class index must be 0..{len(model.labels) - 1}, got {index}")
-    unscaled = explainer.unscaled(x, [index], progress)
-    heat = normalise(unscaled)[0]
-    return Explanation(
-        method=method,
-        class_index=index,
-        label=model.labels[index],
-        probability=float(probs[index]),
-        layer=explainer.layer,
-        heatmap=heat,
-        unscaled=unscaled[0],
-        display=explainer.for_display(heat[None])[0],
-        model_input=x[0].astype(np.uint8),
-        peak=peak_in_original(heat, rgb.shape[0], rgb.shape[1]),
-        seconds=time.perf_counter() - t0,
-    )
+
+    def compute() -> Explanation:
+        unscaled = explainer.unscaled(x, [index], progress)
+        heat = normalise(unscaled)[0]
+        return Explanation(
+            method=method,
+            class_index=index,
+            label=model.labels[index],
+            probability=float(probs[index]),
+            layer=explainer.layer,
+            heatmap=heat,
+            unscaled=unscaled[0],
+            display=explainer.for_display(heat[None])[0],
+            model_input=x[0].astype(np.uint8),
+            peak=peak_in_original(heat, rgb.shape[0], rgb.shape[1]),
+            seconds=time.perf_counter() - t0,
+        )
+
+    key = ("map", digest, method, explainer.layer, index, rgb.shape[:2])
+    hit = model.memo.get(key)
+    if hit is not None:
+        return replace(hit, seconds=time.perf_counter() - t0, cached=True)
+    return model.memo(key, compute)
+
+
+def relative_to(result: Explanation, reference: Explanation) -> np.ndarray:
+    """`result`'s map on the scale of `reference`'s (usually the predicted class's): (S, S) in [0, 1].
+
+    Per-map scaling makes an unlikely class glow as brightly as the prediction; on the
+    prediction's scale a class the model barely sees stays dark. Pixel attributions use
+    the reference's 99th percentile as full scale, as their display does.
+    """
+    if (result.method, result.layer) != (reference.method, reference.layer):
+        raise ValueError("relative_to compares maps of one method and layer")
+    percentile = METHODS[result.method].display_percentile
+    top = float(np.percentile(reference.unscaled, percentile)) if percentile < 100 else float(reference.unscaled.max())
+    if top <= 0:
+        return np.zeros_like(result.unscaled)
+    return np.clip(result.unscaled / top, 0, 1).astype(np.float32)

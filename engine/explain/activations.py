@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.explain.base import normalise, upsample
 from engine.explain.model import Explainable, ExplainError
-from engine.explain.overlay import colourise
+from engine.explain.overlay import colourise, label_tile
 
 
 def channel_order(acts: np.ndarray, sort: str = "mean") -> np.ndarray:
@@ -21,30 +21,46 @@ def channel_order(acts: np.ndarray, sort: str = "mean") -> np.ndarray:
     return np.argsort(-acts.mean(axis=(0, 1)), kind="stable")
 
 
+def nearest(maps: np.ndarray, scale: int) -> np.ndarray:
+    """(N, h, w) -> (N, h * scale, w * scale), each value repeated: a 7x7 map stays visibly 7x7."""
+    return np.repeat(np.repeat(maps, scale, axis=1), scale, axis=2)
+
+
 def channel_grid(
     acts: np.ndarray, channels: np.ndarray, tile: int = 48, columns: int = 8, colormap: str = "Viridis"
 ) -> np.ndarray:
     """A picture of chosen channels of (h, w, C) activations, each scaled to its own range.
 
+    Each map is drawn at its true resolution (nearest neighbour, an integer scale, at
+    least `tile` pixels where the map is smaller) under a strip with its channel number.
+
     Returns:
-        (rows * (tile + 2), columns * (tile + 2), 3) uint8.
+        (rows * (side + 14), columns * (side + 2), 3) uint8, side = h * max(1, ceil(tile / h)).
     """
-    maps = normalise(upsample(np.moveaxis(acts[..., channels], -1, 0).astype(np.float32), tile))
+    h = acts.shape[0]
+    scale = max(1, math.ceil(tile / h))
+    side = h * scale
+    maps = nearest(normalise(np.moveaxis(acts[..., channels], -1, 0).astype(np.float32)), scale)
     rows = math.ceil(len(channels) / columns)
-    pad = tile + 2
-    grid = np.full((rows * pad, columns * pad, 3), 255, np.uint8)
-    for k, m in enumerate(maps):
+    cell_h, cell_w = side + 14, side + 2
+    grid = np.full((rows * cell_h, columns * cell_w, 3), 255, np.uint8)
+    for k, (m, channel) in enumerate(zip(maps, channels, strict=True)):
         r, c = divmod(k, columns)
-        grid[r * pad + 1 : r * pad + 1 + tile, c * pad + 1 : c * pad + 1 + tile] = colourise(m, colormap)
+        tile_img = label_tile(colourise(m, colormap), f"#{int(channel)}")
+        grid[r * cell_h + 1 : r * cell_h + 1 + side + 12, c * cell_w + 1 : c * cell_w + 1 + side] = tile_img
     return grid
 
 
 def layer_stats(acts: np.ndarray) -> dict:
-    """Numbers about one image's (h, w, C) activations.
+    """Numbers about (h, w, C) activations of one image, or (N, h, w, C) of a batch.
 
-    `dead_fraction`: channels that are zero (or below) everywhere, i.e. dead ReLU units for this image.
+    `dead_fraction`: channels that are zero (or below) at every position of every image:
+    dead units. Over one image this overstates it (a unit can be silent for one picture),
+    so the page measures it over a batch.
     """
-    per_channel_max = acts.max(axis=(0, 1))
+    batch = acts if acts.ndim == 4 else acts[None]
+    per_channel_max = batch.max(axis=(0, 1, 2))
+    acts = batch[0]
     return {
         "channels": int(acts.shape[-1]),
         "height": int(acts.shape[0]),
@@ -53,6 +69,7 @@ def layer_stats(acts: np.ndarray) -> dict:
         "max": float(acts.max()),
         "zero_fraction": float((acts <= 0).mean()),
         "dead_fraction": float((per_channel_max <= 0).mean()),
+        "images": int(len(batch)),
     }
 
 

@@ -29,6 +29,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def randomised_layers(model: Explainable, top_layers: int = 3) -> list[str]:
+    """Names of the last `top_layers` layers with weights: the ones the sanity check randomises."""
+    return [layer.name for layer in _all_layers(model.model) if layer.weights][-top_layers:]
+
+
 def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> Explainable:
     """A copy of the model whose last `top_layers` weighted layers get random weights.
 
@@ -133,6 +138,15 @@ def peak_in_box(heat: np.ndarray, box: list[int], height: int, width: int) -> bo
     return x0 <= col < x1 and y0 <= row < y1
 
 
+def faithfulness(model: Explainable, result, steps: int = 8) -> Curves:
+    """Deletion and insertion curves of an Explanation, kept in the model's map cache."""
+    from engine.explain import image_digest
+
+    key = ("curves", image_digest(result.model_input), result.method, result.layer, result.class_index, steps)
+    x = result.model_input.astype(np.float32)
+    return model.memo(key, lambda: deletion_insertion(model, x, result.heatmap, result.class_index, steps))
+
+
 def localisation(
     model: Explainable, dataset, items: list, methods: list[str], layer: str | None = None, progress=None
 ) -> dict:
@@ -156,20 +170,22 @@ def localisation(
     explainers = {m: make(m, model, layer) for m in methods}
     hits = dict.fromkeys(methods, 0)
     areas, n = [], 0
-    for k, item in enumerate(items):
-        box = dataset.boxes.get(item.rel)
-        if not box:
-            continue
-        rgb = load_item(dataset, item)
-        h, w = rgb.shape[:2]
-        x = model.prepare(rgb)[None]
-        target = model.labels.index(dataset.classes[item.label])
+    chunk = 16  # images per batched call of each method
+    boxed = [item for item in items if dataset.boxes.get(item.rel)]
+    for start in range(0, len(boxed), chunk):
+        part = boxed[start : start + chunk]
+        rgbs = [load_item(dataset, item) for item in part]
+        x = np.stack([model.prepare(rgb) for rgb in rgbs])
+        targets = [model.labels.index(dataset.classes[item.label]) for item in part]
         for m, explainer in explainers.items():
-            hits[m] += peak_in_box(explainer(x, [target])[0], box, h, w)
-        areas.append((box[2] - box[0]) * (box[3] - box[1]) / (h * w))
-        n += 1
+            for heat, rgb, item in zip(explainer(x, targets), rgbs, part, strict=True):
+                hits[m] += peak_in_box(heat, dataset.boxes[item.rel], *rgb.shape[:2])
+        for rgb, item in zip(rgbs, part, strict=True):
+            box = dataset.boxes[item.rel]
+            areas.append((box[2] - box[0]) * (box[3] - box[1]) / (rgb.shape[0] * rgb.shape[1]))
+        n += len(part)
         if progress:
-            progress(k + 1, len(items))
+            progress(n, len(boxed))
     return {
         "chance": float(np.mean(areas)) if areas else 0.0,
         "n": n,

@@ -18,6 +18,7 @@ import numpy as np
 from engine import backbones, imaging
 from engine.errors import ConvScopeError
 from engine.explain.compiled import CompiledModel
+from engine.explain.memo import Memo
 
 
 class ExplainError(ConvScopeError):
@@ -78,6 +79,7 @@ class Explainable:
         self.opaque_reason = opaque_reason
         self._default_layer = default_layer
         self.compiled = CompiledModel(model, preprocess)
+        self.memo = Memo()  # maps and scores by image content; shared by the sessions using this model
 
     @property
     def preprocess(self) -> Callable:
@@ -88,6 +90,7 @@ class Explainable:
     def preprocess(self, fn: Callable) -> None:
         self._preprocess = fn
         self.compiled = CompiledModel(self.model, fn)  # traced functions hold the old preprocessing
+        self.memo = Memo()
 
     # ---- construction ---------------------------------------------------
     @classmethod

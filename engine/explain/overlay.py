@@ -38,6 +38,30 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5, colormap: s
     return np.clip(rgb.astype(np.float32) * (1 - opacity) + colour * opacity, 0, 255).astype(np.uint8)
 
 
+def colour_bar(colormap: str = "Jet", width: int = 320, labels: tuple[str, str, str] = ("0", "0.5", "1")) -> np.ndarray:
+    """A horizontal colour bar with three labels under it, for a legend: (34, width, 3) uint8."""
+    from PIL import ImageDraw
+
+    bar = colourise(np.tile(np.linspace(0, 1, width, dtype=np.float32), (16, 1)), colormap)
+    canvas = Image.new("RGB", (width, 34), "white")
+    canvas.paste(Image.fromarray(bar), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for text, x, anchor in zip(labels, (0, width // 2, width - 1), ("la", "ma", "ra"), strict=True):
+        draw.text((x, 19), text, fill=(40, 40, 40), anchor=anchor)
+    return np.asarray(canvas)
+
+
+def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
+    """An (h, w, 3) uint8 tile with a 12-px white strip above it carrying `text`: (h + 12, w, 3)."""
+    from PIL import ImageDraw
+
+    h, w = tile.shape[:2]
+    canvas = Image.new("RGB", (w, h + 12), "white")
+    canvas.paste(Image.fromarray(tile), (0, 12))
+    ImageDraw.Draw(canvas).text((1, 0), text, fill=(40, 40, 40))
+    return np.asarray(canvas)
+
+
 def to_png(rgb: np.ndarray) -> bytes:
     import io
 
