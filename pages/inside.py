@@ -85,17 +85,17 @@ if model is None or picked is None:
 image_name, rgb, box = picked
 x = model.prepare(rgb)
 image_key = f"{model_key}|{image_digest(x)}"
+probs = model.memo(("probabilities", image_digest(x[None])), lambda: model.probabilities(x[None])[0])
+top = np.argsort(-probs)[:5]
 if st.session_state.get("inside_image_key") != image_key:
     # A new image or model: the class chosen for the old one must not carry over (its list, maps
-    # and scores all belong to the image shown), nor the old trust results.
-    for stale in ("cam_class", "trust_result"):
-        st.session_state.pop(stale, None)
+    # and scores all belong to the image shown). Set, not deleted: setting also updates the browser's box.
+    st.session_state["cam_class"] = int(top[0])
+    st.session_state.pop("trust_result", None)
     st.session_state["inside_image_key"] = image_key
 if st.session_state.get("inside_model_key") != model_key:
     st.session_state.pop("loc_result", None)
     st.session_state["inside_model_key"] = model_key
-probs = model.memo(("probabilities", image_digest(x[None])), lambda: model.probabilities(x[None])[0])
-top = np.argsort(-probs)[:5]
 
 left, right = st.columns([1, 2])
 left.image(draw_box(rgb, box) if box else rgb, caption=f"{image_name} ({rgb.shape[1]}×{rgb.shape[0]})", width="stretch")

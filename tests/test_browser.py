@@ -146,3 +146,30 @@ def test_train_with_defaults_watch_it_refresh_and_reattach(server, tmp_path):
         page.get_by_text("Validation accuracy").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
         browser.close()
+
+
+def test_inside_the_network_maps_follow_the_photo(server, tmp_path):
+    """Where it looked: the maps appear; another photo brings its own class, never the old one."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1600})
+        page.goto(server + "/inside")
+        page.get_by_role("tab", name="🔥 Where it looked").click()
+        page.get_by_text("Grad-CAM at top_activation").first.wait_for(timeout=180_000)
+        chosen = page.get_by_role("combobox", name="Class")
+        assert chosen.input_value().startswith("Egyptian cat ("), chosen.input_value()
+        page.screenshot(path=str(tmp_path / "inside-cat.png"), full_page=True)
+        page.get_by_role("combobox", name="Photo").click()
+        page.get_by_role("option", name="A cup of coffee").click()
+        page.get_by_text("A cup of coffee (").first.wait_for(timeout=60_000)  # the photo's caption
+        page.wait_for_function(
+            "() => !document.querySelector('input[aria-label=\"Class\"]').value.startsWith('Egyptian cat')",
+            timeout=120_000,
+        )
+        page.get_by_text("Grad-CAM at top_activation").first.wait_for(timeout=120_000)
+        assert "Egyptian cat" not in chosen.input_value(), chosen.input_value()
+        assert "deletion 0.00 ↓ · insertion 0.00" not in page.content()
+        page.screenshot(path=str(tmp_path / "inside-coffee.png"), full_page=True)
+        browser.close()

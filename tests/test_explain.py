@@ -397,3 +397,13 @@ def test_maps_relative_to_the_prediction_keep_an_unlikely_class_dark(tiny):
         assert rel.max() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError):
         relative_to(explain_image(tiny, rgb, "layercam"), pred)
+
+
+def test_warm_up_traces_what_a_first_look_needs(tiny, images):
+    fresh = Explainable(tiny.model, scale, LABELS, "warm").warm_up()
+    traced = dict(fresh.compiled.traces)
+    assert traced == {("logits",): 1, ("input_gradient",): 1, ("layer", "conv2"): 1, ("layer_gradient", "conv2"): 1}
+    for method in ("gradcam", "eigencam", "saliency"):
+        make(method, fresh)(images, [0, 1])
+    fresh.probabilities(images)
+    assert dict(fresh.compiled.traces) == traced  # nothing traced again on the first click

@@ -62,14 +62,14 @@ def preview(path: str, box: tuple[int, ...] | None = None, px: int = 256) -> np.
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def explainable_backbone(name: str) -> Explainable:
-    """An ImageNet classifier prepared for explanations (read-only, shared)."""
-    return Explainable.from_backbone(name)
+    """An ImageNet classifier prepared for explanations (read-only, shared), its passes already traced."""
+    return Explainable.from_backbone(name).warm_up()
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def explainable_run(path: str, mtime: float) -> Explainable:
-    """A trained run's model; `mtime` makes a rewritten model.keras load again."""
-    return Explainable.from_run(path)
+    """A trained run's model, its passes already traced; `mtime` makes a rewritten model.keras load again."""
+    return Explainable.from_run(path).warm_up()
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)

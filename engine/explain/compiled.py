@@ -184,6 +184,14 @@ class CompiledModel:
         g, y = self._run(self._input_gradient_fn(), images, classes, progress)
         return g, y
 
+    def warm_up(self, layer: str | None = None) -> None:
+        """Trace the functions a first look needs (about a second each), so no user click pays for it."""
+        x = np.full((1, self.input_size, self.input_size, 3), 127.0, np.float32)
+        self.timing()  # traces logits and input gradients
+        if layer:
+            self.layer_and_logits(x, layer)
+            self.layer_gradients(x, layer, [0])
+
     # ---- cost -----------------------------------------------------------
     def timing(self) -> dict[str, float]:
         """Seconds per image of a batched forward pass and of a batched input-gradient pass.

@@ -130,6 +130,15 @@ class Explainable:
         opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
         return cls(model, preprocess, list(labels), run.name, default, opaque)
 
+    def warm_up(self) -> Explainable:
+        """Trace the compiled passes behind a first look (prediction, CAMs at the default layer); returns self."""
+        try:
+            layer = None if self.opaque_reason else self.default_layer()
+        except ExplainError:
+            layer = None  # no spatial layer: only predictions and input attributions apply
+        self.compiled.warm_up(layer)
+        return self
+
     # ---- layers ---------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
         """Every layer, those inside a nested backbone included ("base/layer")."""
