@@ -13,11 +13,61 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter quiet
 
 from engine.errors import ConvScopeError  # noqa: E402
+
+# Lines TensorFlow's C++ side writes to stderr that TF_CPP_MIN_LOG_LEVEL cannot stop:
+# absl writes everything logged before absl::InitializeLog() (library load time), and
+# cuInit's failure is logged at ERROR. No environment variable silences them (TF 2.21;
+# CUDA_VISIBLE_DEVICES="" or -1 still logs both), so they are filtered by text.
+_TF_NOISE = (
+    "before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard",
+    "rebuild TensorFlow with the appropriate compiler flags",
+)
+# Only noise on a machine without an NVIDIA GPU; where one exists they are real problems.
+_CUDA_NOISE = ("cuda drivers", "cuinit", "cudart_stub", "cuda_platform", "cuda error")
+
+
+def _has_gpu_device() -> bool:
+    """True when the machine exposes an NVIDIA GPU (Linux device nodes, or WSL's /dev/dxg)."""
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and initialise its devices with known start-up noise removed from stderr.
+
+    The C++ side writes to file descriptor 2 directly, so Python's sys.stderr cannot
+    catch it: fd 2 goes to a temporary file for the import, then every line that is
+    not known noise is written back. Nothing is hidden from TensorFlow itself: a GPU
+    stays visible.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    noise = _TF_NOISE + (() if _has_gpu_device() else _CUDA_NOISE)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # cuInit runs here, once
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(n.lower() in line.lower() for n in noise)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,17 +116,18 @@ def cmd_predict(args: argparse.Namespace) -> dict:
     get_spec(args.backbone)  # an unknown name fails before any image is read
     if args.top < 1 or args.top > 1000:
         raise ConvScopeError(f"--top must be between 1 and 1000, got {args.top}")
-    images, problems = [], []
+    images, skipped = [], []
     for path in args.images:
         try:
             images.append((path, imaging.load_rgb(path)))
         except imaging.ImageLoadError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise ConvScopeError("cannot read " + "; ".join(problems))
+            # The message starts with the file's name; the reason is the rest.
+            skipped.append({"image": path, "reason": str(exc).removeprefix(f"{path}: ")})
+    if not images:
+        raise ConvScopeError("cannot read " + "; ".join(f"{s['image']}: {s['reason']}" for s in skipped))
     classifier = ImageNetClassifier(args.backbone)
     results = classifier.predict(images, top_k=args.top)
-    return {"backbone": args.backbone, "predictions": [r.to_json() for r in results]}
+    return {"backbone": args.backbone, "predictions": [r.to_json() for r in results], "skipped": skipped}
 
 
 def _print_predictions(result: dict) -> None:
@@ -84,6 +135,10 @@ def _print_predictions(result: dict) -> None:
         print(f"{p['image']}  ({p['seconds'] * 1000:.0f} ms)")
         for t in p["top"]:
             print(f"  {t['probability']:6.1%}  {t['label']}  [{t['index']}]")
+    if result.get("skipped"):
+        print(f"skipped {len(result['skipped'])} file(s) that cannot be read:")
+        for s in result["skipped"]:
+            print(f"  {s['image']}: {s['reason']}")
 
 
 def _stderr_progress(stage: str, done: int, total: int) -> None:
@@ -485,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    _import_tensorflow_quietly()  # first: building the parser imports the registry, and so Keras
     args = build_parser().parse_args(argv)
     try:
         # Anything a library prints while working goes to stderr, so stdout

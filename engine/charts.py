@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import colorsys
+
+import plotly.colors
 import plotly.graph_objects as go
 
 from engine.imagenet import short_label
@@ -53,10 +56,57 @@ def class_balance_bar(per_split: dict[str, dict[str, int]]) -> go.Figure:
     return fig
 
 
+def class_colours(classes: list[str]) -> dict[str, str]:
+    """One colour per class from a qualitative palette of distinct hues, in first-seen order.
+
+    D3's ten colours (Tableau 10) up to ten classes, then Plotly's 26-colour
+    Alphabet; beyond that colours repeat. Every chart of a dataset colours a
+    class the same way.
+    """
+    names = list(dict.fromkeys(classes))
+    palette = plotly.colors.qualitative.D3 if len(names) <= 10 else plotly.colors.qualitative.Alphabet
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def hue(colour: str) -> float:
+    """Hue in degrees of a '#rrggbb' colour."""
+    r, g, b = (int(colour.lstrip("#")[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    return colorsys.rgb_to_hsv(r, g, b)[0] * 360
+
+
+def read_knn(accuracy: float, num_classes: int) -> str:
+    """One sentence that reads a k-NN accuracy in feature space for the user.
+
+    The thresholds are on the accuracy above chance, rescaled so that chance is
+    0 and perfect is 1 (Cohen's kappa for balanced classes).
+    """
+    chance = 1 / max(num_classes, 1)
+    above = (accuracy - chance) / (1 - chance) if chance < 1 else 0.0
+    if above >= 0.8:
+        verdict = "the classes already separate well in these features, so a linear head should do well"
+    elif above >= 0.5:
+        verdict = (
+            "the classes mostly separate; a head on these features should learn them, "
+            "and more images or fine-tuning can close the gap"
+        )
+    elif above >= 0.2:
+        verdict = (
+            "the classes overlap a lot in these features; expect a modest accuracy from a head alone, "
+            "and try another backbone or fine-tuning"
+        )
+    else:
+        verdict = (
+            "barely better than chance: these features do not tell the classes apart; check the labels, "
+            "or fine-tune or train from scratch"
+        )
+    return f"k-NN accuracy {accuracy:.0%} (chance {chance:.0%}): {verdict}."
+
+
 def size_scatter(widths: list[int], heights: list[int], classes: list[str], paths: list[str]) -> go.Figure:
     """Image width against height, one colour per class; hover shows the file."""
     fig = go.Figure()
-    for name in dict.fromkeys(classes):
+    colours = class_colours(classes)
+    for name in colours:
         idx = [i for i, c in enumerate(classes) if c == name]
         fig.add_scatter(
             x=[widths[i] for i in idx],
@@ -65,7 +115,7 @@ def size_scatter(widths: list[int], heights: list[int], classes: list[str], path
             name=name,
             text=[f"{paths[i]}<br>{widths[i]}×{heights[i]} (aspect {widths[i] / heights[i]:.2f})" for i in idx],
             hoverinfo="text",
-            marker={"size": 7, "opacity": 0.6},
+            marker={"size": 7, "opacity": 0.6, "color": colours[name]},
         )
     fig.update_layout(
         xaxis_title="width (px)",
@@ -86,13 +136,18 @@ def feature_scatter(xy, classes: list[str], paths: list[str], thumbnails: list[s
     import pandas as pd
 
     frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": classes, "file": paths, "image": thumbnails})
+    colours = class_colours(classes)  # explicit: the dashboard theme's palette pairs light and dark of one hue
     return (
         alt.Chart(frame, title=title)
         .mark_circle(size=70, opacity=0.75)
         .encode(
             x=alt.X("x", title="component 1", axis=alt.Axis(labels=False, ticks=False)),
             y=alt.Y("y", title="component 2", axis=alt.Axis(labels=False, ticks=False)),
-            color=alt.Color("class:N", legend=alt.Legend(orient="right")),
+            color=alt.Color(
+                "class:N",
+                scale=alt.Scale(domain=list(colours), range=list(colours.values())),
+                legend=alt.Legend(orient="right"),
+            ),
             tooltip=["image", "class", "file"],
         )
         .properties(height=460)

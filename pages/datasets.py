@@ -1,6 +1,7 @@
 """Dataset Explorer: open data four ways, see what is in it and what was skipped."""
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,37 @@ from engine.data.splits import SPLITS, split_items
 from engine.errors import ConvScopeError
 from engine.features import knn_accuracy, pca_2d
 from ui import cached, router, state, widgets
+
+# Augmentation sliders in the units people think in; AugmentConfig keeps the Keras factors.
+# key: (label, widget units per factor unit, slider maximum, format, help)
+AUG_SLIDERS = {
+    "rotation": ("Rotation", 360, 180, "±%d°", "Rotate each image by a random angle up to this many degrees."),
+    "zoom": ("Zoom", 100, 50, "±%d%%", "Zoom in or out by up to this share of the image size."),
+    "translation": ("Shift", 100, 50, "±%d%%", "Move the image by up to this share of its size, each way."),
+    "contrast": ("Contrast", 100, 50, "±%d%%", "Change the contrast by up to this much."),
+    "brightness": ("Brightness", 100, 50, "±%d%%", "Brighten or darken by up to this share of the value range."),
+}
+
+
+def _aug_widget_values(augment: AugmentConfig) -> dict:
+    """An AugmentConfig as the Explorer's widget values (degrees, percent)."""
+    values = {k: min(round(getattr(augment, k) * scale), top) for k, (_, scale, top, _, _) in AUG_SLIDERS.items()}
+    return {"flip": augment.flip, **values}
+
+
+def _augment_text(augment: AugmentConfig) -> str:
+    parts = [f"flip {augment.flip}"] if augment.flip != "none" else []
+    for k, (label, scale, _, fmt, _) in AUG_SLIDERS.items():
+        if getattr(augment, k):
+            parts.append(f"{label.lower()} {fmt % round(getattr(augment, k) * scale)}")
+    return ", ".join(parts)
+
+
+def _use_augment_changed() -> None:
+    """The "use when training" box: ticked, training takes the previewed augmentation; cleared, none."""
+    chosen = state.augment_preview() if st.session_state.get("aug_use") else AugmentConfig()
+    state.set_data_config(replace(state.data_config(), augment=chosen))
+
 
 router.ensure_routed()
 st.title("🗂️ Dataset Explorer")
@@ -41,10 +73,7 @@ split_of = {i.rel: s for s, items in splits.items() for i in items}
 counts = dataset.counts()
 duplicates = [s for s in dataset.skipped if s.reason == DUPLICATE]
 
-name = state.display_name(source)
-st.subheader(name)
-if name != source:
-    st.caption(f"Source `{source}`")
+st.subheader(widgets.path_free(state.display_name(source)))
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Classes", len(dataset.classes))
 c2.metric("Usable images", f"{len(dataset.items):,}")
@@ -162,30 +191,46 @@ with tab_report:
                 hide_index=True,
                 width="stretch",
             )
-        st.caption(f"Dataset root: `{dataset.root}` · content fingerprint `{dataset.fingerprint[:16]}`")
+        st.caption(f"Content fingerprint `{dataset.fingerprint[:16]}`")
 
 with tab_aug:
     if tab_aug.open:
-        aug = old.augment
+        training = old.augment  # what the Train page will use; previewing alone never changes it
         c1, c2 = st.columns([1, 2])
         with c1:
             # Widgets take their values from session state only, so the presets can set them.
-            for k, v in aug.__dict__.items():
+            for k, v in _aug_widget_values(training).items():
                 st.session_state.setdefault(f"aug_{k}", v)
             p1, p2 = st.columns(2)
             if p1.button("Standard preset", help="flip, rotate ±36°, zoom ±10%", key="aug_preset"):
-                for k, v in AugmentConfig.standard().__dict__.items():
-                    st.session_state[f"aug_{k}"] = v
+                st.session_state.update(
+                    {f"aug_{k}": v for k, v in _aug_widget_values(AugmentConfig.standard()).items()}
+                )
             if p2.button("All off", key="aug_off"):
-                for k, v in AugmentConfig().__dict__.items():
-                    st.session_state[f"aug_{k}"] = v
+                st.session_state.update({f"aug_{k}": v for k, v in _aug_widget_values(AugmentConfig()).items()})
             flip = st.selectbox("Flip", FLIP_MODES, key="aug_flip")
-            factors = {
-                k: st.slider(k.capitalize(), 0.0, 0.5, step=0.05, key=f"aug_{k}")
-                for k in ("rotation", "zoom", "translation", "contrast", "brightness")
+            values = {
+                k: st.slider(label, 0, top, step=1, format=fmt, help=helptext, key=f"aug_{k}")
+                for k, (label, _, top, fmt, helptext) in AUG_SLIDERS.items()
             }
             views = st.slider("Views", 4, 16, 8, key="aug_views")
-        augment = AugmentConfig(flip=flip, **factors)
+            preview = AugmentConfig(flip=flip, **{k: v / AUG_SLIDERS[k][1] for k, v in values.items()})
+            state.set_augment_preview(preview)
+            st.session_state.setdefault("aug_use", training.enabled and training == preview)
+            if st.session_state["aug_use"] and training != preview:  # ticked: training follows the sliders
+                training = preview
+            st.checkbox(
+                "Use this augmentation when training",
+                key="aug_use",
+                on_change=_use_augment_changed,
+                help="Off: these sliders only preview. On: the Train page trains with them.",
+            )
+            if st.session_state["aug_use"]:
+                st.caption("Training will use this augmentation (the Train page shows it and can turn it off).")
+            else:
+                used = _augment_text(training) if training.enabled else "no augmentation"
+                st.caption(f"Preview only: training uses {used}.")
+        augment = training
         with c2:
             if not dataset.items:
                 st.info("No usable images to preview.")
@@ -197,14 +242,14 @@ with tab_aug:
                 try:
                     with st.spinner("Augmenting…"):
                         rgb = load_item(dataset, item)
-                        shown = pipeline.preview(rgb, augment, n=views, size=160, seed=int(seed))
+                        shown = pipeline.preview(rgb, preview, n=views, size=160, seed=int(seed))
                 except ConvScopeError as exc:  # the file changed on disk since ingest
-                    st.error(str(exc))
+                    st.error(widgets.path_free(str(exc), source))
                     shown = []
                 cols = st.columns(4)
                 for k, img in enumerate(shown):
                     cols[k % 4].image(img, width="stretch")
-                if not augment.enabled:
+                if not preview.enabled:
                     st.caption("All augmentations are off: every view is the same. Move a slider.")
 
 with tab_space:
@@ -230,7 +275,7 @@ with tab_space:
                     progress=lambda d, t: bar.progress(d / t, text=f"Embedding {d} of {t} images"),
                 )
             except ConvScopeError as exc:
-                st.error(str(exc))
+                st.error(widgets.path_free(str(exc)))
                 feats = None
             bar.empty()
             if feats is not None and len(sample) >= 2:
@@ -252,9 +297,10 @@ with tab_space:
                 f"{result['knn']:.0%}",
                 help="Leave-one-out nearest-neighbour accuracy in feature space",
             )
+            c2.markdown(charts.read_knn(result["knn"], len(dataset.classes)))
             c2.caption(
                 f"{len(result['paths'])} images, {result['dim']}-D features from {backbone}. "
-                f"Chance is {1 / len(dataset.classes):.0%}. Hover a point to see its image."
+                "Hover a point to see its image."
             )
             c1.altair_chart(
                 charts.feature_scatter(

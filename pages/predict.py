@@ -7,7 +7,7 @@ from engine.charts import topk_bar
 from engine.errors import ConvScopeError
 from engine.samples import SAMPLE_PHOTOS
 from engine.settings import max_upload_bytes
-from ui import cached, router, widgets
+from ui import cached, router, state, widgets
 
 router.ensure_routed()
 st.title("🔮 Predict")
@@ -31,7 +31,7 @@ if source == "Upload":
         try:
             images.append((f.name, imaging.load_rgb(f.getvalue(), name=f.name)))
         except imaging.ImageLoadError as exc:
-            problems.append(str(exc))
+            problems.append(widgets.path_free(str(exc)))
 else:
     picked = st.multiselect(
         "Sample photos (from scikit-image)",
@@ -53,8 +53,18 @@ try:
     with st.spinner(f"Loading {backbone} (the first load converts and caches its weights)…"):
         classifier = cached.imagenet_classifier(backbone)
 except ConvScopeError as exc:
-    st.error(str(exc))
+    st.error(widgets.path_free(str(exc)))
     st.stop()
+
+
+def explain(name: str, rgb) -> None:
+    """Open Inside the network on the same backbone and image."""
+    state.set_chosen_backbone(backbone)
+    state.set_inspect_image(name, rgb)
+    st.session_state["inside_kind"] = "ImageNet backbone"
+    st.session_state["inside_backbone"] = backbone
+    st.switch_page("pages/inside.py")
+
 
 progress = st.progress(0.0, text="Classifying…") if len(images) > 1 else None
 for i, (name, rgb) in enumerate(images):
@@ -72,6 +82,13 @@ for i, (name, rgb) in enumerate(images):
     with right:
         st.plotly_chart(topk_bar(result), width="stretch", key=f"chart_{i}")
         st.caption(f"Prediction took {result.seconds * 1000:.0f} ms on this machine · backbone {backbone}")
+        if st.button(
+            "Explain this prediction",
+            key=f"explain_{i}",
+            icon="🔍",
+            help="Open Inside the network with this image and backbone: feature maps, and where it looked",
+        ):
+            explain(name, rgb)
     if progress:
         progress.progress((i + 1) / len(images), text=f"Classified {i + 1} of {len(images)}")
 if progress:

