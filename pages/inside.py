@@ -79,8 +79,11 @@ with st.sidebar:
         st.error(str(exc))
 
 picked = widgets.image_picker("inside_img")
-if model is None or picked is None:
-    st.info("Pick a model in the sidebar and an image to look inside.")
+if model is None:
+    st.info("Pick a model in the sidebar to look inside.")
+    st.stop()
+if picked is None:
+    st.info("Pick an image above to look inside.")
     st.stop()
 image_name, rgb, box = picked
 x = model.prepare(rgb)
@@ -138,7 +141,7 @@ with tab_layers:
         )
         acts = batch_acts[0]
         stats = acts_mod.layer_stats(batch_acts)
-        m = st.columns(5)
+        m = st.columns([2, 1, 1, 1, 1])
         m[0].metric("Output", f"{stats['height']}×{stats['width']}×{stats['channels']}")
         m[1].metric("Mean", f"{stats['mean']:.3f}", help="over this image")
         m[2].metric("Max", f"{stats['max']:.2f}", help="over this image")
@@ -230,17 +233,27 @@ with tab_cam:
         default = [m for m in ("gradcam", "gradcam++", "layercam", "eigencam", "saliency") if m in offered] or offered[
             :1
         ]
-        c1, c2, c3 = st.columns([2, 2, 1])
+        c1, c2 = st.columns(2)
+        classes = [int(i) for i in top] + [i for i in range(len(model.labels)) if i not in set(top)]
+        target = c1.selectbox(
+            "Class",
+            classes,
+            format_func=lambda i: f"{model.labels[i]} ({probs[i]:.1%})",
+            key="cam_class",
+            help="any class; the predicted ones come first",
+        )
         layer = None
         if not model.opaque_reason:
             spatial = model.spatial_layers()
-            layer = c3.selectbox("Layer for CAMs", spatial, index=spatial.index(model.default_layer()), key="cam_layer")
+            layer = c2.selectbox("Layer for CAMs", spatial, index=spatial.index(model.default_layer()), key="cam_layer")
 
         def method_title(m: str) -> str:
+            # Labels must not change between reruns (Streamlit would reset the widget), so the
+            # estimate stays even once a map is kept.
             eta = expected(m, layer)
             return f"{METHODS[m].title} · ~{seconds_text(eta)}" if eta >= SLOW else METHODS[m].title
 
-        methods = c1.multiselect(
+        methods = st.multiselect(
             "Methods",
             offered,
             default=default,
@@ -248,14 +261,6 @@ with tab_cam:
             key="cam_methods",
             help="Slow methods show their expected time on this model; a computed map is kept, "
             "so switching back to it is instant.",
-        )
-        classes = [int(i) for i in top] + [i for i in range(len(model.labels)) if i not in set(top)]
-        target = c2.selectbox(
-            "Class",
-            classes,
-            format_func=lambda i: f"{model.labels[i]} ({probs[i]:.1%})",
-            key="cam_class",
-            help="any class; the predicted ones come first",
         )
         c1, c2, c3 = st.columns([2, 1, 1])
         scale = c1.radio(
@@ -280,7 +285,7 @@ with tab_cam:
         legend = (
             ("0", "0.5", "1 = this map's peak")
             if scale == "own"
-            else ("0", "0.5", f"≥ the peak for {model.labels[predicted]}")
+            else ("0", "0.5", f"the peak for {model.labels[predicted][:24]} (or more)")
         )
         st.image(colour_bar(cmap, 360, legend), caption=f"map value, {SCALES[scale]}", width=360)
         cols = st.columns(3)
@@ -350,7 +355,7 @@ with tab_trust:
                 sanity = checks.sanity_check(model, method, x, target, randomised=rand)
                 bar.progress(0.6, text="Deletion and insertion…")
                 result = explain_image(model, rgb, method, target)
-                curves = checks.deletion_insertion(model, x, result.heatmap, target)
+                curves = checks.faithfulness(model, result)  # the same numbers as on Where it looked
             except ConvScopeError as exc:
                 bar.empty()
                 st.error(str(exc))
@@ -369,12 +374,17 @@ with tab_trust:
             sanity, curves, shown = kept["sanity"], kept["curves"], kept["shown"]
             c1, c2, c3 = st.columns(3)
             c1.image(overlay(rgb, shown[0], 0.5), caption="trained model", width="stretch")
-            c2.image(overlay(rgb, shown[1], 0.5), caption=f"top {depth} layers randomised", width="stretch")
+            c2.image(
+                overlay(rgb, shown[1], 0.5),
+                caption=f"top {depth} layer{'s' if depth > 1 else ''} randomised",
+                width="stretch",
+            )
             verdict = "passes" if sanity.passed else "FAILS"
             c3.metric("Rank correlation", f"{sanity.correlation:.2f}", help="1: the same map; 0: unrelated maps")
             (c3.success if sanity.passed else c3.error)(
                 f"Sanity check {verdict}: the map {'changes' if sanity.passed else 'barely changes'} when the "
-                f"model's top {depth} layers are randomised (threshold {checks.SANITY_THRESHOLD})."
+                f"model's top {depth} layer{'s are' if depth > 1 else ' is'} randomised "
+                f"(threshold {checks.SANITY_THRESHOLD})."
             )
             st.plotly_chart(
                 charts.faithfulness_curves(

@@ -63,6 +63,7 @@ def explain(name: str, rgb) -> None:
     state.set_inspect_image(name, rgb)
     st.session_state["inside_kind"] = "ImageNet backbone"
     st.session_state["inside_backbone"] = backbone
+    st.session_state["inside_tab"] = "🔥 Where it looked"  # what "explain" means: open on the maps
     st.switch_page("pages/inside.py")
 
 

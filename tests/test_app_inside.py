@@ -81,7 +81,8 @@ def test_a_trained_run_and_localisation(page, tmp_path, monkeypatch):
     page.radio(key="inside_kind").set_value("Trained run").run()
     page.radio(key="inside_img_source").set_value("Shapes image").run()
     assert not page.exception and not page.error
-    assert list(page.dataframe[0].value["class"]) and set(page.dataframe[0].value["class"]) <= set(shapes.classes)
+    predicted = set(page.dataframe[0].value["class"])
+    assert predicted and predicted <= set(shapes.classes), (predicted, shapes.classes)
     open_tab(page, 4)
     page.slider(key="loc_n").set_value(10).run()
     page.multiselect(key="loc_methods").set_value(["gradcam"]).run()
@@ -90,8 +91,9 @@ def test_a_trained_run_and_localisation(page, tmp_path, monkeypatch):
     page.button(key="loc_go").click().run()
     assert not page.exception and not page.error
     table = page.dataframe[-1].value
-    assert list(table["method"]) == ["Grad-CAM"] and 0 <= table["peak inside the box"][0] <= 1
-    assert len(page.get("plotly_chart")) == 1  # the localisation run did not erase the sanity check's results
+    assert list(table["method"]) == ["Grad-CAM"] and 0 <= table["peak inside the box"][0] <= 1, table
+    charts = len(page.get("plotly_chart"))
+    assert charts == 1, f"the localisation run erased the sanity check's results ({charts} charts)"
 
 
 def test_each_map_gets_its_faithfulness_numbers(page):

@@ -47,6 +47,10 @@ def test_explain_hands_the_image_and_backbone_to_inside(open_page):
     assert at.selectbox(key="inside_backbone").value == "efficientnet_lite0"
     assert not at.error, [e.value for e in at.error]
     assert any("Chelsea the cat" in str(i.proto) for i in at.get("image"))
+    # ...opened on the maps, for the predicted class of that image.
+    assert at.session_state["inside_tab"] == "🔥 Where it looked"
+    assert at.selectbox(key="cam_class").value == 285
+    assert any("Grad-CAM at top_activation" in str(i.proto) for i in at.get("image"))
 
 
 def test_a_new_handoff_is_preselected_once(open_page):

@@ -1,5 +1,7 @@
-"""Score-CAM (Wang et al. 2020): weight each activation map by the class score of the
-image masked with it. Gradient-free; costs one forward pass per channel used."""
+"""Score-CAM (Wang et al. 2020): weight each activation map by the class probability of the
+image masked with it (as jacobgil/pytorch-grad-cam does). Gradient-free; one forward pass per
+channel used. Probabilities keep the weights comparable across classes: an unlikely class gets
+small weights, so its map stays dark on the predicted class's scale."""
 
 import numpy as np
 
@@ -34,7 +36,5 @@ class ScoreCAM(BaseCAM):
                     progress((i + done) / n)
 
             # All masked copies of image i in one batched call: (len(keep), S, S, 3).
-            s = self.model.logits(images[i][None] * masks[..., None], step)[:, classes[i]]
-            e = np.exp(s - s.max())
-            out[i, keep] = e / e.sum()
+            out[i, keep] = self.model.probabilities(images[i][None] * masks[..., None], step)[:, classes[i]]
         return out
