@@ -92,15 +92,21 @@ def main() -> None:
     os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from engine.config import DataConfig, TrainConfig
+    from engine.config import DataConfig, HeadConfig, TrainConfig
     from engine.data import sources
     from engine.data.shapes import ShapesConfig
     from engine.data.splits import split_items
 
     source = sources.shapes_source(ShapesConfig(per_class=args.per_class, classes=args.classes, size=args.size))
     dataset = sources.open_dataset(source)  # drawn and checked once, outside both timings
+    # The tutorial's fixed schedule for both (no early stopping, no penalty): the same head, the same fit.
     config = TrainConfig(
-        data=DataConfig(source=source, image_size=args.size), backbone=args.backbone, epochs=args.epochs
+        data=DataConfig(source=source, image_size=args.size),
+        backbone=args.backbone,
+        epochs=args.epochs,
+        learning_rate=1e-3,
+        early_stopping=0,
+        head=HeadConfig(l2=0.0),
     )
     splits = split_items(dataset.items, config.seed, config.data.val_frac, config.data.test_frac)
     print(

@@ -312,7 +312,7 @@ def _train_config(args: argparse.Namespace):
     from engine import backbones, presets
     from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
 
-    config = TrainConfig(data=DataConfig(source=args.source))
+    config = TrainConfig(data=DataConfig(source=args.source), mode=args.mode or "feature")  # the mode's defaults
     if args.preset:
         config = presets.get(args.preset).apply(config)
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -328,11 +328,13 @@ def _train_config(args: argparse.Namespace):
     if args.class_weights:
         top["class_weights"] = True
     config = replace(config, **top)
-    if "hidden" in given or "dropout" in given:
+    if "hidden" in given or "dropout" in given or "l2" in given:
         config = replace(
             config,
             head=HeadConfig.parse(
-                given.get("hidden", ",".join(map(str, config.head.hidden))), given.get("dropout", config.head.dropout)
+                given.get("hidden", ",".join(map(str, config.head.hidden))),
+                given.get("dropout", config.head.dropout),
+                given.get("l2", config.head.l2),
             ),
         )
     data = {}
@@ -352,7 +354,13 @@ def _train_config(args: argparse.Namespace):
 class _TrainProgress:
     """Training progress on stderr: stages as they go, one line per epoch."""
 
+    def __init__(self, run_dir=None) -> None:
+        self.run_dir = run_dir
+
     def __call__(self, stage: str = "", **fields) -> None:
+        if self.run_dir and stage in ("features", "training"):
+            print(f"run folder: {self.run_dir}", file=sys.__stderr__, flush=True)
+            self.run_dir = None
         if stage in ("data", "features") and "done" in fields:
             _stderr_progress(fields.get("message", stage), fields["done"], fields["total"])
         elif stage == "training" and "history" in fields and fields["history"].get("loss"):
@@ -385,8 +393,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
         raise ConvScopeError("give a SOURCE (shapes, a folder, a .zip or tfds:NAME), or --resume RUN_DIR")
     config = _train_config(args)
     run = runs.create(args.out, backbone=config.backbone, mode=config.mode)
-    print(f"run folder: {run.path}", file=sys.__stderr__, flush=True)
-    return training.train(config, run, stop=stop, report=_TrainProgress())
+    # Named once the data opened: a run whose data cannot be read leaves no folder behind.
+    return training.train(config, run, stop=stop, report=_TrainProgress(run.path))
 
 
 def _print_train(result: dict) -> None:
@@ -507,19 +515,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(presets.PRESETS), help="start from a classic recipe")
     p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE}; small_cnn in scratch mode)")
     p.add_argument("--mode", choices=MODES, help="feature (default) or scratch")
-    p.add_argument("--epochs", type=int, help="epochs (default 10; with --resume: the new total)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="most epochs (default: feature 200, scratch 60, ended by early stopping; with --resume: the new total)",
+    )
     p.add_argument("--image-size", type=int, help="input side in pixels (default: the backbone's)")
     p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted (default stretch)")
     p.add_argument("--batch-size", type=int, help="default 32")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam (sgd has momentum 0.9)")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.001)")
+    p.add_argument("--lr", type=float, help="learning rate (default: feature 0.01, scratch 0.001)")
     p.add_argument("--hidden", help="hidden Dense layers of the head, e.g. 256 or 512,512 (default none)")
     p.add_argument("--dropout", type=float, help="dropout in the head (default 0)")
+    p.add_argument("--l2", type=float, help="L2 penalty on the head's Dense kernels (default 0.001; 0: off)")
     p.add_argument(
         "--early-stopping",
         type=int,
         metavar="PATIENCE",
-        help="stop after PATIENCE epochs without a better validation loss, keeping the best weights (default off)",
+        help="stop after PATIENCE epochs without a better validation loss, keeping the best weights "
+        "(default 10; 0: off)",
     )
     p.add_argument("--class-weights", action="store_true", help="weight classes by inverse frequency")
     p.add_argument("--augment", help="e.g. flip=horizontal,rotation=0.1,zoom=0.1 (default none)")

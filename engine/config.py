@@ -93,16 +93,26 @@ MODES = ("feature", "scratch")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 
+# The L2 penalty of the default head: with it, a head without hidden layers trained to
+# convergence is the model a logistic-regression probe fits (softmax regression with a mild
+# L2 penalty), and it converges instead of drifting towards ever larger weights, so early
+# stopping on the validation loss ends it there (bench/probe.py measures both on one split).
+DEFAULT_HEAD_L2 = 1e-3
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """The classifier head on a frozen backbone: GAP -> [Dense(relu) -> Dropout]* -> Dense logits.
 
     `dropout` is applied after every hidden layer, and before the logits
     when there are no hidden layers (the Keras tutorial's Dropout(0.2)).
+    `l2` is the penalty `l2 * sum(w ** 2)` on every Dense kernel of the head,
+    added to the mean loss; 0 turns it off (the tutorial recipes use none).
     """
 
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
+    l2: float = DEFAULT_HEAD_L2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -110,28 +120,55 @@ class HeadConfig:
             raise ValueError(f"hidden layer sizes must be 1..8192 units, got {list(self.hidden)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.l2 <= 1.0:
+            raise ValueError(f"the head's L2 penalty must be between 0 (off) and 1, got {self.l2}")
 
     @classmethod
-    def parse(cls, hidden: str, dropout: float = 0.0) -> HeadConfig:
+    def parse(cls, hidden: str, dropout: float = 0.0, l2: float = DEFAULT_HEAD_L2) -> HeadConfig:
         """`256,128` (or '' / `none`) -> hidden layer sizes."""
         text = hidden.strip()
         if text in ("", "none", "0"):
-            return cls((), dropout)
+            return cls((), dropout, l2)
         try:
             sizes = tuple(int(p) for p in text.split(","))
         except ValueError as exc:
             raise ValueError(f"hidden layers {hidden!r}: give sizes like 256 or 256,128") from exc
-        return cls(sizes, dropout)
+        return cls(sizes, dropout, l2)
+
+
+# What a run gets when nobody says otherwise, per mode (TrainConfig(mode=...), the CLI, the Train page).
+# - feature: an epoch on cached features costs milliseconds, so the head trains to convergence: up to
+#   200 epochs at a rate that gets there in about a hundred, ended by early stopping 10 epochs after the
+#   last better validation loss, the best epoch's weights kept.
+# - scratch: a CNN from random weights; early stopping ends it once validation stops improving
+#   (on small data it overfits: see engine.training.scratch_outlook).
+MODE_DEFAULTS: dict[str, dict] = {
+    "feature": {"epochs": 200, "learning_rate": 1e-2, "early_stopping": 10},
+    "scratch": {"epochs": 60, "learning_rate": 1e-3, "early_stopping": 10},
+}
+
+
+def mode_defaults(mode: str) -> dict:
+    """{"epochs", "learning_rate", "early_stopping"} of `mode` (a copy)."""
+    if mode not in MODE_DEFAULTS:
+        raise ValueError(f"mode must be one of {', '.join(MODE_DEFAULTS)}, got {mode!r}")
+    return dict(MODE_DEFAULTS[mode])
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved as the run's config.json.
 
+    `epochs`, `learning_rate` and `early_stopping` left out (None) take the
+    mode's defaults (MODE_DEFAULTS); `dataclasses.replace` keeps the values
+    a config already has, so give them again when replacing the mode.
+
     Attributes:
         mode: `feature` (frozen pretrained backbone, train a head on cached
             features) or `scratch` (a scratch CNN trained from random weights).
-        early_stopping: patience in epochs on validation loss; 0 turns it off.
+        early_stopping: patience in epochs on validation loss (training loss
+            without a validation split); the best epoch's weights are kept
+            at the end. 0 turns it off.
         aug_views: with augmentation on in feature mode, how many augmented
             views of each training image are computed once and cached; each
             epoch draws one view per image (the original counts as a view).
@@ -141,11 +178,11 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     mode: str = "feature"
     head: HeadConfig = field(default_factory=HeadConfig)
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int = 32
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    early_stopping: int = 0
+    learning_rate: float | None = None
+    early_stopping: int | None = None
     class_weights: bool = False
     aug_views: int = 4
     seed: int = 0
@@ -154,6 +191,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name, value in MODE_DEFAULTS[self.mode].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 1 <= self.epochs <= 1000:
@@ -178,5 +218,5 @@ class TrainConfig:
     def from_json(cls, data: dict) -> TrainConfig:
         data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
         data["data"] = DataConfig.from_json(data.get("data", {}))
-        data["head"] = HeadConfig(**data.get("head", {}))
+        data["head"] = HeadConfig(**{"l2": 0.0, **data.get("head", {})})  # saved before heads had a penalty
         return cls(**data)

@@ -125,6 +125,7 @@ class JobRegistry:
                 "id": job.id,
                 "run_dir": str(job.run.path),
                 "status": job.status,
+                "stopping": job.stop.is_set() and job.status in runs.ACTIVE,  # asked to stop, not yet stopped
                 "reason": job.reason,
                 "position": self._position(job_id),
                 "progress": copy.deepcopy(job.progress),

@@ -186,6 +186,26 @@ def create(name: str | None = None, root: Path | None = None, *, backbone: str =
     return run
 
 
+def discard(run: Run) -> bool:
+    """Remove a run folder that never started: nothing in it but its status. True when removed.
+
+    A folder holding anything else (a config, a checkpoint, a user's file) is left alone.
+    """
+    try:
+        entries = list(run.path.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if any(p.name != "status.json" for p in entries):
+        return False
+    for p in entries:
+        p.unlink(missing_ok=True)
+    try:
+        run.path.rmdir()
+    except OSError:  # something appeared meanwhile: keep it
+        return False
+    return True
+
+
 def open_run(name_or_path: str | Path, root: Path | None = None, *, allow_path: bool = True) -> Run:
     """An existing run, by folder name under the runs root or (with allow_path, the CLI) by path.
 

@@ -12,8 +12,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import backbones, charts, jobs, presets, runs
-from engine.config import MODES, OPTIMIZERS, HeadConfig, TrainConfig
+from engine import backbones, charts, jobs, presets, runs, training
+from engine.config import (
+    DEFAULT_HEAD_L2,
+    MODES,
+    OPTIMIZERS,
+    AugmentConfig,
+    HeadConfig,
+    TrainConfig,
+    mode_defaults,
+)
+from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from ui import cached, router, state, widgets
 
@@ -22,8 +31,10 @@ st.title("🏋️ Train")
 registry = jobs.registry()
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0, 10.0]
+L2_PENALTIES = [0.0, 1e-4, 1e-3, 1e-2]
 IMAGE_SIZES = [32, 48, 64, 96, 128, 160, 192, 224, 240, 260, 299, 320]
 SCRATCH = ["small_cnn", "alexnet"]
+FINETUNE_PAGE = Path(__file__).with_name("finetune.py")  # mentioned only once it exists
 VAL_ABOVE_TRAIN = (
     "Training metrics are averaged over the epoch while the model is still learning, on augmented images "
     "and with dropout on; validation is measured at the end of the epoch on clean images. So the validation "
@@ -57,9 +68,10 @@ def _apply_preset() -> None:
     ss["train_size"], ss["train_epochs"], ss["train_batch"] = p.image_size, p.epochs, p.batch_size
     ss["train_optimizer"], ss["train_lr"] = p.optimizer, p.learning_rate
     ss["train_hidden"] = ",".join(map(str, p.head.hidden))
-    ss["train_dropout"] = p.head.dropout
+    ss["train_dropout"], ss["train_l2"] = p.head.dropout, p.head.l2
     ss["train_patience"], ss["train_class_weights"] = 0, False
-    ss["train_size_for"] = p.backbone
+    ss["train_size_for"], ss["train_defaults_for"] = p.backbone, p.mode
+    ss["train_augment"] = p.augment.enabled
     data = state.data_config()
     state.set_data_config(replace(data, augment=p.augment, val_frac=p.val_frac, test_frac=p.test_frac))
 
@@ -69,10 +81,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
     data = state.data_config()
     source = data.source
     c1, c2 = st.columns([3, 1])
-    c1.markdown(
-        f"**Data:** {state.display_name(source)} · validation {data.val_frac:.0%} · test {data.test_frac:.0%}"
-        f" · augmentation: {_augment_text(data.augment)}"
-    )
+    c1.markdown(f"**Data:** {state.display_name(source)} · validation {data.val_frac:.0%} · test {data.test_frac:.0%}")
     c2.page_link("pages/datasets.py", label="Explore or change", icon="🗂️")
     with st.expander("Choose other data here"):
         other = widgets.dataset_picker("train_data")
@@ -100,8 +109,11 @@ def setup_form() -> tuple[TrainConfig, int] | None:
     if preset != "custom":
         p = presets.PRESETS[preset]
         st.caption(f"{p.note}. Published: {p.published}.")
+        if p.followup and FINETUNE_PAGE.is_file():
+            st.page_link("pages/finetune.py", label=f"Then: {p.followup}")
         if st.session_state.get("train_preset_note"):
             st.warning(st.session_state["train_preset_note"])
+    augment = augment_choice(data.augment)
 
     left, mid, right = st.columns(3)
     with left:
@@ -124,8 +136,19 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             st.session_state["train_size"] = spec.input_size if mode == "feature" else 64
             st.session_state["train_size_for"] = backbone
         size = st.select_slider("Image size (px)", IMAGE_SIZES, key="train_size")
+    ss = st.session_state
+    if ss.get("train_defaults_for") != mode:  # a new mode: its own schedule (engine.config.MODE_DEFAULTS)
+        d = mode_defaults(mode)
+        ss["train_epochs"], ss["train_lr"], ss["train_patience"] = d["epochs"], d["learning_rate"], d["early_stopping"]
+        ss["train_defaults_for"] = mode
     with mid:
-        epochs = st.number_input("Epochs", 1, 500, 10, key="train_epochs")
+        epochs = st.number_input(
+            "Epochs (at most)",
+            1,
+            1000,
+            key="train_epochs",
+            help="With early stopping on, a run usually ends sooner, when the validation loss stops improving.",
+        )
         batch = st.select_slider("Batch size", [4, 8, 16, 32, 64, 128, 256], 32, key="train_batch")
         optimizer = st.selectbox(
             "Optimizer",
@@ -133,7 +156,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             key="train_optimizer",
             format_func=lambda o: "sgd (momentum 0.9)" if o == "sgd" else o,
         )
-        lr = st.select_slider("Learning rate", LEARNING_RATES, 1e-3, key="train_lr", format_func=lambda v: f"{v:g}")
+        lr = st.select_slider("Learning rate", LEARNING_RATES, key="train_lr", format_func=lambda v: f"{v:g}")
     with right:
         hidden = st.text_input(
             "Hidden layers in the head",
@@ -143,17 +166,26 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             help="Dense ReLU layers between pooling and the logits, e.g. 256 or 512,512.",
         )
         dropout = st.slider("Dropout", 0.0, 0.8, 0.0, 0.05, key="train_dropout", disabled=mode == "scratch")
+        ss.setdefault("train_l2", DEFAULT_HEAD_L2)
+        l2 = st.select_slider(
+            "L2 penalty on the head",
+            L2_PENALTIES,
+            key="train_l2",
+            disabled=mode == "scratch",
+            format_func=lambda v: f"{v:g}" if v else "off",
+            help="Keeps the head's weights small, as a logistic-regression probe does, so training converges "
+            "instead of drifting; the default suits most data.",
+        )
         patience = st.number_input(
             "Early stopping patience (0 = off)",
             0,
             100,
-            0,
             key="train_patience",
-            help="Stop after this many epochs without a better validation loss, and keep the best weights.",
+            help="Stop after this many epochs without a better validation loss, and keep the best epoch's weights.",
         )
         weights = st.checkbox("Class weights (for unbalanced data)", key="train_class_weights")
         views = 4
-        if data.augment.enabled and mode == "feature":
+        if augment.enabled and mode == "feature":
             views = st.number_input(
                 "Augmented views per image",
                 1,
@@ -166,10 +198,10 @@ def setup_form() -> tuple[TrainConfig, int] | None:
         seed = st.number_input("Seed", 0, 10_000, data.seed, key="train_seed")
     try:
         config = TrainConfig(
-            data=replace(data, image_size=int(size), seed=int(seed)),
+            data=replace(data, image_size=int(size), seed=int(seed), augment=augment),
             backbone=backbone,
             mode=mode,
-            head=HeadConfig.parse(hidden, dropout) if mode == "feature" else HeadConfig(),
+            head=HeadConfig.parse(hidden, dropout, float(l2)) if mode == "feature" else HeadConfig(),
             epochs=int(epochs),
             batch_size=int(batch),
             optimizer=optimizer,
@@ -183,7 +215,31 @@ def setup_form() -> tuple[TrainConfig, int] | None:
     except ValueError as exc:
         st.error(str(exc))
         return None
+    if mode == "scratch":  # say what to expect before the user spends minutes on it
+        train_images = len(split_items(dataset.items, config.seed, data.val_frac, data.test_frac)["train"])
+        outlook = training.scratch_outlook(train_images, len(dataset.classes))
+        if outlook:
+            st.warning(outlook, icon="⚠️")
     return config, len(dataset.classes)
+
+
+def augment_choice(augment: AugmentConfig) -> AugmentConfig:
+    """The augmentation this run will use, shown, and switchable off: it comes from the Explorer or a recipe."""
+    if not augment.enabled:
+        st.caption(
+            "Augmentation: none. Set one up in the Dataset Explorer (“Use this augmentation when training”) "
+            "or start from a recipe that uses one."
+        )
+        return augment
+    st.session_state.setdefault("train_augment", True)
+    on = st.toggle(
+        "Augment the training images",
+        key="train_augment",
+        help="Random changes to the training images, new ones every epoch; validation and test images are "
+        "never augmented. Chosen in the Dataset Explorer or by a recipe; turn it off here for this run.",
+    )
+    st.caption(f"Augmentation {'used' if on else 'off for this run'}: {_augment_text(augment)}")
+    return augment if on else AugmentConfig()
 
 
 def _title(name: str) -> str:
@@ -238,11 +294,15 @@ def _snapshot(job_id: str) -> dict | None:
     }
 
 
-def _eta(seconds: float | None) -> str:
+def _eta(seconds: float | None, upper_bound: bool = False) -> str:
+    """' · about 2 min 05 s left'; ' · estimating time left…' until the engine has timed a few batches."""
     if seconds is None:
-        return ""
+        return " · estimating time left…"
     m, s = divmod(int(seconds + 0.5), 60)
-    return f" · about {m} min {s:02d} s left" if m else f" · about {s} s left"
+    left = f"{m} min {s:02d} s" if m else f"{s} s"
+    if upper_bound:  # early stopping may end the run sooner
+        return f" · at most about {left} left"
+    return f" · about {left} left"
 
 
 def _progress(snap: dict) -> None:
@@ -253,7 +313,7 @@ def _progress(snap: dict) -> None:
         st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
         return
     if stage in ("data", "features") and p.get("total"):
-        eta = _eta(p.get("eta")) if stage == "features" else ""
+        eta = _eta(p.get("eta")) if stage == "features" and p["done"] < p["total"] else ""
         st.progress(
             min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"
         )
@@ -266,7 +326,7 @@ def _progress(snap: dict) -> None:
         st.progress(
             min(done, 1.0),
             text=f"Epoch {epoch}/{epochs} · batch {batch}/{batches}"
-            f"{' · ' + metrics if metrics else ''}{_eta(p.get('eta'))}",
+            f"{' · ' + metrics if metrics else ''}{_eta(p.get('eta'), p.get('eta_upper_bound', False))}",
         )
     elif stage in ("evaluating", "saving"):
         st.progress(1.0, text=f"{stage.capitalize()}…")
@@ -285,9 +345,19 @@ def job_panel(job_id: str) -> None:
     if active:
         if snap.get("on_disk"):
             stop_col.caption("Running in another process (the CLI?)")
-        elif stop_col.button("⏹ Stop", key=f"stop_{job_id}", type="primary", help="Stops within one batch"):
-            registry.stop(job_id)
-            st.toast("Stopping after the current batch…")
+        elif snap.get("stopping"):
+            stop_col.caption("⏹ Stopping…")
+        else:  # a callback: it runs before the page redraws, which then already shows the stop
+            stop_col.button(
+                "⏹ Stop",
+                key=f"stop_{job_id}",
+                type="primary",
+                help="Stops within one batch",
+                on_click=registry.stop,
+                args=(job_id,),
+            )
+        if snap.get("stopping") and snap["status"] == "running":
+            st.info("⏹ Stopping: the current batch finishes, then the weights reached so far are saved…")
         _progress(snap)
     else:
         icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
@@ -325,17 +395,38 @@ def _results(run: runs.Run) -> None:
     if run.model_file.is_file():
         st.page_link("pages/inside.py", label="Look inside this model", icon="🔍", query_params={"run": run.name})
     if run.resumable():
-        more = st.number_input(
-            "Epochs in total", 1, 1000, int(run.config().get("epochs", 10)), key=f"resume_epochs_{run.name}"
+        done = run.checkpoint_epoch()
+        total = st.number_input(
+            "Epochs in total",
+            done + 1,
+            1000,
+            max(int(run.config().get("epochs", 10)), done + 1),
+            key=f"resume_epochs_{run.name}",
+            help=f"{done} epoch(s) finished and checkpointed; the run goes on from there up to this many.",
         )
-        if st.button(f"▶ Resume from epoch {run.checkpoint_epoch()}", key=f"resume_{run.name}"):
+        if st.button(continue_label(done, int(total)), key=f"resume_{run.name}"):
             try:
-                registry.resume(run, int(more))
+                registry.resume(run, int(total))
             except ConvScopeError as exc:
                 st.error(str(exc))
             else:
                 st.rerun()
-    st.caption(f"Run folder: `{run.path}` (TensorBoard: `tensorboard --logdir {run.logs}`)")
+    elif snap_status(run) in ("stopped", "failed") and not run.checkpoint.is_file() and run.path.is_dir():
+        st.caption("No epoch finished before it ended, so there is nothing to continue from: start a new run.")
+    if run.path.is_dir():
+        st.caption(
+            f"Run name: `{run.name}` (model, checkpoints and TensorBoard logs are stored with it on the server; "
+            "`python -m engine runs` there shows where)."
+        )
+
+
+def continue_label(done: int, total: int) -> str:
+    """What the button after a stop does: 'Continue from epoch 2 of 10' after 1 finished epoch."""
+    return f"▶ Continue from epoch {done + 1} of {total}"
+
+
+def snap_status(run: runs.Run) -> str:
+    return str(run.status().get("status", ""))
 
 
 def show_job(job_id: str) -> None:
@@ -381,7 +472,7 @@ if job_id:
 st.subheader("Runs")
 rows = [runs.summary(r) for r in runs.list_runs()]
 if not rows:
-    st.caption(f"No runs yet in {runs.runs_root()} (CONVSCOPE_RUNS_DIR).")
+    st.caption("No runs yet.")
 else:
     table = pd.DataFrame(rows)[
         ["name", "status", "backbone", "mode", "epochs_run", "val_accuracy", "test_accuracy", "source", "reason"]

@@ -1,11 +1,12 @@
 """The Train page through AppTest: form, summary, start, live job, stop, reattach, presets, runs."""
 
+import threading
 import time
 
 import pytest
 
 from engine import jobs, runs
-from engine.config import DataConfig
+from engine.config import AugmentConfig, DataConfig
 
 TINY = "shapes:per_class=12,classes=3,size=64"
 
@@ -39,6 +40,9 @@ def wait_for(job_id: str, timeout: float = 300) -> dict:
 
 
 def start(at, **widgets):
+    if "train_mode" in widgets:  # as a user would: the mode first (it resets the schedule), then the rest
+        at.session_state["train_mode"] = widgets.pop("train_mode")
+        at.run()
     for key, value in widgets.items():
         at.session_state[key] = value
     at.run()
@@ -49,6 +53,15 @@ def start(at, **widgets):
     return job_id
 
 
+def texts(at) -> list[str]:
+    """Every piece of text the page shows."""
+    out = []
+    for kind in ("markdown", "caption", "info", "success", "warning", "error", "text", "title", "subheader"):
+        out += [str(e.value) for e in at.get(kind)]
+    out += [b.label for b in at.button] + [str(e.proto) for e in at.get("page_link")]
+    return out
+
+
 def test_form_shows_the_model_summary_before_training(page):
     at = page()
     metrics = {m.label: m.value for m in at.metric}
@@ -56,12 +69,22 @@ def test_form_shows_the_model_summary_before_training(page):
     assert int(metrics["Non-trainable (frozen)"].replace(",", "")) > 3_000_000
     assert at.radio(key="train_mode").value == "feature"
     assert at.select_slider(key="train_size").value == 224  # the backbone's own size
+    # feature mode trains the head to convergence by default
+    assert at.number_input(key="train_epochs").value == 200 and at.number_input(key="train_patience").value == 10
+    assert at.select_slider(key="train_lr").value == 1e-2 and at.select_slider(key="train_l2").value == 1e-3
+    assert not any("Too little data" in w.value for w in at.warning)
+    assert "No runs yet." in [c.value for c in at.caption]
+    assert not [t for t in texts(at) if str(runs.runs_root()) in t], "no server paths"
     at.radio(key="train_mode").set_value("scratch").run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Non-trainable (frozen)"] == "0" and at.select_slider(key="train_size").value == 64
+    assert at.number_input(key="train_epochs").value == 60 and at.select_slider(key="train_lr").value == 1e-3
+    # 36 images: the page says what to expect before anyone starts
+    warning = next(w.value for w in at.warning if "Too little data" in w.value)
+    assert "training images" in warning and "chance (33%)" in warning
 
 
-def test_train_live_then_results_and_runs_list(page):
+def test_train_live_then_results_and_runs_list(page, tmp_path):
     at = page()
     job_id = start(at, train_size=96, train_epochs=3)
     assert jobs.registry().get(job_id) is not None
@@ -80,6 +103,11 @@ def test_train_live_then_results_and_runs_list(page):
     assert {m.label for m in at.metric} >= {"Validation accuracy", "Test accuracy"}
     names = at.dataframe[-1].value["name"].tolist()
     assert names.count(job_id) == 1 and len(names) == 1, "exactly one run was started"
+    # The run is named, never located: no server paths on the page.
+    shown = texts(at)
+    assert any(job_id in t and "python -m engine runs" in t for t in shown)
+    for secret in (str(tmp_path), str(runs.runs_root()), "/root", "~/.keras", "CONVSCOPE_"):
+        assert not [t for t in shown if secret in t], secret
 
     # A fresh tab with the job in its URL reattaches to it.
     again = page(job=job_id)
@@ -104,7 +132,10 @@ def test_stop_and_resume_from_the_page(page):
     assert any("Stopped" in s.value for s in at.success)
     run = runs.open_run(job_id)
     done = run.checkpoint_epoch()
+    # The button says what it does: where the run goes on from, and up to where.
+    assert at.button(key=f"resume_{job_id}").label == f"▶ Continue from epoch {done + 1} of 200"
     at.number_input(key=f"resume_epochs_{job_id}").set_value(done + 1).run()
+    assert at.button(key=f"resume_{job_id}").label == f"▶ Continue from epoch {done + 1} of {done + 1}"
     at.button(key=f"resume_{job_id}").click().run()
     snap = wait_for(job_id)
     assert snap["status"] == "finished" and len(snap["history"]["loss"]) == done + 1
@@ -124,6 +155,70 @@ def test_queue_position_is_shown(page):
     registry.stop(first)
     release.append(wait_for(first))
     assert wait_for(second)["status"] == "finished"
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch):
+    """A registry whose jobs report one batch in and then hold until released (no training)."""
+    release, started, seen = threading.Event(), threading.Event(), {}
+
+    def fake_train(config, run, *, stop, report, resume):
+        seen["config"] = config
+        report(stage="training", epoch=1, epochs=config.epochs, batch=1, batches=9, logs={"loss": 1.5}, eta=None)
+        started.set()
+        release.wait(30)  # the batch in progress when Stop is pressed
+        status = "stopped" if stop.is_set() else "finished"
+        run.set_status(status, "by the user at epoch 1, batch 2" if stop.is_set() else "")
+        return {"status": status, "reason": "", "history": {}}
+
+    registry = jobs.JobRegistry(train_fn=fake_train, devices=["/CPU:0"])
+    monkeypatch.setattr(jobs, "_REGISTRY", registry)
+    yield registry, release, started, seen
+    release.set()
+
+
+def test_time_left_says_estimating_and_a_stop_shows_at_once(page, fake_jobs):
+    registry, release, started, _ = fake_jobs
+    at = page()
+    job_id = start(at, train_size=96)
+    assert started.wait(30)
+    at.run()
+    bars = [e.proto.text for e in at.get("progress")]
+    assert any("Epoch 1/200 · batch 1/9" in b and "estimating time left" in b for b in bars), bars
+    assert not any("0 s left" in b for b in bars)
+    at.button(key=f"stop_{job_id}").click().run()
+    # The batch is still running, but the page already says the run is stopping, and offers no second Stop.
+    assert registry.snapshot(job_id)["status"] == "running"
+    assert any("Stopping" in i.value for i in at.info), [i.value for i in at.info]
+    assert all(b.key != f"stop_{job_id}" for b in at.button)
+    release.set()
+    assert wait_for(job_id, 30)["status"] == "stopped"
+
+
+def test_augmentation_is_shown_and_can_be_turned_off(page, fake_jobs):
+    registry, release, started, seen = fake_jobs
+    aug = AugmentConfig(flip="horizontal", rotation=0.1)
+    at = page(DataConfig(source=TINY, augment=aug))
+    toggle = at.toggle(key="train_augment")
+    assert toggle.value is True
+    assert any("flip horizontal" in c.value and "rotation 0.1" in c.value for c in at.caption)
+    toggle.set_value(False).run()
+    assert any("off for this run" in c.value for c in at.caption)
+    start(at, train_size=96)
+    assert started.wait(30)
+    assert not seen["config"].data.augment.enabled, "turned off on the Train page: trained without augmentation"
+    assert at.session_state["data_config"].augment == aug, "the Explorer's choice itself is left alone"
+    release.set()
+
+
+def test_no_fine_tune_page_is_promised_before_one_exists(page):
+    from pathlib import Path
+
+    at = page()
+    at.selectbox(key="train_preset").set_value("keras-tutorial-mobilenet").run()
+    assert not at.exception
+    if not (Path(__file__).resolve().parents[1] / "pages" / "finetune.py").is_file():
+        assert not [t for t in texts(at) if "fine-tune page" in t.lower()]
 
 
 def test_preset_fills_the_form(page):

@@ -15,6 +15,9 @@ import pytest
 
 from engine import feature_cache, jobs, models, presets, runs, training
 from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
+from engine.data import pipeline
+from engine.data.sources import open_dataset
+from engine.errors import ConvScopeError
 from engine.features import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +64,36 @@ def test_presets_give_valid_configs(name):
     config = presets.get(name).apply(TrainConfig(data=DataConfig(source="some/folder", seed=3)))
     assert config.preset == name and config.data.source == "some/folder" and config.data.seed == 3
     assert (config.mode == "scratch") == (name == "alexnet-scratch")
+
+
+def test_defaults_train_to_convergence_with_early_stopping():
+    feature = TrainConfig()
+    assert feature.mode == "feature" and feature.epochs >= 100 and feature.early_stopping > 0
+    assert feature.head.l2 > 0, "the default head is penalised like a logistic-regression probe"
+    scratch = TrainConfig(mode="scratch", backbone="small_cnn")
+    assert scratch.early_stopping > 0 and scratch.learning_rate < feature.learning_rate
+    assert TrainConfig(mode="scratch", epochs=5).epochs == 5, "a value given wins over the mode's default"
+    # a config saved before heads had a penalty still means no penalty
+    old = TrainConfig().to_json()
+    del old["head"]["l2"]
+    assert TrainConfig.from_json(old).head.l2 == 0.0
+    # the recipes reproduce their tutorials: fixed epochs, no penalty
+    assert all(p.apply(TrainConfig()).early_stopping == 0 for p in presets.PRESETS.values())
+    assert all(p.apply(TrainConfig()).head.l2 == 0 for p in presets.PRESETS.values())
+
+
+def test_no_preset_promises_a_page_that_does_not_exist():
+    pages = {p.stem for p in (ROOT / "pages").glob("*.py")}
+    for p in presets.PRESETS.values():
+        if "finetune" not in pages:
+            assert "fine-tune page" not in (p.note + p.published + p.title).lower(), p.name
+    assert "layer 100" in presets.get("keras-tutorial-mobilenet").followup
+
+
+def test_scratch_outlook_warns_on_small_data_only():
+    small = training.scratch_outlook(210, 5)
+    assert small is not None and "210 training images" in small and "chance (20%)" in small
+    assert training.scratch_outlook(5000, 5) is None
 
 
 def test_class_weights_favour_rare_classes():
@@ -142,6 +175,43 @@ def test_augmented_views_are_computed_once_and_differ(cache_dir):
     assert not np.allclose(views[0], views[1]), "two augmented views of the same images differ"
 
 
+def test_default_feature_run_stops_early_and_keeps_the_best_epoch():
+    config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=80)  # the default schedule otherwise
+    run = new_run(config)
+    out = training.train(config, run)
+    h = out["history"]
+    assert out["status"] == "finished" and out["reason"].startswith("early stopping after"), out["reason"]
+    assert out["epochs_run"] < 80 and len(h["val_loss"]) == out["epochs_run"]
+    best = run.metrics()["best_epoch"]
+    assert out["epochs_run"] - best >= config.early_stopping
+    assert min(h["val_loss"][best:]) > h["val_loss"][best - 1] - training.EARLY_STOPPING_MIN_DELTA
+    # The saved model holds the best epoch's weights, not the last epoch's.
+    assert out["val_accuracy"] == pytest.approx(h["val_accuracy"][best - 1])
+    import keras
+
+    reloaded = keras.models.load_model(run.model_file, safe_mode=True)
+    assert reloaded.get_layer("logits").kernel_regularizer is not None, "the head's L2 penalty is part of the model"
+
+
+def test_missing_source_leaves_no_run_folder_but_a_failed_run_keeps_its_own(runs_dir, tmp_path):
+    config = feature_config(data=DataConfig(source=str(tmp_path / "no-such-folder")))
+    run = new_run(config)
+    with pytest.raises(ConvScopeError, match="no such folder"):
+        training.train(config, run)
+    assert not run.path.exists() and list(runs_dir.iterdir()) == []
+    (tmp_path / "one" / "only").mkdir(parents=True)  # opens, but is not trainable: no folder either
+    run = new_run(config)
+    with pytest.raises(ConvScopeError, match="at least 2 classes"):
+        training.train(feature_config(data=DataConfig(source=str(tmp_path / "one"))), run)
+    assert not run.path.exists()
+    # A folder with anything else in it (a user's file, a started run) is never removed.
+    run = new_run(config)
+    (run.path / "notes.txt").write_text("mine")
+    with pytest.raises(ConvScopeError):
+        training.train(config, run)
+    assert (run.path / "notes.txt").is_file() and run.status()["status"] == "failed"
+
+
 @pytest.mark.slow
 def test_feature_mode_reaches_high_validation_accuracy_in_few_epochs():
     config = TrainConfig(
@@ -151,6 +221,100 @@ def test_feature_mode_reaches_high_validation_accuracy_in_few_epochs():
     )
     out = training.train(config, new_run(config))
     assert out["val_accuracy"] >= 0.8 and out["test_accuracy"] >= 0.8, out["history"]["val_accuracy"]
+
+
+# ---- time left -------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_eta_says_estimating_until_a_few_batches_are_timed_and_ignores_tracing():
+    fake = FakeClock()
+    clock = training.BatchClock(min_timed=3, clock=fake)
+    lefts = []
+    for k, seconds in enumerate([12.0, 0.5, 0.5, 0.5, 0.5]):  # batch 1 traces the step: 12 s
+        clock.batch_begin(first_of_epoch=k == 0)
+        fake.now += seconds
+        clock.batch_end()
+        lefts.append(clock.left(batches_left=100, epoch_ends_left=10, val_batches=2))
+    assert lefts[:3] == [None, None, None], "estimating until 3 batches after the first were timed"
+    # (more than settle_s seconds passed: with no epoch end seen yet, it is guessed)
+    # 100 batches at 0.5 s, and 10 epoch ends guessed at 2 validation batches of 0.5 s each
+    assert lefts[3] == pytest.approx(100 * 0.5 + 10 * 1.0) and lefts[4] == lefts[3]
+    # The measured gap between epochs (validation, checkpoint) replaces the guess.
+    fake.now += 3.0  # epoch end of epoch 1
+    clock.batch_begin(first_of_epoch=True)
+    fake.now += 0.5
+    clock.batch_end()
+    assert clock.left(100, 10, 2) == pytest.approx(100 * 0.5 + 10 * 3.0)
+
+    # Short batches: no guess about the epoch end until one was measured.
+    fake = FakeClock()
+    quick = training.BatchClock(min_timed=3, clock=fake)
+    for k in range(5):
+        quick.batch_begin(first_of_epoch=k == 0)
+        fake.now += 0.01
+        quick.batch_end()
+    assert quick.left(100, 10, 2) is None
+    fake.now += 0.2  # validation and checkpoint
+    quick.batch_begin(first_of_epoch=True)
+    fake.now += 0.01
+    quick.batch_end()
+    assert quick.left(100, 10, 2) == pytest.approx(100 * 0.01 + 10 * 0.2)
+
+
+def test_training_reports_no_time_left_before_it_has_timed_batches(cache_dir):
+    config = feature_config(epochs=3, batch_size=4)
+    etas, feature_etas = [], []
+
+    def report(stage="", **fields):
+        if stage == "training" and "batch" in fields and "logs" in fields:
+            etas.append(fields["eta"])
+        if stage == "features":
+            feature_etas.append(fields["eta"])
+
+    training.train(config, new_run(config), report=report)
+    assert len(feature_etas) == 9 and feature_etas[:3] == [None, None, None]  # 36 images in batches of 4
+    assert all(e is not None for e in feature_etas[3:])
+    assert len(etas) == 3 * 6 and etas[:3] == [None, None, None]  # 24 training images, batches of 4
+    known = [e for e in etas if e is not None]
+    first = etas.index(known[0])
+    assert first >= 3 and all(e is not None and e >= 0 for e in etas[first:]), etas
+    # never a small promise followed by a jump: no later estimate is much above the first one
+    assert max(known) <= 1.5 * known[0] + 0.5, etas
+
+
+# ---- the image pipeline ---------------------------------------------------------------
+
+
+def test_training_batches_shuffle_indices_before_decoding_and_decode_each_image_once(monkeypatch):
+    ds = open_dataset(TINY)  # 36 images
+    real, calls = pipeline.load_resized, []
+
+    def counted(path, size, policy="stretch"):
+        calls.append(path)
+        if len(calls) > 8:  # a pipeline that must decode everything before its first batch fails here
+            raise RuntimeError("decoded more images than the first batch needs")
+        return real(path, size, policy)
+
+    monkeypatch.setattr(pipeline, "load_resized", counted)
+    data = pipeline.make_tf_dataset(ds, ds.items, 32, batch_size=2, shuffle=True, seed=0)
+    x, _ = next(iter(data))
+    assert x.shape == (2, 32, 32, 3), "the first batch needs only its own images decoded"
+
+    calls.clear()
+    monkeypatch.setattr(pipeline, "load_resized", lambda *a: (calls.append(a[0]), real(*a))[1])
+    data = pipeline.make_tf_dataset(ds, ds.items, 32, batch_size=5, shuffle=True, seed=0)
+    orders = [np.concatenate([y.numpy() for _, y in data]) for _ in range(3)]
+    assert sorted(calls) == sorted({str(ds.path(i)) for i in ds.items}), "each file decoded once, in 3 epochs"
+    assert all(sorted(o) == sorted(i.label for i in ds.items) for o in orders)
+    assert len({tuple(o) for o in orders}) == 3, "a fresh order every epoch"
 
 
 # ---- scratch mode ------------------------------------------------------------------
@@ -408,7 +572,28 @@ def test_registry_trains_for_real_and_a_failing_job_does_not_kill_the_worker():
     snap = registry.wait(good.id, 300)
     assert snap["status"] == "finished" and len(snap["history"]["loss"]) == 2
     assert snap["progress"]["stage"] == "saving" and snap["result"]["val_accuracy"] is not None
-    assert bad.run.status()["status"] == "failed"
+    assert registry.snapshot(bad.id)["status"] == "failed" and not bad.run.path.exists(), "no empty run folder"
+
+
+def test_a_stop_shows_at_once_while_the_current_batch_finishes():
+    in_batch, release = threading.Event(), threading.Event()
+
+    def fake_train(config, run, *, stop, report, resume):
+        report(stage="training", epoch=1, epochs=3, batch=1, batches=5, eta=None)
+        in_batch.set()
+        release.wait(10)  # the batch that was running when Stop was pressed
+        return {"status": "stopped" if stop.is_set() else "finished", "reason": "", "history": {}}
+
+    registry = jobs.JobRegistry(train_fn=fake_train, devices=["/CPU:0"])
+    job = registry.submit(feature_config())
+    assert in_batch.wait(10)
+    assert registry.snapshot(job.id)["stopping"] is False
+    assert registry.stop(job.id)
+    snap = registry.snapshot(job.id)
+    assert snap["status"] == "running" and snap["stopping"] is True
+    release.set()
+    done = registry.wait(job.id, 10)
+    assert done["status"] == "stopped" and done["stopping"] is False
 
 
 # ---- CLI ---------------------------------------------------------------------------
@@ -468,9 +653,12 @@ def test_cli_train_refuses_bad_options(args, message):
     assert code == 2 and message in out["error"], out
 
 
-def test_cli_train_refuses_unusable_data_and_missing_resume(tmp_path):
+def test_cli_train_refuses_unusable_data_and_missing_resume(tmp_path, runs_dir):
     (tmp_path / "data" / "only").mkdir(parents=True)
     code, out = cli("train", str(tmp_path / "data"))
     assert code == 2 and "at least 2 classes" in out["error"]
+    code, out = cli("train", str(tmp_path / "missing"), "--out", str(runs_dir / "mine"))
+    assert code == 2 and "no such folder" in out["error"]
+    assert not (runs_dir / "mine").exists() and not [p for p in runs_dir.glob("*") if p.is_dir()], "no run folder"
     code, out = cli("train", "--resume", str(tmp_path / "nothing"))
     assert code == 2 and "not a run folder" in out["error"]

@@ -2,13 +2,20 @@
 
 Images are decoded with engine.imaging (the same decoder as ingest,
 prediction and CAM overlays, so EXIF orientation and colour modes agree
-everywhere), resized by a policy, cached after decoding, batched and
-prefetched. Augmentation runs on batches, after the cache, so every epoch
-sees new random views. Batches are float32 in [0, 255]; each backbone's own
-preprocessing belongs to the model.
+everywhere), resized by a policy, kept in memory after the first decode,
+batched and prefetched. Augmentation runs on batches, after the cache, so
+every epoch sees new random views. Batches are float32 in [0, 255]; each
+backbone's own preprocessing belongs to the model.
+
+Shuffling happens on the file list, before decoding: the shuffle buffer holds
+indices, not decoded images, so an epoch starts at once instead of first
+filling a buffer with every decoded image of the split (tf.data's "Filling up
+shuffle buffer"), and every epoch still gets a full, fresh, seeded order.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -65,6 +72,38 @@ def load_resized(path: str, size: int, policy: str = "stretch") -> np.ndarray:
     return imaging.resize(imaging.load_rgb(path), size, policy)
 
 
+class DecodedImages:
+    """Decoded, resized images of a list of files, each decoded once and then kept in memory.
+
+    tf.data's own `cache()` only replays a stream in the order it was first
+    read, so a shuffle after it must refill a buffer of decoded images every
+    epoch; this memo is read by index, in any order.
+    """
+
+    def __init__(self, paths: list[str], size: int, policy: str = "stretch", keep: bool = True) -> None:
+        self.paths, self.size, self.policy, self.keep = paths, size, policy, keep
+        self._images: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __call__(self, index) -> np.ndarray:
+        """(size, size, 3) uint8 of file `index`."""
+        k = int(index)
+        img = self._images.get(k)
+        if img is None:
+            img = load_resized(self.paths[k], self.size, self.policy)
+            if self.keep:
+                with self._lock:
+                    self._images[k] = img
+        return img
+
+    def batch(self, indices: np.ndarray) -> np.ndarray:
+        """(len(indices), size, size, 3) uint8: one Python call per batch, not per image."""
+        return np.stack([self(k) for k in indices])
+
+
 def make_tf_dataset(
     dataset: Dataset,
     items: list[Item],
@@ -75,34 +114,34 @@ def make_tf_dataset(
     shuffle: bool = False,
     seed: int = 0,
     augment: AugmentConfig | None = None,
-    cache: bool | str = True,
+    cache: bool = True,
 ):
     """A tf.data.Dataset of (images float32 (B, S, S, 3) in [0, 255], labels int32 (B,)).
 
     Args:
         items: the split to serve (from splits.split_items).
-        cache: True keeps decoded images in memory, a path caches them on disk.
+        shuffle: a new seeded order every epoch, drawn over file indices before decoding.
+        cache: keep decoded images in memory (each file is decoded once); False decodes
+            on every pass (one pass only, e.g. computing features once).
         augment: applied to training batches after the cache (new views each epoch).
     """
     import tensorflow as tf
 
     if not items:
         raise ValueError("this split has no images; lower the validation/test fraction or add images")
-    paths = [str(dataset.path(i)) for i in items]
-    labels = np.array([i.label for i in items], dtype=np.int32)
+    images = DecodedImages([str(dataset.path(i)) for i in items], image_size, resize, keep=bool(cache))
+    labels = tf.constant(np.array([i.label for i in items], dtype=np.int32))
 
-    def decode(path: tf.Tensor) -> tf.Tensor:
-        img = tf.numpy_function(lambda p: load_resized(p.decode(), image_size, resize), [path], tf.uint8)
-        img.set_shape((image_size, image_size, 3))
-        return img
+    def decode(indices: tf.Tensor) -> tf.Tensor:
+        batch = tf.numpy_function(images.batch, [indices], tf.uint8)
+        batch.set_shape((None, image_size, image_size, 3))
+        return tf.cast(batch, tf.float32)
 
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        ds = ds.cache(cache if isinstance(cache, str) else "")
-    if shuffle:
+    ds = tf.data.Dataset.range(len(items))
+    if shuffle:  # a buffer of len(items) integers: negligible, and a full reshuffle every epoch
         ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda k: (decode(k), tf.gather(labels, k)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     aug = augmenter(augment, seed) if augment else None
     if aug is not None:
         ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
