@@ -364,8 +364,10 @@ def job_panel(job_id: str) -> None:
         message = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
         (st.error if snap["status"] == "failed" else st.success)(message)
     live = snap["progress"].get("logs") if snap["progress"].get("stage") == "training" and active else None
+    # While it runs the curves grow into the planned epochs; once it ended (early stopping), they fill the chart.
+    shown_epochs = snap["epochs"] if active else max(1, len(snap["history"].get("loss", [])))
     st.plotly_chart(
-        charts.training_curves(snap["history"], snap["epochs"], live), width="stretch", key=f"curves_{job_id}"
+        charts.training_curves(snap["history"], shown_epochs, live), width="stretch", key=f"curves_{job_id}"
     )
     st.caption("Why can validation sit above training?", help=VAL_ABOVE_TRAIN)
     if not active:
