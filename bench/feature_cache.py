@@ -10,7 +10,7 @@ accuracy comparison is not one split's luck):
 
 - classic: `model.fit` on cached, decoded image batches (decoding is not
   repeated, to be fair to it), validation every epoch, then the test split;
-- ours, cold: `engine.training.train` with an empty feature cache, end to end
+- ours, cold: `engine.training.fit.train` with an empty feature cache, end to end
   (features, head, evaluation, saving the run);
 - ours again with the first seed: features read from the cache.
 
@@ -37,8 +37,9 @@ def classic(config, dataset, splits) -> tuple[float, float, float]:
     import keras
     import numpy as np
 
-    from engine import backbones, models, training
+    from engine import backbones
     from engine.data.pipeline import make_tf_dataset
+    from engine.training import fit, models
 
     spec = backbones.get_spec(config.backbone)
     size = config.data.image_size
@@ -50,7 +51,7 @@ def classic(config, dataset, splits) -> tuple[float, float, float]:
     x = keras.layers.GlobalAveragePooling2D()(x)
     head = models.build_head(models.pooled_dim(base), len(dataset.classes), config.head)
     model = keras.Model(inputs, head(x))
-    training.compile_model(model, config)
+    fit.compile_model(model, config)
 
     def batches(split: str, train: bool):
         ds = make_tf_dataset(
@@ -68,10 +69,10 @@ def classic(config, dataset, splits) -> tuple[float, float, float]:
 
 
 def ours(config) -> tuple[float, float, float, dict]:
-    from engine import runs, training
+    from engine.training import fit, runs
 
     t0 = time.perf_counter()
-    out = training.train(config, runs.create(backbone=config.backbone, mode=config.mode))
+    out = fit.train(config, runs.create(backbone=config.backbone, mode=config.mode))
     assert out["status"] == "finished", out
     return time.perf_counter() - t0, out["val_accuracy"], out["test_accuracy"], out["features"]
 

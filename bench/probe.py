@@ -42,11 +42,12 @@ def probe_accuracy(features, labels, splits_idx) -> tuple[float, int]:
 def feature_mode(source: str, n_splits: int) -> None:
     import numpy as np
 
-    from engine import backbones, feature_cache, runs, training
+    from engine import backbones
     from engine.config import DataConfig, HeadConfig, TrainConfig
     from engine.data import sources
     from engine.data.splits import split_items
-    from engine.features import FeatureExtractor
+    from engine.training import feature_cache, fit, runs
+    from engine.training.features import FeatureExtractor
 
     dataset = sources.open_dataset(source)
     spec = backbones.get_spec(backbones.DEFAULT_BACKBONE)
@@ -65,10 +66,10 @@ def feature_mode(source: str, n_splits: int) -> None:
         splits = split_items(dataset.items, seed, config.data.val_frac, config.data.test_frac)
         idx = {name: [row[i.rel] for i in items] for name, items in splits.items()}
         t0 = time.perf_counter()
-        ours = training.train(config, runs.create(backbone=config.backbone, mode=config.mode))
+        ours = fit.train(config, runs.create(backbone=config.backbone, mode=config.mode))
         ours_s = time.perf_counter() - t0
         assert ours["status"] == "finished", ours
-        old = training.train(
+        old = fit.train(
             replace(previous, seed=seed, data=config.data), runs.create(backbone=config.backbone, mode=config.mode)
         )
         # The same features the runs trained on: read back from the feature cache (no recomputation).
@@ -141,11 +142,11 @@ def epoch_seconds(ds, epochs: int = 4) -> list[tuple[float, float]]:
 
 
 def scratch_mode(source: str, pipeline_size: int) -> None:
-    from engine import runs, training
     from engine.config import DataConfig, TrainConfig
     from engine.data import sources
     from engine.data.pipeline import make_tf_dataset
     from engine.data.splits import split_items
+    from engine.training import fit, runs
 
     dataset = sources.open_dataset(source)
     splits = split_items(dataset.items, 0)
@@ -170,7 +171,7 @@ def scratch_mode(source: str, pipeline_size: int) -> None:
             ends.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    out = training.train(config, runs.create(backbone=config.backbone, mode=config.mode), report=report)
+    out = fit.train(config, runs.create(backbone=config.backbone, mode=config.mode), report=report)
     per_epoch = [b - a for a, b in zip([t0, *ends], ends, strict=False)]
     later = sorted(per_epoch[1:])[len(per_epoch[1:]) // 2] if len(per_epoch) > 1 else float("nan")
     chance = 1 / len(dataset.classes)
@@ -180,7 +181,7 @@ def scratch_mode(source: str, pipeline_size: int) -> None:
         f"(first {per_epoch[0]:.1f} s, then {later:.2f} s per epoch); validation {out['val_accuracy']:.3f}, "
         f"test {out['test_accuracy']:.3f}; chance {chance:.3f}"
     )
-    print(f"  what the page says before it starts: {training.scratch_outlook(len(train), len(dataset.classes))}")
+    print(f"  what the page says before it starts: {fit.scratch_outlook(len(train), len(dataset.classes))}")
 
 
 def main() -> None:

@@ -309,8 +309,9 @@ def _train_config(args: argparse.Namespace):
     """A TrainConfig from the defaults, then the preset, then the options given on the command line."""
     from dataclasses import replace
 
-    from engine import backbones, presets
+    from engine import backbones
     from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
+    from engine.training import presets
 
     config = TrainConfig(data=DataConfig(source=args.source), mode=args.mode or "feature")  # the mode's defaults
     if args.preset:
@@ -375,7 +376,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     import signal
     import threading
 
-    from engine import runs, training
+    from engine.training import fit, runs
 
     stop = threading.Event()
 
@@ -388,13 +389,13 @@ def cmd_train(args: argparse.Namespace) -> dict:
     signal.signal(signal.SIGINT, on_interrupt)
     if args.resume:
         run = runs.open_run(args.resume)
-        return training.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
+        return fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
     if not args.source:
         raise ConvScopeError("give a SOURCE (shapes, a folder, a .zip or tfds:NAME), or --resume RUN_DIR")
     config = _train_config(args)
     run = runs.create(args.out, backbone=config.backbone, mode=config.mode)
     # Named once the data opened: a run whose data cannot be read leaves no folder behind.
-    return training.train(config, run, stop=stop, report=_TrainProgress(run.path))
+    return fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
 
 
 def _print_train(result: dict) -> None:
@@ -411,7 +412,7 @@ def _print_train(result: dict) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> dict:
-    from engine import runs
+    from engine.training import runs
 
     return {"runs_dir": str(runs.runs_root()), "runs": [runs.summary(r) for r in runs.list_runs()]}
 
@@ -502,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_explain, show=_print_explain)
 
-    from engine import presets
     from engine.config import MODES, OPTIMIZERS
+    from engine.training import presets
 
     p = sub.add_parser(
         "train",

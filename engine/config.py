@@ -141,7 +141,7 @@ class HeadConfig:
 #   200 epochs at a rate that gets there in about a hundred, ended by early stopping 10 epochs after the
 #   last better validation loss, the best epoch's weights kept.
 # - scratch: a CNN from random weights; early stopping ends it once validation stops improving
-#   (on small data it overfits: see engine.training.scratch_outlook).
+#   (on small data it overfits: see engine.training.fit.scratch_outlook).
 MODE_DEFAULTS: dict[str, dict] = {
     "feature": {"epochs": 200, "learning_rate": 1e-2, "early_stopping": 10},
     "scratch": {"epochs": 60, "learning_rate": 1e-3, "early_stopping": 10},

@@ -14,7 +14,7 @@ from engine.data.ingest import load_item
 from engine.data.layout import DUPLICATE
 from engine.data.splits import SPLITS, split_items
 from engine.errors import ConvScopeError
-from engine.features import knn_accuracy, pca_2d
+from engine.training.features import knn_accuracy, pca_2d
 from ui import cached, router, state, widgets
 
 # Augmentation sliders in the units people think in; AugmentConfig keeps the Keras factors.

@@ -22,7 +22,7 @@ from engine.explain import (
 from engine.explain import activations as acts_mod
 from engine.explain.model import list_runs
 from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
-from engine.runs import RunError, open_run
+from engine.training.runs import RunError, open_run
 from ui import cached, router, widgets
 
 router.ensure_routed()
@@ -136,9 +136,7 @@ with tab_layers:
         show = c3.select_slider("Channels", [16, 32, 64, 128], 32, key="fm_count")
         # This image first, then the probe images: "dead" means silent on all of them, not just on this one.
         batch = np.concatenate([x[None], cached.probe_images(model.input_size)])
-        batch_acts = model.memo(
-            ("probe-activations", layer, image_digest(x)), lambda: model.activations(batch, layer)
-        )
+        batch_acts = model.memo(("probe-activations", layer, image_digest(x)), lambda: model.activations(batch, layer))
         acts = batch_acts[0]
         stats = acts_mod.layer_stats(batch_acts)
         m = st.columns([2, 1, 1, 1, 1])

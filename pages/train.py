@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import backbones, charts, jobs, presets, runs, training
+from engine import backbones, charts
 from engine.config import (
     DEFAULT_HEAD_L2,
     MODES,
@@ -24,6 +24,7 @@ from engine.config import (
 )
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
+from engine.training import fit, jobs, presets, runs
 from ui import cached, router, state, widgets
 
 router.ensure_routed()
@@ -217,7 +218,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
         return None
     if mode == "scratch":  # say what to expect before the user spends minutes on it
         train_images = len(split_items(dataset.items, config.seed, data.val_frac, data.test_frac)["train"])
-        outlook = training.scratch_outlook(train_images, len(dataset.classes))
+        outlook = fit.scratch_outlook(train_images, len(dataset.classes))
         if outlook:
             st.warning(outlook, icon="⚠️")
     return config, len(dataset.classes)

@@ -261,7 +261,7 @@ def test_localisation_on_a_trained_shapes_run_is_well_above_chance(tmp_path, cac
     from engine.backbones import load
     from engine.data.pipeline import load_resized
     from engine.data.sources import open_dataset
-    from engine.features import FeatureExtractor
+    from engine.training.features import FeatureExtractor
 
     ds = open_dataset("shapes:per_class=20,classes=3,size=160")
     size = 224  # a 7x7 last feature map: 128 px gives 4x4, too coarse to place a peak

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from engine.features import FeatureExtractor, knn_accuracy, pca_2d
+from engine.training.features import FeatureExtractor, knn_accuracy, pca_2d
 
 
 def test_pca_2d_finds_the_main_axis():

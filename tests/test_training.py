@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import feature_cache, jobs, models, presets, runs, training
 from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
 from engine.data import pipeline
 from engine.data.sources import open_dataset
 from engine.errors import ConvScopeError
-from engine.features import FeatureExtractor
+from engine.training import feature_cache, fit, jobs, models, presets, runs
+from engine.training.features import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "shapes:per_class=12,classes=3,size=64"
@@ -91,13 +91,13 @@ def test_no_preset_promises_a_page_that_does_not_exist():
 
 
 def test_scratch_outlook_warns_on_small_data_only():
-    small = training.scratch_outlook(210, 5)
+    small = fit.scratch_outlook(210, 5)
     assert small is not None and "210 training images" in small and "chance (20%)" in small
-    assert training.scratch_outlook(5000, 5) is None
+    assert fit.scratch_outlook(5000, 5) is None
 
 
 def test_class_weights_favour_rare_classes():
-    w = training.class_weights(np.array([0] * 8 + [1] * 2), 3)
+    w = fit.class_weights(np.array([0] * 8 + [1] * 2), 3)
     assert w[1] == pytest.approx(4 * w[0]) and w[2] == 1.0
     assert w[0] * 8 + w[1] * 2 == pytest.approx(10)
 
@@ -126,7 +126,7 @@ def test_scratch_mode_refuses_pretrained_backbones_and_vice_versa():
 def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypatch, cache_dir):
     config = feature_config()
     run = new_run(config)
-    out = training.train(config, run)
+    out = fit.train(config, run)
     assert out["status"] == "finished" and out["epochs_run"] == 3
     assert out["features"]["computed"] > 0
     for name in ("config.json", "history.json", "labels.json", "metrics.json", "model.keras", "status.json"):
@@ -144,7 +144,7 @@ def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypat
         raise AssertionError("features were computed again")
 
     monkeypatch.setattr(FeatureExtractor, "__call__", no_features)
-    again = training.train(config, new_run(config))
+    again = fit.train(config, new_run(config))
     assert again["features"] == {"computed": 0, "cached": out["features"]["computed"]}
     assert again["history"] == out["history"], "same seed, same data: identical metrics"
 
@@ -155,7 +155,7 @@ def test_trained_run_is_explainable_after_reload():
 
     config = feature_config(epochs=1)
     run = new_run(config)
-    training.train(config, run)
+    fit.train(config, run)
     model = Explainable.from_run(run.path)
     assert model.labels == ["circle", "square", "triangle"] and model.input_size == 96
     result = explain_image(model, sample_photo("chelsea"), "gradcam")
@@ -166,9 +166,9 @@ def test_trained_run_is_explainable_after_reload():
 def test_augmented_views_are_computed_once_and_differ(cache_dir):
     aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.2)
     config = feature_config(data=DataConfig(source=TINY, image_size=96, augment=aug), aug_views=2)
-    first = training.train(config, new_run(config))
+    first = fit.train(config, new_run(config))
     assert first["features"]["augmented_views"] == 2 and first["features"]["augmented_computed"] > 0
-    second = training.train(config, new_run(config))
+    second = fit.train(config, new_run(config))
     assert second["features"]["augmented_computed"] == 0 and second["features"]["computed"] == 0
     stored = [np.load(p) for p in feature_cache.FeatureKey("efficientnet_lite0", 96, "stretch").folder.glob("aug-*")]
     views = next(a for a in stored if a.shape[0] == 2)
@@ -178,13 +178,13 @@ def test_augmented_views_are_computed_once_and_differ(cache_dir):
 def test_default_feature_run_stops_early_and_keeps_the_best_epoch():
     config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=80)  # the default schedule otherwise
     run = new_run(config)
-    out = training.train(config, run)
+    out = fit.train(config, run)
     h = out["history"]
     assert out["status"] == "finished" and out["reason"].startswith("early stopping after"), out["reason"]
     assert out["epochs_run"] < 80 and len(h["val_loss"]) == out["epochs_run"]
     best = run.metrics()["best_epoch"]
     assert out["epochs_run"] - best >= config.early_stopping
-    assert min(h["val_loss"][best:]) > h["val_loss"][best - 1] - training.EARLY_STOPPING_MIN_DELTA
+    assert min(h["val_loss"][best:]) > h["val_loss"][best - 1] - fit.EARLY_STOPPING_MIN_DELTA
     # The saved model holds the best epoch's weights, not the last epoch's.
     assert out["val_accuracy"] == pytest.approx(h["val_accuracy"][best - 1])
     import keras
@@ -197,18 +197,18 @@ def test_missing_source_leaves_no_run_folder_but_a_failed_run_keeps_its_own(runs
     config = feature_config(data=DataConfig(source=str(tmp_path / "no-such-folder")))
     run = new_run(config)
     with pytest.raises(ConvScopeError, match="no such folder"):
-        training.train(config, run)
+        fit.train(config, run)
     assert not run.path.exists() and list(runs_dir.iterdir()) == []
     (tmp_path / "one" / "only").mkdir(parents=True)  # opens, but is not trainable: no folder either
     run = new_run(config)
     with pytest.raises(ConvScopeError, match="at least 2 classes"):
-        training.train(feature_config(data=DataConfig(source=str(tmp_path / "one"))), run)
+        fit.train(feature_config(data=DataConfig(source=str(tmp_path / "one"))), run)
     assert not run.path.exists()
     # A folder with anything else in it (a user's file, a started run) is never removed.
     run = new_run(config)
     (run.path / "notes.txt").write_text("mine")
     with pytest.raises(ConvScopeError):
-        training.train(config, run)
+        fit.train(config, run)
     assert (run.path / "notes.txt").is_file() and run.status()["status"] == "failed"
 
 
@@ -219,7 +219,7 @@ def test_feature_mode_reaches_high_validation_accuracy_in_few_epochs():
         epochs=8,
         learning_rate=1e-2,
     )
-    out = training.train(config, new_run(config))
+    out = fit.train(config, new_run(config))
     assert out["val_accuracy"] >= 0.8 and out["test_accuracy"] >= 0.8, out["history"]["val_accuracy"]
 
 
@@ -236,7 +236,7 @@ class FakeClock:
 
 def test_eta_says_estimating_until_a_few_batches_are_timed_and_ignores_tracing():
     fake = FakeClock()
-    clock = training.BatchClock(min_timed=3, clock=fake)
+    clock = fit.BatchClock(min_timed=3, clock=fake)
     lefts = []
     for k, seconds in enumerate([12.0, 0.5, 0.5, 0.5, 0.5]):  # batch 1 traces the step: 12 s
         clock.batch_begin(first_of_epoch=k == 0)
@@ -256,7 +256,7 @@ def test_eta_says_estimating_until_a_few_batches_are_timed_and_ignores_tracing()
 
     # Short batches: no guess about the epoch end until one was measured.
     fake = FakeClock()
-    quick = training.BatchClock(min_timed=3, clock=fake)
+    quick = fit.BatchClock(min_timed=3, clock=fake)
     for k in range(5):
         quick.batch_begin(first_of_epoch=k == 0)
         fake.now += 0.01
@@ -279,7 +279,7 @@ def test_training_reports_no_time_left_before_it_has_timed_batches(cache_dir):
         if stage == "features":
             feature_etas.append(fields["eta"])
 
-    training.train(config, new_run(config), report=report)
+    fit.train(config, new_run(config), report=report)
     assert len(feature_etas) == 9 and feature_etas[:3] == [None, None, None]  # 36 images in batches of 4
     assert all(e is not None for e in feature_etas[3:])
     assert len(etas) == 3 * 6 and etas[:3] == [None, None, None]  # 24 training images, batches of 4
@@ -337,11 +337,11 @@ def colour_classes(root: Path, per_class: int = 24) -> Path:
 def test_scratch_mode_learns(tmp_path):
     source = str(colour_classes(tmp_path / "colours"))
     config = scratch_config(data=DataConfig(source=source, image_size=32), epochs=8, batch_size=8)
-    out = training.train(config, new_run(config))
+    out = fit.train(config, new_run(config))
     h = out["history"]
     assert out["status"] == "finished" and h["loss"][-1] < h["loss"][0]
     assert out["val_accuracy"] > 0.8 and out["test_accuracy"] > 0.8, h  # chance is 0.5
-    again = training.train(config, new_run(config))
+    again = fit.train(config, new_run(config))
     assert again["history"] == h, "same seed, same data, CPU: identical metrics"
 
 
@@ -360,12 +360,12 @@ def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
         if stage == "training" and fields.get("epoch") == 2 and fields.get("batch") == 2:
             stop.set()
 
-    out = training.train(config, run, stop=stop, report=report)
+    out = fit.train(config, run, stop=stop, report=report)
     assert out["status"] == "stopped" and out["reason"] == "by the user at epoch 2, batch 2"
     assert after == [], f"batches ran after the stop: {after}"
     assert out["epochs_run"] == 1 and run.checkpoint_epoch() == 1
     assert run.model_file.is_file() and run.resumable()
-    resumed = training.resume(run)
+    resumed = fit.resume(run)
     assert resumed["status"] == "finished" and resumed["epochs_run"] == 4
     assert resumed["history"]["loss"][0] == out["history"]["loss"][0]
 
@@ -373,7 +373,7 @@ def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(monkeypatch):
     import keras
 
-    real = training._feature_batches
+    real = fit._feature_batches
 
     class Poisoned(keras.utils.PyDataset):
         """The real batches, turned to NaN from the third epoch on."""
@@ -393,10 +393,10 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(monkeypatch):
             x, y = self.inner[k]
             return (x * np.nan if self.epoch >= 2 else x), y
 
-    monkeypatch.setattr(training, "_feature_batches", lambda *a: Poisoned(real(*a)))
+    monkeypatch.setattr(fit, "_feature_batches", lambda *a: Poisoned(real(*a)))
     config = feature_config(epochs=6)
     run = new_run(config)
-    out = training.train(config, run)
+    out = fit.train(config, run)
     assert out["status"] == "failed" and "NaN" in out["reason"] and "lower learning rate" in out["reason"]
     assert run.checkpoint_epoch() == len(run.history()["loss"]) >= 1
     assert all(np.isfinite(run.history()["loss"]))
@@ -417,7 +417,7 @@ def test_learning_rate_10_fails_the_run_and_keeps_the_last_good_checkpoint():
         learning_rate=10.0,
     )
     run = new_run(config)
-    out = training.train(config, run)
+    out = fit.train(config, run)
     assert out["status"] == "failed" and "NaN" in out["reason"], out
     assert run.status()["status"] == "failed" and "NaN" in run.status()["reason"]
     assert run.checkpoint_epoch() == len(run.history()["loss"]) == 1
@@ -428,19 +428,19 @@ def test_learning_rate_10_fails_the_run_and_keeps_the_last_good_checkpoint():
 def test_out_of_memory_is_a_friendly_failure_and_the_next_run_works(monkeypatch):
     import tensorflow as tf
 
-    real = training._feature_batches
+    real = fit._feature_batches
 
     def oom(*args):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
-    monkeypatch.setattr(training, "_feature_batches", oom)
+    monkeypatch.setattr(fit, "_feature_batches", oom)
     config = feature_config(epochs=1)
     run = new_run(config)
-    out = training.train(config, run)
+    out = fit.train(config, run)
     assert out["status"] == "failed" and "out of memory" in out["reason"] and "batch size" in out["reason"]
     assert run.status()["status"] == "failed"
-    monkeypatch.setattr(training, "_feature_batches", real)
-    assert training.train(config, new_run(config))["status"] == "finished"
+    monkeypatch.setattr(fit, "_feature_batches", real)
+    assert fit.train(config, new_run(config))["status"] == "finished"
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_dies(tmp_path):
@@ -473,13 +473,13 @@ def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(monkeypatch
     config = feature_config(epochs=3)
     run = new_run(config)
     with pytest.raises(OSError):
-        training.train(config, run)
+        fit.train(config, run)
     monkeypatch.setattr(keras.Model, "save", real_save)
     assert run.checkpoint_epoch() == 1
     keras.models.load_model(run.checkpoint, safe_mode=True)
     assert not [p for p in (run.path / "checkpoints").iterdir() if p.name.startswith(".")]
     assert run.status()["status"] == "failed"
-    assert training.resume(run)["epochs_run"] == 3
+    assert fit.resume(run)["epochs_run"] == 3
 
 
 def long_cli_run(out_dir: Path, until_epoch: int) -> tuple[subprocess.Popen, runs.Run]:

@@ -11,9 +11,9 @@ import streamlit as st
 from engine import backbones
 from engine.data import report, sources
 from engine.explain import Explainable, checks
-from engine.features import FeatureExtractor
 from engine.predict import ImageNetClassifier
 from engine.samples import sample_photo
+from engine.training.features import FeatureExtractor
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -107,8 +107,8 @@ def model_summary(config_json: str, num_classes: int) -> dict:
     """Parameter counts and layer rows of the model a TrainConfig would build (built once per config)."""
     import json
 
-    from engine import models
     from engine.config import TrainConfig
+    from engine.training import models
 
     built = models.build(TrainConfig.from_json(json.loads(config_json)), num_classes)
     return models.summarise(built.classifier).to_json()

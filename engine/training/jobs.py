@@ -20,9 +20,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine import runs, training
 from engine.config import TrainConfig
-from engine.runs import Run
+from engine.training import fit, runs
+from engine.training.runs import Run
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Job:
 class JobRegistry:
     """Queue, workers and the state of every job this process has run."""
 
-    def __init__(self, train_fn: Callable = training.train, devices: list[str] | None = None) -> None:
+    def __init__(self, train_fn: Callable = fit.train, devices: list[str] | None = None) -> None:
         self._train = train_fn
         self._devices = devices
         self._lock = threading.Lock()
@@ -69,7 +69,7 @@ class JobRegistry:
             known = self._jobs.get(run.name)
             if known and known.status in runs.ACTIVE:
                 return known
-        config = training.resume_config(run, epochs)
+        config = fit.resume_config(run, epochs)
         run.set_status("queued", epoch=run.checkpoint_epoch())
         return self._enqueue(Job(run.name, run, config, resume=True, history=run.history()))
 

@@ -1,11 +1,11 @@
 """Training runs: feature extraction on cached features, or a CNN from scratch.
 
-`train()` runs one TrainConfig into one run folder (engine.runs) and reports
+`train()` runs one TrainConfig into one run folder (engine.training.runs) and reports
 progress through a callback; it never touches a UI. The job registry
-(engine.jobs) calls it in a worker thread, the CLI calls it directly.
+(engine.training.jobs) calls it in a worker thread, the CLI calls it directly.
 
 - feature mode: the backbone is frozen, so its pooled features are computed
-  once (engine.feature_cache) and a small head model is fitted on them. The
+  once (engine.training.feature_cache) and a small head model is fitted on them. The
   head's layers are shared with the flat classifier (backbone -> GAP -> head),
   which is what gets saved as model.keras.
 - scratch mode: the whole CNN is fitted on decoded, augmented image batches.
@@ -26,14 +26,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from engine import backbones, runs
+from engine import backbones
 from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
-from engine.runs import Run
+from engine.training import runs
+from engine.training.runs import Run
 
 Report = Callable[..., None]  # report(stage=..., **fields): progress for the UI or the CLI
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -78,7 +79,7 @@ def make_optimizer(name: str, learning_rate: float):
 def penalise_head(head, l2: float) -> None:
     """Put an L2 penalty `l2 * sum(w ** 2)` on every Dense kernel of a freshly built head.
 
-    engine.models builds the head's layers without a regulariser; setting it on the layer
+    engine.training.models builds the head's layers without a regulariser; setting it on the layer
     (so it is saved with the model's config) and on the kernel variable (which Keras reads
     when it adds the penalty to the loss) gives the same model as building it with one.
     """
@@ -414,8 +415,8 @@ def _save_model(run: Run, classifier) -> None:
 def _train(config, run, stop, report, resume, start_epoch, history, info) -> tuple[str, str]:
     import keras
 
-    from engine import feature_cache, models
-    from engine.features import FeatureExtractor
+    from engine.training import feature_cache, models
+    from engine.training.features import FeatureExtractor
 
     def data_progress(stage: str, done: int, total: int) -> None:
         report(stage="data", message=stage, done=done, total=total)
