@@ -243,3 +243,253 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], title: str) ->
         margin={"l": 10, "r": 10, "t": 40, "b": 40},
     )
     return fig
+
+
+# ---- learning-rate finder and fine-tuning -------------------------------------------------
+
+SUGGESTION_COLOURS = {"steepest": "#e45756", "minimum ÷ 10": "#54a24b", "chosen": "#b279a2"}
+PHASE_COLOURS = {"parent": "#4c78a8", "fine-tune": "#e45756"}
+BEFORE_AFTER_COLOURS = {"before": "#9d9da1", "after": "#4c78a8"}
+
+
+def lr_finder(
+    lrs: list[float],
+    losses: list[float],
+    steepest: float | None,
+    min_over_10: float | None,
+    chosen: float | None = None,
+) -> go.Figure:
+    """Smoothed loss against learning rate (log x axis), with the suggested rates marked on the curve.
+
+    Args:
+        lrs: (n,) rates of the sweep; losses: (n,) smoothed losses.
+        steepest, min_over_10: the sweep's two suggestions (None: not drawn).
+        chosen: the rate the user picked, drawn as a third marker.
+    """
+    import numpy as np
+
+    fig = go.Figure()
+    fig.add_scatter(
+        x=lrs,
+        y=losses,
+        mode="lines",
+        name="smoothed loss",
+        line={"color": SPLIT_COLOURS["train"]},
+        hovertemplate="rate %{x:.2e}<br>loss %{y:.3f}<extra></extra>",
+    )
+    log_lrs = np.log10(np.asarray(lrs, dtype=np.float64)) if lrs else None
+    for name, rate, symbol in (
+        ("steepest", steepest, "circle"),
+        ("minimum ÷ 10", min_over_10, "diamond"),
+        ("chosen", chosen, "star"),
+    ):
+        if rate is None or log_lrs is None:
+            continue
+        # On the curve (interpolated in log rate), so each marker reads as "the loss at this rate".
+        y = float(np.interp(np.log10(rate), log_lrs, losses))
+        fig.add_scatter(
+            x=[rate],
+            y=[y],
+            mode="markers+text",
+            name=f"{name}: {rate:.1e}",
+            text=[name],
+            textposition="top center",
+            marker={"color": SUGGESTION_COLOURS[name], "size": 12, "symbol": symbol},
+            hovertemplate=f"{name}<br>rate %{{x:.2e}}<br>loss %{{y:.3f}}<extra></extra>",
+        )
+    yaxis: dict = {"title": "loss (smoothed)"}
+    if losses:
+        # The blow-up at the end would squash the useful part: cap the view at 1.5x the first loss.
+        low, high = min(losses), min(max(losses), 1.5 * losses[0])
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+        yaxis["range"] = [low - pad, high + 2 * pad]
+    fig.update_layout(
+        xaxis={"title": "learning rate", "type": "log", "exponentformat": "power"},
+        yaxis=yaxis,
+        margin={"l": 10, "r": 10, "t": 30, "b": 40},
+        height=320,
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return fig
+
+
+def finetune_curves(
+    parent_history: dict[str, list[float]],
+    child_history: dict[str, list[float]],
+    parent_val_accuracy: float | None = None,
+    metric: str = "accuracy",
+    child_epochs: int | None = None,
+) -> go.Figure:
+    """The parent run's epochs 1..P, then the fine-tune's epochs P+1..P+C on one chart.
+
+    Colour tells the phase, dash the split (train solid, validation dashed, as
+    training_curves). A vertical line marks where fine-tuning starts.
+
+    Args:
+        parent_history, child_history: per-epoch lists ("loss", "accuracy", "val_loss",
+            "val_accuracy"); either may be short or empty (the child still running).
+        parent_val_accuracy: the parent's final validation accuracy, drawn as a dashed
+            baseline "before fine-tuning" (accuracy only; None: no baseline).
+        metric: "accuracy" or "loss".
+        child_epochs: planned fine-tune epochs, to fix the x range so the curves grow into it.
+    """
+    parent_epochs = max((len(parent_history.get(k) or []) for k in (metric, f"val_{metric}")), default=0)
+    child_done = max((len(child_history.get(k) or []) for k in (metric, f"val_{metric}")), default=0)
+    fig = go.Figure()
+    for phase, history, offset in (("parent", parent_history, 0), ("fine-tune", child_history, parent_epochs)):
+        for key, split, dash in ((metric, "train", "solid"), (f"val_{metric}", "validation", "dash")):
+            values = history.get(key) or []
+            fig.add_scatter(
+                x=list(range(offset + 1, offset + len(values) + 1)),
+                y=values,
+                mode="lines+markers",
+                name=f"{phase} {split}",
+                line={"color": PHASE_COLOURS[phase], "dash": dash},
+            )
+    fig.add_vline(
+        x=parent_epochs + 0.5,
+        line={"color": "#555555", "dash": "dot"},
+        annotation_text="fine-tune starts",
+        annotation_position="top right",
+    )
+    if parent_val_accuracy is not None and metric == "accuracy":
+        fig.add_hline(
+            y=parent_val_accuracy,
+            line={"color": PHASE_COLOURS["parent"], "dash": "dash", "width": 1},
+            annotation_text=f"before fine-tuning ({parent_val_accuracy:.1%})",
+            annotation_position="bottom right",  # under the fine-tune phase, which it is compared with
+        )
+    last = parent_epochs + max(child_done, child_epochs or 0, 1)
+    fig.update_xaxes(title_text="epoch", range=[0.5, last + 0.5], dtick=max(1, last // 10))
+    if metric == "accuracy":
+        fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%")
+    else:
+        fig.update_yaxes(title_text=metric, rangemode="tozero")
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def what_changed(blocks: list[dict]) -> go.Figure:
+    """Per block, in network order: how far fine-tuning moved the weights, and how alike the features stayed.
+
+    Args:
+        blocks: [{"block": name, "params": int, "weight_change": ||W1 - W0|| / ||W0||,
+            "cka": linear CKA of the block's outputs before / after, 0..1 (None: not drawn, e.g. the head)}].
+    """
+    from plotly.subplots import make_subplots
+
+    names = [str(b["block"]) for b in blocks]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.12,
+        subplot_titles=("Relative weight change", "Feature similarity before / after (CKA)"),
+    )
+    for row, key, colour, fmt in ((1, "weight_change", "#4c78a8", ".2%"), (2, "cka", "#f58518", ".3f")):
+        shown = [b for b in blocks if b.get(key) is not None]
+        fig.add_trace(
+            go.Bar(
+                x=[str(b["block"]) for b in shown],
+                y=[b[key] for b in shown],
+                customdata=[b.get("params") for b in shown],
+                # labelled: early blocks often move by a fraction of a percent, too short a bar to read
+                text=[format(b[key], fmt) for b in shown],
+                textposition="outside",
+                cliponaxis=False,
+                name="weight change" if row == 1 else "CKA",
+                marker_color=colour,
+                showlegend=False,
+                hovertemplate=f"%{{x}}<br>%{{y:{fmt}}}<br>%{{customdata:,}} parameters<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+    # Both panels keep the network's order, also where the CKA panel lacks a block.
+    fig.update_xaxes(categoryorder="array", categoryarray=names)
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.15], tickvals=[0, 0.25, 0.5, 0.75, 1], row=2, col=1)  # room for the labels
+    fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 30, "b": 40})
+    return fig
+
+
+def projection_pair(
+    before_xy,
+    after_xy,
+    labels: list[str],
+    classes: list[str],
+    before_knn: float | None,
+    after_knn: float | None,
+) -> go.Figure:
+    """2-D projections of the same images' features before and after fine-tuning, side by side.
+
+    Args:
+        before_xy, after_xy: (n, 2) projected features.
+        labels: (n,) class name of each point.
+        classes: all class names, in the dataset's order (fixes the colours).
+        before_knn, after_knn: k-NN accuracy in each feature space, shown in the titles (None: left out).
+    """
+    from plotly.subplots import make_subplots
+
+    def title(when: str, knn: float | None) -> str:
+        return when if knn is None else f"{when} (k-NN accuracy {knn:.0%})"
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(title("Before fine-tuning", before_knn), title("After fine-tuning", after_knn)),
+        horizontal_spacing=0.06,
+    )
+    colours = class_colours(list(classes) + list(labels))
+    for col, xy in ((1, before_xy), (2, after_xy)):
+        for name in colours:
+            idx = [i for i, c in enumerate(labels) if c == name]
+            if not idx:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[float(xy[i][0]) for i in idx],
+                    y=[float(xy[i][1]) for i in idx],
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker={"size": 7, "opacity": 0.75, "color": colours[name]},
+                    hovertemplate=f"{name}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(showticklabels=False, title_text="component 1")
+    fig.update_yaxes(showticklabels=False, title_text="component 2", col=1)
+    fig.update_yaxes(showticklabels=False, col=2)
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def before_after_bars(before: dict[str, float], after: dict[str, float]) -> go.Figure:
+    """Metrics before and after fine-tuning, side by side per metric; percentages when all lie in 0..1."""
+    names = list(dict.fromkeys([*before, *after]))
+    values_all = [v for d in (before, after) for v in d.values() if v is not None]
+    fractions = all(0 <= v <= 1 for v in values_all)
+    fmt = ".1%" if fractions else ".3g"
+    fig = go.Figure()
+    for when, values in (("before", before), ("after", after)):
+        shown = [n for n in names if values.get(n) is not None]
+        fig.add_bar(
+            x=shown,
+            y=[values[n] for n in shown],
+            name=f"{when} fine-tuning",
+            text=[format(values[n], fmt) for n in shown],
+            textposition="auto",
+            marker_color=BEFORE_AFTER_COLOURS[when],
+            hovertemplate=f"%{{x}} {when}: %{{y:{fmt}}}<extra></extra>",
+        )
+    fig.update_layout(
+        barmode="group",
+        yaxis={"range": [0, 1.05], "tickformat": ".0%"} if fractions else {"rangemode": "tozero"},
+        margin={"l": 10, "r": 10, "t": 30, "b": 40},
+        height=320,
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return fig
