@@ -398,6 +398,103 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
 
 
+def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
+    """(parent run, TrainConfig of the fine-tune) from the command line; a preset fills what is not given."""
+    from engine.training import finetune, presets
+
+    parent = finetune.parent_of(args.parent)
+    options: dict = {}
+    preset = getattr(args, "preset", None)
+    if preset:
+        options = presets.get_finetune(preset).options(parent)
+    if args.unfreeze_from or args.unfreeze_top:
+        options.pop("unfreeze_from", None)
+        options.pop("unfreeze_top", None)
+        options["unfreeze_from" if args.unfreeze_from else "unfreeze_top"] = args.unfreeze_from or args.unfreeze_top
+    if "unfreeze_from" not in options and "unfreeze_top" not in options:
+        if not default_from:
+            raise ConvScopeError("say where fine-tuning starts: --unfreeze-from NAME, --unfreeze-top N, or --preset")
+        options["unfreeze_from"] = default_from
+    for key, name in (
+        ("epochs", "epochs"),
+        ("lr", "learning_rate"),
+        ("optimizer", "optimizer"),
+        ("batch_size", "batch_size"),
+        ("layer_decay", "layer_decay"),
+        ("warmup", "warmup"),
+    ):
+        value = getattr(args, key, None)
+        if value is not None and not (key in ("layer_decay", "warmup") and name in options):
+            options[name] = value
+    options["bn"] = args.bn
+    return parent, finetune.finetune_config(parent, preset=preset or "", **options)
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict:
+    import signal
+    import threading
+
+    from engine.training import finetune, fit, runs
+
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("stopping after this batch (Ctrl-C again to abort)…", file=sys.__stderr__, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    if args.resume:
+        run = runs.open_run(args.parent)
+        result = fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
+    else:
+        parent, config = _finetune_setup(args)
+        run = runs.create(args.out, backbone=config.backbone, mode="finetune")
+        result = fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
+    config = run.config()
+    params = result.get("params") or {}
+    out = {
+        **result,
+        "parent": config.get("parent"),
+        "trainable_params": params.get("trainable"),
+        "non_trainable_params": params.get("non_trainable"),
+        "boundary": result.get("boundary"),
+        "changes": None,
+    }
+    if result["status"] == "finished":
+        print("measuring what changed…", file=sys.__stderr__, flush=True)
+        out["changes"] = finetune.what_changed(runs.open_run(config["finetune"]["parent"]), run)["blocks"]
+    return out
+
+
+def cmd_lr_find(args: argparse.Namespace) -> dict:
+    from engine.training import finetune
+
+    parent, config = _finetune_setup(args, default_from="head")
+
+    def progress(done: int, total: int) -> None:
+        _stderr_progress("learning-rate sweep", done, total)
+
+    result = finetune.lr_find(
+        config,
+        steps=args.steps,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        report=lambda stage="", **f: (
+            _stderr_progress(f.get("message", stage), f["done"], f["total"]) if "done" in f else None
+        ),
+        progress=progress,
+    )
+    return result
+
+
+def _print_lr_find(result: dict) -> None:
+    print(f"suggested learning rate: {result['suggestion']:.2e}")
+    print(f"  steepest descent: {result['steepest']:.2e}; minimum / 10: {result['min_over_10']:.2e}")
+    print(f"  {len(result['lrs'])} steps" + (", stopped when the loss diverged" if result.get("diverged") else ""))
+
+
 def _print_train(result: dict) -> None:
     print(f"{result['status']}: {result['run_dir']}")
     if result["reason"]:
@@ -515,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", nargs="?")
     p.add_argument("--preset", choices=list(presets.PRESETS), help="start from a classic recipe")
     p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE}; small_cnn in scratch mode)")
-    p.add_argument("--mode", choices=MODES, help="feature (default) or scratch")
+    p.add_argument("--mode", choices=[m for m in MODES if m != "finetune"], help="feature (default) or scratch")
     p.add_argument(
         "--epochs",
         type=int,
@@ -546,6 +643,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped, failed or killed run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_train, show=_print_train)
+
+    for name in ("finetune", "lr-find"):
+        finding = name == "lr-find"
+        p = sub.add_parser(
+            name,
+            help="the learning-rate finder on a fine-tune setup (the parent's weights are not changed)"
+            if finding
+            else "fine-tune a finished run: unfreeze the backbone from a block and train on",
+            description="RUN_DIR is a finished feature-mode run or an earlier fine-tune (a folder, or a name "
+            "under CONVSCOPE_RUNS_DIR). Give where to unfreeze with --unfreeze-from or --unfreeze-top"
+            + (" (default: the head alone)." if finding else ", or a --preset."),
+        )
+        p.add_argument("parent", metavar="RUN_DIR")
+        where = p.add_mutually_exclusive_group(required=False)
+        where.add_argument(
+            "--unfreeze-from",
+            metavar="NAME",
+            help="the first block or layer that trains (e.g. block5, a layer name, or a layer index such as 100)",
+        )
+        where.add_argument("--unfreeze-top", type=int, metavar="N", help="unfreeze the top N blocks of the backbone")
+        p.add_argument("--bn", choices=("frozen", "train"), default="frozen", help="BatchNorm (default frozen)")
+        p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the parent's")
+        p.add_argument("--batch-size", type=int, help="default: the parent's")
+        if finding:
+            p.add_argument("--steps", type=int, default=100, help="most batches in the sweep (default 100)")
+            p.add_argument("--start-lr", type=float, default=1e-7, help="default 1e-7")
+            p.add_argument("--end-lr", type=float, default=1.0, help="default 1")
+            p.set_defaults(run=cmd_lr_find, show=_print_lr_find)
+        else:
+            p.add_argument("--preset", choices=list(presets.FINETUNE_PRESETS), help="a recipe's fine-tuning half")
+            p.add_argument("--epochs", type=int, help="fine-tune epochs, counted on from the parent's (default 10)")
+            p.add_argument("--lr", type=float, help="peak learning rate (default: the parent's / 10)")
+            p.add_argument(
+                "--layer-decay",
+                type=float,
+                default=1.0,
+                metavar="G",
+                help="layer-wise rate decay: each block below the head at G times the rate above (default 1: off)",
+            )
+            p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps warming up (default 0.1)")
+            p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new one under CONVSCOPE_RUNS_DIR)")
+            p.add_argument("--resume", action="store_true", help="RUN_DIR is a stopped fine-tune: continue it")
+            p.set_defaults(run=cmd_finetune, show=_print_train)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("runs", help="list training runs and their status")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -89,7 +89,7 @@ class DataConfig:
         return cls(**data)
 
 
-MODES = ("feature", "scratch")
+MODES = ("feature", "scratch", "finetune")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 
@@ -136,6 +136,53 @@ class HeadConfig:
         return cls(sizes, dropout, l2)
 
 
+BN_MODES = ("frozen", "train")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How a fine-tune continues a finished run (its parent).
+
+    Attributes:
+        parent: the parent run's folder (feature mode or an earlier fine-tune).
+        unfreeze_from: the first layer that trains: a block of the backbone spec
+            (`block5`), a layer name, a layer index into the model (`100`, the Keras
+            tutorial's MobileNetV2 boundary; `-15`: the backbone's last 15 layers),
+            or `head` (the head alone). Everything below stays frozen.
+        unfreeze_top: or: the top N blocks of the backbone (the head always trains).
+        bn: `frozen` keeps BatchNormalization in inference mode with its moving
+            statistics unchanged (the Keras guide's advice); `train` updates them.
+        layer_decay: layer-wise learning-rate decay: the head trains at the full
+            rate, each block below at this factor of the one above; 1 turns it off.
+        warmup: the fraction of the steps over which the rate rises from 0 before
+            its cosine decay.
+        parent_epochs: epochs the parent ran; the fine-tune's count continues from there.
+    """
+
+    parent: str
+    unfreeze_from: str = ""
+    unfreeze_top: int = 0
+    bn: str = "frozen"
+    layer_decay: float = 1.0
+    warmup: float = 0.1
+    parent_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if bool(self.unfreeze_from) == bool(self.unfreeze_top):
+            raise ValueError(
+                "say where fine-tuning starts: either unfreeze from a block or layer, or unfreeze the top N blocks "
+                f"(got unfreeze_from={self.unfreeze_from!r}, unfreeze_top={self.unfreeze_top})"
+            )
+        if self.unfreeze_top < 0:
+            raise ValueError(f"the number of top blocks to unfreeze must be at least 1, got {self.unfreeze_top}")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer-wise decay must be in (0, 1] (1 = off), got {self.layer_decay}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")
+
+
 # What a run gets when nobody says otherwise, per mode (TrainConfig(mode=...), the CLI, the Train page).
 # - feature: an epoch on cached features costs milliseconds, so the head trains to convergence: up to
 #   200 epochs at a rate that gets there in about a hundred, ended by early stopping 10 epochs after the
@@ -145,6 +192,9 @@ class HeadConfig:
 MODE_DEFAULTS: dict[str, dict] = {
     "feature": {"epochs": 200, "learning_rate": 1e-2, "early_stopping": 10},
     "scratch": {"epochs": 60, "learning_rate": 1e-3, "early_stopping": 10},
+    # a fine-tune: a few epochs at the parent's rate / 10 (engine.training.finetune sets it from the
+    # parent), the whole schedule run (warm-up and cosine decay), as in the Keras guide.
+    "finetune": {"epochs": 10, "learning_rate": 1e-3, "early_stopping": 0},
 }
 
 
@@ -187,10 +237,13 @@ class TrainConfig:
     aug_views: int = 4
     seed: int = 0
     preset: str = ""
+    finetune: FinetuneConfig | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if (self.mode == "finetune") != (self.finetune is not None):
+            raise ValueError("a fine-tune needs its FinetuneConfig, and only a fine-tune has one")
         for name, value in MODE_DEFAULTS[self.mode].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -209,9 +262,16 @@ class TrainConfig:
         if not 1 <= self.aug_views <= 32:
             raise ValueError(f"augmented views must be 1..32, got {self.aug_views}")
 
+    @property
+    def total_epochs(self) -> int:
+        """The last epoch's number: a fine-tune counts on from its parent's epochs."""
+        return self.epochs + (self.finetune.parent_epochs if self.finetune else 0)
+
     def to_json(self) -> dict:
         out = asdict(self)
         out["head"]["hidden"] = list(self.head.hidden)
+        if self.finetune is None:
+            out.pop("finetune")
         return out
 
     @classmethod
@@ -219,4 +279,6 @@ class TrainConfig:
         data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
         data["data"] = DataConfig.from_json(data.get("data", {}))
         data["head"] = HeadConfig(**{"l2": 0.0, **data.get("head", {})})  # saved before heads had a penalty
+        if data.get("finetune") is not None:
+            data["finetune"] = FinetuneConfig(**data["finetune"])
         return cls(**data)

@@ -62,7 +62,7 @@ def _save(path: Path, arr: np.ndarray) -> None:
         pass  # a read-only cache only costs speed
 
 
-def _cached(path: Path, shape: tuple[int, ...], compute, progress: Progress | None) -> tuple[np.ndarray, bool]:
+def cached_array(path: Path, shape: tuple[int, ...], compute, progress: Progress | None) -> tuple[np.ndarray, bool]:
     """The array at `path` if it has the leading `shape`, else `compute()` saved there."""
     cached = _load(path, shape)
     if cached is not None:
@@ -75,8 +75,8 @@ def _cached(path: Path, shape: tuple[int, ...], compute, progress: Progress | No
     return arr, False
 
 
-def _compute(
-    extractor: FeatureExtractor,
+def compute_batches(
+    extractor: Callable[[np.ndarray], np.ndarray],
     dataset: Dataset,
     items: list[Item],
     key: FeatureKey,
@@ -87,6 +87,7 @@ def _compute(
     done_before: int,
     total: int,
 ) -> np.ndarray:
+    """`extractor` over `items` in order, in batches: (B, S, S, 3) [0, 255] images -> (B, ...) arrays, stacked."""
     ds = make_tf_dataset(
         dataset,
         items,
@@ -119,10 +120,10 @@ def clean_features(
         ((N, D) float32, whether they came from the cache).
     """
     n = len(dataset.items)
-    return _cached(
+    return cached_array(
         key.folder / f"{dataset.fingerprint[:32]}.npy",
         (n,),
-        lambda: _compute(extractor, dataset, dataset.items, key, batch_size, None, 0, progress, 0, n),
+        lambda: compute_batches(extractor, dataset, dataset.items, key, batch_size, None, 0, progress, 0, n),
         progress,
     )
 
@@ -137,6 +138,7 @@ def augmented_features(
     seed: int,
     batch_size: int = 32,
     progress: Progress | None = None,
+    prefix: str = "aug-",
 ) -> tuple[np.ndarray, bool]:
     """`views` augmented copies of each of `items` (the training split).
 
@@ -144,17 +146,17 @@ def augmented_features(
         ((views, n, D) float32, whether they came from the cache).
     """
     tag = json.dumps([dataset.fingerprint, [i.sha256 for i in items], augment.__dict__, views, seed])
-    path = key.folder / f"aug-{hashlib.sha256(tag.encode()).hexdigest()[:32]}.npy"
+    path = key.folder / f"{prefix}{hashlib.sha256(tag.encode()).hexdigest()[:32]}.npy"
     n = len(items)
 
     def compute() -> np.ndarray:
         return np.stack(
             [
-                _compute(
+                compute_batches(
                     extractor, dataset, items, key, batch_size, augment, seed * 1000 + v, progress, v * n, views * n
                 )
                 for v in range(views)
             ]
         )
 
-    return _cached(path, (views, n), compute, progress)
+    return cached_array(path, (views, n), compute, progress)

@@ -138,11 +138,12 @@ def _labels(items: list[Item]) -> np.ndarray:
     return np.array([i.label for i in items], dtype=np.int32)
 
 
-def _feature_batches(views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
-    """Shuffled batches of cached features; each epoch draws one view per image.
+def index_batches(n: int, views: int, labels: np.ndarray, batch_size: int, seed: int, fetch):
+    """Shuffled batches of `n` examples; each epoch a new seeded order and one of `views` views per example.
 
-    Args:
-        views: (V, n, D) float32; V = 1 without augmentation.
+    `fetch(view_indices, example_indices)` returns the batch's inputs. The order depends only on
+    (n, views, seed), so cached features, cached boundary tensors and image batches of one split
+    are served in the same order.
     """
     import keras
 
@@ -153,17 +154,26 @@ def _feature_batches(views: np.ndarray, labels: np.ndarray, batch_size: int, see
             self.on_epoch_end()
 
         def __len__(self) -> int:
-            return math.ceil(len(labels) / batch_size)
+            return math.ceil(n / batch_size)
 
         def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(labels))
-            self.view = self.rng.integers(0, len(views), len(labels))
+            self.order = self.rng.permutation(n)
+            self.view = self.rng.integers(0, views, n)
 
         def __getitem__(self, k: int):
             idx = self.order[k * batch_size : (k + 1) * batch_size]
-            return views[self.view[idx], idx], labels[idx]
+            return fetch(self.view[idx], idx), labels[idx]
 
     return Batches()
+
+
+def _feature_batches(views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+    """Shuffled batches of cached features; each epoch draws one view per image.
+
+    Args:
+        views: (V, n, D) float32; V = 1 without augmentation.
+    """
+    return index_batches(len(labels), len(views), labels, batch_size, seed, lambda v, i: views[v, i])
 
 
 def _image_batches(dataset: Dataset, items: list[Item], config: TrainConfig, train: bool):
@@ -405,6 +415,7 @@ def train(
         "seconds": round(time.monotonic() - t0, 2),
         "features": info["features"],
         "params": info.get("params"),
+        **({"parent": info["parent"], "boundary": info.get("boundary")} if "parent" in info else {}),
     }
 
 
@@ -417,6 +428,11 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
 
     from engine.training import feature_cache, models
     from engine.training.features import FeatureExtractor
+
+    if config.mode == "finetune":
+        from engine.training import finetune
+
+        return finetune.run_finetune(config, run, stop, report, resume, start_epoch, history, info)
 
     def data_progress(stage: str, done: int, total: int) -> None:
         report(stage="data", message=stage, done=done, total=total)
@@ -538,6 +554,16 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
             callbacks=callbacks,
             verbose=0,
         )
+    return finish(run, dataset, y, predict, callbacks, config, history, val_steps, report, classifier)
+
+
+def finish(run, dataset, y, predict, callbacks, config, history, val_steps, report, classifier) -> tuple[str, str]:
+    """After the fit: evaluate validation and test with `predict(split)`, write metrics.json, save the model.
+
+    Returns:
+        (status, reason) of the finished run.
+    """
+    num_classes = len(dataset.classes)
     early = callbacks[1] if config.early_stopping else None
     # EarlyStopping puts back the weights of the epoch with the best monitored loss at the end of fit.
     best_epoch = early.best_epoch + 1 if early is not None and early.best_weights is not None else None

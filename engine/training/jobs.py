@@ -130,7 +130,7 @@ class JobRegistry:
                 "position": self._position(job_id),
                 "progress": copy.deepcopy(job.progress),
                 "history": copy.deepcopy(job.history),
-                "epochs": job.config.epochs,
+                "epochs": job.config.total_epochs,
                 "result": copy.deepcopy(job.result),
                 "submitted": job.submitted,
                 "started": job.started,

@@ -120,3 +120,84 @@ def get(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+# ---- the fine-tuning halves ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetunePreset:
+    """A recipe's fine-tuning step: where to unfreeze, the optimizer, the rate and the epochs.
+
+    `unfreeze_from` is a layer index into the backbone as the recipe counts it (`100`: layers
+    100 and up train), or counted from the backbone's end (`-15`: its last 15 layers).
+    `learning_rate` None keeps the fine-tune default (the parent's rate / 10).
+    """
+
+    name: str
+    title: str
+    published: str
+    backbone: str
+    unfreeze_from: str
+    epochs: int = 10
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    note: str = ""
+
+    def options(self, parent) -> dict:
+        """finetune_config() keyword arguments for fine-tuning `parent` (a Run) with this recipe.
+
+        Raises:
+            ValueError: the parent was trained on another backbone than the recipe's.
+        """
+        backbone = parent.config().get("backbone")
+        if backbone != self.backbone:
+            raise ValueError(
+                f"the {self.name} recipe fine-tunes {self.backbone}; {parent.name} was trained on {backbone}"
+            )
+        out: dict = {"unfreeze_from": self.unfreeze_from, "epochs": self.epochs}
+        if self.optimizer:
+            out["optimizer"] = self.optimizer
+        if self.learning_rate:
+            out["learning_rate"] = self.learning_rate
+        return out
+
+
+FINETUNE_PRESETS: dict[str, FinetunePreset] = {
+    p.name: p
+    for p in (
+        FinetunePreset(
+            "keras-tutorial-mobilenet",
+            "Keras transfer-learning tutorial: fine-tune MobileNetV2 from layer 100",
+            "cats_and_dogs_filtered ~98.5% validation accuracy after fine-tuning",
+            backbone="mobilenet_v2",
+            unfreeze_from="100",
+            optimizer="rmsprop",
+            learning_rate=1e-5,
+            note="layers 100-154 train, BatchNorm in inference mode, RMSprop 1e-5, 10 more epochs",
+        ),
+        FinetunePreset(
+            "inception-top15",
+            "InceptionV3: all but the last 15 layers frozen",
+            "no published figure (a 4-class chest CT set in the original)",
+            backbone="inception_v3",
+            unfreeze_from="-15",
+            epochs=8,
+            note="the last 15 layers of InceptionV3 train with the head, 8 epochs",
+        ),
+        FinetunePreset(
+            "vgg16-freeze-8",
+            "VGG16: the first 8 layers frozen, the rest retrained",
+            "no published figure; a classic baseline",
+            backbone="vgg16",
+            unfreeze_from="8",
+            note="layers 8 and up of VGG16 train (blocks 3-5's convolutions and the head)",
+        ),
+    )
+}
+
+
+def get_finetune(name: str) -> FinetunePreset:
+    if name not in FINETUNE_PRESETS:
+        raise ValueError(f"unknown fine-tune preset {name!r}; choose one of: {', '.join(FINETUNE_PRESETS)}")
+    return FINETUNE_PRESETS[name]
