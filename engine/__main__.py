@@ -372,21 +372,27 @@ class _TrainProgress:
             print(f"{stage}…", file=sys.__stderr__, flush=True)
 
 
-def cmd_train(args: argparse.Namespace) -> dict:
+def _stop_on_interrupt():
+    """An event the first Ctrl-C sets (training stops after the batch); a second Ctrl-C aborts."""
     import signal
     import threading
 
-    from engine.training import fit, runs
-
     stop = threading.Event()
 
-    def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after this batch; second: abort
+    def on_interrupt(signum, frame) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         print("stopping after this batch (Ctrl-C again to abort)…", file=sys.__stderr__, flush=True)
         stop.set()
 
     signal.signal(signal.SIGINT, on_interrupt)
+    return stop
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from engine.training import fit, runs
+
+    stop = _stop_on_interrupt()
     if args.resume:
         run = runs.open_run(args.resume)
         return fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
@@ -431,20 +437,9 @@ def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict:
-    import signal
-    import threading
-
     from engine.training import finetune, fit, runs
 
-    stop = threading.Event()
-
-    def on_interrupt(signum, frame) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("stopping after this batch (Ctrl-C again to abort)…", file=sys.__stderr__, flush=True)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_interrupt)
+    stop = _stop_on_interrupt()
     if args.resume:
         run = runs.open_run(args.parent)
         result = fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())

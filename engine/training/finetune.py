@@ -492,18 +492,7 @@ def prepare(config: TrainConfig, parent: Run, dataset, splits, report=fit._noop,
         key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
         tag = json.dumps([_CACHE_VERSION, dataset.fingerprint, cut.crossing, _weights_digest(cut.lower)])
         name = hashlib.sha256(tag.encode()).hexdigest()[:32]
-        timed: list[tuple[float, int]] = []
-
-        def progress(done: int, total: int) -> None:
-            timed.append((time.monotonic(), done))
-            eta = None
-            if len(timed) > 3 and done > timed[0][1]:
-                rate = (done - timed[0][1]) / max(timed[-1][0] - timed[0][0], 1e-6)
-                eta = (total - done) / rate
-            report(stage="features", message="Computing the boundary tensors", done=done, total=total, eta=eta)
-            if stop is not None and stop.is_set():
-                raise fit.Stopped("by the user while the boundary tensors were computed")
-
+        progress = fit.features_progress(report, stop, "Computing the boundary tensors")
         n = len(dataset.items)
         clean, hit = feature_cache.cached_array(
             key.folder / f"boundary-{name}.npy",

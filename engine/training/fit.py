@@ -419,6 +419,24 @@ def train(
     }
 
 
+def features_progress(report: Report, stop, message: str) -> Callable[[int, int], None]:
+    """progress(done, total) for a pass over every image: reports it with an ETA, and stops on request."""
+    timed: list[tuple[float, int]] = []  # (time, images done) after each batch
+
+    def progress(done: int, total: int) -> None:
+        # The first batch traces the model: the rate is measured from its end, once 3 more are done.
+        timed.append((time.monotonic(), done))
+        eta = None
+        if len(timed) > 3 and done > timed[0][1]:
+            rate = (done - timed[0][1]) / max(timed[-1][0] - timed[0][0], 1e-6)
+            eta = (total - done) / rate
+        report(stage="features", message=message, done=done, total=total, eta=eta)
+        if stop is not None and stop.is_set():
+            raise Stopped(f"by the user while {message[0].lower() + message[1:]}")
+
+    return progress
+
+
 def _save_model(run: Run, classifier) -> None:
     runs.atomic_write(run.model_file, lambda tmp: classifier.save(tmp))
 
@@ -474,19 +492,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
         key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
         n = len(dataset.items)
 
-        timed: list[tuple[float, int]] = []  # (time, images done) after each batch of features
-
-        def feat_progress(done: int, total: int) -> None:
-            # The first batch traces the backbone: rate is measured from its end, once 3 more are done.
-            timed.append((time.monotonic(), done))
-            eta = None
-            if len(timed) > 3 and done > timed[0][1]:
-                rate = (done - timed[0][1]) / max(timed[-1][0] - timed[0][0], 1e-6)
-                eta = (total - done) / rate
-            report(stage="features", message="Computing backbone features", done=done, total=total, eta=eta)
-            if stop is not None and stop.is_set():
-                raise Stopped("by the user while features were computed")
-
+        feat_progress = features_progress(report, stop, "Computing backbone features")
         feats, hit = feature_cache.clean_features(extractor, dataset, key, config.batch_size, feat_progress)
         info["features"] = {"computed": 0 if hit else n, "cached": n if hit else 0}
         row = {item.rel: k for k, item in enumerate(dataset.items)}
