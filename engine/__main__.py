@@ -484,6 +484,21 @@ def cmd_lr_find(args: argparse.Namespace) -> dict:
     return result
 
 
+def _print_finetune(result: dict) -> None:
+    _print_train(result)
+    if result.get("parent"):
+        print(f"  fine-tuned from {result['parent']}")
+    boundary = result.get("boundary") or {}
+    if boundary:
+        print(f"  boundary: {boundary['mode']} ({boundary['why']})")
+    if result.get("changes"):
+        print("  what changed       weight change   CKA (1 = same features)")
+        for row in result["changes"]:
+            cka = "" if row["cka"] is None else f"{row['cka']:.3f}"
+            change = "" if row["weight_change"] is None else f"{row['weight_change']:.4f}"
+            print(f"    {row['block']:<16} {change:>13}   {cka:>7}")
+
+
 def _print_lr_find(result: dict) -> None:
     print(f"suggested learning rate: {result['suggestion']:.2e}")
     print(f"  steepest descent: {result['steepest']:.2e}; minimum / 10: {result['min_over_10']:.2e}")
@@ -680,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps warming up (default 0.1)")
             p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new one under CONVSCOPE_RUNS_DIR)")
             p.add_argument("--resume", action="store_true", help="RUN_DIR is a stopped fine-tune: continue it")
-            p.set_defaults(run=cmd_finetune, show=_print_train)
+            p.set_defaults(run=cmd_finetune, show=_print_finetune)
         p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("runs", help="list training runs and their status")

@@ -327,7 +327,7 @@ def boundary_plan(cut: Split, n_images: int, train_images: int, views: int) -> d
     if need <= budget:
         mode = "cached"
         why = (
-            f"the frozen part below {', '.join(layers)} runs once per image"
+            f"the frozen part, up to {', '.join(layers)}, runs once per image"
             + (f" and per augmented view ({views} views)" if views else "")
             + f": {need / 2**20:.0f} MB of float16 boundary tensors, within the {budget / 2**20:.0f} MB budget"
         )
