@@ -683,7 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(run=cmd_lr_find, show=_print_lr_find)
         else:
             p.add_argument("--preset", choices=list(presets.FINETUNE_PRESETS), help="a recipe's fine-tuning half")
-            p.add_argument("--epochs", type=int, help="fine-tune epochs, counted on from the parent's (default 10)")
+            p.add_argument(
+                "--epochs",
+                type=int,
+                help="fine-tune epochs, counted on from the parent's (default 10; with --resume: the new total, "
+                "the parent's epochs included)",
+            )
             p.add_argument("--lr", type=float, help="peak learning rate (default: the parent's / 10)")
             p.add_argument(
                 "--layer-decay",

@@ -280,7 +280,6 @@ def _snapshot(job_id: str) -> dict | None:
     except ConvScopeError:
         return None
     status = run.status()
-    config = run.config()
     return {
         "id": job_id,
         "run_dir": str(run.path),
@@ -289,7 +288,7 @@ def _snapshot(job_id: str) -> dict | None:
         "position": None,
         "progress": {},
         "history": run.history(),
-        "epochs": config.get("epochs", 1),
+        "epochs": run.planned_epochs() or 1,
         "result": None,
         "on_disk": True,
     }
@@ -403,7 +402,7 @@ def _results(run: runs.Run) -> None:
             "Epochs in total",
             done + 1,
             1000,
-            max(int(run.config().get("epochs", 10)), done + 1),
+            max(run.planned_epochs() or 10, done + 1),
             key=f"resume_epochs_{run.name}",
             help=f"{done} epoch(s) finished and checkpointed; the run goes on from there up to this many.",
         )

@@ -221,9 +221,11 @@ def test_stop_and_resume_a_fine_tune(parent):
     first = fit.train(config, run, stop=stop, report=report)
     assert first["status"] == "stopped" and run.checkpoint_epoch() == parent_epochs + 1
     assert run.model_file.is_file()  # the weights reached so far are kept as the model
-    result = fit.resume(run)
+    assert run.planned_epochs() == parent_epochs + 3 and runs.summary(run)["epochs"] == parent_epochs + 3
+    result = fit.resume(run, epochs=parent_epochs + 4)  # the new total, the parent's epochs included
     assert result["status"] == "finished", result["reason"]
-    assert len(run.history()["loss"]) == parent_epochs + 3 and result["test_accuracy"] is not None
+    assert len(run.history()["loss"]) == parent_epochs + 4 and result["test_accuracy"] is not None
+    assert run.config()["epochs"] == 4
 
 
 def test_layer_decay_scales_each_block(parent):

@@ -599,7 +599,7 @@ def finish(run, dataset, y, predict, callbacks, config, history, val_steps, repo
 
 
 def resume_config(run: Run, epochs: int | None = None) -> TrainConfig:
-    """The config to continue a stopped, failed or killed run with (optionally to more epochs).
+    """The config to continue a stopped, failed or killed run with (optionally up to `epochs` in total).
 
     Raises:
         TrainingError: the run is still active, or has no checkpoint or config.
@@ -611,9 +611,13 @@ def resume_config(run: Run, epochs: int | None = None) -> TrainConfig:
     if not saved or not run.resumable():
         raise TrainingError(f"{run.name} has no checkpoint to resume from (no finished epoch)")
     config = TrainConfig.from_json(saved)
-    if epochs is not None and epochs != config.epochs:
-        config = replace(config, epochs=epochs)
-        runs.write_json(run.path / "config.json", {**saved, "epochs": epochs})
+    if epochs is not None and epochs != config.total_epochs:
+        before = config.total_epochs - config.epochs  # a fine-tune's own epochs follow its parent's
+        own = epochs - before
+        if own < 1:
+            raise TrainingError(f"{run.name} starts after epoch {before}; give more epochs than that")
+        config = replace(config, epochs=own)
+        runs.write_json(run.path / "config.json", {**saved, "epochs": own})
     return config
 
 

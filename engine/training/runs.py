@@ -123,6 +123,13 @@ class Run:
     def metrics(self) -> dict:
         return read_json(self.path / "metrics.json", {})
 
+    def planned_epochs(self) -> int | None:
+        """The last epoch's number as planned: a fine-tune counts on from its parent's epochs."""
+        config = self.config()
+        if not config.get("epochs"):
+            return None
+        return int(config["epochs"]) + int((config.get("finetune") or {}).get("parent_epochs", 0))
+
     def checkpoint_epoch(self) -> int:
         """Epochs finished in the last good checkpoint (0 when there is none)."""
         meta = read_json(self.path / "checkpoints" / "last.json", {})
@@ -250,7 +257,7 @@ def summary(run: Run) -> dict:
         "mode": config.get("mode", ""),
         "source": config.get("data", {}).get("source", ""),
         "epochs_run": len(history.get("loss", [])),
-        "epochs": (config.get("epochs") or 0) + (config.get("finetune") or {}).get("parent_epochs", 0) or None,
+        "epochs": run.planned_epochs(),
         "parent": config.get("parent", ""),
         "val_accuracy": metrics.get("val_accuracy", (history.get("val_accuracy") or [None])[-1]),
         "test_accuracy": metrics.get("test_accuracy"),
