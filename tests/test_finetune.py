@@ -333,3 +333,17 @@ def test_mixed_precision_fits_a_float16_copy_and_saves_float32(parent, monkeypat
     assert not np.array_equal(before["top_conv"][0], np.asarray(model.get_layer("top_conv").kernel))
     assert np.array_equal(before["block6a_expand_conv"][0], np.asarray(model.get_layer("block6a_expand_conv").kernel))
     assert result["val_accuracy"] is not None
+
+
+def test_a_fine_tune_queues_behind_a_job_in_the_registry(parent):
+    from engine.training import jobs
+
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    first = registry.submit(finetune.finetune_config(parent, unfreeze_top=1, epochs=1))
+    second = registry.submit(finetune.finetune_config(parent, unfreeze_top=2, epochs=1))
+    assert registry.position(second.id) in (1, 2)  # one worker: the second waits
+    for job in (first, second):
+        snap = registry.wait(job.id, timeout=300)
+        assert snap["status"] == "finished", snap["reason"]
+        assert snap["epochs"] == len(parent.history()["loss"]) + 1
+    assert runs.Run(Path(registry.snapshot(second.id)["run_dir"])).config()["finetune"]["unfreeze_top"] == 2
