@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_explain, show=_print_explain)
 
-    from engine.config import MODES, OPTIMIZERS
+    from engine.config import OPTIMIZERS, TRAIN_MODES
     from engine.training import presets
 
     p = sub.add_parser(
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", nargs="?")
     p.add_argument("--preset", choices=list(presets.PRESETS), help="start from a classic recipe")
     p.add_argument("--backbone", help=f"registry name (default {DEFAULT_BACKBONE}; small_cnn in scratch mode)")
-    p.add_argument("--mode", choices=[m for m in MODES if m != "finetune"], help="feature (default) or scratch")
+    p.add_argument("--mode", choices=TRAIN_MODES, help="feature (default) or scratch")
     p.add_argument(
         "--epochs",
         type=int,

@@ -89,7 +89,8 @@ class DataConfig:
         return cls(**data)
 
 
-MODES = ("feature", "scratch", "finetune")
+TRAIN_MODES = ("feature", "scratch")  # what a new run from data can be; a fine-tune starts from a run
+MODES = (*TRAIN_MODES, "finetune")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 

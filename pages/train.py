@@ -15,8 +15,8 @@ import streamlit as st
 from engine import backbones, charts
 from engine.config import (
     DEFAULT_HEAD_L2,
-    MODES,
     OPTIMIZERS,
+    TRAIN_MODES,
     AugmentConfig,
     HeadConfig,
     TrainConfig,
@@ -120,7 +120,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
     with left:
         mode = st.radio(
             "Mode",
-            MODES,
+            TRAIN_MODES,
             format_func={"feature": "Feature extraction (frozen backbone)", "scratch": "From scratch"}.get,
             key="train_mode",
             help="Feature extraction trains only a new head on a frozen pretrained backbone (its features are "
@@ -270,72 +270,8 @@ def show_summary(config: TrainConfig, num_classes: int) -> None:
 # ---- one job, live ------------------------------------------------------------------
 
 
-def _snapshot(job_id: str) -> dict | None:
-    """From the registry while this process runs it, else from its run folder (a CLI run, a restart)."""
-    snap = registry.snapshot(job_id)
-    if snap is not None:
-        return snap
-    try:
-        run = runs.open_run(job_id, allow_path=False)
-    except ConvScopeError:
-        return None
-    status = run.status()
-    return {
-        "id": job_id,
-        "run_dir": str(run.path),
-        "status": status.get("status"),
-        "reason": status.get("detail") or status.get("reason", ""),
-        "position": None,
-        "progress": {},
-        "history": run.history(),
-        "epochs": run.planned_epochs() or 1,
-        "result": None,
-        "on_disk": True,
-    }
-
-
-def _eta(seconds: float | None, upper_bound: bool = False) -> str:
-    """' · about 2 min 05 s left'; ' · estimating time left…' until the engine has timed a few batches."""
-    if seconds is None:
-        return " · estimating time left…"
-    m, s = divmod(int(seconds + 0.5), 60)
-    left = f"{m} min {s:02d} s" if m else f"{s} s"
-    if upper_bound:  # early stopping may end the run sooner
-        return f" · at most about {left} left"
-    return f" · about {left} left"
-
-
-def _progress(snap: dict) -> None:
-    p = snap["progress"]
-    stage = p.get("stage")
-    if snap["status"] == "queued":
-        ahead = (snap["position"] or 1) - 1
-        st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
-        return
-    if stage in ("data", "features") and p.get("total"):
-        eta = _eta(p.get("eta")) if stage == "features" and p["done"] < p["total"] else ""
-        st.progress(
-            min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"
-        )
-    elif stage == "training" and p.get("batches"):
-        epochs, batches = snap["epochs"], p["batches"]
-        epoch, batch = max(p.get("epoch", 1), 1), p.get("batch", 0)
-        done = ((epoch - 1) * batches + batch) / max(epochs * batches, 1)
-        logs = p.get("logs", {})
-        metrics = " · ".join(f"{k} {v:.3f}" for k, v in logs.items())
-        st.progress(
-            min(done, 1.0),
-            text=f"Epoch {epoch}/{epochs} · batch {batch}/{batches}"
-            f"{' · ' + metrics if metrics else ''}{_eta(p.get('eta'), p.get('eta_upper_bound', False))}",
-        )
-    elif stage in ("evaluating", "saving"):
-        st.progress(1.0, text=f"{stage.capitalize()}…")
-    else:
-        st.progress(0.0, text="Starting…")
-
-
 def job_panel(job_id: str) -> None:
-    snap = _snapshot(job_id)
+    snap = widgets.job_snapshot(job_id)
     if snap is None:
         st.warning(f"No run called {job_id!r} here any more.")
         return
@@ -358,7 +294,7 @@ def job_panel(job_id: str) -> None:
             )
         if snap.get("stopping") and snap["status"] == "running":
             st.info("⏹ Stopping: the current batch finishes, then the weights reached so far are saved…")
-        _progress(snap)
+        widgets.job_progress(snap)
     else:
         icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
         message = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
@@ -396,6 +332,8 @@ def _results(run: runs.Run) -> None:
             )
     if run.model_file.is_file():
         st.page_link("pages/inside.py", label="Look inside this model", icon="🔍", query_params={"run": run.name})
+        if snap_status(run) == "finished" and run.config().get("mode") in ("feature", "finetune"):
+            st.page_link("pages/finetune.py", label="Fine-tune this run", icon="🎚️", query_params={"run": run.name})
     if run.resumable():
         done = run.checkpoint_epoch()
         total = st.number_input(
@@ -432,7 +370,7 @@ def snap_status(run: runs.Run) -> str:
 
 
 def show_job(job_id: str) -> None:
-    snap = _snapshot(job_id)
+    snap = widgets.job_snapshot(job_id)
     active = bool(snap and snap["status"] in runs.ACTIVE)
     # Redraw every second while the job is queued or running; a finished job is drawn once.
     st.fragment(job_panel, run_every=1.0 if active else None)(job_id)
@@ -440,7 +378,7 @@ def show_job(job_id: str) -> None:
 
 # ---- the page -----------------------------------------------------------------------
 
-current = _snapshot(job_id) if job_id else None
+current = widgets.job_snapshot(job_id) if job_id else None
 busy = bool(current and current["status"] in runs.ACTIVE)
 with st.expander("Set up a run", expanded=not busy and current is None):
     picked = setup_form()

@@ -15,6 +15,7 @@ from engine.data.ingest import Dataset, load_item
 from engine.data.shapes import SHAPE_CLASSES, ShapesConfig
 from engine.errors import ConvScopeError
 from engine.samples import SAMPLE_PHOTOS
+from engine.training import jobs, runs
 from ui import cached, state
 
 # An absolute or home-relative server path: "/srv/data/x.zip", "~/.keras/models". Not "https://host/x"
@@ -228,3 +229,71 @@ def image_picker(key: str = "img") -> tuple[str, np.ndarray, list[int] | None] |
     except imaging.ImageLoadError as exc:
         st.error(path_free(str(exc)))
         return None
+
+
+# ---- training jobs, live ------------------------------------------------------------
+
+
+def job_snapshot(job_id: str) -> dict | None:
+    """From the registry while this process runs it, else from its run folder (a CLI run, a restart)."""
+    snap = jobs.registry().snapshot(job_id)
+    if snap is not None:
+        return snap
+    try:
+        run = runs.open_run(job_id, allow_path=False)
+    except ConvScopeError:
+        return None
+    status = run.status()
+    return {
+        "id": job_id,
+        "run_dir": str(run.path),
+        "status": status.get("status"),
+        "reason": status.get("detail") or status.get("reason", ""),
+        "position": None,
+        "progress": {},
+        "history": run.history(),
+        "epochs": run.planned_epochs() or 1,
+        "result": None,
+        "on_disk": True,
+    }
+
+
+def eta_text(seconds: float | None, upper_bound: bool = False) -> str:
+    """' · about 2 min 05 s left'; ' · estimating time left…' until the engine has timed a few batches."""
+    if seconds is None:
+        return " · estimating time left…"
+    m, s = divmod(int(seconds + 0.5), 60)
+    left = f"{m} min {s:02d} s" if m else f"{s} s"
+    if upper_bound:  # early stopping may end the run sooner
+        return f" · at most about {left} left"
+    return f" · about {left} left"
+
+
+def job_progress(snap: dict) -> None:
+    """A job's stage as a progress bar: queue position, data, features, epoch and batch with metrics and ETA."""
+    p = snap["progress"]
+    stage = p.get("stage")
+    if snap["status"] == "queued":
+        ahead = (snap["position"] or 1) - 1
+        st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
+        return
+    if stage in ("data", "features") and p.get("total"):
+        eta = eta_text(p.get("eta")) if stage == "features" and p["done"] < p["total"] else ""
+        st.progress(
+            min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"
+        )
+    elif stage == "training" and p.get("batches"):
+        epochs, batches = snap["epochs"], p["batches"]
+        epoch, batch = max(p.get("epoch", 1), 1), p.get("batch", 0)
+        done = ((epoch - 1) * batches + batch) / max(epochs * batches, 1)
+        logs = p.get("logs", {})
+        metrics = " · ".join(f"{k} {v:.3f}" for k, v in logs.items())
+        st.progress(
+            min(done, 1.0),
+            text=f"Epoch {epoch}/{epochs} · batch {batch}/{batches}"
+            f"{' · ' + metrics if metrics else ''}{eta_text(p.get('eta'), p.get('eta_upper_bound', False))}",
+        )
+    elif stage in ("evaluating", "saving"):
+        st.progress(1.0, text=f"{stage.capitalize()}…")
+    else:
+        st.progress(0.0, text="Starting…")
