@@ -8,6 +8,7 @@ pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/datasets.py", title="Dataset Explorer", icon="🗂️"),
     st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/finetune.py", title="Fine-tune", icon="🎚️"),
     st.Page("pages/predict.py", title="Predict", icon="🔮"),
     st.Page("pages/inside.py", title="Inside the network", icon="🔍"),
 ]

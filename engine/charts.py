@@ -493,3 +493,34 @@ def before_after_bars(before: dict[str, float], after: dict[str, float]) -> go.F
         legend={"orientation": "h", "y": 1.15},
     )
     return fig
+
+
+def layer_map(blocks: list[dict]) -> go.Figure:
+    """Parameters per block, trainable (coloured) and frozen (grey), input at the top.
+
+    Args:
+        blocks: [{"block", "layers", "trainable", "frozen"}] in network order (finetune.block_rows).
+    """
+    names = [b["block"] for b in blocks]
+    fig = go.Figure()
+    for key, colour, label in (("trainable", "#1f77b4", "trains"), ("frozen", "#c7c7c7", "frozen")):
+        fig.add_trace(
+            go.Bar(
+                y=names,
+                x=[b[key] for b in blocks],
+                orientation="h",
+                name=label,
+                marker_color=colour,
+                customdata=[b["layers"] for b in blocks],
+                hovertemplate=f"%{{y}}: %{{x:,}} {label} parameters (%{{customdata}} layers)<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        height=60 + 26 * len(blocks),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis={"autorange": "reversed", "title": None},
+        xaxis={"title": "parameters"},
+        legend={"orientation": "h", "y": 1.08, "x": 0},
+    )
+    return fig

@@ -5,6 +5,8 @@ Cached resources are shared by every session: never mutate what they return.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
@@ -112,3 +114,50 @@ def model_summary(config_json: str, num_classes: int) -> dict:
 
     built = models.build(TrainConfig.from_json(json.loads(config_json)), num_classes)
     return models.summarise(built.classifier).to_json()
+
+
+# ---- fine-tuning ------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def run_classifier(path: str, mtime: float):
+    """A run's saved classifier for its layer map and counts (shared, read-only: nothing here trains it)."""
+    from engine.training import finetune, runs
+
+    return finetune.load_classifier(runs.Run(Path(path)))
+
+
+@st.cache_data(show_spinner="Looking at how ImageNet-like the data is…", max_entries=16)
+def finetune_advice(path: str, mtime: float) -> dict:
+    """The strategy advice for fine-tuning a run: its data's images per class and ImageNet-likeness."""
+    from engine import backbones
+    from engine.training import advice, finetune, runs
+
+    run = runs.Run(Path(path))
+    config = run.config()
+    images, _ = finetune.probe_set(config, 32)
+    similarity = advice.imagenet_similarity(images.astype(np.uint8), imagenet_classifier("efficientnet_lite0"))
+    per_class = config.get("split_sizes", {}).get("train", 0) / max(len(run.labels()), 1)
+    return advice.advise(per_class, similarity, backbones.get_spec(config["backbone"])).to_json()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def probe_images_of(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` fixed validation images of a run's data, one class after another: (n, S, S, 3) uint8 and labels."""
+    from engine.training import finetune, runs
+
+    images, labels = finetune.probe_set(runs.Run(Path(path)).config(), n)
+    return images.astype(np.uint8), labels
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def shapes_test_items(path: str):
+    """A shapes run's dataset (with its boxes) and its test images, for the pointing game."""
+    from engine.data.splits import split_items
+    from engine.training import finetune, runs
+
+    config = runs.Run(Path(path)).config()
+    dataset = sources.open_dataset(config["data"]["source"])
+    data = config["data"]
+    splits = split_items(dataset.items, finetune.split_seed(config), data["val_frac"], data["test_frac"])
+    return dataset, splits["test"] or splits["validation"]

@@ -85,6 +85,24 @@ def parent_of(name_or_path: str) -> Run:
     return run
 
 
+def load_classifier(run: Run):
+    """A run's saved classifier (keras.Model, safe_mode): for layer maps and counts, which never change it."""
+    import keras
+
+    return keras.models.load_model(run.model_file, safe_mode=True)
+
+
+def block_rows(rows: list[dict]) -> list[dict]:
+    """layer_map() rows summed per block, in order: {"block", "layers", "trainable", "frozen"} parameters."""
+    out: list[dict] = []
+    for row in rows:
+        if not out or out[-1]["block"] != row["block"]:
+            out.append({"block": row["block"], "layers": 0, "trainable": 0, "frozen": 0})
+        out[-1]["layers"] += 1
+        out[-1]["trainable" if row["trainable"] else "frozen"] += row["params"]
+    return out
+
+
 def finetune_config(
     parent: Run,
     *,
@@ -780,5 +798,6 @@ def what_changed(parent: Run, child: Run) -> dict:
     before = keras.models.load_model(parent.model_file, safe_mode=True)
     after = keras.models.load_model(child.model_file, safe_mode=True)
     result = changes.to_json(changes.what_changed(before, after, x, labels, spec))
+    result["projection"]["labels"] = [int(v) for v in labels]
     runs.write_json(child.path / "changes.json", result)
     return result

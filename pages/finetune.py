@@ -1,0 +1,437 @@
+"""Fine-tune: continue a finished run with the top of its backbone unfrozen.
+
+The page picks a parent run, shows which layers will train (the layer map),
+advises where to unfreeze and at which rate, finds a learning rate, and
+submits the fine-tune to the engine's job registry like any training run;
+the job id is in the URL (?job=...), so a refreshed tab finds it again.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine import charts
+from engine.config import OPTIMIZERS
+from engine.errors import ConvScopeError
+from engine.explain.overlay import overlay
+from engine.training import blocks, finetune, jobs, presets, runs
+from ui import cached, router, widgets
+
+router.ensure_routed()
+st.title("🎚️ Fine-tune")
+st.caption(
+    "Fine-tuning unfreezes the top of a trained run's backbone and trains it on at a low learning rate, so "
+    "the pretrained features adapt to your data. The frozen part below is computed once per image."
+)
+registry = jobs.registry()
+BN_WARNING = (
+    "The Keras guide's advice: keep BatchNormalization in inference mode when fine-tuning. Training it updates "
+    "its moving mean and variance from your small batches, which are noisy, and undoes what the pretrained "
+    "statistics learned; accuracy often drops sharply in the first epochs."
+)
+
+
+def _run(name: str) -> runs.Run | None:
+    try:
+        return runs.open_run(name, allow_path=False)
+    except ConvScopeError:
+        return None
+
+
+def _tunable(run: runs.Run) -> bool:
+    config = run.config()
+    return (
+        run.status().get("status") == "finished"
+        and config.get("mode") in ("feature", "finetune")
+        and run.model_file.is_file()
+    )
+
+
+def _mtime(run: runs.Run) -> float:
+    return run.model_file.stat().st_mtime
+
+
+# ---- which run, which job ----------------------------------------------------------
+
+job_id = st.query_params.get("job")
+child = _run(job_id) if job_id else None
+wanted = st.query_params.get("run") or (child.config().get("parent") if child else None)
+candidates = [r for r in runs.list_runs() if _tunable(r)]
+names = [r.name for r in candidates]
+if wanted and wanted not in names:
+    asked = _run(wanted)
+    if asked is None:
+        st.error(f"No run called {wanted!r} here.")
+    else:
+        try:
+            finetune.parent_of(str(asked.path))
+            st.warning(f"{wanted} has not finished yet; pick a finished run.")
+        except ConvScopeError as exc:
+            st.error(widgets.path_free(str(exc)))
+if not candidates:
+    st.info("No finished run to fine-tune yet: train one on the Train page first (feature extraction).")
+    st.page_link("pages/train.py", label="Train a run", icon="🏋️")
+    st.stop()
+
+
+def _label(name: str) -> str:
+    s = runs.summary(runs.Run(Path(next(r.path for r in candidates if r.name == name))))
+    val = f", val {s['val_accuracy']:.1%}" if s.get("val_accuracy") is not None else ""
+    return f"{name} ({s['mode']}{val})"
+
+
+def _picked() -> None:
+    st.query_params["run"] = st.session_state["ft_parent"]
+
+
+if wanted in names and st.session_state.get("ft_parent") != wanted:
+    st.session_state["ft_parent"] = wanted  # the URL (a link from Train, a refresh) picks the run
+name = st.selectbox("Run to fine-tune", names, format_func=_label, key="ft_parent", on_change=_picked)
+parent = next(r for r in candidates if r.name == name)
+config = parent.config()
+backbone = config["backbone"]
+try:
+    finetune.parent_of(str(parent.path))
+    model = cached.run_classifier(str(parent.path), _mtime(parent))
+except ConvScopeError as exc:
+    st.error(widgets.path_free(str(exc)))
+    st.stop()
+metrics = parent.metrics()
+parent_lr = float(config.get("learning_rate") or 1e-2)
+groups = finetune.model_blocks(model, backbone)
+trainable_blocks = [g.name for g in groups if g.name != blocks.STEM]  # the last is the head
+c1, c2, c3 = st.columns(3)
+c1.metric("Backbone", backbone)
+if metrics.get("val_accuracy") is not None:
+    c2.metric("Validation accuracy now", f"{metrics['val_accuracy']:.1%}")
+if metrics.get("test_accuracy") is not None:
+    c3.metric("Test accuracy now", f"{metrics['test_accuracy']:.1%}")
+
+# ---- the advice ----------------------------------------------------------------------
+
+k = f"_{parent.name}"  # per-parent widget keys: another run starts from its own defaults
+st.session_state.setdefault("ft_from" + k, trainable_blocks[-3] if len(trainable_blocks) > 2 else trainable_blocks[0])
+st.session_state.setdefault("ft_lr" + k, parent_lr / 10)
+
+st.subheader("Strategy")
+try:
+    advice = cached.finetune_advice(str(parent.path), _mtime(parent))
+except (ConvScopeError, ValueError) as exc:
+    advice = None
+    st.caption(f"No advice for this run: {widgets.path_free(str(exc))}")
+if advice is not None:
+    top = max(1, min(advice["unfreeze_top"], len(trainable_blocks) - 1))
+
+    def _use_advice() -> None:
+        st.session_state["ft_from" + k] = trainable_blocks[-1 - top]
+        st.session_state["ft_lr" + k] = parent_lr * advice["lr_factor"]
+        st.session_state["ft_layer" + k] = ""
+        st.session_state["ft_bn" + k] = False
+
+    box = st.container(border=True)
+    box.markdown(f"**{advice['title']}**")
+    box.write(advice["reason"])
+    box.button(
+        f"Use this advice: the top {top} block{'s' if top > 1 else ''}, rate {parent_lr * advice['lr_factor']:.0e}",
+        key="ft_use_advice",
+        on_click=_use_advice,
+    )
+fits = [p for p in presets.FINETUNE_PRESETS.values() if p.backbone == backbone]
+for preset in fits:
+    st.caption(f"Recipe for {backbone}: **{preset.title}** ({preset.note}).")
+
+# ---- what will train -------------------------------------------------------------------
+
+st.subheader("What will train")
+left, right = st.columns([2, 3])
+with left:
+    start_block = st.select_slider(
+        "Train from this block up",
+        trainable_blocks,
+        key="ft_from" + k,
+        help="Everything below stays frozen, as it was pretrained. The head always trains.",
+    )
+    layer_text = st.text_input(
+        "…or from a layer (name or index)",
+        key="ft_layer" + k,
+        placeholder="e.g. block6a_expand_conv or 100",
+        help="As the Keras tutorial counts layers: 100 trains layers 100 and up; -15 the backbone's last 15.",
+    )
+    train_bn = st.toggle("Train BatchNorm statistics", key="ft_bn" + k)
+    if train_bn:
+        st.warning(BN_WARNING)
+bn = "train" if train_bn else "frozen"
+where = layer_text.strip() or start_block
+try:
+    first = finetune.first_trainable(model, backbone, finetune.FinetuneConfig(parent="-", unfreeze_from=where))
+except (ConvScopeError, ValueError) as exc:
+    st.error(str(exc))
+    st.stop()
+counts = finetune.counts(model, first, bn)
+rows = finetune.layer_map(model, backbone, first, bn)
+with left:
+    m1, m2 = st.columns(2)
+    m1.metric("Trainable parameters", f"{counts['trainable']:,}")
+    m2.metric("Frozen parameters", f"{counts['non_trainable']:,}")
+    st.caption(f"Training starts at layer {first}: `{model.layers[first].name}`.")
+with right:
+    st.plotly_chart(charts.layer_map(finetune.block_rows(rows)), width="stretch", key="ft_layer_map")
+with st.expander(f"Every layer ({len(rows)}), grouped by block"):
+    table = pd.DataFrame(rows)[["index", "block", "layer", "type", "output_shape", "params", "trainable"]]
+    grey = "color: #9e9e9e"
+    st.dataframe(
+        table.style.apply(lambda r: ["" if r["trainable"] else grey] * len(r), axis=1),
+        hide_index=True,
+        width="stretch",
+        column_config={"trainable": st.column_config.CheckboxColumn("trains")},
+    )
+
+# ---- how fast ---------------------------------------------------------------------------
+
+st.subheader("How fast")
+c1, c2, c3 = st.columns(3)
+epochs = c1.number_input("Epochs", 1, 200, 10, key="ft_epochs", help="Counted on from the parent's epochs.")
+optimizer = c2.selectbox(
+    "Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(config.get("optimizer", "adam")), key="ft_optimizer" + k
+)
+lr = c3.number_input(
+    "Learning rate (peak)",
+    1e-7,
+    1.0,
+    key="ft_lr" + k,
+    format="%.1e",
+    step=None,
+    help=f"Default: the parent's rate ({parent_lr:g}) / 10. It warms up over the first steps, then decays.",
+)
+with st.expander("Advanced"):
+    a1, a2 = st.columns(2)
+    decay = a1.slider(
+        "Layer-wise rate decay",
+        0.5,
+        1.0,
+        1.0,
+        0.05,
+        key="ft_decay",
+        help="The head trains at the full rate, each block below at this factor of the one above. 1: off.",
+    )
+    warmup = a2.slider("Warm-up (share of the steps)", 0.0, 0.3, 0.1, 0.05, key="ft_warmup")
+
+
+def _config():
+    return finetune.finetune_config(
+        parent,
+        unfreeze_from=where,
+        epochs=int(epochs),
+        learning_rate=float(lr),
+        optimizer=optimizer,
+        bn=bn,
+        layer_decay=float(decay),
+        warmup=float(warmup),
+    )
+
+
+finder_key = (parent.name, first, bn, optimizer)
+found = st.session_state.get("ft_finder")
+if st.button("🔎 Find a learning rate", key="ft_find", help="A short sweep on a copy: this run is not changed."):
+    bar = st.progress(0.0, text="Learning-rate sweep…")
+    try:
+        result = finetune.lr_find(
+            _config(),
+            steps=100,
+            report=lambda stage="", **f: (
+                bar.progress(
+                    min(f["done"] / f["total"], 1.0), text=f"{f.get('message', stage)}: {f['done']} of {f['total']}"
+                )
+                if "done" in f
+                else None
+            ),
+            progress=lambda d, t: bar.progress(d / t, text=f"Learning-rate sweep: step {d} of {t}"),
+        )
+    except ConvScopeError as exc:
+        bar.empty()
+        st.error(widgets.path_free(str(exc)))
+    else:
+        bar.empty()
+        found = st.session_state["ft_finder"] = {"key": finder_key, "result": result}
+if found and found["key"] == finder_key:
+    result = found["result"]
+    st.plotly_chart(
+        charts.lr_finder(result["lrs"], result["losses"], result["steepest"], result["min_over_10"], chosen=lr),
+        width="stretch",
+        key="ft_finder_chart",
+    )
+
+    def _use(value: float) -> None:
+        st.session_state["ft_lr" + k] = float(value)
+
+    b1, b2 = st.columns(2)
+    for col, name, label, value in (
+        (b1, "steepest", "steepest descent", result["steepest"]),
+        (b2, "min", "minimum ÷ 10", result["min_over_10"]),
+    ):
+        if value:
+            col.button(f"Use {label}: {value:.1e}", key=f"ft_use_{name}", on_click=_use, args=(value,))
+    st.caption("The loss against the learning rate on this setup, smoothed. Pick a rate where it falls fastest.")
+
+# ---- start -----------------------------------------------------------------------------
+
+busy = bool(child and child.status().get("status") in runs.ACTIVE)
+if st.button("🎚️ Start fine-tuning", type="primary", key="ft_start", disabled=busy):
+    try:
+        job = registry.submit(_config())
+    except (ConvScopeError, ValueError) as exc:
+        st.error(widgets.path_free(str(exc)))
+    else:
+        st.query_params["job"] = job.id
+        st.query_params["run"] = parent.name
+        st.rerun()
+
+# ---- the fine-tune, live and finished -------------------------------------------------------
+
+
+def _panel(job: str) -> None:
+    snap = widgets.job_snapshot(job)
+    if snap is None:
+        st.warning(f"No fine-tune called {job!r} here any more.")
+        return
+    run = runs.Run(Path(snap["run_dir"]))
+    child_config = run.config()
+    ft = child_config.get("finetune") or {}
+    parent_run = _run(child_config.get("parent", "")) or parent
+    active = snap["status"] in runs.ACTIVE
+    head, stop_col = st.columns([4, 1])
+    head.subheader(f"Fine-tune {snap['id']}")
+    if active and not snap.get("on_disk"):
+        stop_col.button("⏹ Stop", key=f"ft_stop_{job}", on_click=registry.stop, args=(job,), type="primary")
+    if active:
+        widgets.job_progress(snap)
+    else:
+        icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
+        text = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
+        (st.error if snap["status"] == "failed" else st.success)(text)
+    before = ft.get("parent_epochs", 0)
+    history = snap["history"] or {}
+    own = {key: values[before:] for key, values in history.items()}
+    st.plotly_chart(
+        charts.finetune_curves(
+            parent_run.history(),
+            own,
+            parent_run.metrics().get("val_accuracy"),
+            child_epochs=child_config.get("epochs"),
+        ),
+        width="stretch",
+        key=f"ft_curves_{job}",
+    )
+    seen = st.session_state.setdefault("ft_seen", {})
+    if seen.get(job) in runs.ACTIVE and not active:
+        seen[job] = snap["status"]
+        st.rerun(scope="app")
+    seen[job] = snap["status"]
+
+
+def _results(parent_run: runs.Run, run: runs.Run) -> None:
+    before, after = parent_run.metrics(), run.metrics()
+    st.subheader("Before and after")
+    cols = st.columns(2)
+    shown = ((cols[0], "val_accuracy", "Validation accuracy"), (cols[1], "test_accuracy", "Test accuracy"))
+    for col, key, label in shown:
+        if after.get(key) is not None:
+            delta = None if before.get(key) is None else f"{100 * (after[key] - before[key]):+.1f} points"
+            col.metric(label, f"{after[key]:.1%}", delta, help=f"before fine-tuning: {before.get(key, 0):.1%}")
+    with st.spinner("Measuring what changed in each block…"):
+        try:
+            changed = finetune.what_changed(parent_run, run)
+        except (ConvScopeError, ValueError, OSError) as exc:
+            changed = None
+            st.error(widgets.path_free(str(exc)))
+    if changed:
+        st.markdown("**What changed, block by block**")
+        st.plotly_chart(charts.what_changed(changed["blocks"]), width="stretch", key="ft_changed")
+        st.caption(
+            "Weight change: how far each block's weights moved, relative to their size. CKA: how similar the "
+            "block's features are before and after on the same images (1 = the same)."
+        )
+        proj = changed["projection"]
+        st.plotly_chart(
+            charts.projection_pair(
+                np.asarray(proj["before"]["xy"]),
+                np.asarray(proj["after"]["xy"]),
+                proj["labels"],
+                run.labels(),
+                proj["before"]["knn"],
+                proj["after"]["knn"],
+            ),
+            width="stretch",
+            key="ft_projection",
+        )
+        st.caption("The features the head sees, projected to 2-D, before and after: the classes should separate.")
+    _cams(parent_run, run)
+    _pointing(parent_run, run)
+    l1, l2 = st.columns(2)
+    l1.page_link("pages/inside.py", label="Look inside the fine-tuned model", icon="🔍", query_params={"run": run.name})
+    l2.page_link(
+        "pages/inside.py", label="Look inside the model before", icon="🔍", query_params={"run": parent_run.name}
+    )
+
+
+def _cams(parent_run: runs.Run, run: runs.Run) -> None:
+    from engine.explain import explain_image
+
+    st.markdown("**Where it looked (Grad-CAM), before and after**")
+    images, labels = cached.probe_images_of(str(run.path), 4)
+    models = [cached.explainable_run(str(r.path), _mtime(r)) for r in (parent_run, run)]
+    cols = st.columns(len(images))
+    for col, rgb, label in zip(cols, images, labels, strict=True):
+        for model, when in zip(models, ("before", "after"), strict=True):
+            target = model.labels.index(run.labels()[label])
+            result = explain_image(model, rgb, "gradcam", target)
+            col.image(
+                overlay(result.model_input, result.heatmap, 0.5),
+                caption=f"{when}: {result.label} {result.probability:.0%}",
+                width="stretch",
+            )
+
+
+def _pointing(parent_run: runs.Run, run: runs.Run) -> None:
+    source = run.config().get("data", {}).get("source", "")
+    if not source.startswith("shapes"):
+        return
+    from engine.explain import checks
+
+    st.markdown("**Pointing game on the shapes** (does the map's peak fall inside the object's box?)")
+    kept = st.session_state.get("ft_pointing")
+    if st.button("Measure it before and after", key="ft_point"):
+        shapes, items = cached.shapes_test_items(str(run.path))
+        bar = st.progress(0.0, text="Grad-CAM on the test images…")
+        rates = []
+        for i, r in enumerate((parent_run, run)):
+            model = cached.explainable_run(str(r.path), _mtime(r))
+            out = checks.localisation(
+                model,
+                shapes,
+                items,
+                ["gradcam"],
+                progress=lambda d, t, i=i: bar.progress((i + d / t) / 2, text=f"Model {i + 1} of 2: image {d} of {t}"),
+            )
+            rates.append(out)
+        bar.empty()
+        kept = st.session_state["ft_pointing"] = {"run": run.name, "rates": rates}
+    if kept and kept["run"] == run.name:
+        b, a = (x["hit_rate"]["gradcam"] for x in kept["rates"])
+        p1, p2, p3 = st.columns(3)
+        p1.metric("Before", f"{b:.0%}")
+        p2.metric("After", f"{a:.0%}", f"{100 * (a - b):+.0f} points")
+        p3.metric("Chance", f"{kept['rates'][1]['chance']:.0%}", help="the boxes' mean share of the image")
+        st.caption(f"On {kept['rates'][1]['n']} test images of the shapes set.")
+
+
+if job_id:
+    snap = widgets.job_snapshot(job_id)
+    active = bool(snap and snap["status"] in runs.ACTIVE)
+    st.fragment(_panel, run_every=1.0 if active else None)(job_id)
+    if snap and snap["status"] == "finished" and child is not None:
+        parent_of_child = _run(child.config().get("parent", ""))
+        if parent_of_child is not None:
+            _results(parent_of_child, child)

@@ -1,0 +1,130 @@
+"""The Fine-tune page through AppTest: pick a run, the layer map, advice, the finder, a fine-tune to the end."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.config import DataConfig, TrainConfig
+from engine.training import finetune, fit, jobs, runs
+
+TINY = "shapes:per_class=12,classes=3,size=64"
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    """A finished feature run (96 px, 3 epochs) and a scratch run, in a runs folder of their own."""
+    root = tmp_path_factory.mktemp("ft-runs")
+    old = os.environ.get("CONVSCOPE_RUNS_DIR")
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
+    try:
+        config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=3)
+        assert fit.train(config, runs.create("parent-run", backbone=config.backbone, mode="feature"))["status"] == (
+            "finished"
+        )
+        scratch = TrainConfig(
+            data=DataConfig(source=TINY, image_size=32), backbone="small_cnn", mode="scratch", epochs=1
+        )
+        fit.train(scratch, runs.create("scratch-run", backbone="small_cnn", mode="scratch"))
+    finally:
+        if old is None:
+            del os.environ["CONVSCOPE_RUNS_DIR"]
+        else:
+            os.environ["CONVSCOPE_RUNS_DIR"] = old
+    return root
+
+
+@pytest.fixture
+def page(runs_root, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(runs_root))
+
+    def _open(**query):
+        from streamlit.testing.v1 import AppTest
+
+        at = AppTest.from_file(APP, default_timeout=300)
+        for k, v in query.items():
+            at.query_params[k] = v
+        at.run()
+        at.switch_page("pages/finetune.py").run()
+        assert not at.exception, at.exception
+        return at
+
+    return _open
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def texts(at) -> str:
+    kinds = ("markdown", "caption", "info", "success", "warning", "error", "subheader")
+    return " ".join(str(e.value) for kind in kinds for e in at.get(kind))
+
+
+def test_the_layer_map_follows_the_unfreeze_point(page):
+    at = page(run="parent-run")
+    assert at.selectbox(key="ft_parent").value == "parent-run"  # from the URL
+    assert not at.error, [e.value for e in at.error]
+    model = finetune.load_classifier(runs.open_run("parent-run"))
+    for block in ("top", "block5"):
+        at.select_slider(key="ft_from_parent-run").set_value(block).run()
+        first = finetune.first_trainable(model, "efficientnet_lite0", finetune.FinetuneConfig("-", unfreeze_from=block))
+        expected = finetune.counts(model, first, "frozen")
+        assert metric(at, "Trainable parameters") == f"{expected['trainable']:,}", block
+        assert metric(at, "Frozen parameters") == f"{expected['non_trainable']:,}", block
+    assert len(at.get("plotly_chart")) >= 1  # the per-block map
+    at.text_input(key="ft_layer_parent-run").set_value("block9").run()
+    assert any("no block or layer named" in e.value for e in at.error)
+    at.text_input(key="ft_layer_parent-run").set_value("").run()
+    at.toggle(key="ft_bn_parent-run").set_value(True).run()
+    assert "inference mode" in " ".join(w.value for w in at.warning)
+
+
+def test_the_advice_presets_the_controls(page):
+    at = page(run="parent-run")
+    assert "small" in texts(at) and "ImageNet" in texts(at)
+    at.number_input(key="ft_lr_parent-run").set_value(0.05).run()
+    at.button(key="ft_use_advice").click().run()
+    assert not at.exception
+    spec_blocks = [f"block{i}" for i in range(1, 8)] + ["top", "head"]
+    chosen = at.select_slider(key="ft_from_parent-run").value
+    assert chosen in spec_blocks and chosen != "head"
+    assert at.number_input(key="ft_lr_parent-run").value == pytest.approx(1e-3)  # 0.01 x 0.1
+
+
+def test_the_finder_draws_its_suggestions(page):
+    at = page(run="parent-run")
+    at.select_slider(key="ft_from_parent-run").set_value("top").run()
+    charts_before = len(at.get("plotly_chart"))
+    at.button(key="ft_find").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) == charts_before + 1
+    steepest = at.session_state["ft_finder"]["result"]["steepest"]
+    at.button(key="ft_use_steepest").click().run()
+    assert at.number_input(key="ft_lr_parent-run").value == pytest.approx(steepest)
+
+
+@pytest.mark.slow
+def test_fine_tune_from_the_page_to_the_end(page):
+    at = page(run="parent-run")
+    at.select_slider(key="ft_from_parent-run").set_value("top").run()
+    at.number_input(key="ft_epochs").set_value(1).run()
+    at.button(key="ft_start").click().run()
+    assert not at.exception, at.exception
+    job = at.query_params["job"]
+    job = job[0] if isinstance(job, list) else job
+    snap = jobs.registry().wait(job, 300)
+    assert snap["status"] == "finished", snap["reason"]
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Validation accuracy" in [m.label for m in at.metric]
+    assert "What changed" in texts(at)
+    links = [link.proto.page for link in at.get("page_link")]
+    assert sum("inside" in p for p in links) >= 2, links
+    assert len(at.get("image")) == 6  # one probe image per class (3), before and after
+
+
+def test_a_scratch_run_says_why_it_cannot_be_fine_tuned(page):
+    at = page(run="scratch-run")
+    assert any("nothing to unfreeze" in e.value for e in at.error), [e.value for e in at.error]
