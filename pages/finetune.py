@@ -98,6 +98,9 @@ try:
 except ConvScopeError as exc:
     st.error(widgets.path_free(str(exc)))
     st.stop()
+data_problem = cached.parent_data_problem(str(parent.path), _mtime(parent))
+if data_problem:
+    st.error(f"This run cannot be fine-tuned now: {widgets.path_free(data_problem)}")
 metrics = parent.metrics()
 parent_lr = float(config.get("learning_rate") or 1e-2)
 groups = finetune.model_blocks(model, backbone)
@@ -140,7 +143,17 @@ if advice is not None:
     )
 fits = [p for p in presets.FINETUNE_PRESETS.values() if p.backbone == backbone]
 for preset in fits:
-    st.caption(f"Recipe for {backbone}: **{preset.title}** ({preset.note}).")
+
+    def _use_recipe(preset=preset) -> None:
+        st.session_state["ft_layer" + k] = preset.unfreeze_from
+        st.session_state["ft_lr" + k] = preset.learning_rate or parent_lr / 10
+        st.session_state["ft_optimizer" + k] = preset.optimizer or config.get("optimizer", "adam")
+        st.session_state["ft_epochs"] = preset.epochs
+        st.session_state["ft_preset" + k] = preset.name
+
+    r1, r2 = st.columns([3, 1])
+    r1.caption(f"Recipe for {backbone}: **{preset.title}** ({preset.note}). Published: {preset.published}.")
+    r2.button("Use this recipe", key=f"ft_recipe_{preset.name}", on_click=_use_recipe)
 
 # ---- what will train -------------------------------------------------------------------
 
@@ -156,7 +169,7 @@ with left:
     layer_text = st.text_input(
         "…or from a layer (name or index)",
         key="ft_layer" + k,
-        placeholder="e.g. block6a_expand_conv or 100",
+        placeholder=f"e.g. {model.layers[len(model.layers) * 3 // 4].name} or 100",
         help="As the Keras tutorial counts layers: 100 trains layers 100 and up; -15 the backbone's last 15.",
     )
     train_bn = st.toggle("Train BatchNorm statistics", key="ft_bn" + k)
@@ -167,8 +180,13 @@ where = layer_text.strip() or start_block
 try:
     first = finetune.first_trainable(model, backbone, finetune.FinetuneConfig(parent="-", unfreeze_from=where))
 except (ConvScopeError, ValueError) as exc:
-    st.error(str(exc))
-    st.stop()
+    # A typo in the layer box must not hide the rest of the page (a running fine-tune's live panel):
+    # say so, and show the block slider's choice until it is fixed; Start stays off meanwhile.
+    st.error(f"{widgets.path_free(str(exc))}. Showing the slider's block, {start_block}, until it is fixed.")
+    where, bad_layer = start_block, True
+    first = finetune.first_trainable(model, backbone, finetune.FinetuneConfig(parent="-", unfreeze_from=where))
+else:
+    bad_layer = False
 counts = finetune.counts(model, first, bn)
 rows = finetune.layer_map(model, backbone, first, bn)
 with left:
@@ -202,7 +220,7 @@ lr = c3.number_input(
     1.0,
     key="ft_lr" + k,
     format="%.1e",
-    step=None,
+    step=1e-5,
     help=f"Default: the parent's rate ({parent_lr:g}) / 10. It warms up over the first steps, then decays.",
 )
 with st.expander("Advanced"):
@@ -229,12 +247,18 @@ def _config():
         bn=bn,
         layer_decay=float(decay),
         warmup=float(warmup),
+        preset=st.session_state.get("ft_preset" + k, ""),
     )
 
 
 finder_key = (parent.name, first, bn, optimizer)
 found = st.session_state.get("ft_finder")
-if st.button("🔎 Find a learning rate", key="ft_find", help="A short sweep on a copy: this run is not changed."):
+if st.button(
+    "🔎 Find a learning rate",
+    key="ft_find",
+    disabled=bool(data_problem),
+    help="A short sweep on a copy: this run is not changed.",
+):
     bar = st.progress(0.0, text="Learning-rate sweep…")
     try:
         result = finetune.lr_find(
@@ -278,7 +302,7 @@ if found and found["key"] == finder_key:
 # ---- start -----------------------------------------------------------------------------
 
 busy = bool(child and child.status().get("status") in runs.ACTIVE)
-if st.button("🎚️ Start fine-tuning", type="primary", key="ft_start", disabled=busy):
+if st.button("🎚️ Start fine-tuning", type="primary", key="ft_start", disabled=busy or bad_layer or bool(data_problem)):
     try:
         job = registry.submit(_config())
     except (ConvScopeError, ValueError) as exc:
@@ -358,7 +382,7 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
             charts.projection_pair(
                 np.asarray(proj["before"]["xy"]),
                 np.asarray(proj["after"]["xy"]),
-                proj["labels"],
+                [run.labels()[i] for i in proj.get("labels", [])],  # class names; changes.json keeps indices
                 run.labels(),
                 proj["before"]["knn"],
                 proj["after"]["knn"],

@@ -1,6 +1,8 @@
 """The Fine-tune page through AppTest: pick a run, the layer map, advice, the finder, a fine-tune to the end."""
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,10 @@ def runs_root(tmp_path_factory):
             data=DataConfig(source=TINY, image_size=32), backbone="small_cnn", mode="scratch", epochs=1
         )
         fit.train(scratch, runs.create("scratch-run", backbone="small_cnn", mode="scratch"))
+        changed = root / "changed-run"  # the same run, as if its data had changed since it trained
+        shutil.copytree(root / "parent-run", changed)
+        saved = json.loads((changed / "config.json").read_text())
+        (changed / "config.json").write_text(json.dumps({**saved, "fingerprint": "0" * 64}))
     finally:
         if old is None:
             del os.environ["CONVSCOPE_RUNS_DIR"]
@@ -51,6 +57,13 @@ def page(runs_root, monkeypatch):
         return at
 
     return _open
+
+
+def _figure(chart):
+    import plotly.graph_objects as go
+    import plotly.io
+
+    return go.Figure(plotly.io.from_json(chart.proto.spec)) if chart.proto.spec else go.Figure()
 
 
 def metric(at, label: str) -> str:
@@ -120,6 +133,8 @@ def test_fine_tune_from_the_page_to_the_end(page):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "Validation accuracy" in [m.label for m in at.metric]
     assert "What changed" in texts(at)
+    legend = {trace.name for chart in at.get("plotly_chart") for trace in _figure(chart).data if trace.name}
+    assert {"circle", "square", "triangle"} & legend, legend  # class names, not indices
     links = [link.proto.page for link in at.get("page_link")]
     assert sum("inside" in p for p in links) >= 2, links
     assert len(at.get("image")) == 6  # one probe image per class (3), before and after
@@ -128,3 +143,9 @@ def test_fine_tune_from_the_page_to_the_end(page):
 def test_a_scratch_run_says_why_it_cannot_be_fine_tuned(page):
     at = page(run="scratch-run")
     assert any("nothing to unfreeze" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_run_whose_data_changed_cannot_start(page):
+    at = page(run="changed-run")
+    assert any("changed since" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="ft_start").disabled and at.button(key="ft_find").disabled

@@ -20,6 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+RUNS: dict = {}  # the server's runs folder
 
 
 def _free_port() -> int:
@@ -35,6 +36,7 @@ def server(tmp_path_factory):
             pytest.fail("CI must install Chromium (apt-get install chromium) for the browser test")
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
     port = _free_port()
+    RUNS["dir"] = tmp_path_factory.mktemp("runs")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,7 +53,7 @@ def server(tmp_path_factory):
         env={
             **os.environ,
             "CONVSCOPE_MAX_ARCHIVE_MB": "1",  # small, so case 3 needs no big file
-            "CONVSCOPE_RUNS_DIR": str(tmp_path_factory.mktemp("runs")),
+            "CONVSCOPE_RUNS_DIR": str(RUNS["dir"]),
         },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -172,4 +174,40 @@ def test_inside_the_network_maps_follow_the_photo(server, tmp_path):
         assert "Egyptian cat" not in chosen.input_value(), chosen.input_value()
         assert "deletion 0.00 ↓ · insertion 0.00" not in page.content()
         page.screenshot(path=str(tmp_path / "inside-coffee.png"), full_page=True)
+        browser.close()
+
+
+def test_fine_tune_a_run_from_the_page(server, tmp_path, monkeypatch):
+    """A user fine-tunes a finished run: the layer map, the advice, Start, both phases, what changed."""
+    from playwright.sync_api import sync_playwright
+
+    from engine.config import DataConfig, TrainConfig
+    from engine.training import fit, runs
+
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(RUNS["dir"]))
+    parent = TrainConfig(data=DataConfig(source="shapes:per_class=12,classes=3,size=64", image_size=96), epochs=3)
+    assert fit.train(parent, runs.create("small-parent", backbone=parent.backbone, mode="feature"))["status"] == (
+        "finished"
+    )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 2600})
+        page.goto(server + "/finetune?run=small-parent")
+        page.get_by_text("Trainable parameters").wait_for(timeout=180_000)
+        before = page.get_by_test_id("stMetricValue").nth(3).inner_text()
+        page.get_by_role("button", name="Use this advice", exact=False).click()
+        page.wait_for_function(
+            f"() => document.querySelectorAll('[data-testid=stMetricValue]')[3].innerText !== '{before}'",
+            timeout=60_000,
+        )  # the advice moved the unfreeze point, so the trainable count changed before anything ran
+        epochs = page.get_by_role("spinbutton", name="Epochs")
+        epochs.fill("2")
+        epochs.press("Enter")
+        page.get_by_role("button", name="Start fine-tuning", exact=False).click()
+        page.wait_for_url("**/finetune?*job=*", timeout=60_000)
+        page.get_by_text("Finished").first.wait_for(timeout=300_000)
+        page.get_by_text("What changed, block by block").wait_for(timeout=180_000)
+        page.get_by_text("before:", exact=False).first.wait_for(timeout=120_000)  # Grad-CAM before and after
+        page.get_by_role("link", name="Look inside the fine-tuned model").wait_for(timeout=120_000)
+        page.screenshot(path=str(tmp_path / "finetune.png"), full_page=True)
         browser.close()

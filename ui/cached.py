@@ -161,3 +161,16 @@ def shapes_test_items(path: str):
     data = config["data"]
     splits = split_items(dataset.items, finetune.split_seed(config), data["val_frac"], data["test_frac"])
     return dataset, splits["test"] or splits["validation"]
+
+
+@st.cache_data(show_spinner="Checking the run's data…", max_entries=16, ttl=300)
+def parent_data_problem(path: str, mtime: float) -> str | None:
+    """Why a run's data cannot serve a fine-tune (gone, or changed since it trained), or None."""
+    from engine.errors import ConvScopeError
+    from engine.training import finetune, runs
+
+    try:
+        finetune.check_data(runs.Run(Path(path)))
+    except ConvScopeError as exc:
+        return str(exc)
+    return None

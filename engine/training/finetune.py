@@ -485,6 +485,11 @@ def open_data(config: TrainConfig, parent: Run, report=fit._noop, stop=None):
     return dataset, split_items(dataset.items, split_seed(parent.config()), config.data.val_frac, config.data.test_frac)
 
 
+def check_data(parent: Run) -> None:
+    """Raises TrainingError (or a ConvScopeError) when the parent's data cannot be opened or changed since."""
+    open_data(TrainConfig.from_json(parent.config()), parent)
+
+
 def split_seed(config: dict) -> int:
     """The seed a run split its data with (a fine-tune keeps its parent's)."""
     return int(config.get("split_seed", config.get("seed", 0)))
@@ -789,7 +794,7 @@ def what_changed(parent: Run, child: Run) -> dict:
     from engine.training import changes
 
     saved = runs.read_json(child.path / "changes.json")
-    if saved:
+    if saved and "labels" in saved.get("projection", {}):
         return saved
     config = child.config()
     spec = backbones.get_spec(config["backbone"])
