@@ -500,8 +500,11 @@ def _print_finetune(result: dict) -> None:
 
 
 def _print_lr_find(result: dict) -> None:
-    print(f"suggested learning rate: {result['suggestion']:.2e}")
-    print(f"  steepest descent: {result['steepest']:.2e}; minimum / 10: {result['min_over_10']:.2e}")
+    def rate(value) -> str:
+        return "none (too few points)" if value is None else f"{value:.2e}"
+
+    print(f"suggested learning rate: {rate(result['suggestion'])}")
+    print(f"  steepest descent: {rate(result['steepest'])}; minimum / 10: {rate(result['min_over_10'])}")
     print(f"  {len(result['lrs'])} steps" + (", stopped when the loss diverged" if result.get("diverged") else ""))
 
 

@@ -26,6 +26,7 @@ st.caption(
     "the pretrained features adapt to your data. The frozen part below is computed once per image."
 )
 registry = jobs.registry()
+LR_MIN = 1e-7
 BN_WARNING = (
     "The Keras guide's advice: keep BatchNormalization in inference mode when fine-tuning. Training it updates "
     "its moving mean and variance from your small batches, which are noisy, and undoes what the pretrained "
@@ -132,6 +133,7 @@ if advice is not None:
         st.session_state["ft_lr" + k] = parent_lr * advice["lr_factor"]
         st.session_state["ft_layer" + k] = ""
         st.session_state["ft_bn" + k] = False
+        st.session_state["ft_preset" + k] = ""
 
     box = st.container(border=True)
     box.markdown(f"**{advice['title']}**")
@@ -216,7 +218,7 @@ optimizer = c2.selectbox(
 )
 lr = c3.number_input(
     "Learning rate (peak)",
-    1e-7,
+    LR_MIN,
     1.0,
     key="ft_lr" + k,
     format="%.1e",
@@ -257,7 +259,8 @@ if st.button(
     "🔎 Find a learning rate",
     key="ft_find",
     disabled=bool(data_problem),
-    help="A short sweep on a copy: this run is not changed.",
+    help="A sweep of up to 100 batches on a copy (this run is not changed). The first time, the frozen part "
+    "runs once over every image; the fine-tune reuses that cache.",
 ):
     bar = st.progress(0.0, text="Learning-rate sweep…")
     try:
@@ -288,7 +291,7 @@ if found and found["key"] == finder_key:
     )
 
     def _use(value: float) -> None:
-        st.session_state["ft_lr" + k] = float(value)
+        st.session_state["ft_lr" + k] = min(max(float(value), LR_MIN), 1.0)  # within the rate box's range
 
     b1, b2 = st.columns(2)
     for col, name, label, value in (

@@ -347,3 +347,41 @@ def test_a_fine_tune_queues_behind_a_job_in_the_registry(parent):
         assert snap["status"] == "finished", snap["reason"]
         assert snap["epochs"] == len(parent.history()["loss"]) + 1
     assert runs.Run(Path(registry.snapshot(second.id)["run_dir"])).config()["finetune"]["unfreeze_top"] == 2
+
+
+def test_inception_blocks_end_at_their_concatenation():
+    """InceptionV3 names each module's last layer (mixedK): a block holds the convolutions before it."""
+    import keras
+
+    from engine import backbones
+
+    base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(75, 75, 3))
+    groups = blocks.for_spec(base, backbones.get_spec("inception_v3"))
+    by_name = {g.name: g for g in groups}
+    assert [g.name for g in groups] == [f"mixed{i}" for i in range(11)]  # the stem joins the first module
+    last = by_name["mixed10"]
+    assert last.layer_names[-1] == "mixed10" and any(base.get_layer(n).weights for n in last.layer_names)
+    assert by_name["mixed9"].layer_names[-1] == "mixed9" and "mixed9" not in last.layer_names
+
+
+def test_layerwise_optimizers_keep_their_own_names(parent):
+    import keras
+
+    made = {}
+    for name in ("sgd", "adam"):
+        config = finetune.finetune_config(parent, unfreeze_top=1, optimizer=name)
+        made[name] = finetune.make_optimizer(config, 10, {"logits/kernel": 0.5})
+    names = {keras.saving.get_registered_name(type(o)) for o in made.values()}
+    assert names == {"convscope>LayerwiseSGD", "convscope>LayerwiseAdam"}, names
+
+
+def test_float16_overflow_falls_back_to_full_passes(parent, monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))  # no boundary cached yet
+
+    def overflow(self, images):
+        raise finetune.BoundaryOverflow("the boundary tensors exceed float16's range (65504)")
+
+    monkeypatch.setattr(finetune._Boundary, "__call__", overflow)
+    result, _ = fine_tune(parent, unfreeze_top=1)
+    assert result["status"] == "finished", result["reason"]
+    assert result["boundary"]["mode"] == "full" and "float16" in result["boundary"]["why"]

@@ -559,7 +559,7 @@ def test_registry_runs_one_job_at_a_time_and_queues_the_rest():
     assert third.run.status()["status"] == "stopped"
     release.set()
     for job in (a, b):
-        assert registry.wait(job.id, 10)["status"] == "finished"
+        assert registry.wait(job.id, 120)["status"] == "finished"
     assert max(peak) == 1
     assert registry.active() == []
 
@@ -586,13 +586,13 @@ def test_a_stop_shows_at_once_while_the_current_batch_finishes():
 
     registry = jobs.JobRegistry(train_fn=fake_train, devices=["/CPU:0"])
     job = registry.submit(feature_config())
-    assert in_batch.wait(10)
+    assert in_batch.wait(120)
     assert registry.snapshot(job.id)["stopping"] is False
     assert registry.stop(job.id)
     snap = registry.snapshot(job.id)
     assert snap["status"] == "running" and snap["stopping"] is True
     release.set()
-    done = registry.wait(job.id, 10)
+    done = registry.wait(job.id, 120)
     assert done["status"] == "stopped" and done["stopping"] is False
 
 

@@ -253,6 +253,7 @@ def job_snapshot(job_id: str) -> dict | None:
         "progress": {},
         "history": run.history(),
         "epochs": run.planned_epochs() or 1,
+        "start_epoch": (run.config().get("finetune") or {}).get("parent_epochs", 0),
         "result": None,
         "on_disk": True,
     }
@@ -285,7 +286,8 @@ def job_progress(snap: dict) -> None:
     elif stage == "training" and p.get("batches"):
         epochs, batches = snap["epochs"], p["batches"]
         epoch, batch = max(p.get("epoch", 1), 1), p.get("batch", 0)
-        done = ((epoch - 1) * batches + batch) / max(epochs * batches, 1)
+        first = snap.get("start_epoch", 0)  # a fine-tune's bar covers its own epochs, not its parent's
+        done = ((epoch - 1 - first) * batches + batch) / max((epochs - first) * batches, 1)
         logs = p.get("logs", {})
         metrics = " · ".join(f"{k} {v:.3f}" for k, v in logs.items())
         st.progress(

@@ -53,6 +53,8 @@ class BackboneSpec:
             or None where the model is opaque (TF Hub).
         finetune_blocks: layer-name prefixes, input to output, usable as
             fine-tune boundaries.
+        blocks_end: the prefixes name each block's LAST layer (InceptionV3's
+            `mixedK` concatenations close their modules) instead of its first.
         imagenet_head: whether a 1000-class ImageNet head is available.
         params: parameter count with the ImageNet head where there is one,
             else of the feature extractor, at the default input size.
@@ -71,6 +73,7 @@ class BackboneSpec:
     params: int
     preprocess: Callable = field(repr=False)
     handle: str | None = None
+    blocks_end: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -121,6 +124,7 @@ def _builtin_specs() -> list[BackboneSpec]:
             params=23_851_784,
             preprocess=scale_minus1_1,
             finetune_blocks=tuple(f"mixed{i}" for i in range(11)),
+            blocks_end=True,
         ),
         keras_app(
             name="vgg16",

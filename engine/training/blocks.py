@@ -26,29 +26,50 @@ class Block:
     layer_names: tuple[str, ...]
 
 
-def block_names(model, blocks: tuple[str, ...], last_backbone_layer: str | None) -> list[str]:
-    """The block of every layer of `model`, in `model.layers` order (the InputLayer is `stem`)."""
+def block_names(model, blocks: tuple[str, ...], last_backbone_layer: str | None, ends: bool = False) -> list[str]:
+    """The block of every layer of `model`, in `model.layers` order (the InputLayer is `stem`).
+
+    With `ends`, the layer named exactly as a block closes it: the layers since the previous
+    block's end belong to it (InceptionV3: the convolutions of a module, then its `mixedK`).
+    """
     out: list[str] = []
     current = STEM
     in_head = False
+    pending = 0  # with `ends`: layers waiting for the block that closes them
     # Longest prefix first, so `block1` does not claim `block10_...` where both exist.
     by_length = sorted(blocks, key=len, reverse=True)
     for layer in model.layers:
         if in_head:
             out.append(HEAD)
             continue
-        match = next((b for b in by_length if layer.name.startswith(b)), None)
-        if match is not None:
-            current = match
-        out.append(current)
+        if ends:  # the exact closing layer: `mixed9_0` inside a module must not close block `mixed9`
+            match = layer.name if layer.name in blocks else None
+        else:
+            match = next((b for b in by_length if layer.name.startswith(b)), None)
+        if ends:
+            out.append("")
+            pending += 1
+            if match is not None:
+                out[len(out) - pending :] = [match] * pending
+                current, pending = match, 0
+        else:
+            if match is not None:
+                current = match
+            out.append(current)
         if last_backbone_layer is not None and layer.name == last_backbone_layer:
             in_head = True
-    return out
+    # with `ends`, layers after the last block's end and before the head stay with that block
+    return [name or current for name in out]
 
 
-def group(model, blocks: tuple[str, ...], last_backbone_layer: str | None) -> list[Block]:
+def for_spec(model, spec) -> list[Block]:
+    """`group()` with a backbone spec's blocks."""
+    return group(model, spec.finetune_blocks, spec.last_conv_layer, spec.blocks_end)
+
+
+def group(model, blocks: tuple[str, ...], last_backbone_layer: str | None, ends: bool = False) -> list[Block]:
     """Consecutive layers of the same block, in order: stem, the spec's blocks, head."""
-    names = block_names(model, blocks, last_backbone_layer)
+    names = block_names(model, blocks, last_backbone_layer, ends)
     out: list[Block] = []
     start = 0
     for i in range(1, len(names) + 1):

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.training.blocks import HEAD, Block, group
+from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
 
 BATCH = 32  # images per compiled call, as in engine.explain.compiled
@@ -282,7 +282,7 @@ def what_changed(before, after, images: np.ndarray, labels, spec, batch_size: in
         }
         `to_json` turns it into lists and plain floats.
     """
-    blocks = group(before, spec.finetune_blocks, spec.last_conv_layer)
+    blocks = for_spec(before, spec)
     if [layer.name for layer in after.layers] != [layer.name for layer in before.layers]:
         raise ValueError(
             f"{before.name} and {after.name} do not have the same layers: compare a model with its own fine-tune"

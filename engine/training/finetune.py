@@ -59,6 +59,10 @@ class FinetuneError(ConvScopeError):
     """A fine-tune that cannot start: an unusable parent run or unfreeze point."""
 
 
+class BoundaryOverflow(Exception):
+    """Boundary tensors too large for float16: the fine-tune runs whole-model passes instead."""
+
+
 # ---- the parent ------------------------------------------------------------------
 
 
@@ -149,7 +153,7 @@ def finetune_config(
 def model_blocks(model, backbone: str) -> list[blocks_mod.Block]:
     """The classifier's layers grouped: stem, the backbone's blocks, head."""
     spec = backbones.get_spec(backbone)
-    return blocks_mod.group(model, spec.finetune_blocks, spec.last_conv_layer)
+    return blocks_mod.for_spec(model, spec)
 
 
 def first_trainable(model, backbone: str, ft: FinetuneConfig) -> int:
@@ -221,7 +225,8 @@ def counts(model, first: int, bn: str = "frozen") -> dict:
 
 def layer_map(model, backbone: str, first: int, bn: str = "frozen") -> list[dict]:
     """Every layer with its block, type, output shape, parameters and whether it would train (no mutation)."""
-    names = blocks_mod.block_names(model, backbones.get_spec(backbone).finetune_blocks, _last_conv(backbone))
+    spec = backbones.get_spec(backbone)
+    names = blocks_mod.block_names(model, spec.finetune_blocks, spec.last_conv_layer, spec.blocks_end)
     rows = []
     for i, layer in enumerate(model.layers):
         train, fixed = _potential(layer)
@@ -237,10 +242,6 @@ def layer_map(model, backbone: str, first: int, bn: str = "frozen") -> list[dict
             }
         )
     return rows
-
-
-def _last_conv(backbone: str) -> str | None:
-    return backbones.get_spec(backbone).last_conv_layer
 
 
 def unfreeze(model, first: int, bn: str = "frozen") -> None:
@@ -315,7 +316,10 @@ class _Boundary:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(self.preprocess(np.asarray(images, dtype=np.float32)), dtype=np.float32)
-        return np.asarray(self._forward(x))
+        out = np.asarray(self._forward(x))
+        if not np.isfinite(out).all():
+            raise BoundaryOverflow("the boundary tensors exceed float16's range (65504)")
+        return out
 
 
 def unflatten(flat: np.ndarray, shapes: list[tuple[int, ...]]):
@@ -339,7 +343,7 @@ def _weights_digest(model) -> str:
 def boundary_plan(cut: Split, n_images: int, train_images: int, views: int) -> dict:
     """Whether the boundary tensors fit the memory budget: {"mode", "why", "bytes", "budget", "layers"}."""
     rows = n_images + (train_images * views)
-    need = rows * cut.elements * 2  # float16
+    need = 2 * rows * cut.elements * 2  # float16, twice: the cache and the per-split copies served from it
     budget = boundary_budget_bytes()
     layers = cut.crossing
     if need <= budget:
@@ -370,7 +374,7 @@ def _layerwise(base):
     """
     import keras
 
-    @keras.saving.register_keras_serializable(package="convscope")
+    @keras.saving.register_keras_serializable(package="convscope", name=f"Layerwise{base.__name__}")
     class Layerwise(base):
         def __init__(self, *args, multipliers: dict | None = None, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -495,8 +499,13 @@ def split_seed(config: dict) -> int:
     return int(config.get("split_seed", config.get("seed", 0)))
 
 
-def prepare(config: TrainConfig, parent: Run, dataset, splits, report=fit._noop, stop=None) -> Setup:
-    """Load a private copy of the parent's classifier, unfreeze it, and serve its data (cached boundary or images)."""
+def prepare(
+    config: TrainConfig, parent: Run, dataset, splits, report=fit._noop, stop=None, mixed: bool | None = None
+) -> Setup:
+    """Load a private copy of the parent's classifier, unfreeze it, and serve its data (cached boundary or images).
+
+    `mixed`: fit a mixed-precision copy (default: mixed_precision(), i.e. on a GPU).
+    """
     import keras
 
     ft: FinetuneConfig = config.finetune
@@ -511,51 +520,14 @@ def prepare(config: TrainConfig, parent: Run, dataset, splits, report=fit._noop,
     plan = boundary_plan(cut, len(dataset.items), len(splits["train"]), views)
     features: dict = {}
     if plan["mode"] == "cached":
-        boundary = _Boundary(cut, spec.preprocess)
-        key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
-        tag = json.dumps([_CACHE_VERSION, dataset.fingerprint, cut.crossing, _weights_digest(cut.lower)])
-        name = hashlib.sha256(tag.encode()).hexdigest()[:32]
-        progress = fit.features_progress(report, stop, "Computing the boundary tensors")
-        n = len(dataset.items)
-        clean, hit = feature_cache.cached_array(
-            key.folder / f"boundary-{name}.npy",
-            (n,),
-            lambda: feature_cache.compute_batches(
-                boundary, dataset, dataset.items, key, config.batch_size, None, 0, progress, 0, n
-            ),
-            progress,
-        )
-        features = {"computed": 0 if hit else n, "cached": n if hit else 0}
-        row = {item.rel: k for k, item in enumerate(dataset.items)}
-        x = {s: clean[[row[i.rel] for i in items]] for s, items in splits.items()}
-        stack = x["train"][None]
-        if views:
-            aug, hit = feature_cache.augmented_features(
-                boundary,
-                dataset,
-                splits["train"],
-                key,
-                config.data.augment,
-                views,
-                config.seed,
-                config.batch_size,
-                progress,
-                prefix=f"boundary-{name}-",
-            )
-            stack = np.concatenate([stack, aug])
-            features["augmented_views"] = views
-
-        def fetch(view, indices):
-            return unflatten(stack[view, indices], cut.shapes)
-
-        fitted = cut.upper
-        n_train = len(y["train"])
-        train_data = fit.index_batches(n_train, len(stack), y["train"], config.batch_size, config.seed, fetch)
-        val_data = (unflatten(x["validation"], cut.shapes), y["validation"]) if len(y["validation"]) else None
-
-        def predict(split_name: str) -> np.ndarray:
-            return np.asarray(cut.upper.predict(unflatten(x[split_name], cut.shapes), verbose=0))
-    else:
+        try:
+            cached_data = _cached_batches(config, cut, dataset, splits, y, spec, views, report, stop)
+        except BoundaryOverflow as exc:
+            plan = {**plan, "mode": "full", "why": f"{exc}, so every step runs the whole model on image batches"}
+        else:
+            features, train_data, val_data, predict = cached_data
+            fitted = cut.upper
+    if plan["mode"] == "full":
         keep = len(dataset.items) * config.data.image_size**2 * 3 <= boundary_budget_bytes()
         fitted = keras.Model(classifier.input, classifier.output, name="trainer")  # shares the layers
         fetch = _image_fetch(dataset, splits["train"], config, spec, True, keep)
@@ -576,12 +548,68 @@ def prepare(config: TrainConfig, parent: Run, dataset, splits, report=fit._noop,
         def predict(split_name: str) -> np.ndarray:
             return np.asarray(classifier.predict(images(split_name), verbose=0))
 
-    mixed = mixed_precision()
+    mixed = mixed_precision() if mixed is None else mixed
     if mixed:
         fitted = mixed_copy(fitted)
     return Setup(
         classifier, fitted, first, cut, plan, params, train_data, val_data, predict, y, dataset, splits, features, mixed
     )
+
+
+def _cached_batches(config: TrainConfig, cut: Split, dataset, splits, y, spec, views: int, report, stop):
+    """The boundary tensors of every image (and augmented view), cached, served as batches for `cut.upper`.
+
+    Returns:
+        (features facts, training batches, validation (x, y) or None, predict(split) -> logits).
+
+    Raises:
+        BoundaryOverflow: a value does not fit float16.
+    """
+    boundary = _Boundary(cut, spec.preprocess)
+    key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
+    tag = json.dumps([_CACHE_VERSION, dataset.fingerprint, cut.crossing, _weights_digest(cut.lower)])
+    name = hashlib.sha256(tag.encode()).hexdigest()[:32]
+    progress = fit.features_progress(report, stop, "Computing the boundary tensors")
+    n = len(dataset.items)
+    clean, hit = feature_cache.cached_array(
+        key.folder / f"boundary-{name}.npy",
+        (n,),
+        lambda: feature_cache.compute_batches(
+            boundary, dataset, dataset.items, key, config.batch_size, None, 0, progress, 0, n
+        ),
+        progress,
+    )
+    features = {"computed": 0 if hit else n, "cached": n if hit else 0}
+    row = {item.rel: k for k, item in enumerate(dataset.items)}
+    x = {s: clean[[row[i.rel] for i in items]] for s, items in splits.items()}
+    stack = x["train"][None]
+    if views:
+        aug, hit = feature_cache.augmented_features(
+            boundary,
+            dataset,
+            splits["train"],
+            key,
+            config.data.augment,
+            views,
+            config.seed,
+            config.batch_size,
+            progress,
+            prefix=f"boundary-{name}-",
+        )
+        stack = np.concatenate([stack, aug])
+        features["augmented_views"] = views
+
+    def fetch(view, indices):
+        return unflatten(stack[view, indices], cut.shapes)
+
+    n_train = len(y["train"])
+    train_data = fit.index_batches(n_train, len(stack), y["train"], config.batch_size, config.seed, fetch)
+    val_data = (unflatten(x["validation"], cut.shapes), y["validation"]) if len(y["validation"]) else None
+
+    def predict(split_name: str) -> np.ndarray:
+        return np.asarray(cut.upper.predict(unflatten(x[split_name], cut.shapes), verbose=0))
+
+    return features, train_data, val_data, predict
 
 
 def mixed_precision() -> bool:
@@ -653,7 +681,10 @@ def run_finetune(config, run, stop, report, resume, start_epoch, history, info) 
         start_epoch = len(history.get("loss", []))
         run.write_history(history)
     keras.utils.set_random_seed(config.seed)
-    setup = prepare(config, parent, dataset, splits, report, stop)
+    # A resumed run keeps the precision its checkpoint (and its optimizer's loss scaling) was saved with.
+    setup = prepare(config, parent, dataset, splits, report, stop, run.config().get("mixed_precision"))
+    if not resume:
+        runs.write_json(run.path / "config.json", {**run.config(), "mixed_precision": setup.mixed})
     info.update(params=setup.params, parent=parent.name, boundary=setup.boundary, features=setup.features)
     info["boundary"] = {**setup.boundary, "mixed_precision": setup.mixed}
     y = setup.labels
@@ -742,7 +773,7 @@ def lr_find(
     parent = parent_of(config.finetune.parent)
     dataset, splits = open_data(config, parent, report, stop)
     keras.utils.set_random_seed(config.seed)
-    setup = prepare(config, parent, dataset, splits, report, stop)
+    setup = prepare(config, parent, dataset, splits, report, stop, mixed=False)  # float32: no loss scaling needed
     sweep = lr_finder.sweep(
         setup.fitted,
         setup.train_data,

@@ -131,6 +131,7 @@ class JobRegistry:
                 "progress": copy.deepcopy(job.progress),
                 "history": copy.deepcopy(job.history),
                 "epochs": job.config.total_epochs,
+                "start_epoch": job.config.total_epochs - job.config.epochs,  # a fine-tune's parent's epochs
                 "result": copy.deepcopy(job.result),
                 "submitted": job.submitted,
                 "started": job.started,
