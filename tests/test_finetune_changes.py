@@ -21,7 +21,9 @@ from engine.training.changes import (
 )
 
 # A tiny flat classifier named like a backbone: stem, block1 (conv + BN), block2, top, then the head.
-TINY = SimpleNamespace(name="tiny", finetune_blocks=("block1", "block2", "top"), last_conv_layer="top_relu")
+TINY = SimpleNamespace(
+    name="tiny", finetune_blocks=("block1", "block2", "top"), last_conv_layer="top_relu", blocks_end=False
+)
 SIZE = 16
 
 
