@@ -94,6 +94,15 @@ class JobRegistry:
                 job.run.set_status("stopped", job.reason, epoch=job.run.checkpoint_epoch())
         return True
 
+    def forget(self, job_id: str) -> bool:
+        """Drop a job that is no longer active (its run folder was deleted). False while it is active."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.status in runs.ACTIVE:
+                return False
+            self._jobs.pop(job_id, None)
+            return True
+
     # ---- reading -----------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
         with self._lock:

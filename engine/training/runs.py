@@ -3,17 +3,21 @@
 A run folder holds:
 
     config.json     TrainConfig plus `backbone`, `labels` and the data fingerprint
-    status.json     queued | running | stopped | failed | finished, reason, epoch, owner pid
+    status.json     queued | running | stopped | failed | finished, reason, epoch, owner pid,
+                    seconds (training time of every finished train() call, resumes included)
     history.json    per-epoch metrics: {"loss": [...], "accuracy": [...], "val_loss": ...}
     labels.json     class names, index = label
-    metrics.json    final validation/test accuracy, confusion matrix
+    metrics.json    final validation/test accuracy, confusion matrix, params, train_seconds
+    meta.json       what users may change after the run: {"display_name": ...}
+    latency.json    measured inference speed {"ms_per_image": ...} (written by evaluation)
     model.keras     the whole classifier (preprocessed images in, logits out)
     checkpoints/    last.keras (what is trained, with optimizer state) + last.json (its epoch)
     logs/           TensorBoard event files
 
 Every write goes to a temporary file in the same folder and is renamed over
 the old one with os.replace, so a kill in the middle of a write leaves the
-previous version intact, never half a file.
+previous version intact, never half a file. A deleted run is first renamed to a
+hidden `.NAME.deleting-TOKEN` sibling, so it is either listed whole or not at all.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import json
 import os
 import re
 import secrets
+import shutil
+import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,12 +130,23 @@ class Run:
     def metrics(self) -> dict:
         return read_json(self.path / "metrics.json", {})
 
+    def meta(self) -> dict:
+        return read_json(self.path / "meta.json", {})
+
+    def display_name(self) -> str:
+        """The name a user gave the run (rename), or "" when none was given."""
+        return str(self.meta().get("display_name") or "")
+
+    def train_seconds(self) -> float:
+        """Training time recorded so far (every finished train() call of this run), 0 when none."""
+        try:
+            return float(read_json(self.path / "status.json", {}).get("seconds") or 0.0)
+        except (RunError, AttributeError, TypeError, ValueError):
+            return 0.0
+
     def planned_epochs(self) -> int | None:
         """The last epoch's number as planned: a fine-tune counts on from its parent's epochs."""
-        config = self.config()
-        if not config.get("epochs"):
-            return None
-        return int(config["epochs"]) + int((config.get("finetune") or {}).get("parent_epochs", 0))
+        return _planned_epochs(self.config())
 
     def checkpoint_epoch(self) -> int:
         """Epochs finished in the last good checkpoint (0 when there is none)."""
@@ -161,8 +179,15 @@ class Run:
 
     # ---- writing -----------------------------------------------------------
     def set_status(self, status: str, reason: str = "", **extra) -> None:
+        """Write status.json. The training time total (`seconds`) is kept unless given anew."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if "seconds" not in extra:
+            # Every status change (queued for a resume, each epoch's "running", a stop) rewrites
+            # the file; the running total of earlier calls must survive them all.
+            seconds = self.train_seconds()
+            if seconds:
+                extra["seconds"] = seconds
         write_json(
             self.path / "status.json",
             {"status": status, "reason": reason, "pid": os.getpid(), "updated": time.time(), **extra},
@@ -170,6 +195,12 @@ class Run:
 
     def write_history(self, history: dict[str, list[float]]) -> None:
         write_json(self.path / "history.json", history)
+
+
+def _planned_epochs(config: dict) -> int | None:
+    if not config.get("epochs"):
+        return None
+    return int(config["epochs"]) + int((config.get("finetune") or {}).get("parent_epochs", 0))
 
 
 def runs_root() -> Path:
@@ -232,35 +263,186 @@ def open_run(name_or_path: str | Path, root: Path | None = None, *, allow_path: 
     return Run(path)
 
 
+DISPLAY_NAME_MAX = 80
+_DELETING = ".deleting-"  # marks a run folder on its way out: `.NAME.deleting-TOKEN`
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "status.json").is_file() or (path / "config.json").is_file())
+
+
+def rename(run: Run, name: str) -> None:
+    """Give a run a display name (meta.json). The folder keeps its name: it is the job id and is in URLs.
+
+    Raises:
+        RunError: not a run folder, or the name is empty, too long or holds control characters.
+    """
+    if not _is_run_folder(run.path):
+        raise RunError(f"{run.path}: not a run folder (no status.json or config.json)")
+    name = str(name).strip()
+    if not name:
+        raise RunError("a run's display name cannot be empty; give at least one visible character")
+    if len(name) > DISPLAY_NAME_MAX:
+        raise RunError(f"a run's display name can have at most {DISPLAY_NAME_MAX} characters, got {len(name)}")
+    # Cc: control characters (newline, tab, escape); Zl/Zp: line and paragraph separators.
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        raise RunError("a run's display name must be one line without control characters (newlines, tabs)")
+    try:
+        meta = run.meta()
+    except RunError:
+        meta = {}  # an unreadable meta.json is replaced rather than blocking the rename
+    if not isinstance(meta, dict):
+        meta = {}
+    write_json(run.path / "meta.json", {**meta, "display_name": name})
+
+
+def _registry():
+    """This process's job registry, or None when none was made."""
+    # Not imported at the top: jobs imports this module. And no registry exists unless jobs
+    # was imported, so it is neither imported nor created just to ask.
+    jobs = sys.modules.get("engine.training.jobs")
+    return getattr(jobs, "_REGISTRY", None) if jobs is not None else None
+
+
+def delete(run: Run) -> None:
+    """Remove a run folder and everything in it, unless it is queued or running.
+
+    The folder is first renamed to a hidden sibling and then removed, so an interrupted
+    removal leaves nothing listed (list_runs sweeps the rest away later).
+
+    Raises:
+        RunError: not a run folder, the run is still active, or the folder cannot be moved.
+    """
+    path = Path(os.path.abspath(run.path))  # "." or "runs/x/" still name the folder itself
+    if not _is_run_folder(path):
+        raise RunError(f"{path}: not a run folder (no status.json or config.json)")
+    run = Run(path)
+    try:
+        status = run.status().get("status")
+    except (AttributeError, TypeError, ValueError):
+        status = None  # an unreadable status.json is what deleting a broken run is for
+    registry = _registry()
+    if status in ACTIVE or (registry is not None and run.name in registry.active()):
+        raise RunError(f"{run.name} is still {status if status in ACTIVE else 'running/queued'}; stop it first")
+    doomed = path.with_name(f".{run.name}{_DELETING}{secrets.token_hex(4)}")
+    try:
+        os.rename(path, doomed)
+    except OSError as exc:
+        raise RunError(f"cannot delete {path}: {exc.strerror or exc}; check the folder's permissions") from exc
+    job = registry.get(run.name) if registry is not None else None
+    if job is not None and Path(os.path.abspath(job.run.path)) == path:
+        registry.forget(run.name)  # a page must not find the deleted run through its old job
+    _remove(doomed)
+
+
+def _remove(path: Path) -> None:
+    """Best effort: anything left stays hidden, and list_runs tries again."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)  # a linked run folder: drop the link, never the folder it points to
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile
+        return 0.0
+
+
 def list_runs(root: Path | None = None) -> list[Run]:
-    """Every run folder under the root, newest first."""
+    """Every run folder under the root, newest first. Hidden folders (deletions under way) are skipped."""
     folder = root or runs_root()
     if not folder.is_dir():
         return []
-    found = [Run(p) for p in folder.iterdir() if p.is_dir() and (p / "status.json").is_file()]
-    return sorted(found, key=lambda r: (r.path / "status.json").stat().st_mtime, reverse=True)
+    found = []
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            if _DELETING in p.name:
+                _remove(p)  # a delete that was interrupted: finish it
+            continue
+        if p.is_dir() and (p / "status.json").is_file():
+            found.append(Run(p))
+    return sorted(found, key=lambda r: _mtime(r.path / "status.json"), reverse=True)
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
 
 
 def summary(run: Run) -> dict:
-    """One row for run tables and `python -m engine runs`."""
-    config = run.config()
-    status = run.status()
-    history = run.history()
-    metrics = run.metrics()
+    """One row for run tables and `python -m engine runs`.
+
+    Never raises for a broken folder: an unreadable file makes the row's status failed, with the reason.
+    """
+    problems: list[str] = []
+
+    def read(name: str, default):
+        try:
+            value = read_json(run.path / name, default)
+        except RunError as exc:
+            problems.append(str(exc))
+            return default
+        if not isinstance(value, type(default)):
+            problems.append(f"{run.path / name}: expected a JSON {type(default).__name__}")
+            return default
+        return value
+
+    config = read("config.json", {})
+    history = read("history.json", {})
+    metrics = read("metrics.json", {})
+    try:
+        status = run.status()
+        if not isinstance(status, dict):
+            raise RunError(f"{run.path / 'status.json'}: expected a JSON dict")
+    except (RunError, AttributeError, TypeError, ValueError) as exc:
+        problems.append(str(exc))
+        status = {}
+    if problems:
+        status = {"status": "failed", "reason": "; ".join(problems), "detail": "the run folder is damaged"}
+    try:
+        display_name = run.display_name()
+    except (RunError, AttributeError):
+        display_name = ""  # only a label: a damaged meta.json does not fail the run
+    try:
+        latency = _number(read_json(run.path / "latency.json", {}).get("ms_per_image"))
+    except (RunError, AttributeError):
+        latency = None
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    val_history = [v for v in _list(history.get("val_accuracy")) if _number(v) is not None]
+    try:
+        planned = _planned_epochs(config)
+    except (TypeError, ValueError, AttributeError):
+        planned = None
+    train_seconds = _number(metrics.get("train_seconds"))
+    if train_seconds is None and not problems:
+        train_seconds = _number(status.get("seconds"))  # a stopped or failed run: its time so far
     return {
         "name": run.name,
+        "display_name": display_name,
         "path": str(run.path),
         "status": status.get("status"),
         "reason": status.get("reason", ""),
         "detail": status.get("detail", ""),
         "backbone": config.get("backbone", ""),
         "mode": config.get("mode", ""),
-        "source": config.get("data", {}).get("source", ""),
-        "epochs_run": len(history.get("loss", [])),
-        "epochs": run.planned_epochs(),
+        "source": data.get("source", ""),
+        "image_size": data.get("image_size"),
+        "epochs_run": len(_list(history.get("loss"))),
+        "epochs": planned,
         "parent": config.get("parent", ""),
-        "val_accuracy": metrics.get("val_accuracy", (history.get("val_accuracy") or [None])[-1]),
+        "val_accuracy": metrics.get("val_accuracy", val_history[-1] if val_history else None),
+        "best_val_accuracy": max(val_history) if val_history else None,
+        "final_val_accuracy": val_history[-1] if val_history else None,
         "test_accuracy": metrics.get("test_accuracy"),
+        "params": metrics.get("params") if isinstance(metrics.get("params"), dict) else None,
+        "train_seconds": train_seconds,
+        "latency_ms": latency,
+        "created": _number(config.get("created")) or _mtime(run.path) or None,
         "has_model": run.model_file.is_file(),
-        "resumable": run.resumable(),
+        "resumable": not problems and status.get("status") in ("failed", "stopped") and run.checkpoint.is_file(),
     }
