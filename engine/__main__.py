@@ -111,9 +111,14 @@ def _print_backbones(result: dict) -> None:
 def cmd_predict(args: argparse.Namespace) -> dict:
     from engine import imaging
     from engine.backbones import get_spec
-    from engine.predict import ImageNetClassifier
+    from engine.predict import ImageNetClassifier, RunClassifier
 
-    get_spec(args.backbone)  # an unknown name fails before any image is read
+    if args.run_dir:
+        from engine.training import runs
+
+        runs.open_run(args.run_dir)  # a wrong folder fails before any image is read
+    else:
+        get_spec(args.backbone)  # an unknown name fails before any image is read
     if args.top < 1 or args.top > 1000:
         raise ConvScopeError(f"--top must be between 1 and 1000, got {args.top}")
     images, skipped = [], []
@@ -125,9 +130,15 @@ def cmd_predict(args: argparse.Namespace) -> dict:
             skipped.append({"image": path, "reason": str(exc).removeprefix(f"{path}: ")})
     if not images:
         raise ConvScopeError("cannot read " + "; ".join(f"{s['image']}: {s['reason']}" for s in skipped))
-    classifier = ImageNetClassifier(args.backbone)
-    results = classifier.predict(images, top_k=args.top)
-    return {"backbone": args.backbone, "predictions": [r.to_json() for r in results], "skipped": skipped}
+    if args.run_dir:
+        classifier = RunClassifier(args.run_dir)
+        results = classifier.predict(images, top_k=args.top)
+        head = {"run": classifier.run, "backbone": classifier.backbone, "temperature": classifier.temperature}
+    else:
+        classifier = ImageNetClassifier(args.backbone)
+        results = classifier.predict(images, top_k=args.top)
+        head = {"backbone": args.backbone}
+    return {**head, "predictions": [r.to_json() for r in results], "skipped": skipped}
 
 
 def _print_predictions(result: dict) -> None:
@@ -521,18 +532,83 @@ def _print_train(result: dict) -> None:
         print(f"  parameters: {p['trainable']:,} trainable, {p['non_trainable']:,} frozen")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from engine import evaluate
+    from engine.training import runs
+
+    run = runs.open_run(args.run_dir)
+    if args.top_k < 1:
+        raise ConvScopeError(f"--top-k must be at least 1, got {args.top_k}")
+    result = evaluate.evaluate(run, args.source, args.split, top_k=args.top_k, progress=_stderr_progress)
+    out = result.to_json()
+    if args.save_temperature:
+        if result.temperature is None:
+            raise ConvScopeError(f"{run.name} has no validation split to fit a temperature on")
+        evaluate.save_temperature(run, result.temperature, ece=out["ece"], ece_calibrated=out["ece_calibrated"])
+        out["temperature_saved"] = True
+    return out
+
+
+def _print_evaluate(result: dict) -> None:
+    cached = " (scores from the run's cache)" if result["cached"] else ""
+    print(f"{result['run']} on {result['source']} [{result['split']}]: {result['count']} images{cached}")
+    print(f"  accuracy {result['accuracy']:.3f}   top-{result['top_k']} {result['top_k_accuracy']:.3f}")
+    temperature = result["temperature"]
+    if temperature is None:
+        print(f"  ECE {result['ece']:.3f} (no validation split to fit a temperature on)")
+    else:
+        saved = ", saved with the run" if result.get("temperature_saved") else ""
+        print(f"  ECE {result['ece']:.3f}, {result['ece_calibrated']:.3f} at temperature {temperature:.2f}{saved}")
+    print(f"  {'class':20} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
+    for name, m in result["per_class"].items():
+        print(f"  {name:20} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:7d}")
+    width = max(len(n) for n in result["labels"])
+    print("  confusion (rows: true, columns: predicted)")
+    for name, row in zip(result["labels"], result["confusion_matrix"], strict=True):
+        print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
+    mistakes = result["mistakes"]
+    print(f"  {len(mistakes)} mistake(s), most confident first:")
+    for m in mistakes[:10]:
+        print(f"    {m['probability']:6.1%}  {m['true']} -> {m['predicted']}  {m['image']}")
+
+
+_RUNS_USAGE = {"list": "runs [--json]", "rename": "runs rename RUN NAME", "delete": "runs delete RUN"}
+
+
 def cmd_runs(args: argparse.Namespace) -> dict:
     from engine.training import runs
 
+    wanted = {"list": 0, "rename": 2, "delete": 1}[args.action]
+    if len(args.args) != wanted:
+        quote = " (quote a NAME with spaces)" if args.action == "rename" else ""
+        raise runs.RunError(
+            f"`{_RUNS_USAGE[args.action]}` takes {wanted} argument(s), got {len(args.args)}: "
+            f"{' '.join(args.args) or 'none'}{quote}"
+        )
+    if args.action == "rename":
+        run = runs.open_run(args.args[0], allow_path=True)
+        runs.rename(run, args.args[1])
+        return {"run": run.name, "display_name": run.display_name()}
+    if args.action == "delete":
+        run = runs.open_run(args.args[0], allow_path=True)
+        runs.delete(run)
+        return {"deleted": run.name}
     return {"runs_dir": str(runs.runs_root()), "runs": [runs.summary(r) for r in runs.list_runs()]}
 
 
 def _print_runs(result: dict) -> None:
+    if "deleted" in result:
+        print(f"deleted {result['deleted']}")
+        return
+    if "display_name" in result:
+        print(f"{result['run']} is now called {result['display_name']!r}")
+        return
     print(f"runs in {result['runs_dir']}")
     for r in result["runs"]:
         acc = f"{r['val_accuracy']:.3f}" if r["val_accuracy"] is not None else "-"
         why = f" ({r['reason']})" if r["reason"] else ""
-        print(f"  {r['name']:52} {r['status']:9} epochs {r['epochs_run']:>3}  val acc {acc}{why}")
+        label = f"{r['display_name']} [{r['name']}]" if r.get("display_name") else r["name"]
+        print(f"  {label:52} {r['status']:9} epochs {r['epochs_run']:>3}  val acc {acc}{why}")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -555,10 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the registered backbones and whether they can load here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_backbones, show=_print_backbones)
-    p = sub.add_parser("predict", help="classify images with a backbone's ImageNet head")
+    p = sub.add_parser("predict", help="classify images with a backbone's ImageNet head, or with a trained run (--run)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registry name (default {DEFAULT_BACKBONE})")
-    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    _model_args(p)
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5; at most the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_predict, show=_print_predictions)
 
@@ -706,7 +782,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(run=cmd_finetune, show=_print_finetune)
         p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("runs", help="list training runs and their status")
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy, per-class metrics, confusion, calibration and mistakes of a trained run",
+        description="SOURCE defaults to the run's own data (its test split); another labelled source "
+        "(class folders named as the run's classes) defaults to all its images.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--source", metavar="SOURCE", help="a labelled source (default: the run's own)")
+    p.add_argument("--split", choices=("test", "validation", "train", "all"), help="which images (see above)")
+    p.add_argument("--top-k", type=int, default=3, help="k of the top-k accuracy (default 3)")
+    p.add_argument(
+        "--save-temperature", action="store_true", help="keep the fitted temperature with the run (Predict uses it)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_evaluate, show=_print_evaluate)
+
+    p = sub.add_parser(
+        "runs",
+        help="list training runs, or rename or delete one",
+        description="`runs` lists the runs; `runs rename RUN NAME` gives RUN a display name (its folder keeps "
+        "its name); `runs delete RUN` removes a run that is not queued or running. RUN is a run folder's "
+        "name under the runs folder, or a path.",
+    )
+    p.add_argument("action", nargs="?", choices=("list", "rename", "delete"), default="list", help="default: list")
+    p.add_argument("args", nargs="*", metavar="ARG", help="rename: RUN NAME; delete: RUN")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_runs, show=_print_runs)
     return parser

@@ -524,3 +524,195 @@ def layer_map(blocks: list[dict]) -> go.Figure:
         legend={"orientation": "h", "y": 1.08, "x": 0},
     )
     return fig
+
+
+# ---- evaluation and runs ------------------------------------------------------------------
+
+
+def confusion_grid(matrix, classes: list[str], normalised: bool = False) -> go.Figure:
+    """A confusion matrix drawn as square markers, so a click selects a cell (Plotly heatmaps cannot be selected).
+
+    Points are row-major: point k is (true k // n, predicted k % n), also in its customdata.
+    Rows are true classes, top to bottom.
+    """
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    shown = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0) if normalised else counts
+    n = len(classes)
+    t, p = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    t, p = t.ravel(), p.ravel()
+    values = shown[t, p]
+    text = [f"{v:.0%}" if normalised else f"{int(v)}" for v in values]
+    cell = max(14, min(60, 520 // max(n, 1)))
+    fig = go.Figure(
+        go.Scatter(
+            x=[classes[k] for k in p],
+            y=[classes[k] for k in t],
+            mode="markers+text",
+            text=text,
+            textfont={"color": ["white" if v > 0.55 * max(values.max(), 1e-9) else "#222" for v in values]},
+            customdata=np.stack([t, p], axis=1),
+            # A click selects one cell; the others stay readable (Plotly dims unselected points to 0.2).
+            selected={"marker": {"opacity": 1.0}},
+            unselected={"marker": {"opacity": 0.55}},
+            hovertemplate="true %{y}, predicted %{x}: %{text}<br>click to see these images<extra></extra>",
+            marker={
+                "symbol": "square",
+                "size": cell,
+                "color": values,
+                "colorscale": "Blues",
+                "cmin": 0,
+                "cmax": max(values.max(), 1e-9),
+                "line": {"width": 1, "color": "#ddd"},
+            },
+        )
+    )
+    fig.update_layout(
+        xaxis={"title": "predicted", "type": "category", "categoryorder": "array", "categoryarray": classes},
+        yaxis={"title": "true", "type": "category", "categoryorder": "array", "categoryarray": classes[::-1]},
+        height=140 + int(cell * 1.15) * n,
+        width=None,
+        margin={"l": 10, "r": 10, "t": 20, "b": 40},
+        clickmode="event+select",
+        dragmode=False,
+    )
+    return fig
+
+
+def reliability_diagram(before: dict, after: dict | None = None, temperature: float | None = None) -> go.Figure:
+    """Accuracy against confidence per bin (engine.evaluate.calibration.reliability), before and after scaling.
+
+    Bars: the share of images per bin. The diagonal is perfect calibration.
+    """
+    edges = before["edges"]
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    total = max(sum(before["count"]), 1)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=centres,
+            y=[c / total for c in before["count"]],
+            width=(edges[1] - edges[0]) * 0.9,
+            name="share of images",
+            marker_color="rgba(157,157,161,0.35)",
+            hovertemplate="confidence %{x:.2f}: %{y:.0%} of the images<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", line={"dash": "dot", "color": "#888"})
+    )
+    curves = [("as trained", before, BEFORE_AFTER_COLOURS["before"])]
+    if after is not None and temperature is not None:
+        curves.append((f"temperature {temperature:.2f}", after, BEFORE_AFTER_COLOURS["after"]))
+    for name, data, colour in curves:
+        keep = [k for k, c in enumerate(data["count"]) if c]
+        fig.add_trace(
+            go.Scatter(
+                x=[data["confidence"][k] for k in keep],
+                y=[data["accuracy"][k] for k in keep],
+                mode="lines+markers",
+                name=f"{name} (ECE {data['ece']:.3f})",
+                line={"color": colour},
+                customdata=[data["count"][k] for k in keep],
+                hovertemplate="confidence %{x:.2f}, accuracy %{y:.0%}, %{customdata} images<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        xaxis={"title": "confidence (top class probability)", "range": [0, 1], "tickformat": ".0%"},
+        yaxis={"title": "accuracy", "range": [0, 1.02], "tickformat": ".0%"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 20, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def per_class_bars(per_class: dict[str, dict]) -> go.Figure:
+    """Precision, recall and F1 per class, grouped."""
+    names = list(per_class)
+    colours = {"precision": "#4c78a8", "recall": "#f58518", "f1": "#54a24b"}
+    fig = go.Figure(
+        [
+            go.Bar(x=names, y=[per_class[n][m] for n in names], name=m, marker_color=colours[m])
+            for m in ("precision", "recall", "f1")
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        yaxis={"range": [0, 1.02], "tickformat": ".0%"},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 20, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def runs_curves(histories: dict[str, dict], starts: dict[str, int] | None = None) -> go.Figure:
+    """Validation accuracy and loss of several runs, overlaid (a fine-tune's epochs follow its parent's).
+
+    Args:
+        histories: {run title: history with "val_accuracy", "val_loss" (and train "accuracy", "loss")}.
+        starts: {run title: epochs before this run's first (a fine-tune's parent epochs)}.
+    """
+    from plotly.subplots import make_subplots
+
+    starts = starts or {}
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Validation accuracy", "Validation loss"))
+    palette = plotly.colors.qualitative.Plotly
+    for k, (title, history) in enumerate(histories.items()):
+        colour = palette[k % len(palette)]
+        first = starts.get(title, 0)
+        for col, metric in ((1, "val_accuracy"), (2, "val_loss")):
+            values = history.get(metric) or history.get(metric.removeprefix("val_")) or []
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(first + 1, first + len(values) + 1)),
+                    y=values,
+                    mode="lines+markers",
+                    name=title,
+                    legendgroup=title,
+                    showlegend=col == 1,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=2)
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 30, "b": 40}, legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def accuracy_latency(rows: list[dict]) -> go.Figure:
+    """Accuracy against inference latency per image, one point per run (up and to the left is better).
+
+    rows: {"title", "accuracy", "latency_ms", "backbone"}; rows without both numbers are left out.
+    """
+    rows = [r for r in rows if r.get("accuracy") is not None and r.get("latency_ms")]
+    palette = plotly.colors.qualitative.Plotly
+    backbones = sorted({r["backbone"] for r in rows})
+    fig = go.Figure()
+    for k, name in enumerate(backbones):
+        mine = [r for r in rows if r["backbone"] == name]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["latency_ms"] for r in mine],
+                y=[r["accuracy"] for r in mine],
+                mode="markers+text",
+                text=[r["title"] for r in mine],
+                textposition="top center",
+                name=name,
+                marker={"size": 13, "color": palette[k % len(palette)]},
+                hovertemplate="%{text}<br>%{x:.1f} ms per image, accuracy %{y:.1%}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        xaxis={"title": "latency per image on this machine (ms, one image at a time)", "rangemode": "tozero"},
+        yaxis={"title": "accuracy", "tickformat": ".0%"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 20, "b": 40},
+    )
+    return fig

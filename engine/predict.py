@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,27 +57,81 @@ class ImageNetClassifier:
         self.load_seconds = time.perf_counter() - t0
 
     def predict(self, images: list[tuple[str, np.ndarray]], top_k: int = 5) -> list[Prediction]:
-        """Classify RGB images.
+        """Classify RGB images: (name, (H, W, 3) uint8) pairs -> one Prediction per image, in order."""
+        return classify(self.compiled, self.labels, self.input_size, images, top_k)
 
-        Args:
-            images: (name, (H, W, 3) uint8 array) pairs.
-            top_k: how many classes to report per image (1..1000).
 
-        Returns:
-            One Prediction per image, in order.
-        """
-        if not 1 <= top_k <= len(self.labels):
-            raise ValueError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
-        if not images:
-            return []
-        t0 = time.perf_counter()
-        resized = np.stack([imaging.resize(rgb, self.input_size) for _, rgb in images])
-        logits = self.compiled.logits(resized.astype(np.float32))
-        probs = softmax(logits.astype(np.float64))
-        per_image = (time.perf_counter() - t0) / len(images)
-        out = []
-        for (name, _), p, seen in zip(images, probs, resized, strict=True):
-            order = np.argsort(-p)[:top_k]
-            top = [Top(int(i), self.labels[i], float(p[i])) for i in order]
-            out.append(Prediction(name, top, seen, per_image))
-        return out
+def classify(
+    compiled,
+    labels: list[str],
+    input_size: int,
+    images: list[tuple[str, np.ndarray]],
+    top_k: int = 5,
+    *,
+    temperature: float = 1.0,
+    policy: str = "stretch",
+) -> list[Prediction]:
+    """Classify RGB images in one compiled, batched pass.
+
+    Args:
+        compiled: an engine.explain.compiled.CompiledModel (images in [0, 255] -> logits).
+        images: (name, (H, W, 3) uint8 array) pairs.
+        top_k: how many classes to report per image (1..classes).
+        temperature: logits are divided by it before the softmax (a run's saved calibration).
+        policy: how images are resized to the input ("stretch", "crop", "pad"): as the model was trained.
+
+    Returns:
+        One Prediction per image, in order.
+    """
+    if not 1 <= top_k <= len(labels):
+        raise ValueError(f"top_k must be between 1 and {len(labels)}, got {top_k}")
+    if not images:
+        return []
+    t0 = time.perf_counter()
+    resized = np.stack([imaging.resize(rgb, input_size, policy) for _, rgb in images])
+    logits = compiled.logits(resized.astype(np.float32))
+    probs = softmax(logits.astype(np.float64) / float(temperature))
+    per_image = (time.perf_counter() - t0) / len(images)
+    out = []
+    for (name, _), p, seen in zip(images, probs, resized, strict=True):
+        order = np.argsort(-p)[:top_k]
+        top = [Top(int(i), labels[i], float(p[i])) for i in order]
+        out.append(Prediction(name, top, seen, per_image))
+    return out
+
+
+class RunClassifier:
+    """A trained run's classifier with its labels, resize policy and saved temperature (read-only, shareable).
+
+    `model` is the run's engine.explain.Explainable when the caller holds one already (the
+    dashboard shares one copy for predictions and maps); otherwise it is loaded from the run.
+    """
+
+    def __init__(self, run_dir: str | Path, model=None, temperature: float | None = None) -> None:
+        from engine.evaluate import run_model, saved_temperature
+        from engine.training import runs
+
+        run = runs.open_run(run_dir)
+        self.run = run.name
+        self.model = model or run_model(run)
+        self.labels = self.model.labels
+        self.input_size = self.model.input_size
+        config = run.config()
+        self.policy = (config.get("data") or {}).get("resize", "stretch")
+        self.backbone = config.get("backbone", "")
+        saved = saved_temperature(run.path)
+        self.temperature = float(temperature or saved or 1.0)
+        self.calibrated = temperature is None and saved is not None
+
+    def predict(self, images: list[tuple[str, np.ndarray]], top_k: int = 5) -> list[Prediction]:
+        """Classify RGB images into the run's classes: (name, (H, W, 3) uint8) pairs -> Predictions."""
+        top_k = min(top_k, len(self.labels))
+        return classify(
+            self.model.compiled,
+            self.labels,
+            self.input_size,
+            images,
+            top_k,
+            temperature=self.temperature,
+            policy=self.policy,
+        )

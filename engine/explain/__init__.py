@@ -50,6 +50,7 @@ __all__ = [
     "Explanation",
     "LayerInfo",
     "explain_image",
+    "heatmaps",
     "make",
 ]
 
@@ -171,3 +172,35 @@ def relative_to(result: Explanation, reference: Explanation) -> np.ndarray:
     if top <= 0:
         return np.zeros_like(result.unscaled)
     return np.clip(result.unscaled / top, 0, 1).astype(np.float32)
+
+
+def heatmaps(
+    model: Explainable,
+    images: np.ndarray,
+    classes: list[int],
+    method: str = "gradcam",
+    layer: str | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Display-ready maps of many prepared images at once: (N, S, S, 3) in [0, 255] -> (N, S, S) in [0, 1].
+
+    Maps already in the model's cache (the same image content, method, layer and class,
+    from any session) are reused; the rest are computed in one batched pass. An image may
+    appear twice with different classes (a mistake's predicted and true class side by side).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if len(classes) != len(images):
+        raise ValueError(f"one class per image: got {len(classes)} classes for {len(images)} images")
+    explainer = make(method, model, layer)
+    keys = [
+        ("batch_map", image_digest(x), method, explainer.layer, int(c)) for x, c in zip(images, classes, strict=True)
+    ]
+    out: list[np.ndarray | None] = [model.memo.get(k) for k in keys]
+    missing = [i for i, m in enumerate(out) if m is None]
+    if missing:
+        maps = explainer.for_display(explainer(images[missing], [int(classes[i]) for i in missing], progress))
+        for i, m in zip(missing, maps, strict=True):
+            out[i] = model.memo(keys[i], lambda m=m: m)
+    if not len(images):
+        return np.zeros((0, model.input_size, model.input_size), np.float32)
+    return np.stack(out)

@@ -18,6 +18,7 @@ killed run resumes from its last finished epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -360,7 +361,9 @@ def train(
 
     Returns:
         {"run_dir", "status", "reason", "epochs_run", "history", "val_accuracy",
-         "test_accuracy", "seconds", "features", "params"}; the same facts are in the run folder.
+         "test_accuracy", "seconds", "train_seconds", "features", "params"}; the same facts are
+        in the run folder. `seconds` is this call's wall time, `train_seconds` the run's total
+        over every call (a resumed run adds to the time of its earlier calls).
 
     Raises:
         TrainingError / ConvScopeError: bad data or options. A new run whose data could not
@@ -370,6 +373,12 @@ def train(
 
     report = report or _noop
     t0 = time.monotonic()
+    # A resume continues the run, so its time adds to that of the earlier calls (stopped, failed, killed).
+    earlier = run.train_seconds() if resume else 0.0
+
+    def total() -> float:
+        return round(earlier + time.monotonic() - t0, 2)
+
     fresh = not resume and not (run.path / "config.json").is_file()
     start_epoch = run.checkpoint_epoch() if resume else 0
     history = {k: v[:start_epoch] for k, v in run.history().items()} if resume else {}
@@ -393,16 +402,22 @@ def train(
         # Nothing was trained or written yet (missing or unusable data, bad options): a run
         # folder would only be litter in the runs list, so it goes.
         if not (fresh and not (run.path / "config.json").is_file() and runs.discard(run)):
-            run.set_status("failed", str(exc))
+            run.set_status("failed", str(exc), seconds=total())
         raise
     except BaseException as exc:
-        run.set_status("failed", f"{type(exc).__name__}: {exc}")
+        run.set_status("failed", f"{type(exc).__name__}: {exc}", seconds=total())
         raise
     # A stop during training keeps the weights reached so far as the model.
     if status == "stopped" and info.get("classifier") is not None:
         _save_model(run, info["classifier"])
+    seconds = total()
+    if status == "finished":
+        # _train returned, so metrics.json was just written: add what the runs table compares.
+        runs.write_json(
+            run.path / "metrics.json", {**run.metrics(), "params": info.get("params"), "train_seconds": seconds}
+        )
     history = run.history()
-    run.set_status(status, reason, epoch=len(history.get("loss", [])))
+    run.set_status(status, reason, epoch=len(history.get("loss", [])), seconds=seconds)
     metrics = run.metrics()
     return {
         "run_dir": str(run.path),
@@ -413,6 +428,7 @@ def train(
         "val_accuracy": metrics.get("val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
         "seconds": round(time.monotonic() - t0, 2),
+        "train_seconds": seconds,
         "features": info["features"],
         "params": info.get("params"),
         **({"parent": info["parent"], "boundary": info.get("boundary")} if "parent" in info else {}),
@@ -435,6 +451,17 @@ def features_progress(report: Report, stop, message: str) -> Callable[[int, int]
             raise Stopped(f"by the user while {message[0].lower() + message[1:]}")
 
     return progress
+
+
+def _record_latency(run: Run, classifier, config: TrainConfig) -> None:
+    """The saved model's inference time per image on this machine, for the Runs page (latency.json)."""
+    from engine.evaluate import latency
+
+    try:
+        preprocess = backbones.get_spec(config.backbone).preprocess
+        latency.save(run.path, latency.measure_model(classifier, preprocess, config.data.image_size))
+    except Exception as exc:  # noqa: BLE001 - a timing that fails must not fail a finished run
+        logging.getLogger(__name__).warning("%s: latency not measured (%s: %s)", run.name, type(exc).__name__, exc)
 
 
 def _save_model(run: Run, classifier) -> None:
@@ -586,6 +613,7 @@ def finish(run, dataset, y, predict, callbacks, config, history, val_steps, repo
     runs.write_json(run.path / "metrics.json", metrics)
     report(stage="saving")
     _save_model(run, classifier)
+    _record_latency(run, classifier, config)
     epochs_run = len(history.get("loss", []))
     watched = "validation loss" if val_steps else "training loss"
     if early is not None and early.stopped_epoch:

@@ -1,0 +1,104 @@
+"""Evaluation throughput against the physical floor, measured in one run.
+
+- ours: scoring every image file of a split as `engine.evaluate` does it (decode from disk,
+  resize, preprocess, the compiled batched forward pass; decoding one batch ahead in a
+  thread), with the run's score cache cleared before each repeat;
+- floor: the same compiled batched forward pass (`CompiledModel.logits`, batches of 32) on
+  the same images already decoded and resized in memory.
+
+Both run on the same trained run's model (EfficientNet-Lite0 with a trained head, 224 px),
+timed alternately so that a load that comes and goes hits both alike. Target (issue 12):
+ours / floor throughput >= 0.85. Also prints the whole `evaluate()` call (data, scoring,
+the validation split for the temperature, metrics) once cold and once from the cache.
+
+    python bench/evaluate_speed.py [--per-class 100] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=100, help="shapes images per class (5 classes)")
+    parser.add_argument("--size", type=int, default=224, help="the run's image size (default 224)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="convscope-bench-eval-"))
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(work / "runs")
+    import numpy as np
+
+    from engine import evaluate
+    from engine.config import DataConfig, TrainConfig
+    from engine.data.pipeline import load_resized
+    from engine.evaluate.evaluation import cached_logits
+    from engine.training import fit, runs
+
+    source = f"shapes:per_class={args.per_class},classes=5,size=160"
+    config = TrainConfig(data=DataConfig(source=source, image_size=args.size), epochs=3)
+    run = runs.create("bench", backbone=config.backbone, mode=config.mode)
+    t0 = time.perf_counter()
+    assert fit.train(config, run)["status"] == "finished"
+    print(f"trained a head on {source} at {args.size} px in {time.perf_counter() - t0:.0f} s")
+
+    model = evaluate.run_model(run)
+    data = evaluate.labelled_set(run, split="all")
+    n = len(data.rels)
+    in_memory = np.stack([load_resized(p, args.size) for p in data.paths]).astype(np.float32)
+    model.compiled.logits(in_memory[:32])  # trace and warm up outside the timings
+
+    def ours() -> None:
+        shutil.rmtree(run.path / "evaluations", ignore_errors=True)
+        _, cached = cached_logits(run, data, model)
+        assert not cached
+
+    def floor() -> None:
+        model.compiled.logits(in_memory)
+
+    ours()
+    floor()
+    a, b = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        floor()
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    ours_s, floor_s = statistics.median(a), statistics.median(b)
+    print(f"{n} images, {os.cpu_count()} CPU cores, medians of {args.repeats}")
+    print(f"  ours  (files -> logits):       {ours_s:6.2f} s  {n / ours_s:7.1f} images/s")
+    print(f"  floor (tensors -> logits):     {floor_s:6.2f} s  {n / floor_s:7.1f} images/s")
+    ratio = floor_s / ours_s
+    print(f"  throughput ratio ours/floor:   {ratio:.3f}  (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+
+    shutil.rmtree(run.path / "evaluations", ignore_errors=True)
+    t0 = time.perf_counter()
+    result = evaluate.evaluate(run, split="all", model=model)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = evaluate.evaluate(run, split="all", model=model)
+    warm = time.perf_counter() - t0
+    assert again.cached
+    val = len(evaluate.labelled_set(run, None, "validation").rels)
+    print(
+        f"  evaluate() whole call: {cold:.2f} s cold (scores {n} + {val} validation images), "
+        f"{warm:.2f} s from the run's cache; accuracy {result.metrics['accuracy']:.3f}"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
