@@ -10,6 +10,8 @@ pages = [
     st.Page("pages/train.py", title="Train", icon="🏋️"),
     st.Page("pages/finetune.py", title="Fine-tune", icon="🎚️"),
     st.Page("pages/predict.py", title="Predict", icon="🔮"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
+    st.Page("pages/runs.py", title="Runs", icon="🗃️"),
     st.Page("pages/inside.py", title="Inside the network", icon="🔍"),
 ]
 pg = st.navigation(pages)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from explain_speed import paired  # noqa: E402 - the same alternating timer as the explanation benchmark
 
 
 def main() -> None:
@@ -66,18 +67,7 @@ def main() -> None:
     def floor() -> None:
         model.compiled.logits(in_memory)
 
-    ours()
-    floor()
-    a, b = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ours()
-        t1 = time.perf_counter()
-        floor()
-        t2 = time.perf_counter()
-        a.append(t1 - t0)
-        b.append(t2 - t1)
-    ours_s, floor_s = statistics.median(a), statistics.median(b)
+    ours_s, floor_s = paired(ours, floor, args.repeats)
     print(f"{n} images, {os.cpu_count()} CPU cores, medians of {args.repeats}")
     print(f"  ours  (files -> logits):       {ours_s:6.2f} s  {n / ours_s:7.1f} images/s")
     print(f"  floor (tensors -> logits):     {floor_s:6.2f} s  {n / floor_s:7.1f} images/s")

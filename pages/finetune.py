@@ -396,11 +396,12 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
         st.caption("The features the head sees, projected to 2-D, before and after: the classes should separate.")
     _cams(parent_run, run)
     _pointing(parent_run, run)
-    l1, l2 = st.columns(2)
+    l1, l2, l3 = st.columns(3)
     l1.page_link("pages/inside.py", label="Look inside the fine-tuned model", icon="🔍", query_params={"run": run.name})
     l2.page_link(
         "pages/inside.py", label="Look inside the model before", icon="🔍", query_params={"run": parent_run.name}
     )
+    l3.page_link("pages/evaluate.py", label="Evaluate the fine-tuned model", icon="📊", query_params={"run": run.name})
 
 
 def _cams(parent_run: runs.Run, run: runs.Run) -> None:

@@ -21,8 +21,16 @@ networks, in the browser.
   seconds) or a small CNN from scratch; watch the loss and accuracy curves
   live, stop, resume, and find every run again. Classic tutorial recipes are
   one click away.
-- **Predict**: classify your own photos with EfficientNet-Lite0, an ImageNet
-  network that ships with ConvScope and works offline.
+- **Fine-tune**: unfreeze the top of a trained run's backbone, with advice,
+  a learning-rate finder and a map of what trains.
+- **Predict**: classify your own photos (many at once, or the camera) with
+  EfficientNet-Lite0, an ImageNet network that ships with ConvScope and works
+  offline, or with a model you trained.
+- **Evaluate**: how good a trained model is per class, which classes it
+  confuses and why (a click on a confusion cell shows those images with their
+  Grad-CAMs), and whether its confidence can be trusted (calibration).
+- **Runs**: every run in one table; rename, delete, compare side by side, and
+  a bake-off of several backbones on the same data.
 - **Inside the network**: every layer's feature maps, the first layer's
   filters, a walk from edges to objects, where the network looked for any
   class (Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM, Eigen-CAM, CAM, gradients,
@@ -35,4 +43,6 @@ Everything the dashboard does is also scriptable: `python -m engine --help`.
 st.page_link("pages/datasets.py", label="Explore a dataset", icon="🗂️")
 st.page_link("pages/train.py", label="Train a classifier", icon="🏋️")
 st.page_link("pages/predict.py", label="Classify an image", icon="🔮")
+st.page_link("pages/evaluate.py", label="Evaluate a trained model", icon="📊")
+st.page_link("pages/runs.py", label="Compare runs", icon="🗃️")
 st.page_link("pages/inside.py", label="Look inside the network", icon="🔍")

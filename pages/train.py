@@ -332,6 +332,12 @@ def _results(run: runs.Run) -> None:
             )
     if run.model_file.is_file():
         st.page_link("pages/inside.py", label="Look inside this model", icon="🔍", query_params={"run": run.name})
+        st.page_link(
+            "pages/evaluate.py",
+            label="Evaluate: per class, mistakes, calibration",
+            icon="📊",
+            query_params={"run": run.name},
+        )
         if snap_status(run) == "finished" and run.config().get("mode") in ("feature", "finetune"):
             st.page_link("pages/finetune.py", label="Fine-tune this run", icon="🎚️", query_params={"run": run.name})
     if run.resumable():

@@ -42,3 +42,29 @@ def open_page():
         return at
 
     return _open
+
+
+TINY = "shapes:per_class=12,classes=3,size=64"  # 36 images, 3 classes: the tests' small real dataset
+
+
+def train_tiny_run(root, name: str, epochs: int = 3, image_size: int = 96, **config):
+    """Train a feature-mode run on TINY into `root/name` (CONVSCOPE_RUNS_DIR set to `root` meanwhile).
+
+    For module-scoped fixtures, which cannot use monkeypatch. Returns the run folder.
+    """
+    from engine.config import DataConfig, TrainConfig
+    from engine.training import fit, runs
+
+    old = os.environ.get("CONVSCOPE_RUNS_DIR")
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
+    try:
+        train = TrainConfig(data=DataConfig(source=TINY, image_size=image_size), epochs=epochs, **config)
+        run = runs.create(name, backbone=train.backbone, mode=train.mode)
+        result = fit.train(train, run)
+        assert result["status"] == "finished", result["reason"]
+    finally:
+        if old is None:
+            del os.environ["CONVSCOPE_RUNS_DIR"]
+        else:
+            os.environ["CONVSCOPE_RUNS_DIR"] = old
+    return run.path

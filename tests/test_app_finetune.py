@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import train_tiny_run
 from engine.config import DataConfig, TrainConfig
 from engine.training import finetune, fit, jobs, runs
 
@@ -21,10 +22,7 @@ def runs_root(tmp_path_factory):
     old = os.environ.get("CONVSCOPE_RUNS_DIR")
     os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
     try:
-        config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=3)
-        assert fit.train(config, runs.create("parent-run", backbone=config.backbone, mode="feature"))["status"] == (
-            "finished"
-        )
+        train_tiny_run(root, "parent-run")
         scratch = TrainConfig(
             data=DataConfig(source=TINY, image_size=32), backbone="small_cnn", mode="scratch", epochs=1
         )

@@ -11,30 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY, train_tiny_run
 from engine import evaluate
 from engine.config import DataConfig, TrainConfig
 from engine.training import bakeoff, fit, jobs, runs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "shapes:per_class=12,classes=3,size=64"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A finished feature-mode run on the tiny shapes (96 px, 3 epochs), shared by the module."""
-    root = tmp_path_factory.mktemp("runs")
-    old = os.environ.get("CONVSCOPE_RUNS_DIR")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
-    try:
-        config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=3)
-        run = runs.create("evaluated", backbone=config.backbone, mode=config.mode)
-        assert fit.train(config, run)["status"] == "finished"
-    finally:
-        if old is None:
-            del os.environ["CONVSCOPE_RUNS_DIR"]
-        else:
-            os.environ["CONVSCOPE_RUNS_DIR"] = old
-    return run.path
+    return train_tiny_run(tmp_path_factory.mktemp("runs"), "evaluated")
 
 
 @pytest.fixture

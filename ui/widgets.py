@@ -299,3 +299,48 @@ def job_progress(snap: dict) -> None:
         st.progress(1.0, text=f"{stage.capitalize()}…")
     else:
         st.progress(0.0, text="Starting…")
+
+
+# ---- trained runs -------------------------------------------------------------------
+
+
+def run_title(run: runs.Run) -> str:
+    """A run as users know it: its display name (when set) and its folder name."""
+    shown = run.display_name()
+    return f"{shown} · {run.name}" if shown else run.name
+
+
+def run_picker(key: str, label: str = "Trained run") -> runs.Run | None:
+    """Pick a run with a saved model (finished, or stopped with its weights); None when there is none.
+
+    `?run=NAME` in the URL (another page's link) preselects that run once.
+    """
+    found = [r for r in runs.list_runs() if r.model_file.is_file()]
+    if not found:
+        st.info("No trained runs yet: train one on the Train page.")
+        return None
+    names = [r.name for r in found]
+    wanted = st.query_params.get("run")
+    if wanted in names and st.session_state.get(f"{key}_wanted") != wanted:
+        st.session_state[f"{key}_wanted"] = wanted
+        st.session_state[key] = wanted
+    if st.session_state.get(key) not in names:
+        st.session_state[key] = names[0]  # the newest
+    by_name = dict(zip(names, found, strict=True))
+    name = st.selectbox(label, names, format_func=lambda n: run_title(by_name[n]), key=key)
+    return by_name[name]
+
+
+def open_inside(name: str, rgb: np.ndarray, *, backbone: str | None = None, run: runs.Run | None = None) -> None:
+    """Open Inside the network on "Where it looked" with this image and model (a backbone or a run)."""
+    state.set_inspect_image(name, rgb)
+    if run is not None:
+        st.session_state["inside_kind"] = "Trained run"
+        st.session_state["inside_run"] = run.path
+        st.session_state["inside_run_for"] = run.name
+    else:
+        state.set_chosen_backbone(backbone)
+        st.session_state["inside_kind"] = "ImageNet backbone"
+        st.session_state["inside_backbone"] = backbone
+    st.session_state["inside_tab"] = "🔥 Where it looked"  # what "explain" means: open on the maps
+    st.switch_page("pages/inside.py")

@@ -274,7 +274,7 @@ def fit_run_temperature(run: Run, model=None, progress: Progress | None = None) 
     """The temperature that calibrates the run on its own validation split (None when it has none)."""
     try:
         val = labelled_set(run, None, "validation")
-    except EvaluationError:
+    except ConvScopeError:  # no validation split, or the run's own data is gone or changed
         return None
     logits, _ = cached_logits(run, val, model, progress)
     if len(val.labels) < 2:

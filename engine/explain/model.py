@@ -78,6 +78,7 @@ class Explainable:
         self.input_size = int(model.input_shape[1])
         self.opaque_reason = opaque_reason
         self._default_layer = default_layer
+        self.resize_policy = "stretch"  # a run's own policy (crop, pad) is set by from_run
         self.compiled = CompiledModel(model, preprocess)
         self.memo = Memo()  # maps and scores by image content; shared by the sessions using this model
 
@@ -128,7 +129,9 @@ class Explainable:
         if spec and spec.last_conv_layer:
             default = spec.last_conv_layer if _has_layer(model, spec.last_conv_layer) else None
         opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
-        return cls(model, preprocess, list(labels), run.name, default, opaque)
+        out = cls(model, preprocess, list(labels), run.name, default, opaque)
+        out.resize_policy = (config.get("data") or {}).get("resize", "stretch")  # as the run was trained
+        return out
 
     def warm_up(self) -> Explainable:
         """Trace the compiled passes behind a first look (prediction, CAMs at the default layer); returns self."""
@@ -191,8 +194,8 @@ class Explainable:
 
     # ---- inputs ---------------------------------------------------------
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (S, S, 3) float32 in [0, 255], resized as for prediction."""
-        return imaging.resize(rgb, self.input_size).astype(np.float32)
+        """(H, W, 3) uint8 -> (S, S, 3) float32 in [0, 255], resized as for prediction (the run's policy)."""
+        return imaging.resize(rgb, self.input_size, self.resize_policy).astype(np.float32)
 
     # ---- forward passes (all compiled: engine.explain.compiled) ----------
     def logits(self, images: np.ndarray, progress=None) -> np.ndarray:

@@ -1,0 +1,264 @@
+"""Runs: every training run in one table; rename, delete, compare side by side, and a backbone bake-off."""
+
+import pandas as pd
+import streamlit as st
+
+from engine import charts
+from engine.config import TrainConfig
+from engine.errors import ConvScopeError
+from engine.training import bakeoff, runs
+from ui import cached, router, state, widgets
+
+router.ensure_routed()
+st.title("🗃️ Runs")
+st.caption("Every run with its numbers; compare runs side by side, or train several backbones on the same data.")
+
+STATUS_ICONS = {"finished": "✅", "running": "🏃", "queued": "⏳", "stopped": "⏸️", "failed": "❌"}
+
+
+def title_of(row: dict) -> str:
+    return row["display_name"] or row["name"]
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Summary rows as the table users read: their words, percentages, no server paths."""
+    return pd.DataFrame(
+        {
+            "run": [title_of(r) for r in rows],
+            "status": [f"{STATUS_ICONS.get(r['status'], '')} {r['status']}" for r in rows],
+            "backbone": [r["backbone"] for r in rows],
+            "mode": [r["mode"] for r in rows],
+            "parent": [r["parent"] or "" for r in rows],
+            "image px": [r["image_size"] for r in rows],
+            "epochs": [f"{r['epochs_run']}/{r['epochs'] or '?'}" for r in rows],
+            "best val acc": [r["best_val_accuracy"] for r in rows],
+            "final val acc": [r["final_val_accuracy"] for r in rows],
+            "test acc": [r["test_accuracy"] for r in rows],
+            "params (M)": [(r["params"] or {}).get("total", 0) / 1e6 or None for r in rows],
+            "train time (s)": [r["train_seconds"] for r in rows],
+            "latency (ms)": [r["latency_ms"] for r in rows],
+            "folder": [r["name"] for r in rows],
+        }
+    )
+
+
+def side_by_side(rows: list[dict]) -> pd.DataFrame:
+    """One column per run, one row per fact, formatted for reading across."""
+
+    def pct(v) -> str:
+        return "–" if v is None else f"{v:.1%}"
+
+    def num(v, unit: str, digits: int = 0) -> str:
+        return "–" if v is None else f"{v:,.{digits}f} {unit}"
+
+    facts = {
+        "status": lambda r: r["status"],
+        "backbone": lambda r: r["backbone"],
+        "mode": lambda r: r["mode"],
+        "parent": lambda r: r["parent"] or "–",
+        "image size": lambda r: num(r["image_size"], "px"),
+        "epochs": lambda r: f"{r['epochs_run']} of {r['epochs'] or '?'}",
+        "best validation accuracy": lambda r: pct(r["best_val_accuracy"]),
+        "final validation accuracy": lambda r: pct(r["final_val_accuracy"]),
+        "test accuracy": lambda r: pct(r["test_accuracy"]),
+        "parameters": lambda r: num((r["params"] or {}).get("total", 0) / 1e6 or None, "M", 2),
+        "trainable parameters": lambda r: f"{(r['params'] or {}).get('trainable', 0):,}" if r["params"] else "–",
+        "training time": lambda r: num(r["train_seconds"], "s"),
+        "latency per image": lambda r: num(r["latency_ms"], "ms", 1),
+    }
+    return pd.DataFrame({title_of(r): [f(r) for f in facts.values()] for r in rows}, index=list(facts))
+
+
+PERCENT = st.column_config.NumberColumn(format="percent")
+SMALL = st.column_config.Column(width="small")
+COLUMNS = {
+    "run": st.column_config.Column(width="medium"),
+    **{c: SMALL for c in ("status", "mode", "parent", "image px", "epochs")},
+    "best val acc": PERCENT,
+    "final val acc": PERCENT,
+    "test acc": PERCENT,
+    "params (M)": st.column_config.NumberColumn(format="%.2f"),
+    "train time (s)": st.column_config.NumberColumn(format="%.0f"),
+    "latency (ms)": st.column_config.NumberColumn(format="%.1f", help="one image at a time, on this machine"),
+}
+
+all_runs = runs.list_runs()
+rows = [runs.summary(r) for r in all_runs]
+by_name = {r["name"]: r for r in rows}
+
+tab_table, tab_compare, tab_bake = st.tabs(["📋 All runs", "⚖️ Compare", "🏁 Bake-off"], key="runs_tab")
+
+with tab_table:
+    if not rows:
+        st.info("No runs yet: train one on the Train page, or start a bake-off.")
+    else:
+        c1, c2, c3 = st.columns([2, 2, 2])
+        text = c1.text_input("Filter", key="runs_filter", placeholder="name, backbone, mode…")
+        statuses = sorted({r["status"] for r in rows})
+        keep = c2.multiselect("Status", statuses, default=statuses, key="runs_status")
+        modes = sorted({r["mode"] for r in rows if r["mode"]})
+        keep_modes = c3.multiselect("Mode", modes, default=modes, key="runs_mode")
+        shown = [
+            r
+            for r in rows
+            if r["status"] in keep
+            and (r["mode"] in keep_modes or not r["mode"])
+            and text.lower() in " ".join([title_of(r), r["name"], r["backbone"], r["mode"]]).lower()
+        ]
+        st.caption(f"{len(shown)} of {len(rows)} runs · click a column header to sort")
+        table = frame(shown)
+        if not table["parent"].any():
+            table = table.drop(columns=["parent"])  # no fine-tunes: an empty column is only noise
+        st.dataframe(table, hide_index=True, column_config=COLUMNS, width="stretch", key="runs_table")
+
+        missing = [r for r in rows if r["has_model"] and r["latency_ms"] is None]
+        if missing and st.button(f"Measure the latency of {len(missing)} run(s)", key="measure_latency", icon="⏱️"):
+            from engine.evaluate import latency
+
+            bar = st.progress(0.0, text="Measuring…")
+            for k, r in enumerate(missing):
+                try:
+                    model = cached.explainable_run(r["path"], (all_runs[rows.index(r)].model_file).stat().st_mtime)
+                    latency.save(r["path"], latency.measure(model.compiled, model.input_size))
+                except (ConvScopeError, OSError) as exc:
+                    st.warning(f"{title_of(r)}: not measured ({widgets.path_free(str(exc))})")
+                bar.progress((k + 1) / len(missing), text=f"Measured {k + 1} of {len(missing)}")
+            st.rerun()
+
+        st.subheader("One run")
+        names = [r["name"] for r in rows]
+        if st.session_state.get("manage_run") not in names:
+            st.session_state["manage_run"] = names[0]
+        name = st.selectbox("Run", names, format_func=lambda n: title_of(by_name[n]), key="manage_run")
+        row = by_name[name]
+        run = runs.Run(all_runs[names.index(name)].path)
+        if row["reason"] or row["detail"]:
+            st.caption(widgets.path_free(row["detail"] or row["reason"]))
+        links = st.columns(4)
+        if row["has_model"]:
+            links[0].page_link("pages/evaluate.py", label="Evaluate", icon="📊", query_params={"run": name})
+            links[1].page_link("pages/inside.py", label="Look inside", icon="🔍", query_params={"run": name})
+            if row["status"] == "finished":
+                links[2].page_link("pages/finetune.py", label="Fine-tune", icon="🎚️", query_params={"run": name})
+        links[3].page_link("pages/train.py", label="Open in Train", icon="🏋️", query_params={"job": name})
+
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        new_name = c1.text_input("Display name", value=row["display_name"], key=f"rename_{name}", max_chars=80)
+        if c2.button("Rename", key="rename", disabled=new_name.strip() == row["display_name"]):
+            try:
+                runs.rename(run, new_name)
+            except ConvScopeError as exc:
+                st.error(widgets.path_free(str(exc)))
+            else:
+                st.toast(f"Renamed to {new_name.strip()}")
+                st.rerun()
+
+        active = row["status"] in runs.ACTIVE
+        with st.expander("Delete this run", icon="🗑️"):
+            if active:
+                st.info("This run is queued or training: stop it on the Train page first.")
+            else:
+                st.warning(f"This deletes **{title_of(row)}**: its model, curves and checkpoints. It cannot be undone.")
+                sure = st.checkbox("Yes, delete it", key=f"sure_{name}")
+                if st.button("Delete", key="delete", type="primary", disabled=not sure):
+                    try:
+                        runs.delete(run)
+                    except ConvScopeError as exc:
+                        st.error(widgets.path_free(str(exc)))
+                    else:
+                        st.session_state.pop("manage_run", None)
+                        st.toast(f"Deleted {title_of(row)}")
+                        st.rerun()
+
+with tab_compare:
+    finished = [r["name"] for r in rows if r["epochs_run"]]
+    if len(finished) < 2:
+        st.info("Compare needs at least two runs with finished epochs.")
+    else:
+        picked = st.multiselect(
+            "Runs to compare",
+            finished,
+            default=finished[: min(3, len(finished))],
+            format_func=lambda n: title_of(by_name[n]),
+            key="compare_runs",
+        )
+        if picked:
+            chosen = [by_name[n] for n in picked]
+            histories, starts = {}, {}
+            for r in chosen:
+                run = runs.Run(all_runs[[x["name"] for x in rows].index(r["name"])].path)
+                histories[title_of(r)] = run.history()
+                starts[title_of(r)] = (run.config().get("finetune") or {}).get("parent_epochs", 0)
+            st.plotly_chart(charts.runs_curves(histories, starts), width="stretch", key="compare_curves")
+            facts = side_by_side(chosen)
+            st.dataframe(facts, width="stretch", height=36 * (len(facts) + 1) + 2, key="compare_table")
+            scatter = [
+                {
+                    "title": r["display_name"] or f"{r['backbone']} ({r['name'][-4:]})",
+                    "accuracy": r["test_accuracy"] if r["test_accuracy"] is not None else r["val_accuracy"],
+                    "latency_ms": r["latency_ms"],
+                    "backbone": r["backbone"],
+                }
+                for r in chosen
+            ]
+            if any(s["latency_ms"] for s in scatter):
+                st.plotly_chart(charts.accuracy_latency(scatter), width="stretch", key="compare_scatter")
+                st.caption("Test accuracy (validation where a run has no test split) against latency per image.")
+            else:
+                st.caption("No latency measured for these runs yet: measure it under All runs.")
+
+with tab_bake:
+    st.markdown(
+        "Train a head on each backbone with **the same data and settings**, as queued jobs, "
+        "then compare accuracy and speed. The data is the one chosen in the Dataset Explorer."
+    )
+    usable = bakeoff.usable()
+    data = state.data_config()
+    st.caption(f"Data: {widgets.path_free(state.display_name(data.source), data.source)} · {data.image_size} px")
+    picked = st.multiselect("Backbones", usable, default=usable, key="bake_backbones")
+    c1, c2 = st.columns(2)
+    epochs = c1.number_input("Epochs at most (early stopping on)", 1, 500, 200, key="bake_epochs")
+    seed = c2.number_input("Seed", 0, 10_000, 0, key="bake_seed")
+    if st.button("Start the bake-off", key="bake_start", icon="🏁", disabled=len(picked) < 2, type="primary"):
+        try:
+            record = bakeoff.start(TrainConfig(data=data, epochs=int(epochs), seed=int(seed)), picked)
+        except ConvScopeError as exc:
+            st.error(widgets.path_free(str(exc)))
+        else:
+            st.session_state["bakeoff"] = record["id"]
+            st.toast(f"Queued {len(record['runs'])} runs")
+    records = bakeoff.list_bakeoffs()
+    if records:
+        ids = [r["id"] for r in records]
+        if st.session_state.get("bakeoff") not in ids:
+            st.session_state["bakeoff"] = ids[0]
+        chosen_id = st.selectbox("Bake-off", ids, key="bakeoff")
+        live = any(r["status"] in runs.ACTIVE for r in bakeoff.table(bakeoff.load(chosen_id)))
+
+        @st.fragment(run_every=3 if live else None)
+        def bake_table() -> None:
+            rows = bakeoff.table(bakeoff.load(chosen_id))
+            st.dataframe(
+                frame(rows).drop(columns=["parent", "mode"]),
+                hide_index=True,
+                column_config=COLUMNS,
+                width="stretch",
+                key="bake_table",
+            )
+            done = [r for r in rows if r["status"] == "finished"]
+            waiting = len(rows) - len(done)
+            if waiting:
+                st.caption(f"{len(done)} of {len(rows)} finished; the table fills in as they do.")
+            points = [
+                {
+                    "title": r["backbone"],
+                    "accuracy": r["test_accuracy"],
+                    "latency_ms": r["latency_ms"],
+                    "backbone": r["backbone"],
+                }
+                for r in done
+            ]
+            if any(p["latency_ms"] for p in points):
+                st.plotly_chart(charts.accuracy_latency(points), width="stretch", key="bake_scatter")
+
+        bake_table()
