@@ -184,6 +184,68 @@ class CompiledModel:
         g, y = self._run(self._input_gradient_fn(), images, classes, progress)
         return g, y
 
+    def channel_peaks(self, images: np.ndarray, layers: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per channel and image, where and how strongly each layer's channels fire; one forward pass.
+
+        Only these (N, C) summaries leave the graph, never the (N, h, w, C) maps, which is
+        what keeps a pass over a whole dataset (top examples) cheap; nothing after the
+        deepest requested layer runs.
+
+        Args:
+            images: (N, S, S, 3) in [0, 255].
+            layers: spatial layer names, all flat or all inside the same nested backbone ("base/x").
+
+        Returns:
+            Per layer: (spatial max (N, C) float32, flat arg-max position over h*w (N, C) int32
+            (row = p // w, col = p % w), spatial mean (N, C) float32).
+        """
+        layers = list(layers)
+        if not layers:
+            return []
+
+        def build():
+            import keras
+            import tensorflow as tf
+
+            from engine.explain.model import ExplainError
+
+            split = [_layer(self.model, name) for name in layers]
+            nested = split[0][0]
+            if len({n.name if n is not None else None for n, _ in split}) != 1:
+                raise ExplainError(
+                    f"layers {', '.join(layers)} lie in different parts of the model (flat and nested, or two "
+                    "nested models); ask for each part separately"
+                )
+            # A keras.Model with several outputs holds only the graph up to the deepest of them.
+            if nested is None:
+                before = None
+                upto = keras.Model(self.model.input, [self.model.get_layer(inner).output for _, inner in split])
+            else:
+                before = keras.Model(self.model.input, nested._inbound_nodes[0].input_tensors[0])
+                upto = keras.Model(nested.input, [nested.get_layer(inner).output for _, inner in split])
+
+            def fn(x):
+                x = self.preprocess(x)
+                if before is not None:
+                    x = before(x, training=False)
+                outputs = upto(x, training=False)
+                out = []
+                for a in outputs if isinstance(outputs, list | tuple) else [outputs]:
+                    shape = tf.shape(a)
+                    flat = tf.reshape(a, (shape[0], shape[1] * shape[2], shape[3]))  # (N, h*w, C)
+                    flat = tf.cast(flat, tf.float32)
+                    out += [
+                        tf.reduce_max(flat, axis=1),
+                        tf.argmax(flat, axis=1, output_type=tf.int32),
+                        tf.reduce_mean(flat, axis=1),
+                    ]
+                return tuple(out)
+
+            return fn
+
+        parts = self._run(self._function(("peaks", tuple(layers)), build), images)
+        return [(parts[i], parts[i + 1], parts[i + 2]) for i in range(0, len(parts), 3)]
+
     def warm_up(self, layer: str | None = None) -> None:
         """Trace the functions a first look needs (about a second each), so no user click pays for it."""
         x = np.full((1, self.input_size, self.input_size, 3), 127.0, np.float32)
