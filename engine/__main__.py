@@ -293,6 +293,118 @@ def _print_activations(result: dict) -> None:
         print(f"grid written to {result['out']}")
 
 
+def _channel_list(text: str) -> list[int]:
+    """ "3", "0,5,9" or "0-7" -> channel numbers."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError as exc:
+        raise ConvScopeError(f"--channel takes numbers like 3, 0,5,9 or 0-7; got {text!r}") from exc
+    return out
+
+
+def _natural_source(args: argparse.Namespace, model) -> str:
+    """The data a channel's natural activation is measured on: --source, else the run's own, else the default."""
+    from engine.data.sources import DEFAULT_SOURCE
+
+    if args.source:
+        return args.source
+    if args.run_dir:
+        from pathlib import Path
+
+        from engine.training.runs import Run
+
+        return Run(Path(args.run_dir)).config().get("data", {}).get("source", DEFAULT_SOURCE)
+    return DEFAULT_SOURCE
+
+
+def cmd_visualize(args: argparse.Namespace) -> dict:
+    import time
+
+    import numpy as np
+
+    from engine.explain import featurevis, top_examples
+    from engine.explain.overlay import label_tile, to_png
+
+    t0 = time.perf_counter()
+    model = _explainable(args)
+    channels = _channel_list(args.channel)
+    settings = featurevis.Settings(steps=args.steps, size=args.size, seed=args.seed)
+    pictures = featurevis.visualize(model, args.layer, channels, settings, _fraction_progress("optimising"))
+    result = {
+        "layer": args.layer,
+        "channels": channels,
+        "activation": [round(p.activation, 6) for p in pictures],
+        "natural_mean_activation": None,
+        "ratio": None,
+        "natural_source": None,
+        "cached": [p.cached for p in pictures],
+        "steps": settings.steps,
+        "size": settings.size,
+        "seconds": 0.0,
+        "out": None,
+    }
+    if args.layer != featurevis.LOGITS and args.natural_images > 0:
+        source = _natural_source(args, model)
+        found = top_examples.top_examples(
+            model, source, [args.layer], k=1, limit=args.natural_images, progress=_stage_progress("natural images")
+        )[args.layer]
+        natural = [float(found.natural_mean[c]) for c in channels]
+        result["natural_mean_activation"] = [round(v, 6) for v in natural]
+        pairs = zip(pictures, natural, strict=True)
+        result["ratio"] = [round(p.activation / v, 3) if v > 0 else None for p, v in pairs]
+        result["natural_source"] = source
+    if args.out:
+        tiles = [label_tile(p.image, f"#{p.channel}") for p in pictures]
+        _write_png(args.out, to_png(np.concatenate(tiles, axis=1)))
+        result["out"] = args.out
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _fraction_progress(stage: str):
+    return lambda f: _stderr_progress(stage, round(f * 100), 100)
+
+
+def _stage_progress(stage: str):
+    return lambda done, total: _stderr_progress(stage, done, total)
+
+
+def _print_visualize(result: dict) -> None:
+    natural = result["natural_mean_activation"] or [None] * len(result["channels"])
+    ratio = result["ratio"] or [None] * len(result["channels"])
+    for c, a, n, r in zip(result["channels"], result["activation"], natural, ratio, strict=True):
+        extra = f", natural mean {n:.3f} ({r:.1f}x)" if n is not None and r is not None else ""
+        print(f"{result['layer']} channel {c}: activation {a:.3f}{extra}")
+    if result["natural_source"]:
+        print(f"natural images: {result['natural_source']}")
+    print(f"{result['seconds']:.1f} s" + (f"; pictures written to {result['out']}" if result["out"] else ""))
+
+
+def cmd_top_examples(args: argparse.Namespace) -> dict:
+    from engine.explain import top_examples
+
+    model = _explainable(args)
+    layer = model.check_layer(args.layer)
+    found = top_examples.top_examples(
+        model, args.source, [layer], k=args.k, limit=args.limit, progress=_stage_progress("scanning")
+    )[layer]
+    channels = _channel_list(args.channel) if args.channel else None
+    return found.to_json(channels)
+
+
+def _print_top_examples(result: dict) -> None:
+    cached = " (cached)" if result["cached"] else ""
+    print(f"{result['layer']}: top {result['k']} of {result['images']} images{cached}")
+    for ch in result["channels"][:64]:
+        best = ", ".join(f"{e['rel'].rsplit('/', 1)[-1]} {e['activation']:.2f}" for e in ch["examples"][:3])
+        print(f"  channel {ch['channel']:>4}: {best}")
+    if len(result["channels"]) > 64:
+        print(f"  ... {len(result['channels']) - 64} more channels (--json for all)")
+
+
 def cmd_explain(args: argparse.Namespace) -> dict:
     from engine.explain import explain_image
     from engine.explain.overlay import overlay, to_png
@@ -688,6 +800,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colormap", choices=COLORMAPS, default="Jet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_explain, show=_print_explain)
+
+    p = sub.add_parser(
+        "visualize",
+        help="feature visualisation: optimise an image that a channel (or class) responds to most",
+        description="Lucid-style optimisation (Fourier image, decorrelated colour, jitter/scale/rotate each step). "
+        "--layer logits optimises class logits. The natural activation is the channel's mean over "
+        "--natural-images images of --source (default: the run's data, else the built-in dataset).",
+    )
+    _model_args(p)
+    p.add_argument("--layer", required=True, help="a spatial layer (see `activations --layer list`), or `logits`")
+    p.add_argument("--channel", required=True, help="channel numbers: 3, 0,5,9 or 0-7")
+    p.add_argument("--steps", type=int, default=256, help="optimisation steps (default 256)")
+    p.add_argument("--size", type=int, default=128, help="picture side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--source", help="data for the natural activation (default: the run's, else the built-in)")
+    p.add_argument("--natural-images", type=int, default=200, help="images for it (default 200; 0 skips)")
+    p.add_argument("--out", metavar="PNG", help="write the pictures side by side here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_visualize, show=_print_visualize)
+
+    p = sub.add_parser(
+        "top-examples",
+        help="the dataset images (and the crop) that activate each channel of a layer most",
+        description="One forward pass over SOURCE (as for inspect-data); per channel the k images with the "
+        "highest activation, where it peaks, and that position's receptive field in the image.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    _model_args(p)
+    p.add_argument("--layer", required=True, help="a spatial layer")
+    p.add_argument("--k", type=int, default=9, help="images per channel (default 9)")
+    p.add_argument("--channel", help="only these channels in the output: 3, 0,5,9 or 0-7 (default all)")
+    p.add_argument("--limit", type=int, help="scan at most this many images, spread over the classes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_top_examples, show=_print_top_examples)
 
     from engine.config import OPTIMIZERS, TRAIN_MODES
     from engine.training import presets

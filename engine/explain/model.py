@@ -81,6 +81,10 @@ class Explainable:
         self.resize_policy = "stretch"  # a run's own policy (crop, pad) is set by from_run
         self.compiled = CompiledModel(model, preprocess)
         self.memo = Memo()  # maps and scores by image content; shared by the sessions using this model
+        # Where results that outlive the process (channel pictures, top examples) are kept, and the
+        # model's identity in their keys: set by from_backbone / from_run; None keeps them in memory only.
+        self.cache_folder: Path | None = None
+        self.identity: str = ""
 
     @property
     def preprocess(self) -> Callable:
@@ -102,7 +106,12 @@ class Explainable:
         spec = backbones.get_spec(name)
         model = backbones.load(name, include_top=True)
         opaque = "" if spec.last_conv_layer else f"{spec.title} is an opaque TF Hub module: no inner layers"
-        return cls(model, spec.preprocess, imagenet_labels(), name, spec.last_conv_layer, opaque)
+        out = cls(model, spec.preprocess, imagenet_labels(), name, spec.last_conv_layer, opaque)
+        from engine import settings
+
+        out.cache_folder = settings.cache_dir() / "channels" / name
+        out.identity = f"backbone:{name}"  # the bundled weights never change under a name
+        return out
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Explainable:
@@ -131,6 +140,9 @@ class Explainable:
         opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
         out = cls(model, preprocess, list(labels), run.name, default, opaque)
         out.resize_policy = (config.get("data") or {}).get("resize", "stretch")  # as the run was trained
+        stat = model_file.stat()  # a resumed or fine-tuned-again run rewrites it: old caches must miss
+        out.cache_folder = run / "channels"
+        out.identity = f"run:{run.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
         return out
 
     def warm_up(self) -> Explainable:

@@ -1,0 +1,121 @@
+"""Channel visualisation figures, measured in one run (issue 13).
+
+On EfficientNet-Lite0 (ImageNet weights), at an early, a middle and a late layer:
+- one channel's picture at 128 px, 256 steps: seconds, the first call (which traces the
+  step) and a warm one; target <= 15 s;
+- 8 channels optimised as one batch against one channel: ratio of warm times; target <= 2x;
+- top examples of a layer over the built-in dataset (decode from disk, resize, the compiled
+  pass to the layer, a running top-k per channel) against the floor, a compiled batched
+  forward pass of the whole model over the same images already in memory; timed
+  alternately; target <= 1.3x;
+- the picture's activation over the channel's mean on the dataset's images, for 16 random
+  channels per depth; target >= 5x each.
+
+No cache is used: the model has no cache folder, and each timed picture is a channel (or
+seed) not made before.
+
+    python bench/channels.py [--repeats 3] [--channels 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from explain_speed import paired  # noqa: E402 - the same alternating timer as the other benchmarks
+
+DEPTHS = {"early": "block2b_expand_activation", "middle": "block4a_expand_activation", "late": "top_activation"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=16, help="random channels per depth for the ratio")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from engine.data import sources
+    from engine.data.pipeline import load_resized
+    from engine.explain import Explainable, featurevis, top_examples
+
+    model = Explainable.from_backbone("efficientnet_lite0")
+    model.cache_folder, model.identity = None, ""  # nothing from disk; memory keys carry id(model)
+    settings = featurevis.Settings()
+    seed = iter(range(1000, 10_000))
+
+    def picture(layer: str, channels: list[int]) -> float:
+        t0 = time.perf_counter()
+        featurevis.visualize(model, layer, channels, featurevis.Settings(seed=next(seed)))  # a new seed: no memo
+        return time.perf_counter() - t0
+
+    def model_pass(layer: str, batch: int) -> float:
+        """Seconds of the model's own part of a step: compiled forward and input gradient to the layer."""
+        import tensorflow as tf
+
+        fn = featurevis.any_size(model.model, layer, before_activation=True)
+        side = settings.size + 2 * featurevis.PAD - featurevis.JITTER1 - featurevis.JITTER2  # what the model sees
+        x = tf.Variable(tf.random.uniform((batch, side, side, 3), 0, 255))
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(fn(model.preprocess(x))[..., 0])
+            return tape.gradient(loss, x)
+
+        step()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            step()
+        return (time.perf_counter() - t0) / 20
+
+    print(f"EfficientNet-Lite0, pictures at {settings.size} px, {settings.steps} steps; medians of {args.repeats}")
+    print(f"{'depth':8} {'layer':28} {'first s':>8} {'1 ch s':>7} {'8 ch s':>7} {'ratio':>6}  model alone: 8 vs 1")
+    for depth, layer in DEPTHS.items():
+        first = picture(layer, [0])
+        one = statistics.median(picture(layer, [0]) for _ in range(args.repeats))
+        eight = statistics.median(picture(layer, list(range(8))) for _ in range(args.repeats))
+        floor = model_pass(layer, 8) / model_pass(layer, 1)
+        print(f"{depth:8} {layer:28} {first:8.1f} {one:7.1f} {eight:7.1f} {eight / one:5.2f}x  {floor:5.2f}x")
+    print("(model alone: the compiled forward and input-gradient pass of the model part, batch 8 over batch 1)")
+
+    dataset = sources.open_dataset(sources.DEFAULT_SOURCE)
+    paths = [str(dataset.root / item.rel) for item in dataset.items]
+    size = model.input_size
+    images = np.stack([load_resized(p, size) for p in paths]).astype(np.float32)
+    print(f"\nTop examples over {len(paths)} images of {sources.DEFAULT_SOURCE!r} at {size} px, k=9")
+    print(f"{'depth':8} {'ours s':>7} {'floor s':>8} {'ratio':>6}   (floor: compiled batched forward, in memory)")
+    natural = {}
+    for depth, layer in DEPTHS.items():
+        top_examples.scan(model, paths[:32], [layer])  # trace once
+
+        def ours(layer=layer):
+            natural[layer] = top_examples.scan(model, paths, [layer], k=9)[layer]
+
+        t_ours, t_floor = paired(ours, lambda: model.compiled.logits(images), args.repeats)
+        print(f"{depth:8} {t_ours:7.2f} {t_floor:8.2f} {t_ours / t_floor:5.2f}x")
+
+    print(f"\nActivation of the picture over the mean on the dataset's images, {args.channels} random channels each")
+    rng = np.random.default_rng(0)
+    for depth, layer in DEPTHS.items():
+        mean = np.asarray(natural[layer]["natural_mean"])
+        chosen = sorted(rng.choice(len(mean), args.channels, replace=False).tolist())
+        pictures = featurevis.visualize(model, layer, chosen, settings)
+        ratios = np.array([p.activation / max(mean[c], 1e-6) for p, c in zip(pictures, chosen, strict=True)])
+        cap = featurevis._cap(model.model, layer)  # ReLU6: no image can make a channel's mean exceed 6
+        reachable = (cap / np.maximum(mean[chosen], 1e-6) >= 5) if cap else np.ones(len(chosen), bool)
+        print(
+            f"{depth:8} median {np.median(ratios):6.1f}x  min {ratios.min():6.1f}x  "
+            f"at least 5x: {int((ratios >= 5).sum())}/{len(ratios)}  "
+            f"(where 5x is possible under the cap: {int((ratios[reachable] >= 5).sum())}/{int(reachable.sum())}; "
+            f"picture mean {np.mean([p.activation for p in pictures]):.2f}, natural mean {mean[chosen].mean():.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
