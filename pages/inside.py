@@ -23,7 +23,7 @@ from engine.explain import activations as acts_mod
 from engine.explain.model import list_runs
 from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
 from engine.training.runs import RunError, open_run
-from ui import cached, router, widgets
+from ui import cached, channels_view, router, widgets
 
 router.ensure_routed()
 
@@ -53,7 +53,7 @@ with st.sidebar:
         if str(run_config(wanted).get("data", {}).get("source", "")).startswith("shapes"):
             st.session_state["inside_img_source"] = "Shapes image"  # show it what it was trained on
     kind = st.radio("Model", ["ImageNet backbone", "Trained run"], key="inside_kind", label_visibility="collapsed")
-    model, model_key, run_mode = None, "", ""
+    model, model_key, run_mode, run_path = None, "", "", None
     try:
         if kind == "ImageNet backbone":
             name = widgets.imagenet_backbone_picker("inside_backbone")
@@ -69,7 +69,7 @@ with st.sidebar:
                 names = [p.name for p in runs]
                 if wanted in names and st.session_state.get("inside_run_for") != wanted:
                     st.session_state.update(inside_run=runs[names.index(wanted)], inside_run_for=wanted)
-                run = st.selectbox("Run", runs, format_func=lambda p: p.name, key="inside_run")
+                run = run_path = st.selectbox("Run", runs, format_func=lambda p: p.name, key="inside_run")
                 mtime = (run / "model.keras").stat().st_mtime
                 with st.spinner(f"Loading {run.name}…"):
                     model = cached.explainable_run(str(run), mtime)
@@ -94,6 +94,7 @@ if st.session_state.get("inside_image_key") != image_key:
     # A new image or model: the class chosen for the old one must not carry over (its list, maps
     # and scores all belong to the image shown). Set, not deleted: setting also updates the browser's box.
     st.session_state["cam_class"] = int(top[0])
+    st.session_state["ch_class"] = int(top[0])
     st.session_state.pop("trust_result", None)
     st.session_state["inside_image_key"] = image_key
 if st.session_state.get("inside_model_key") != model_key:
@@ -112,8 +113,15 @@ right.dataframe(
 if model.opaque_reason:
     st.warning(f"{model.opaque_reason}. Layer views and CAMs need inner layers; input attributions and occlusion work.")
 
-tab_layers, tab_filters, tab_walk, tab_cam, tab_trust = st.tabs(
-    ["🧱 Layers & feature maps", "🎛️ First-layer filters", "🚶 Walk through", "🔥 Where it looked", "✅ Trust"],
+tab_layers, tab_filters, tab_walk, tab_channels, tab_cam, tab_trust = st.tabs(
+    [
+        "🧱 Layers & feature maps",
+        "🎛️ First-layer filters",
+        "🚶 Walk through",
+        "🧩 Channels",
+        "🔥 Where it looked",
+        "✅ Trust",
+    ],
     key="inside_tab",
     on_change="rerun",  # only the open tab computes
 )
@@ -198,6 +206,10 @@ with tab_walk:
             "The four most active channels at each depth, at their true resolution: edges and textures early, "
             "parts in the middle, whole objects late."
         )
+
+with tab_channels:
+    if tab_channels.open and not model.opaque_reason:
+        channels_view.show(model, x, rgb, top, probs, run_path)
 
 
 def expected(method: str, layer: str | None) -> float:

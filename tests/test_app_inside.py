@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-TABS = ["🧱 Layers & feature maps", "🎛️ First-layer filters", "🚶 Walk through", "🔥 Where it looked", "✅ Trust"]
+TABS = [
+    "🧱 Layers & feature maps",
+    "🎛️ First-layer filters",
+    "🚶 Walk through",
+    "🔥 Where it looked",
+    "✅ Trust",
+    "🧩 Channels",
+]
 
 
 @pytest.fixture
@@ -169,3 +176,74 @@ def test_slow_methods_show_their_expected_time(page):
     occlusion = [o for o in options if o.startswith("Occlusion")][0]
     assert "~" in occlusion and occlusion.endswith(" s")
     assert not any("~" in o for o in options if o.startswith("Grad-CAM"))
+
+
+def test_channels_view(page, monkeypatch):
+    """A layer's channels with their pictures; open one: its picture, map, share of the CAM and top crops."""
+    from engine.explain import featurevis
+    from ui import channels_view
+
+    monkeypatch.setattr(channels_view, "SKETCH", featurevis.Settings(steps=8, size=48))
+    monkeypatch.setattr(channels_view, "FULL", featurevis.Settings(steps=12, size=64))
+    monkeypatch.setattr(channels_view, "SCAN_LIMIT", 24)
+    page.session_state["ch_layer"] = "block2a_expand_activation"
+    open_tab(page, 5)
+    grid = [i for i in page.get("image") if "CAM" in str(i.proto) and "mean" in str(i.proto)]
+    assert len(grid) == channels_view.PER_PAGE
+    first = page.session_state["ch_selected"]
+    assert page.subheader[0].value == f"Channel {first} of block2a_expand_activation"
+    metrics = {m.label: m.value for m in page.metric}
+    assert {"On this image", "Share of the CAM", "Picture", "Natural mean"} <= set(metrics)
+    captions = " ".join(str(i.proto) for i in page.get("image"))
+    assert "What it looks for" in captions and "Where it fires on this image" in captions
+    crops = [i for i in page.get("image") if "Where it fires" not in str(i.proto) and "caption" in str(i.proto)]
+    assert len(crops) >= len(grid) + 2 + channels_view.EXAMPLES
+    # most active first: the grid's means fall
+    means = [float(str(i.proto).split("mean ")[1].split(" ")[0]) for i in grid]
+    assert means == sorted(means, reverse=True)
+    other = next(b for b in page.button if b.key and b.key.startswith("ch_open_") and b.label.startswith("Open"))
+    other.click().run()
+    assert not page.exception and not page.error
+    assert page.subheader[0].value == f"Channel {other.key.removeprefix('ch_open_')} of block2a_expand_activation"
+    page.radio(key="ch_order").set_value("drives").run()
+    page.select_slider(key="ch_page").set_value(1).run()  # the next 8 channels
+    assert not page.exception and not page.error
+
+
+def test_channels_of_a_fine_tune_before_and_after(page, tmp_path, monkeypatch):
+    """A fine-tuned run shows the chosen channel's picture in its parent run and in itself, and the weight change."""
+    import keras
+
+    from conftest import TINY
+    from engine.backbones import load
+    from engine.explain import featurevis
+    from ui import channels_view
+
+    monkeypatch.setattr(channels_view, "SKETCH", featurevis.Settings(steps=4, size=48))
+    monkeypatch.setattr(channels_view, "FULL", featurevis.Settings(steps=8, size=48))
+    base = load("efficientnet_lite0", image_size=96)
+    head = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(base.output))
+    model = keras.Model(base.input, head)
+    runs = tmp_path / "runs"
+    parent, child = runs / "parent", runs / "child"
+    config = {"backbone": "efficientnet_lite0", "data": {"source": TINY}}
+    for run in (parent, child):
+        run.mkdir(parents=True)
+        (run / "labels.json").write_text(json.dumps(["circle", "square", "triangle"]))
+    model.save(parent / "model.keras")
+    (parent / "config.json").write_text(json.dumps(config))
+    kernel = model.get_layer("block2a_expand_conv").get_weights()
+    kernel[0] = kernel[0] * 1.1  # a "fine-tune" that changed every channel of this layer by 10%
+    model.get_layer("block2a_expand_conv").set_weights(kernel)
+    model.save(child / "model.keras")
+    (child / "config.json").write_text(json.dumps({**config, "parent": str(parent), "mode": "finetune"}))
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(runs))
+    page.session_state["ch_layer"] = "block2a_expand_activation"
+    page.session_state["inside_kind"] = "Trained run"
+    page.session_state["inside_run"] = child
+    open_tab(page, 5)
+    assert "Before and after fine-tuning" in " ".join(m.value for m in page.markdown)
+    captions = " ".join(str(i.proto) for i in page.get("image"))
+    assert "before: parent" in captions and "after: this run" in captions
+    assert {m.label: m.value for m in page.metric}["Weights changed"] == "10.0%"
+    assert page.selectbox(key="ch_source").value == TINY  # top examples from the run's own data first

@@ -277,3 +277,13 @@ def test_a_trained_run_end_to_end(tiny_run):
     again = top_examples(Explainable.from_run(tiny_run), TINY, layers[0], k=3)[layers[0]]
     assert again.cached
     np.testing.assert_array_equal(again.index, top.index)
+
+
+def test_ties_at_a_saturated_maximum_go_to_the_more_active_image():
+    from engine.explain.top_examples import _RunningTop
+
+    top = _RunningTop(channels=1, k=2, width=4)
+    maxima = np.array([[6.0], [6.0], [5.0]], np.float32)  # ReLU6: the first two saturate
+    means = np.array([[0.5], [2.0], [4.0]], np.float32)
+    top.add(0, maxima, np.zeros((3, 1), np.int32), means)
+    assert top.result((4, 4))["index"][0].tolist() == [1, 0]  # the same maximum: the higher mean first

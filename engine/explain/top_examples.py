@@ -134,6 +134,7 @@ class _RunningTop:
         self.activation = np.full((channels, k), -np.inf, np.float32)
         self.index = np.full((channels, k), -1, np.int64)
         self.flat = np.full((channels, k), -1, np.int64)
+        self.image_mean = np.full((channels, k), -np.inf, np.float32)  # the tie-break
         self.mean_sum = np.zeros(channels, np.float64)
         self.count = 0
 
@@ -143,11 +144,14 @@ class _RunningTop:
         act = np.concatenate([self.activation, maxima.T.astype(np.float32)], axis=1)  # (C, k + N)
         idx = np.concatenate([self.index, np.broadcast_to(np.arange(offset, offset + n), act[:, self.k :].shape)], 1)
         flat = np.concatenate([self.flat, argmax.T.astype(np.int64)], axis=1)
-        # Stable: on a tie the earlier image (already kept, or first in the batch) stays ahead.
-        order = np.argsort(-act, axis=1, kind="stable")[:, : self.k]
+        image_mean = np.concatenate([self.image_mean, means.T.astype(np.float32)], axis=1)
+        # Highest maximum first; saturating units (ReLU6 stops at 6) tie often, so a tie goes to the
+        # image where the channel is active over more of the map (its mean), then to the earlier image.
+        order = np.lexsort((-image_mean, -act), axis=1)[:, : self.k]
         self.activation = np.take_along_axis(act, order, 1)
         self.index = np.take_along_axis(idx, order, 1)
         self.flat = np.take_along_axis(flat, order, 1)
+        self.image_mean = np.take_along_axis(image_mean, order, 1)
         self.mean_sum += means.astype(np.float64).sum(axis=0)
         self.count += n
 
@@ -244,8 +248,9 @@ def _on_disk(model) -> bool:
 
 
 def _cache_key(model, fingerprint: str, layer: str, k: int, limit: int | None) -> str:
+    # v2: ties broken by the image's mean activation
     identity = model.identity if _on_disk(model) else f"memory:{id(model)}"
-    payload = f"{identity}|{fingerprint}|{layer}|{k}|{limit}|{model.input_size}|{model.resize_policy}"
+    payload = f"v2|{identity}|{fingerprint}|{layer}|{k}|{limit}|{model.input_size}|{model.resize_policy}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
