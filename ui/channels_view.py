@@ -61,6 +61,11 @@ def _examples(model: Explainable, source: str, layer: str) -> top_examples.TopEx
             bar.empty()
 
 
+def _share(value: float) -> str:
+    """A share of the CAM as "+12%", with "0%" for what rounds to nothing (never "-0%")."""
+    return "0%" if abs(value) < 0.005 else f"{value:+.0%}"
+
+
 def _sources(run_source: str | None) -> list[str]:
     """Where top examples can come from: the run's data, the Explorer's, the built-in dataset."""
     found = [run_source, state.data_config().source, DEFAULT_SOURCE]
@@ -112,7 +117,7 @@ def show(model: Explainable, x: np.ndarray, rgb: np.ndarray, top: np.ndarray, pr
             cols = st.columns(per_row)  # a row at a time, so tiles read left to right, top to bottom
         col = cols[k % per_row]
         mean = float(acts[..., c].mean())
-        col.image(picture.image, caption=f"#{c} · mean {mean:.2f} · CAM {share[c]:+.0%}", width="stretch")
+        col.image(picture.image, caption=f"#{c} · mean {mean:.2f} · CAM {_share(share[c])}", width="stretch")
         col.button(
             "Selected" if c == st.session_state["ch_selected"] else f"Open #{c}",
             key=f"ch_open_{c}",
@@ -146,7 +151,8 @@ def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: 
     d3.metric(
         "Share of the CAM",
         f"{share[channel]:+.1%}",
-        help=f"its part of the Grad-CAM for {model.labels[target]!r}: weight × activation over the positive parts",
+        help=f"its part of the Grad-CAM for {model.labels[target]!r} at this layer: its gradient weight × its "
+        "mean activation, over the sum of the positive parts (negative: it counts against the class)",
     )
     d3.metric("Picture", f"{picture.activation:.2f}", help="the channel's mean activation on its own picture")
 
