@@ -385,13 +385,16 @@ def _print_visualize(result: dict) -> None:
 
 def cmd_top_examples(args: argparse.Namespace) -> dict:
     from engine.explain import top_examples
+    from engine.explain.featurevis import check_target
 
     model = _explainable(args)
     layer = model.check_layer(args.layer)
+    channels = _channel_list(args.channel) if args.channel else None
+    if channels:
+        check_target(model, layer, channels)  # before a long scan, not after it
     found = top_examples.top_examples(
         model, args.source, [layer], k=args.k, limit=args.limit, progress=_stage_progress("scanning")
     )[layer]
-    channels = _channel_list(args.channel) if args.channel else None
     return found.to_json(channels)
 
 

@@ -3,6 +3,7 @@ archive and a photo, and sees the results. CI installs Chromium; elsewhere
 they skip without it."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -251,4 +252,16 @@ def test_predict_with_a_trained_run_and_open_a_confusion_cell(server, tmp_path, 
                 page.get_by_text(f"looked for {names[t]} (true)").first.wait_for(timeout=60_000)
                 break
         page.screenshot(path=str(tmp_path / "evaluate.png"), full_page=True)
+
+        # Inside the same model: open a channel and see what it looks for and where it fires in the run's data.
+        page.goto(server + "/inside?run=quick-run")
+        page.get_by_role("tab", name="🧩 Channels").click()
+        page.get_by_role("button", name=re.compile(r"Open #\d+")).first.wait_for(timeout=240_000)
+        button = page.get_by_role("button", name=re.compile(r"Open #\d+")).nth(1)
+        channel = button.inner_text().removeprefix("Open #")
+        button.click()
+        page.get_by_role("heading", name=re.compile(rf"Channel {channel} of ")).wait_for(timeout=120_000)
+        page.get_by_text("Where it fires most in this data").wait_for(timeout=120_000)
+        assert page.get_by_text("What it looks for").count() == 1
+        page.screenshot(path=str(tmp_path / "channels.png"), full_page=True)
         browser.close()

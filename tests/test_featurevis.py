@@ -62,7 +62,9 @@ def test_seeded_and_independent_of_batch_mates(small):
     assert np.abs(other.image.astype(int) - a.image).mean() > 5  # another seed, another start
     small.memo = type(small.memo)()
     together = featurevis.visualize(small, "r1", [0, 3, 5], FAST)
-    assert np.abs(together[1].image.astype(int) - a.image).mean() < 1.0  # alone or in a batch: the same picture
+    np.testing.assert_array_equal(together[1].image, a.image)  # alone or in a batch: the same picture
+    odd = featurevis.visualize(small, "r1", [3], featurevis.Settings(steps=4, size=49))[0]
+    assert odd.image.shape == (49, 49, 3)  # an odd size keeps its last column
 
 
 def test_pictures_are_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
@@ -106,6 +108,31 @@ def test_clear_errors(small):
         featurevis.Settings(steps=0)
     with pytest.raises(ExplainError, match="has 3 classes"):
         featurevis.visualize(small, featurevis.LOGITS, [3], FAST)
+    with pytest.raises(ExplainError, match="seed must be"):
+        featurevis.Settings(seed=-1)
+
+
+def test_a_flatten_head_cannot_take_other_sizes_and_says_so():
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    model = explainable(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten(name="flat")(x))))
+    with pytest.raises(ExplainError, match="Flatten layer"):
+        featurevis.visualize(model, featurevis.LOGITS, [0], FAST)
+    assert featurevis.visualize(model, "c", [0], FAST)[0].image.shape == (48, 48, 3)  # a channel still works
+
+
+def test_a_replaced_preprocessing_is_not_served_from_old_caches(small, tmp_path):
+    model = explainable(small.model)
+    model.cache_folder, model.identity = tmp_path, "small:v1"
+    featurevis.visualize(model, "r2", [0], FAST)
+    model.preprocess = lambda x: x * 0.0  # a black input: every channel sees the same constant
+    assert model.identity == ""
+    again = featurevis.visualize(model, "r2", [0], FAST)[0]
+    assert not again.cached
+    measured = featurevis.activation_on(model, "r2", again.image[None].astype(np.float32), [0])[0, 0]
+    assert again.activation == pytest.approx(measured, abs=1e-5)
 
 
 def test_relu6_layers_climb_their_input_capped_at_6():

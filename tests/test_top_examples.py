@@ -287,3 +287,22 @@ def test_ties_at_a_saturated_maximum_go_to_the_more_active_image():
     means = np.array([[0.5], [2.0], [4.0]], np.float32)
     top.add(0, maxima, np.zeros((3, 1), np.int32), means)
     assert top.result((4, 4))["index"][0].tolist() == [1, 0]  # the same maximum: the higher mean first
+
+
+def test_a_saturating_relu6_is_ranked_and_located_before_its_cap(data):
+    """Every red square saturates a ReLU6 at 6; the reddest image still comes first, at its square."""
+    root, red = data
+    x = keras.Input((S, S, 3))
+    color = L.Conv2D(1, 1, name="color")
+    y = L.ReLU(6.0, name="capped")(color(x))
+    color.set_weights([np.array([[[[40.0], [-20.0], [-20.0]]]], np.float32), np.zeros(1, np.float32)])
+    model = Explainable(keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(y))), lambda v: v / 255.0, ["a", "b"], "c")
+    result = top_examples(model, str(root), "capped", k=3)["capped"]
+    strength = {rel: np.asarray(Image.open(root / rel))[..., 0].max() for rel in red}
+    ranked = [e["rel"] for e in result.examples(0)]
+    assert ranked == sorted(strength, key=strength.get, reverse=True)[:3]
+    assert result.examples(0)[0]["activation"] > 6.0  # the peak before the cap
+    (r, c), (row, col) = red[ranked[0]], result.examples(0)[0]["position"]
+    assert abs(row - r) <= 2 and abs(col - c) <= 2
+    acts = model.activations(np.stack([load_resized(str(root / rel), S) for rel in result.rels]), "capped")
+    np.testing.assert_allclose(result.natural_mean, acts.mean(axis=(0, 1, 2)), rtol=1e-5)  # the mean after it

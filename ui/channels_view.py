@@ -174,7 +174,9 @@ def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: 
         ratio = f" ({picture.activation / natural:.1f}× on its picture)" if natural > 0 else ""
         d3.metric("Natural mean", f"{natural:.2f}", help=f"mean over {len(found.rels)} images of this data{ratio}")
         examples = found.examples(channel)
-        if examples:
+        if not examples:
+            st.info(f"Channel {channel} never fires on these {len(found.rels)} images: no example to show.")
+        else:
             st.markdown(
                 f"**Where it fires most in this data** ({len(found.rels)} images scanned): the crop is the "
                 "receptive field of the strongest position"

@@ -58,7 +58,9 @@ def parent_run(run_dir: str | Path) -> Path | None:
         config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    parent = config.get("parent")
+    # config.json keeps the parent's folder under "finetune" (a full path); a bare "parent" name
+    # is read beside the run, as in the runs folder
+    parent = (config.get("finetune") or {}).get("parent") or config.get("parent")
     if not parent:
         return None
     path = Path(parent) if Path(parent).is_absolute() else run.parent / parent

@@ -197,7 +197,8 @@ class CompiledModel:
 
         Returns:
             Per layer: (spatial max (N, C) float32, flat arg-max position over h*w (N, C) int32
-            (row = p // w, col = p % w), spatial mean (N, C) float32).
+            (row = p // w, col = p % w), spatial mean (N, C) float32). For a capped activation
+            (ReLU6) the max and its position are taken before the cap, the mean after it.
         """
         layers = list(layers)
         if not layers:
@@ -217,27 +218,33 @@ class CompiledModel:
                     "nested models); ask for each part separately"
                 )
             # A keras.Model with several outputs holds only the graph up to the deepest of them.
-            if nested is None:
-                before = None
-                upto = keras.Model(self.model.input, [self.model.get_layer(inner).output for _, inner in split])
-            else:
+            graph = self.model if nested is None else nested
+            targets = [graph.get_layer(inner) for _, inner in split]
+            # A capped activation (ReLU6) saturates: many images tie at 6, all at the first saturated
+            # position. Peaks are ranked and located on its input instead, which keeps counting.
+            tensors = [t.input if activation_cap(t) is not None else t.output for t in targets]
+            tensors += [t.output for t in targets]
+            before = None
+            if nested is not None:
                 before = keras.Model(self.model.input, nested._inbound_nodes[0].input_tensors[0])
-                upto = keras.Model(nested.input, [nested.get_layer(inner).output for _, inner in split])
+            upto = keras.Model(graph.input, tensors)
+
+            def flat(a):
+                shape = tf.shape(a)
+                return tf.cast(tf.reshape(a, (shape[0], shape[1] * shape[2], shape[3])), tf.float32)  # (N, h*w, C)
 
             def fn(x):
                 x = self.preprocess(x)
                 if before is not None:
                     x = before(x, training=False)
                 outputs = upto(x, training=False)
+                peaks, maps = outputs[: len(targets)], outputs[len(targets) :]
                 out = []
-                for a in outputs if isinstance(outputs, list | tuple) else [outputs]:
-                    shape = tf.shape(a)
-                    flat = tf.reshape(a, (shape[0], shape[1] * shape[2], shape[3]))  # (N, h*w, C)
-                    flat = tf.cast(flat, tf.float32)
+                for peak, a in zip(peaks, maps, strict=True):
                     out += [
-                        tf.reduce_max(flat, axis=1),
-                        tf.argmax(flat, axis=1, output_type=tf.int32),
-                        tf.reduce_mean(flat, axis=1),
+                        tf.reduce_max(flat(peak), axis=1),
+                        tf.argmax(flat(peak), axis=1, output_type=tf.int32),
+                        tf.reduce_mean(flat(a), axis=1),
                     ]
                 return tuple(out)
 
@@ -272,6 +279,16 @@ class CompiledModel:
             t2 = time.perf_counter()
             self._timing = {"forward": (t1 - t0) / 8, "gradient": (t2 - t1) / 8}
         return self._timing
+
+
+def activation_cap(layer) -> float | None:
+    """The upper clip of a Keras activation layer (6 for ReLU6), or None."""
+    config = layer.get_config()
+    if type(layer).__name__ == "ReLU" and config.get("max_value") is not None:
+        return float(config["max_value"])
+    if type(layer).__name__ == "Activation" and config.get("activation") == "relu6":
+        return 6.0
+    return None
 
 
 # ---- splitting a model at a layer ----------------------------------------

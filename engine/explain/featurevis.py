@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.explain.compiled import Progress, _layer
+from engine.explain.compiled import Progress, _layer, activation_cap
 from engine.explain.model import Explainable, ExplainError
 
 LOGITS = "logits"  # the layer name that optimises a class logit instead of a channel
@@ -62,6 +62,10 @@ class Settings:
             raise ExplainError(f"steps must be 1..4096, got {self.steps}")
         if not 32 <= self.size <= 512:
             raise ExplainError(f"size must be 32..512 px, got {self.size}")
+        if self.seed < 0:
+            raise ExplainError(f"seed must be 0 or more, got {self.seed}")
+        if not self.lr > 0:
+            raise ExplainError(f"the learning rate must be positive, got {self.lr}")
 
 
 @dataclass
@@ -138,13 +142,7 @@ def _cap(model, layer: str) -> float | None:
     if layer == LOGITS:
         return None
     nested, inner = _layer(model, layer)
-    target = (nested or model).get_layer(inner)
-    config = target.get_config()
-    if type(target).__name__ == "ReLU" and config.get("max_value") is not None:
-        return float(config["max_value"])
-    if type(target).__name__ == "Activation" and config.get("activation") == "relu6":
-        return 6.0
-    return None
+    return activation_cap((nested or model).get_layer(inner))
 
 
 class _Optimiser:
@@ -212,7 +210,7 @@ class _Optimiser:
         import tensorflow as tf
 
         spectrum = tf.complex(self.spectrum[0], self.spectrum[1]) * self.scale
-        image = tf.signal.irfft2d(spectrum)[:, :, : self.size, : self.size] / 4.0  # (B, 3, S, S)
+        image = tf.signal.irfft2d(spectrum, fft_length=[self.size, self.size]) / 4.0  # (B, 3, S, S), odd S too
         image = tf.transpose(image, (0, 2, 3, 1))
         image = tf.einsum("bhwc,dc->bhwd", image, _COLOR)  # decorrelated -> RGB
         return tf.sigmoid(image)
@@ -288,20 +286,24 @@ _BUILD_LOCK = threading.Lock()
 def _optimiser(model: Explainable, layer: str, batch: int, settings: Settings) -> _Optimiser:
     with _BUILD_LOCK:
         mine = _OPTIMISERS.setdefault(model, {})
-        key = (layer, batch, settings.size, settings.decay)
+        key = (layer, batch, settings.size, settings.decay, id(model.preprocess))  # the trace holds the preprocessing
         if key not in mine:
             mine[key] = _Optimiser(model, layer, batch, settings.size, settings.decay)
         return mine[key]
 
 
+VERSION = 1  # of the recipe: raise it when the objective or the transforms change, so old pictures miss
+
+
 def _key(model: Explainable, layer: str, channel: int, settings: Settings) -> str:
     who = model.identity or f"memory:{id(model)}"
-    payload = f"{who}|{layer}|{channel}|{sorted(asdict(settings).items())}"
+    payload = f"v{VERSION}|{who}|{layer}|{channel}|{sorted(asdict(settings).items())}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
 def _disk(model: Explainable, key: str) -> Path | None:
-    return model.cache_folder / "pictures" / f"{key}.npz" if model.cache_folder else None
+    """Where a picture is kept on disk: only for a model with a folder and an identity that outlives the process."""
+    return model.cache_folder / "pictures" / f"{key}.npz" if model.cache_folder and model.identity else None
 
 
 def _read(model: Explainable, layer: str, channel: int, key: str) -> Picture | None:
@@ -345,6 +347,12 @@ def check_target(model: Explainable, layer: str, channels: list[int]) -> int:
     if model.opaque_reason:
         raise ExplainError(model.opaque_reason)
     if layer == LOGITS:
+        flatten = [layer.name for layer in model.model.layers if type(layer).__name__ == "Flatten"]
+        if flatten:  # the pictures are not the model's input size, and a Flatten head takes only that size
+            raise ExplainError(
+                f"{model.name}'s classes come through a Flatten layer ({flatten[0]}), which takes only "
+                f"{model.input_size}-px images: visualise the channels of a convolutional layer instead"
+            )
         count = len(model.labels)
         what = "classes"
     else:

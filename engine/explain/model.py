@@ -96,6 +96,7 @@ class Explainable:
         self._preprocess = fn
         self.compiled = CompiledModel(self.model, fn)  # traced functions hold the old preprocessing
         self.memo = Memo()
+        self.identity = ""  # no longer the saved model: keep its channel pictures and examples in memory only
 
     # ---- construction ---------------------------------------------------
     @classmethod
@@ -122,6 +123,7 @@ class Explainable:
         model_file = run / "model.keras"
         if not model_file.is_file():
             raise ExplainError(f"{run}: no model.keras in this run folder (was the run finished?)")
+        stat = model_file.stat()  # before loading: a rewrite meanwhile must not lend its identity to old weights
         try:
             model = keras.models.load_model(model_file, safe_mode=True, compile=False)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for bad files
@@ -140,7 +142,7 @@ class Explainable:
         opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
         out = cls(model, preprocess, list(labels), run.name, default, opaque)
         out.resize_policy = (config.get("data") or {}).get("resize", "stretch")  # as the run was trained
-        stat = model_file.stat()  # a resumed or fine-tuned-again run rewrites it: old caches must miss
+        # a resumed or fine-tuned-again run rewrites model.keras: caches keyed by its stat then miss
         out.cache_folder = run / "channels"
         out.identity = f"run:{run.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
         return out

@@ -69,6 +69,8 @@ class TopExamples:
     def examples(self, channel: int) -> list[dict]:
         """The channel's top images, highest first, with the patch that fired in input-image pixels.
 
+        Only images where the channel's peak is above zero: a channel silent on all of the data has none.
+
         Returns:
             [{"path", "rel", "activation", "position": [row, col], "box": [top, left, bottom, right]}];
             the box (bottom/right exclusive) is in the pixels of the image resized to
@@ -78,8 +80,8 @@ class TopExamples:
         out = []
         for rank in range(self.k):
             i = int(self.index[channel, rank])
-            if i < 0:
-                break  # fewer images than k: the rest is padding
+            if i < 0 or not self.activation[channel, rank] > 0:
+                break  # fewer images than k (padding), or the channel never fires on the rest
             row, col = (int(v) for v in self.position[channel, rank])
             out.append(
                 {
