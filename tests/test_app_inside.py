@@ -205,6 +205,8 @@ def test_channels_view(page, monkeypatch):
     other.click().run()
     assert not page.exception and not page.error
     assert page.subheader[0].value == f"Channel {other.key.removeprefix('ch_open_')} of block2a_expand_activation"
+    page.toggle(key="ch_class_pic").set_value(True).run()  # the class's own picture
+    assert "Egyptian cat: logit" in " ".join(str(i.proto) for i in page.get("image"))
     page.radio(key="ch_order").set_value("drives").run()
     page.select_slider(key="ch_page").set_value(1).run()  # the next 8 channels
     assert not page.exception and not page.error

@@ -306,3 +306,18 @@ def test_a_saturating_relu6_is_ranked_and_located_before_its_cap(data):
     assert abs(row - r) <= 2 and abs(col - c) <= 2
     acts = model.activations(np.stack([load_resized(str(root / rel), S) for rel in result.rels]), "capped")
     np.testing.assert_allclose(result.natural_mean, acts.mean(axis=(0, 1, 2)), rtol=1e-5)  # the mean after it
+
+
+def test_a_field_as_big_as_the_image_shows_the_whole_image_with_the_position(data):
+    root, _ = data
+    result = top_examples(_explainable(), str(root), ["color", "conv2"], k=2)
+    small, big = result["color"], result["conv2"]
+    assert small.view(0, 0).shape == small.crop(0, 0).shape == (1, 1, 3)  # a 1x1 field: the crop
+    top, left, bottom, right = big.examples(1)[0]["box"]
+    assert big.view(1, 0).shape == (bottom - top, right - left, 3)  # conv2's 6 px field: a crop
+    whole = big.view(1, 0, most=0.1)  # as if the field covered most of the image
+    assert whole.shape == (S, S, 3)
+    plain = load_resized(big.examples(1)[0]["path"], S)
+    changed = np.argwhere((whole != plain).any(axis=-1))  # the outline
+    cy, cx = big.field.centre(*big.examples(1)[0]["position"])
+    assert changed.size and abs(changed[:, 0].mean() - cy) <= 2 and abs(changed[:, 1].mean() - cx) <= 2

@@ -131,7 +131,27 @@ def show(model: Explainable, x: np.ndarray, rgb: np.ndarray, top: np.ndarray, pr
         f"{SKETCH.size} px, Lucid's recipe); captions give the channel's mean activation on this image and its "
         f"share of the Grad-CAM for {model.labels[target]!r}."
     )
+    _class_picture(model, target)
     _detail(model, x, rgb, acts, layer, int(st.session_state["ch_selected"]), share, target, run)
+
+
+def _class_picture(model: Explainable, target: int) -> None:
+    """The picture optimised for the class's logit: what the whole network thinks the class looks like."""
+    label = model.labels[target]
+    with st.expander(f"What the network thinks {label!r} looks like"):
+        if not st.toggle(f"Draw {label!r} ({FULL.steps} steps through the whole network)", key="ch_class_pic"):
+            return
+        try:
+            picture = _pictures(model, featurevis.LOGITS, [target], FULL, f"Optimising the logit of {label!r}")[0]
+        except ConvScopeError as exc:
+            st.info(str(exc))
+            return
+        c1, c2 = st.columns([1, 2])
+        c1.image(picture.image, caption=f"{label}: logit {picture.activation:.1f}", width="stretch")
+        c2.caption(
+            "An image optimised from noise to raise this class's logit, the same way as the channels' pictures. "
+            "Pieces of the class (textures, parts) appear, repeated: the network needs no whole object."
+        )
 
 
 def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: int, run: Path | None) -> None:
@@ -178,12 +198,13 @@ def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: 
             st.info(f"Channel {channel} never fires on these {len(found.rels)} images: no example to show.")
         else:
             st.markdown(
-                f"**Where it fires most in this data** ({len(found.rels)} images scanned): the crop is the "
-                "receptive field of the strongest position"
+                f"**Where it fires most in this data** ({len(found.rels)} images scanned): each crop is the "
+                "receptive field of the strongest position; where that field is most of the image, the whole "
+                "image with the position outlined. Numbers: the peak (before a ReLU6's cap)."
             )
             cols = st.columns(min(len(examples), 9))
             for rank, (col, ex) in enumerate(zip(cols, examples, strict=False)):
-                col.image(found.crop(channel, rank), caption=f"{ex['activation']:.2f}", width="stretch")
+                col.image(found.view(channel, rank), caption=f"{ex['activation']:.2f}", width="stretch")
     parent = channels.parent_run(run) if run else None
     if parent is not None:
         _before_after(model, parent, layer, channel, picture)

@@ -96,11 +96,35 @@ class TopExamples:
 
     def crop(self, channel: int, rank: int) -> np.ndarray:
         """(h', w', 3) uint8: the receptive field of the `rank`-th example, cut out of the image as scanned."""
+        example = self._example(channel, rank)
+        top, left, bottom, right = example["box"]
+        return load_resized(example["path"], self.image_size, self.policy)[top:bottom, left:right]
+
+    def _example(self, channel: int, rank: int) -> dict:
         found = self.examples(channel)
         if not 0 <= rank < len(found):
             raise ExplainError(f"channel {channel} of {self.layer!r} has examples 0..{len(found) - 1}, got rank {rank}")
-        top, left, bottom, right = found[rank]["box"]
-        return load_resized(found[rank]["path"], self.image_size, self.policy)[top:bottom, left:right]
+        return found[rank]
+
+    def view(self, channel: int, rank: int, most: float = 0.6) -> np.ndarray:
+        """(h', w', 3) uint8: what to show for one example.
+
+        The receptive-field crop, unless the field covers more than `most` of the image's side
+        (deep layers: Lite0's last layer sees 851 px); then the whole image with the position
+        that fired outlined, a square of the layer's stride around its centre.
+        """
+        example = self._example(channel, rank)
+        top, left, bottom, right = example["box"]
+        if max(bottom - top, right - left) <= most * self.image_size:
+            return self.crop(channel, rank)
+        from engine.data.report import draw_box
+
+        image = load_resized(example["path"], self.image_size, self.policy)
+        cy, cx = self.field.centre(*example["position"])
+        half = max(self.field.jump, 4.0) / 2
+        box = [int(max(0, cx - half)), int(max(0, cy - half))]
+        box += [int(min(self.image_size, cx + half + 1)), int(min(self.image_size, cy + half + 1))]
+        return draw_box(image, box, (255, 215, 0))
 
     def to_json(self, channels: list[int] | None = None) -> dict:
         """The result as JSON; `channels` limits the listing (default: every channel)."""
