@@ -34,8 +34,9 @@ networks, in the browser.
 - **Inside the network**: every layer's feature maps, the first layer's
   filters, a walk from edges to objects, where the network looked for any
   class (Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM, Eigen-CAM, CAM, gradients,
-  SmoothGrad, Integrated Gradients, occlusion), and checks that say how far to
-  trust each map.
+  SmoothGrad, Integrated Gradients, occlusion), checks that say how far to
+  trust each map, and what each channel looks for: its feature visualisation
+  and the images of your data where it fires most.
 
 Everything the dashboard does is also scriptable: `python -m engine --help`.
 """

@@ -13,7 +13,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
-from engine.data.pipeline import load_resized
+from engine.data.pipeline import decoded_batches
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.evaluate import calibration, metrics
@@ -120,23 +119,13 @@ def score(model, paths: list[str], size: int, policy: str = "stretch", progress:
     """
     if not paths:
         return np.zeros((0, len(model.labels)), np.float32)
-    batches = [paths[k : k + BATCH] for k in range(0, len(paths), BATCH)]
-
-    def decode(batch: list[str]) -> np.ndarray:
-        return np.stack([load_resized(p, size, policy) for p in batch]).astype(np.float32)
-
     out = []
     done = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-decode") as pool:
-        pending = pool.submit(decode, batches[0])
-        for k in range(len(batches)):
-            images = pending.result()
-            if k + 1 < len(batches):
-                pending = pool.submit(decode, batches[k + 1])
-            out.append(model.compiled.logits(images))
-            done += len(images)
-            if progress:
-                progress(done, len(paths))
+    for images in decoded_batches(paths, size, policy, BATCH):
+        out.append(model.compiled.logits(images))
+        done += len(images)
+        if progress:
+            progress(done, len(paths))
     return np.concatenate(out).astype(np.float32)
 
 

@@ -20,7 +20,6 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data import sources
-from engine.data.pipeline import load_resized
+from engine.data.pipeline import decoded_batches, load_resized
 from engine.errors import ConvScopeError
 from engine.explain.model import ExplainError
 from engine.explain.receptive import Field, receptive_field
@@ -235,29 +234,17 @@ def scan(model, paths: list[str], layers: list[str], k: int = 9, progress: Progr
     for layer in layers:  # channel_peaks runs one part of a model at a time (flat, or one nested backbone)
         groups.setdefault(layer.rpartition("/")[0], []).append(layer)
     size, policy = model.input_size, model.resize_policy
-    batches = [paths[s : s + BATCH] for s in range(0, len(paths), BATCH)]
-
-    def decode(batch: list[str]) -> np.ndarray:
-        return np.stack([load_resized(p, size, policy) for p in batch]).astype(np.float32)
-
     tops: dict[str, _RunningTop] = {}
     done = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-decode") as pool:
-        pending = pool.submit(decode, batches[0])
-        for b in range(len(batches)):
-            images = pending.result()
-            if b + 1 < len(batches):
-                pending = pool.submit(decode, batches[b + 1])  # decoded while the model runs on this batch
-            for group in groups.values():
-                for layer, (maxima, argmax, means) in zip(
-                    group, model.compiled.channel_peaks(images, group), strict=True
-                ):
-                    if layer not in tops:
-                        tops[layer] = _RunningTop(maxima.shape[1], k, grids[layer][1])
-                    tops[layer].add(done, maxima, argmax, means)
-            done += len(images)
-            if progress:
-                progress(done, len(paths))
+    for images in decoded_batches(paths, size, policy, BATCH):  # the next batch decodes while this one runs
+        for group in groups.values():
+            for layer, (maxima, argmax, means) in zip(group, model.compiled.channel_peaks(images, group), strict=True):
+                if layer not in tops:
+                    tops[layer] = _RunningTop(maxima.shape[1], k, grids[layer][1])
+                tops[layer].add(done, maxima, argmax, means)
+        done += len(images)
+        if progress:
+            progress(done, len(paths))
     return {layer: tops[layer].result(grids[layer]) for layer in layers}
 
 
