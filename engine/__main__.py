@@ -408,6 +408,26 @@ def _print_top_examples(result: dict) -> None:
         print(f"  ... {len(result['channels']) - 64} more channels (--json for all)")
 
 
+def cmd_export(args: argparse.Namespace) -> dict:
+    from engine.export import export_run
+
+    checking = _stage_progress("checking")
+    return export_run(args.run_dir, args.format, args.out, check=not args.no_check, progress=checking)
+
+
+def _print_export(result: dict) -> None:
+    print(f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB)")
+    if "agreement" in result:
+        print(
+            f"  top-1 agreement with Keras {result['agreement']:.1%} on {result['images']} test images, "
+            f"largest probability difference {result['max_abs_diff']:.2g}"
+        )
+        print(f"  accuracy {result['accuracy']:.1%} (Keras {result['accuracy_keras']:.1%})")
+        print(f"  {result['latency_ms']:.1f} ms per image (Keras {result['latency_ms_keras']:.1f} ms)")
+    if result.get("warning"):
+        print(f"  warning: {result['warning']}")
+
+
 def cmd_explain(args: argparse.Namespace) -> dict:
     from engine.explain import explain_image
     from engine.explain.overlay import overlay, to_png
@@ -837,6 +857,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="scan at most this many images, spread over the classes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_top_examples, show=_print_top_examples)
+
+    from engine.export import FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="export a finished run (.keras, SavedModel, TFLite float/fp16/int8, ONNX), checked against Keras",
+        description="The export is reloaded and compared with the Keras model on the run's test split: top-1 "
+        "agreement, largest probability difference, accuracy, latency per image. Exit code 2 when the "
+        "format's converter cannot handle this model here (the reason is printed).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", metavar="PATH", help="where to write it (default RUN_DIR/exports/, one name per format)")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with the Keras model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_export, show=_print_export)
 
     from engine.config import OPTIMIZERS, TRAIN_MODES
     from engine.training import presets

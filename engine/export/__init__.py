@@ -1,0 +1,12 @@
+"""Export a finished run to the formats people deploy, each checked against the Keras model.
+
+Formats: `keras` (the run's own file), `savedmodel` (a serving signature taking uint8
+images of any size, resized and preprocessed inside), `tflite`, `tflite-fp16`,
+`tflite-int8` (full-integer, calibrated on the run's training images; run with the LiteRT
+interpreter) and `onnx` (tf2onnx, run with onnxruntime). Each export is reloaded and
+compared with the Keras model on the run's test split (engine.export.parity).
+"""
+
+from engine.export.formats import FORMATS, ExportError, ExportUnavailable, export_run
+
+__all__ = ["FORMATS", "ExportError", "ExportUnavailable", "export_run"]

@@ -1,0 +1,93 @@
+"""Export a trained run to every format, reload it, and check it against the Keras model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import train_tiny_run
+from engine.export import FORMATS, ExportError, ExportUnavailable, export_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("runs"), "export-run", epochs=3, image_size=96)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_round_trips(run, fmt, tmp_path):
+    result = export_run(run, fmt, tmp_path / f"out-{fmt}")
+    assert result["format"] == fmt and result["bytes"] > 100_000
+    assert {"agreement", "max_abs_diff", "accuracy", "accuracy_keras", "latency_ms", "latency_ms_keras"} <= set(result)
+    if fmt in ("keras", "savedmodel", "tflite", "onnx"):  # float32 all the way: the same numbers
+        assert result["agreement"] == 1.0 and result["max_abs_diff"] < 1e-4, result
+        assert result["accuracy"] == result["accuracy_keras"]
+    elif fmt == "tflite-fp16":
+        assert result["agreement"] == 1.0 and result["max_abs_diff"] < 0.05, result
+    else:  # int8: close, and said when it is not
+        assert result["agreement"] >= 0.8 and result["max_abs_diff"] < 0.5, result
+        assert ("warning" in result) == (result["agreement"] < 0.97)
+    assert result["latency_ms"] > 0 and result["latency_ms_keras"] > 0
+
+
+def test_int8_is_smaller_and_takes_uint8(run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    fp32 = export_run(run, "tflite", tmp_path / "a.tflite", check=False)
+    int8 = export_run(run, "tflite-int8", tmp_path / "b.tflite", check=False)
+    assert int8["bytes"] < 0.4 * fp32["bytes"]  # int8 weights: about a quarter
+    interpreter = Interpreter(model_path=int8["path"])
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+
+
+def test_the_savedmodel_takes_uint8_images_of_any_size(run, tmp_path):
+    import tensorflow as tf
+
+    from engine import imaging
+    from engine.explain import Explainable
+
+    path = export_run(run, "savedmodel", tmp_path / "sm", check=False)["path"]
+    loaded = tf.saved_model.load(path)
+    from engine.samples import SAMPLE_PHOTOS, sample_photo
+
+    image = sample_photo(next(iter(SAMPLE_PHOTOS)))[:, 40:]  # a photo, not square
+    out = loaded.signatures["serving_default"](image=tf.constant(image[None]))
+    probs = out["probabilities"].numpy()
+    assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    model = Explainable.from_run(run)
+    expected = model.probabilities(imaging.resize(image, 96, model.resize_policy)[None].astype(np.float32))
+    assert np.abs(probs - expected).max() < 0.05  # TF's and Pillow's bilinear resize differ a little
+
+
+def test_a_converter_that_fails_is_unavailable_with_its_reason(run, tmp_path, monkeypatch, capsys):
+    import tf2onnx
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Unsupported ops: SomeNewOp\nmore detail")
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", refuse)
+    with pytest.raises(ExportUnavailable, match="tf2onnx cannot convert this model here: ValueError: Unsupported"):
+        export_run(run, "onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()  # nothing half-written
+
+    from engine.__main__ import main
+
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "y.onnx"), "--json"]) == 2
+    assert "Unsupported ops: SomeNewOp" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_cli_export_json_and_bad_input(run, tmp_path, capsys):
+    from engine.__main__ import main
+
+    assert main(["export", str(run), "--format", "keras", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"format", "path", "bytes", "agreement", "max_abs_diff", "accuracy", "accuracy_keras",
+                           "latency_ms", "latency_ms_keras"}  # fmt: skip
+    assert result["path"].endswith("exports/model.keras")
+    with pytest.raises(ExportError, match="format must be one of"):
+        export_run(run, "tflite-int4", tmp_path / "z")
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    assert main(["export", str(empty), "--format", "keras", "--json"]) == 2
