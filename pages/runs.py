@@ -86,6 +86,67 @@ all_runs = runs.list_runs()
 rows = [runs.summary(r) for r in all_runs]
 by_name = {r["name"]: r for r in rows}
 
+FORMAT_TITLES = {
+    "keras": "Keras (.keras)",
+    "savedmodel": "TensorFlow SavedModel (any image size, uint8)",
+    "tflite": "TFLite float32",
+    "tflite-fp16": "TFLite float16",
+    "tflite-int8": "TFLite int8 (full-integer)",
+    "onnx": "ONNX",
+}
+
+
+def export_section(row: dict, name: str) -> None:
+    """Export the run in a chosen format, check it against the Keras model, and offer the file."""
+    from engine.export import FORMATS, ExportUnavailable, as_download, export_run
+
+    with st.expander("Export this model", icon="📦"):
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        fmt = c1.selectbox("Format", FORMATS, format_func=FORMAT_TITLES.get, key=f"export_format_{name}")
+        done = st.session_state.setdefault("exports", {})
+        if c2.button("Export and check", key="export_go", icon="📦"):
+            bar = st.progress(0.0, text=f"Converting to {FORMAT_TITLES[fmt]}…")
+
+            def checking(k: int, n: int) -> None:
+                bar.progress(k / max(n, 1), text=f"Checking against the Keras model: {k}/{n} test images")
+
+            try:
+                done[(name, fmt)] = export_run(row["path"], fmt, progress=checking)
+            except ExportUnavailable as exc:
+                done[(name, fmt)] = {"unavailable": str(exc)}
+            except ConvScopeError as exc:
+                st.error(widgets.path_free(str(exc)))
+            finally:
+                bar.empty()
+        result = done.get((name, fmt))
+        if result is None:
+            st.caption("The file is reloaded and compared with the Keras model on the run's test split.")
+            return
+        if "unavailable" in result:
+            reason = widgets.path_free(result["unavailable"])
+            st.info(f"{FORMAT_TITLES[fmt]} is unavailable for this model here: {reason}")
+            return
+        m = st.columns(4)
+        images = result["images"]
+        m[0].metric("Top-1 agreement", f"{result['agreement']:.1%}", help=f"with Keras on {images} test images")
+        m[1].metric(
+            "Accuracy", f"{result['accuracy']:.1%}", f"{result['accuracy'] - result['accuracy_keras']:+.1%} vs Keras"
+        )
+        m[2].metric("Size", f"{result['bytes'] / 1e6:.1f} MB")
+        m[3].metric(
+            "Latency",
+            f"{result['latency_ms']:.1f} ms",
+            f"{result['latency_ms'] - result['latency_ms_keras']:+.1f} ms vs Keras",
+            delta_color="inverse",
+            help="one image at a time on this server",
+        )
+        st.caption(f"Largest probability difference from Keras: {result['max_abs_diff']:.2g}")
+        if result.get("warning"):
+            st.warning(result["warning"])
+        data, file_name = as_download(result["path"])
+        st.download_button(f"Download {file_name}", data, file_name=file_name, key="export_download", icon="⬇️")
+
+
 tab_table, tab_compare, tab_bake = st.tabs(["📋 All runs", "⚖️ Compare", "🏁 Bake-off"], key="runs_tab")
 
 with tab_table:
@@ -152,6 +213,9 @@ with tab_table:
             else:
                 st.toast(f"Renamed to {new_name.strip()}")
                 st.rerun()
+
+        if row["has_model"] and row["status"] in ("finished", "stopped"):
+            export_section(row, name)
 
         active = row["status"] in runs.ACTIVE
         with st.expander("Delete this run", icon="🗑️"):

@@ -209,3 +209,25 @@ def test_other_labelled_data_opens_its_own_picker(root):
     assert at.radio(key="eval_src_kind").value  # the built-in shapes by default
     # The default shapes have 5 classes, the run knows 3: a clear message, not a traceback.
     assert any("classes the run does not know" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_export_a_run_check_it_and_download_it(root, monkeypatch):
+    at = open_page("pages/runs.py")
+    at.selectbox(key="manage_run").set_value("eval-run").run()
+    at.selectbox(key="export_format_eval-run").set_value("tflite").run()
+    at.button(key="export_go").click().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top-1 agreement"] == "100.0%" and metrics["Size"].endswith("MB")
+    assert (root / "eval-run" / "exports" / "model.tflite").is_file()
+    assert [b for b in at.get("download_button") if "model.tflite" in str(b.proto)]
+
+    import tf2onnx
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Unsupported ops: SomeNewOp")
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", refuse)
+    at.selectbox(key="export_format_eval-run").set_value("onnx").run()
+    at.button(key="export_go").click().run()
+    assert "ONNX is unavailable for this model here" in texts(at) and "SomeNewOp" in texts(at)

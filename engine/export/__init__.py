@@ -7,6 +7,6 @@ interpreter) and `onnx` (tf2onnx, run with onnxruntime). Each export is reloaded
 compared with the Keras model on the run's test split (engine.export.parity).
 """
 
-from engine.export.formats import FORMATS, ExportError, ExportUnavailable, export_run
+from engine.export.formats import FORMATS, ExportError, ExportUnavailable, as_download, export_run
 
-__all__ = ["FORMATS", "ExportError", "ExportUnavailable", "export_run"]
+__all__ = ["FORMATS", "ExportError", "ExportUnavailable", "as_download", "export_run"]

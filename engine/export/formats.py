@@ -173,3 +173,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     if check:
         result.update(parity.compare(model, fmt, target, labelled_set(run), progress))
     return result
+
+
+def as_download(path: str | Path) -> tuple[bytes, str]:
+    """An export as one file to hand to a browser: (bytes, file name); a SavedModel folder is zipped."""
+    import io
+    import zipfile
+
+    path = Path(path)
+    if path.is_file():
+        return path.read_bytes(), path.name
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            archive.write(file, Path(path.name) / file.relative_to(path))
+    return buffer.getvalue(), f"{path.name}.zip"
