@@ -428,6 +428,16 @@ def _print_export(result: dict) -> None:
         print(f"  warning: {result['warning']}")
 
 
+def cmd_report(args: argparse.Namespace) -> dict:
+    from engine.export.report import write_report
+
+    return write_report(args.run_dir, args.out, progress=_stderr_progress)
+
+
+def _print_report(result: dict) -> None:
+    print(f"report written to {result['path']} ({result['bytes'] / 1e6:.1f} MB, opens offline)")
+
+
 def cmd_explain(args: argparse.Namespace) -> dict:
     from engine.explain import explain_image
     from engine.explain.overlay import overlay, to_png
@@ -873,6 +883,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the Keras model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_export, show=_print_export)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML file about a finished run (opens offline)",
+        description="Data, configuration, curves of every phase, test metrics, per-class table, confusion matrix, "
+        "calibration, the most confident mistakes with their Grad-CAMs, and the checked exports.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="HTML", help="where to write it (default RUN_DIR/report.html)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_report, show=_print_report)
 
     from engine.config import OPTIMIZERS, TRAIN_MODES
     from engine.training import presets

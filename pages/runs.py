@@ -1,5 +1,7 @@
 """Runs: every training run in one table; rename, delete, compare side by side, and a backbone bake-off."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -147,6 +149,41 @@ def export_section(row: dict, name: str) -> None:
         st.download_button(f"Download {file_name}", data, file_name=file_name, key="export_download", icon="⬇️")
 
 
+def report_section(row: dict, name: str) -> None:
+    """One click: a self-contained HTML report of the run, to download and hand on."""
+    from engine.export.report import write_report
+
+    with st.expander("One-file report", icon="📄"):
+        st.caption(
+            "Data, configuration, curves of every phase, test metrics, per-class table, confusion matrix, "
+            "calibration, the most confident mistakes with their Grad-CAMs, and the checked exports, in one HTML "
+            "file that opens offline."
+        )
+        written = st.session_state.setdefault("reports", {})
+        if st.button("Write the report", key="report_go", icon="📄"):
+            bar = st.progress(0.0, text="Writing the report…")
+
+            def step(stage: str, k: int, n: int) -> None:
+                bar.progress(k / max(n, 1), text=f"Writing the report: {stage} {k}/{n}")
+
+            try:
+                written[name] = write_report(row["path"], progress=step)["path"]
+            except ConvScopeError as exc:
+                st.error(widgets.path_free(str(exc)))
+            finally:
+                bar.empty()
+        if name in written:
+            data = Path(written[name]).read_bytes()
+            st.download_button(
+                f"Download the report ({len(data) / 1e6:.1f} MB)",
+                data,
+                file_name=f"{name}-report.html",
+                mime="text/html",
+                key="report_download",
+                icon="⬇️",
+            )
+
+
 tab_table, tab_compare, tab_bake = st.tabs(["📋 All runs", "⚖️ Compare", "🏁 Bake-off"], key="runs_tab")
 
 with tab_table:
@@ -216,6 +253,7 @@ with tab_table:
 
         if row["has_model"] and row["status"] in ("finished", "stopped"):
             export_section(row, name)
+            report_section(row, name)
 
         active = row["status"] in runs.ACTIVE
         with st.expander("Delete this run", icon="🗑️"):

@@ -231,3 +231,8 @@ def test_export_a_run_check_it_and_download_it(root, monkeypatch):
     at.selectbox(key="export_format_eval-run").set_value("onnx").run()
     at.button(key="export_go").click().run()
     assert "ONNX is unavailable for this model here" in texts(at) and "SomeNewOp" in texts(at)
+    at.button(key="report_go").click().run()  # the one-file report, with the tflite export checked above
+    assert not at.exception, at.exception
+    assert [b for b in at.get("download_button") if "Download the report" in str(b.proto)]
+    page = (root / "eval-run" / "report.html").read_text()
+    assert "<h2>Exports</h2>" in page and "tflite" in page.split("<h2>Exports</h2>")[1]

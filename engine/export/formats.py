@@ -15,6 +15,7 @@ from engine.errors import ConvScopeError
 FORMATS = ("keras", "savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
 FILE_NAMES = {"keras": "model.keras", "savedmodel": "savedmodel", "tflite": "model.tflite",
               "tflite-fp16": "model-fp16.tflite", "tflite-int8": "model-int8.tflite", "onnx": "model.onnx"}  # fmt: skip
+CHECKS_FILE = "exports.json"
 CALIBRATION_IMAGES = 100  # representative images for int8: TFLite's guide suggests 100-500
 
 
@@ -172,7 +173,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     result = {"format": fmt, "path": str(target), "bytes": _size(target), "seconds": round(time.perf_counter() - t0, 2)}
     if check:
         result.update(parity.compare(model, fmt, target, labelled_set(run), progress))
+        from engine.training import runs
+
+        checked = runs.read_json(run.path / CHECKS_FILE, {}) or {}
+        runs.write_json(run.path / CHECKS_FILE, {**checked, fmt: result})  # for the report
     return result
+
+
+def checked_exports(run_dir: str | Path) -> dict[str, dict]:
+    """The figures of every export checked so far, by format (RUN/exports.json)."""
+    from engine.training import runs
+
+    return runs.read_json(Path(run_dir) / CHECKS_FILE, {}) or {}
 
 
 def as_download(path: str | Path) -> tuple[bytes, str]:

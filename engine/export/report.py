@@ -1,0 +1,202 @@
+"""One self-contained HTML file about a run, to hand to a colleague: it opens offline.
+
+Plotly's JavaScript is inlined once and each chart is a div; images are PNGs in data: URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+SECTIONS = (
+    "Data",
+    "Configuration",
+    "Training curves",
+    "Metrics",
+    "Per class",
+    "Confusion matrix",
+    "Calibration",
+    "Most confident mistakes",
+    "Exports",
+)
+MISTAKES = 8
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}
+th{background:#f6f6f6} .muted{color:#777} .grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:250px} figure img{width:120px;height:120px;object-fit:cover} figcaption{font-size:.85rem}
+.warn{color:#a15c00}
+"""
+
+
+def _table(rows: list[list], header: list[str] | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _png(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figure(fig) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{v:.1%}"
+
+
+def _params(params) -> str:
+    if isinstance(params, dict):
+        return f"{params.get('total', 0):,} ({params.get('trainable', 0):,} trainable)"
+    return f"{params:,}" if params else ""
+
+
+def _flatten(config: dict, prefix: str = "") -> list[list]:
+    rows = []
+    for key, value in config.items():
+        if key in ("labels", "fingerprint", "created"):
+            continue
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append([f"{prefix}{key}", value])
+    return rows
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None) -> dict:
+    """Write the report of a finished run; returns {"path", "bytes", "sections", "seconds"}.
+
+    Sections (SECTIONS): the data, the configuration, the curves of every phase (a fine-tune
+    after its parent's epochs), the test metrics, per-class precision/recall/F1, the confusion
+    matrix, calibration (reliability before and after temperature scaling), the most confident
+    mistakes with Grad-CAM for the predicted and the true class, and the checked exports.
+    """
+    from plotly.offline import get_plotlyjs
+
+    from engine import charts
+    from engine.evaluate.evaluation import evaluate, run_model
+    from engine.explain import heatmaps
+    from engine.explain.overlay import overlay
+    from engine.export.formats import checked_exports
+    from engine.training.runs import Run, summary
+
+    t0 = time.perf_counter()
+    run = Run(Path(run_dir))
+    config, history, row = run.config(), run.history(), summary(run)
+    model = run_model(run)
+    result = evaluate(run, model=model, progress=(lambda s, d, t: progress(s, d, t)) if progress else None)
+    names, m = result.class_names, result.metrics
+    parts: dict[str, str] = {}
+
+    sizes = config.get("split_sizes", {})
+    parts["Data"] = _table(
+        [
+            ["source", config.get("data", {}).get("source", "")],
+            ["classes", ", ".join(names)],
+            *[[f"{split} images", n] for split, n in sizes.items()],
+            ["image size", f"{model.input_size} px ({model.resize_policy})"],
+        ]
+    )
+    parts["Configuration"] = _table(_flatten(config), ["setting", "value"])
+    parent_epochs = (config.get("finetune") or {}).get("parent_epochs", 0)
+    if parent_epochs:
+        before = {k: v[:parent_epochs] for k, v in history.items()}
+        after = {k: v[parent_epochs:] for k, v in history.items()}
+        curves = charts.finetune_curves(before, after)
+    else:
+        curves = charts.training_curves(history, len(history.get("loss", [])))
+    parts["Training curves"] = _figure(curves)
+    parts["Metrics"] = _table(
+        [
+            ["test images", m["count"]],
+            ["accuracy", _pct(m["accuracy"])],
+            [f"top-{m['top_k']} accuracy", _pct(m["top_k_accuracy"])],
+            ["best validation accuracy", _pct(row.get("best_val_accuracy"))],
+            ["expected calibration error", f"{result.ece:.3f}"],
+            ["parameters", _params(row.get("params"))],
+            ["latency per image", f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") else ""],
+        ]
+    )
+    per_class = m["per_class"]
+    parts["Per class"] = _table(
+        [
+            [c, f"{v['precision']:.2f}", f"{v['recall']:.2f}", f"{v['f1']:.2f}", v["support"]]
+            for c, v in per_class.items()
+        ],
+        ["class", "precision", "recall", "F1", "images"],
+    ) + _figure(charts.per_class_bars(per_class))
+    parts["Confusion matrix"] = _figure(charts.confusion_matrix(m["confusion_matrix"], names, "Test split"))
+    parts["Calibration"] = _figure(
+        charts.reliability_diagram(result.reliability, result.reliability_calibrated, result.temperature)
+    ) + (f"<p>Temperature fitted on the validation split: {result.temperature:.2f}; "
+         f"ECE {result.ece:.3f} → {result.ece_calibrated:.3f}.</p>" if result.temperature else "")  # fmt: skip
+
+    worst = result.mistake_indices()[:MISTAKES]
+    if len(worst):
+        from engine.data.pipeline import load_resized
+
+        images = np.stack([load_resized(result.data.paths[k], model.input_size, model.resize_policy) for k in worst])
+        x = images.astype(np.float32)
+        predicted = [int(result.predicted[k]) for k in worst]
+        true = [int(result.labels[k]) for k in worst]
+        fraction = (lambda f: progress("maps", round(100 * f), 100)) if progress else None
+        maps = heatmaps(model, np.concatenate([x, x]), predicted + true, progress=fraction)
+        cards = []
+        for i, k in enumerate(worst):
+            r = result.row(int(k), "relative")
+            cards.append(
+                f"<figure><img src='{_png(overlay(images[i], maps[i], 0.5))}' alt='predicted'>"
+                f"<img src='{_png(overlay(images[i], maps[len(worst) + i], 0.5))}' alt='true'>"
+                f"<figcaption><b>{html.escape(r['predicted'])}</b> {r['probability']:.0%}, truly "
+                f"<b>{html.escape(r['true'])}</b><br><span class='muted'>{html.escape(r['image'])}<br>"
+                "Grad-CAM: predicted class, then true class</span></figcaption></figure>"
+            )
+        parts["Most confident mistakes"] = "<div class='grid'>" + "".join(cards) + "</div>"
+    else:
+        parts["Most confident mistakes"] = "<p>No mistakes on the test split.</p>"
+
+    exports = checked_exports(run.path)
+    if exports:
+        rows = [
+            [fmt, f"{e['bytes'] / 1e6:.1f} MB", _pct(e.get("agreement")), f"{e.get('max_abs_diff', 0):.2g}",
+             _pct(e.get("accuracy")), f"{e.get('latency_ms', 0):.1f} ms", f"{e.get('latency_ms_keras', 0):.1f} ms"]
+            for fmt, e in exports.items()
+        ]  # fmt: skip
+        header = ["format", "size", "top-1 agreement", "max prob. diff", "accuracy", "latency", "Keras latency"]
+        warnings = "".join(
+            f"<p class='warn'>{html.escape(e['warning'])}</p>" for e in exports.values() if e.get("warning")
+        )
+        parts["Exports"] = _table(rows, header) + warnings
+    else:
+        parts["Exports"] = (
+            "<p class='muted'>No export checked yet (Runs page, or <code>python -m engine export</code>).</p>"
+        )
+
+    title = html.escape(run.display_name() or run.name)
+    body = "".join(f"<section id='{s.lower().replace(' ', '-')}'><h2>{s}</h2>{parts[s]}</section>" for s in SECTIONS)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ConvScope report: {title}</title>"
+        f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+        f"<h1>{title}</h1><p class='muted'>{html.escape(str(config.get('backbone', '')))} · "
+        f"{html.escape(str(config.get('mode', '')))}"
+        f" · written {time.strftime('%Y-%m-%d %H:%M')} by ConvScope</p>{body}</body></html>"
+    )
+    target = Path(out) if out else run.path / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(target)  # never a half-written report
+    return {"path": str(target), "bytes": target.stat().st_size, "sections": list(SECTIONS),
+            "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip

@@ -1,0 +1,78 @@
+"""The one-file report: every section, the checked exports, and it renders in a browser with the network off."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import train_tiny_run
+from engine.export import export_run
+from engine.export.report import SECTIONS, write_report
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    run = train_tiny_run(tmp_path_factory.mktemp("runs"), "report-run", epochs=2, image_size=96)
+    export_run(run, "tflite-int8")  # checked: its figures go into the report
+    return run, write_report(run)
+
+
+def test_every_section_is_written_and_self_contained(report):
+    run, result = report
+    assert Path(result["path"]) == run / "report.html" and result["sections"] == list(SECTIONS)
+    page = Path(result["path"]).read_text()
+    for section in SECTIONS:
+        assert f"<h2>{section}</h2>" in page
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=['\"]?https?:", page)  # nothing fetched from the net
+    exports = page.split("<h2>Exports</h2>")[1]
+    assert "tflite-int8" in exports and "%" in exports  # the checked export's agreement
+    mistakes = page.split("<h2>Most confident mistakes</h2>")[1].split("</section>")[0]
+    assert "data:image/png;base64," in mistakes or "No mistakes" in mistakes
+    assert page.count('class="plotly-graph-div"') >= 4  # curves, per class, confusion, calibration
+
+
+def test_cli_report(report, tmp_path, capsys):
+    import json
+
+    from engine.__main__ import main
+
+    run, _ = report
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(out) and out.stat().st_size > 1_000_000
+    assert main(["report", str(tmp_path / "nothing"), "--json"]) == 2
+
+
+@pytest.mark.browser
+def test_the_report_renders_offline_in_a_browser(report):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Chromium for the browser tests")
+        pytest.skip("no /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    _, result = report
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags + ["--disable-component-update"])
+        context = browser.new_context(offline=True)  # the network is off
+        requests = []
+        context.on("request", lambda r: requests.append(r.url))
+        page = context.new_page()
+        page.goto(Path(result["path"]).as_uri())
+        for section in SECTIONS:
+            page.get_by_role("heading", name=section, exact=True).wait_for(timeout=30_000)
+        page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
+        assert page.locator(".js-plotly-plot").count() >= 4
+        drawn = page.evaluate(
+            "Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => !!d.querySelector('svg'))"
+        )
+        assert all(drawn)
+        broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+        assert broken == 0
+        assert all(url.startswith(("file:", "data:")) for url in requests), requests
+        browser.close()
