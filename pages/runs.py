@@ -124,28 +124,40 @@ def export_section(row: dict, name: str) -> None:
         if result is None:
             st.caption("The file is reloaded and compared with the Keras model on the run's test split.")
             return
+        if "unchecked" in result:
+            st.warning(widgets.path_free(result["unchecked"]))
         if "unavailable" in result:
             reason = widgets.path_free(result["unavailable"])
             st.info(f"{FORMAT_TITLES[fmt]} is unavailable for this model here: {reason}")
             return
-        m = st.columns(4)
-        images = result["images"]
-        m[0].metric("Top-1 agreement", f"{result['agreement']:.1%}", help=f"with Keras on {images} test images")
-        m[1].metric(
-            "Accuracy", f"{result['accuracy']:.1%}", f"{result['accuracy'] - result['accuracy_keras']:+.1%} vs Keras"
-        )
-        m[2].metric("Size", f"{result['bytes'] / 1e6:.1f} MB")
-        m[3].metric(
-            "Latency",
-            f"{result['latency_ms']:.1f} ms",
-            f"{result['latency_ms'] - result['latency_ms_keras']:+.1f} ms vs Keras",
-            delta_color="inverse",
-            help="one image at a time on this server",
-        )
-        st.caption(f"Largest probability difference from Keras: {result['max_abs_diff']:.2g}")
-        if result.get("warning"):
-            st.warning(result["warning"])
-        data, file_name = as_download(result["path"])
+        if "agreement" in result:
+            m = st.columns(4)
+            images = result["images"]
+            m[0].metric("Top-1 agreement", f"{result['agreement']:.1%}", help=f"with Keras on {images} test images")
+            change = result["accuracy"] - result["accuracy_keras"]
+            m[1].metric("Accuracy", f"{result['accuracy']:.1%}", f"{change:+.1%} vs Keras")
+            m[2].metric("Size", f"{result['bytes'] / 1e6:.1f} MB")
+            m[3].metric(
+                "Latency",
+                f"{result['latency_ms']:.1f} ms",
+                f"{result['latency_ms'] - result['latency_ms_keras']:+.1f} ms vs Keras",
+                delta_color="inverse",
+                help="one image at a time on this server",
+            )
+            st.caption(f"Largest probability difference from Keras: {result['max_abs_diff']:.2g}")
+            if result.get("warning"):
+                st.warning(result["warning"])
+        path = Path(result["path"])
+        if not path.exists():  # deleted, or the run replaced since
+            done.pop((name, fmt), None)
+            st.info("That export is gone: export it again.")
+            return
+        key = (str(path), path.stat().st_mtime_ns)
+        packed = st.session_state.setdefault("export_bytes", {})
+        if key not in packed:  # zipping a SavedModel takes a second: once per export, not per rerun
+            packed.clear()
+            packed[key] = as_download(path)
+        data, file_name = packed[key]
         st.download_button(f"Download {file_name}", data, file_name=file_name, key="export_download", icon="⬇️")
 
 
@@ -172,6 +184,8 @@ def report_section(row: dict, name: str) -> None:
                 st.error(widgets.path_free(str(exc)))
             finally:
                 bar.empty()
+        if name in written and not Path(written[name]).is_file():
+            written.pop(name)  # deleted since
         if name in written:
             data = Path(written[name]).read_bytes()
             st.download_button(

@@ -91,3 +91,40 @@ def test_cli_export_json_and_bad_input(run, tmp_path, capsys):
     empty = tmp_path / "not-a-run"
     empty.mkdir()
     assert main(["export", str(empty), "--format", "keras", "--json"]) == 2
+
+
+def test_an_existing_folder_is_never_replaced_and_int8_takes_raw_pixels(run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="never replaced"):
+        export_run(run, "savedmodel", precious, check=False)
+    with pytest.raises(ExportError, match="never replaced"):
+        export_run(run, "savedmodel", tmp_path, check=False)  # e.g. --out .
+    assert (precious / "notes.txt").read_text() == "mine"
+    first = export_run(run, "savedmodel", tmp_path / "sm", check=False)["path"]
+    export_run(run, "savedmodel", tmp_path / "sm", check=False)  # an earlier export of its own is replaced
+    assert (tmp_path / "sm" / "saved_model.pb").is_file() and first == str(tmp_path / "sm")
+    int8 = export_run(run, "tflite-int8", tmp_path / "q", check=False)["path"]
+    assert int8.endswith("q.tflite")
+    scale, zero = Interpreter(model_path=int8).get_input_details()[0]["quantization"]
+    assert scale == pytest.approx(1.0) and zero == 0  # raw pixels in, whatever the calibration images covered
+
+
+@pytest.mark.parametrize("policy", ["pad", "crop"])
+def test_the_serving_resize_follows_pillow(policy):
+    import tensorflow as tf
+
+    from engine import imaging
+    from engine.export.formats import _resize
+    from engine.samples import SAMPLE_PHOTOS, sample_photo
+
+    photo = sample_photo(next(iter(SAMPLE_PHOTOS)))
+    for crop in (photo[:, 40:], photo[:201, :120], photo[:33, :101]):
+        ours = _resize(tf.constant(crop[None]), 64, policy).numpy()[0]
+        pillow = imaging.resize(crop, 64, policy).astype(np.float32)
+        assert ours.shape == pillow.shape
+        limit = {"pad": 0.5, "crop": 2.5}[policy]  # stretch differs by about 0.3; crop by up to half a pixel
+        assert np.abs(ours - pillow).mean() < limit, (policy, crop.shape, np.abs(ours - pillow).mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,19 +30,28 @@ class ExportUnavailable(ExportError):
 
 # ---- the graph every format starts from ------------------------------------------------------
 def _resize(images, size: int, policy: str):
-    """(N, H, W, 3) uint8 of any size -> (N, size, size, 3) float32 in [0, 255], as engine.imaging.resize."""
+    """(N, H, W, 3) uint8 of any size -> (N, size, size, 3) float32 in [0, 255], as engine.imaging.resize.
+
+    Pillow's geometry is followed (ImageOps.pad rounds the fitted side and the offset; ImageOps.fit
+    cuts the central square), and its bilinear filter widens when it shrinks, hence antialias. Crop
+    offsets here are whole source pixels where Pillow's can be half ones: under half an output pixel.
+    """
     import tensorflow as tf
 
-    # antialias: Pillow's bilinear filter widens when it shrinks, and the model was trained on Pillow's
     x = tf.cast(images, tf.float32)
-    if policy == "pad":  # fit the long side, pad with black
-        return tf.image.resize_with_pad(x, size, size, antialias=True)
-    if policy == "crop":  # scale the short side to size, cut the centre
-        h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
-        scale = size / tf.minimum(h, w)
-        new = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
-        x = tf.image.resize(x, tf.maximum(new, size), antialias=True)
-        return tf.image.resize_with_crop_or_pad(x, size, size)
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    if policy == "pad":  # fit the long side, pad with black, centred
+        hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+        nh = tf.where(w >= h, tf.cast(tf.round(hf / wf * size), tf.int32), size)
+        nw = tf.where(w >= h, size, tf.cast(tf.round(wf / hf * size), tf.int32))
+        x = tf.image.resize(x, tf.stack([nh, nw]), antialias=True)
+        top = tf.cast(tf.round(tf.cast(size - nh, tf.float32) / 2), tf.int32)
+        left = tf.cast(tf.round(tf.cast(size - nw, tf.float32) / 2), tf.int32)
+        x = tf.pad(x, [[0, 0], [top, size - nh - top], [left, size - nw - left], [0, 0]])
+        return tf.ensure_shape(x, [None, size, size, 3])
+    if policy == "crop":  # the central square, then scaled
+        side = tf.minimum(h, w)
+        x = tf.image.crop_to_bounding_box(x, (h - side) // 2, (w - side) // 2, side, side)
     return tf.image.resize(x, (size, size), antialias=True)
 
 
@@ -88,13 +98,25 @@ def write_tflite(savedmodel: Path, out: Path, kind: str, representative: np.ndar
         if representative is None or not len(representative):
             raise ExportError("int8 needs representative images (the run's training split has none)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in representative)
+        # The uint8 input's scale comes from the range the calibration images cover; one pixel at 0
+        # and one at 255 pin it to [0, 255], so raw pixels are the input, unchanged (scale 1, zero 0).
+        images = np.array(representative, np.float32, copy=True)
+        images[0, 0, 0], images[0, 0, 1] = 0.0, 255.0
+        converter.representative_dataset = lambda: ([image[None]] for image in images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8  # pixels are whole numbers in [0, 255]: exact
+        converter.inference_input_type = tf.uint8
     try:
         blob = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; its message is the reason
         raise ExportUnavailable(f"{kind}: the TFLite converter failed: {_first_line(exc)}") from exc
+    if kind == "tflite-int8":
+        from ai_edge_litert.interpreter import Interpreter
+
+        scale, zero = Interpreter(model_content=blob).get_input_details()[0]["quantization"]
+        if abs(scale - 1.0) > 1e-6 or zero != 0:
+            raise ExportUnavailable(
+                f"tflite-int8: the input came out quantised as scale {scale}, zero {zero}, not raw pixels"
+            )
     out.write_bytes(blob)
     return out
 
@@ -138,23 +160,33 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     Raises:
         ExportUnavailable: the converter cannot handle this model here (its reason as the message).
     """
-    from engine.evaluate.evaluation import labelled_set, run_model
+    from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
     from engine.export import parity
-    from engine.training.runs import Run
+    from engine.training import runs
 
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    run = Run(Path(run_dir))
+    run = runs.Run(Path(run_dir))
+    if not run.path.is_dir():
+        raise ExportError(f"no run folder at {run.path}")
+    if not run.model_file.is_file():
+        raise ExportError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be exported")
+    if (runs.read_json(run.path / "status.json", {}) or {}).get("status") in runs.ACTIVE:
+        raise ExportError(f"{run.name} is still queued or training: export it once it has finished")
+    target = _target(run, fmt, out)
+    data, unchecked = None, ""
+    if check:  # before converting: a run that cannot be checked says so at once
+        for split in ("test", "validation"):
+            try:
+                data = labelled_set(run, split=split)
+                break
+            except EvaluationError as exc:
+                unchecked = str(exc)
     model = run_model(run)  # an Explainable: the Keras model, its preprocessing, size and policy
     size, policy = model.input_size, model.resize_policy
-    target = Path(out) if out else run.path / "exports" / FILE_NAMES[fmt]
-    suffix = Path(FILE_NAMES[fmt]).suffix
-    if suffix and target.suffix != suffix:  # Keras and the interpreters go by the file's extension
-        target = target.with_name(target.name + suffix)
-    target.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="convscope-export-") as tmp:
-        staged = Path(tmp) / (target.name or "model")
+        staged = Path(tmp) / target.name
         if fmt == "keras":
             shutil.copyfile(run.model_file, staged)
         elif fmt == "savedmodel":
@@ -167,17 +199,49 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
             write_tflite(saved, staged, fmt, calibration)
         else:
             write_onnx(model.model, model.preprocess, size, staged)
-        if target.exists():  # replace only once the new file is whole
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        shutil.move(str(staged), target)
+        _swap_in(staged, target, Path(tmp))
     result = {"format": fmt, "path": str(target), "bytes": _size(target), "seconds": round(time.perf_counter() - t0, 2)}
-    if check:
-        result.update(parity.compare(model, fmt, target, labelled_set(run), progress))
-        from engine.training import runs
-
-        checked = runs.read_json(run.path / CHECKS_FILE, {}) or {}
-        runs.write_json(run.path / CHECKS_FILE, {**checked, fmt: result})  # for the report
+    if check and data is None:
+        result["unchecked"] = f"not compared with Keras: {unchecked}"
+    elif check:
+        result.update(parity.compare(model, fmt, target, data, progress))
+        result["split"] = data.split
+        stat = run.model_file.stat()
+        result["model"] = f"{stat.st_mtime_ns}:{stat.st_size}"  # the report shows only checks of this model
+        with _CHECKS_LOCK:
+            checked = runs.read_json(run.path / CHECKS_FILE, {}) or {}
+            runs.write_json(run.path / CHECKS_FILE, {**checked, fmt: result})
     return result
+
+
+_CHECKS_LOCK = threading.Lock()
+
+
+def _target(run, fmt: str, out: str | Path | None) -> Path:
+    """Where the export goes, checked: never over a folder that is not an earlier export of the same kind."""
+    target = Path(out).expanduser().resolve() if out else run.path / "exports" / FILE_NAMES[fmt]
+    suffix = Path(FILE_NAMES[fmt]).suffix
+    if suffix and target.suffix.lower() != suffix:  # Keras and the interpreters go by the file's extension
+        target = target.with_name(target.name + suffix)
+    if target.is_dir() and not (fmt == "savedmodel" and (target / "saved_model.pb").is_file()):
+        raise ExportError(
+            f"{target} is a folder that is not an earlier SavedModel export; give a new path "
+            "(an existing folder is never replaced)"
+        )
+    if target.is_file() and fmt == "savedmodel":
+        raise ExportError(f"{target} is a file; give a new folder for the SavedModel")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _swap_in(staged: Path, target: Path, tmp: Path) -> None:
+    """Put the finished export in place; an earlier one is moved aside first and removed only after."""
+    try:
+        if target.exists():
+            shutil.move(str(target), tmp / "replaced")  # removed with the temporary folder
+        shutil.move(str(staged), target)
+    except OSError as exc:
+        raise ExportError(f"cannot write {target}: {exc}") from exc
 
 
 def checked_exports(run_dir: str | Path) -> dict[str, dict]:

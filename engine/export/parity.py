@@ -46,9 +46,10 @@ def runner(fmt: str, path: Path, preprocess: Callable) -> Callable[[np.ndarray],
 
         def run(x: np.ndarray) -> np.ndarray:
             rows = []
+            scale, zero = inp["quantization"]
             for image in x:  # the file's input is (1, S, S, 3): one image per call
-                if inp["dtype"] == np.uint8:
-                    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+                if inp["dtype"] == np.uint8:  # quantised as the file says (scale 1, zero 0 for ours)
+                    image = np.clip(np.rint(image / (scale or 1.0) + zero), 0, 255).astype(np.uint8)
                 interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
                 interpreter.invoke()
                 rows.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))

@@ -96,7 +96,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     run = Run(Path(run_dir))
     config, history, row = run.config(), run.history(), summary(run)
     model = run_model(run)
-    result = evaluate(run, model=model, progress=(lambda s, d, t: progress(s, d, t)) if progress else None)
+    from engine.errors import ConvScopeError
+    from engine.export.formats import ExportError
+
+    target = Path(out).expanduser() if out else run.path / "report.html"
+    if target.is_dir():
+        raise ExportError(f"{target} is a folder; give the report a file name, such as report.html")
+    result = None
+    for split in ("test", "validation"):  # a run trained without a test split is reported on validation
+        try:
+            result = evaluate(run, split=split, model=model, progress=progress)
+            break
+        except ConvScopeError as exc:
+            why = str(exc)
+    if result is None:
+        raise ExportError(f"{run.name} cannot be reported: {why}")
     names, m = result.class_names, result.metrics
     parts: dict[str, str] = {}
 
@@ -120,7 +134,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     parts["Training curves"] = _figure(curves)
     parts["Metrics"] = _table(
         [
-            ["test images", m["count"]],
+            [f"{result.data.split} images", m["count"]],
             ["accuracy", _pct(m["accuracy"])],
             [f"top-{m['top_k']} accuracy", _pct(m["top_k_accuracy"])],
             ["best validation accuracy", _pct(row.get("best_val_accuracy"))],
@@ -137,7 +151,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         ],
         ["class", "precision", "recall", "F1", "images"],
     ) + _figure(charts.per_class_bars(per_class))
-    parts["Confusion matrix"] = _figure(charts.confusion_matrix(m["confusion_matrix"], names, "Test split"))
+    parts["Confusion matrix"] = _figure(
+        charts.confusion_matrix(m["confusion_matrix"], names, f"{result.data.split.capitalize()} split")
+    )
     parts["Calibration"] = _figure(
         charts.reliability_diagram(result.reliability, result.reliability_calibrated, result.temperature)
     ) + (f"<p>Temperature fitted on the validation split: {result.temperature:.2f}; "
@@ -167,7 +183,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     else:
         parts["Most confident mistakes"] = "<p>No mistakes on the test split.</p>"
 
-    exports = checked_exports(run.path)
+    stat = run.model_file.stat()
+    exports = {
+        f: e for f, e in checked_exports(run.path).items() if e.get("model") == f"{stat.st_mtime_ns}:{stat.st_size}"
+    }
     if exports:
         rows = [
             [fmt, f"{e['bytes'] / 1e6:.1f} MB", _pct(e.get("agreement")), f"{e.get('max_abs_diff', 0):.2g}",
@@ -193,7 +212,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         f"{html.escape(str(config.get('mode', '')))}"
         f" · written {time.strftime('%Y-%m-%d %H:%M')} by ConvScope</p>{body}</body></html>"
     )
-    target = Path(out) if out else run.path / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
