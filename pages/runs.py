@@ -158,7 +158,13 @@ def export_section(row: dict, name: str) -> None:
             packed.clear()
             packed[key] = as_download(path)
         data, file_name = packed[key]
-        st.download_button(f"Download {file_name}", data, file_name=file_name, key="export_download", icon="⬇️")
+        d1, d2 = st.columns(2)
+        d1.download_button(f"Download {file_name}", data, file_name=file_name, key="export_download", icon="⬇️")
+        labels = Path(result.get("labels", ""))
+        if labels.is_file():  # the class names, line k = output k: apps need them beside the model
+            d2.download_button(
+                "Download labels.txt", labels.read_bytes(), file_name="labels.txt", key="labels_download", icon="🏷️"
+            )
 
 
 def report_section(row: dict, name: str) -> None:

@@ -221,6 +221,8 @@ def test_export_a_run_check_it_and_download_it(root, monkeypatch):
     assert metrics["Top-1 agreement"] == "100.0%" and metrics["Size"].endswith("MB")
     assert (root / "eval-run" / "exports" / "model.tflite").is_file()
     assert [b for b in at.get("download_button") if "model.tflite" in str(b.proto)]
+    assert [b for b in at.get("download_button") if "labels.txt" in str(b.proto)]
+    assert (root / "eval-run" / "exports" / "labels.txt").read_text().splitlines() == runs.Run(root / "eval-run").labels()
 
     import tf2onnx
 

@@ -30,6 +30,9 @@ def test_every_format_round_trips(run, fmt, tmp_path):
         assert result["agreement"] >= 0.8 and result["max_abs_diff"] < 0.5, result
         assert ("warning" in result) == (result["agreement"] < 0.97)
     assert result["latency_ms"] > 0 and result["latency_ms_keras"] > 0
+    labels = (tmp_path / "labels.txt").read_text().splitlines()
+    assert result["labels"] == str(tmp_path / "labels.txt")
+    assert labels == json.loads((run / "labels.json").read_text())
 
 
 def test_int8_is_smaller_and_takes_uint8(run, tmp_path):

@@ -4,7 +4,8 @@ Formats: `keras` (the run's own file), `savedmodel` (a serving signature taking 
 images of any size, resized and preprocessed inside), `tflite`, `tflite-fp16`,
 `tflite-int8` (full-integer, calibrated on the run's training images; run with the LiteRT
 interpreter) and `onnx` (tf2onnx, run with onnxruntime). Each export is reloaded and
-compared with the Keras model on the run's test split (engine.export.parity).
+compared with the Keras model on the run's test split (engine.export.parity), and
+`labels.txt` (class k's name on line k+1) is written beside it.
 """
 
 from engine.export.formats import FORMATS, ExportError, ExportUnavailable, as_download, export_run

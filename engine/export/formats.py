@@ -17,6 +17,7 @@ FORMATS = ("keras", "savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx"
 FILE_NAMES = {"keras": "model.keras", "savedmodel": "savedmodel", "tflite": "model.tflite",
               "tflite-fp16": "model-fp16.tflite", "tflite-int8": "model-int8.tflite", "onnx": "model.onnx"}  # fmt: skip
 CHECKS_FILE = "exports.json"
+LABELS_FILE = "labels.txt"  # beside every export: one class name per line, line k = output k
 CALIBRATION_IMAGES = 100  # representative images for int8: TFLite's guide suggests 100-500
 
 
@@ -140,6 +141,14 @@ def write_onnx(model, preprocess: Callable, size: int, out: Path) -> Path:
     return out
 
 
+def write_labels(labels: list[str], out: Path) -> Path:
+    """labels.txt: class k's name on line k+1, as TFLite and ONNX apps expect next to the model."""
+    if not labels:
+        raise ExportError("the run has no labels.json: its class names are unknown")
+    out.write_text("".join(f"{name}\n" for name in labels), encoding="utf-8")
+    return out
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
@@ -153,8 +162,10 @@ def _size(path: Path) -> int:
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, check: bool = True, progress=None) -> dict:
     """Write `run_dir`'s model as `fmt` to `out` (default RUN/exports/FILE_NAMES[fmt]) and check it.
 
+    labels.txt (the class names, one per line) is written beside the export.
+
     Returns:
-        {"format", "path", "bytes"} plus, with `check`, engine.export.parity.compare's figures:
+        {"format", "path", "bytes", "labels"} plus, with `check`, engine.export.parity.compare's figures:
         "agreement", "max_abs_diff", "accuracy", "accuracy_keras", "latency_ms",
         "latency_ms_keras", "images".
     Raises:
@@ -200,7 +211,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
         else:
             write_onnx(model.model, model.preprocess, size, staged)
         _swap_in(staged, target, Path(tmp))
-    result = {"format": fmt, "path": str(target), "bytes": _size(target), "seconds": round(time.perf_counter() - t0, 2)}
+    labels = write_labels(run.labels(), target.parent / LABELS_FILE)
+    result = {
+        "format": fmt,
+        "path": str(target),
+        "bytes": _size(target),
+        "labels": str(labels),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     if check and data is None:
         result["unchecked"] = f"not compared with Keras: {unchecked}"
     elif check:
