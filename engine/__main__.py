@@ -503,7 +503,7 @@ def _train_config(args: argparse.Namespace):
         if key in given:
             data[name] = given[key]
     if "augment" in given:
-        data["augment"] = AugmentConfig.parse(given["augment"])
+        data["augment"] = AugmentConfig.parse(given["augment"]).__dict__  # from_json takes the dict form
     data["seed"] = config.seed
     return replace(config, data=DataConfig.from_json({**config.data.to_json(), **data}))
 

@@ -624,6 +624,10 @@ def test_cli_train_and_runs(runs_dir):
         "0.003",
         "--seed",
         "1",
+        "--augment",
+        "flip=horizontal,rotation=0.05",
+        "--aug-views",
+        "1",
         "--out",
         str(runs_dir / "mine"),
     )
@@ -634,6 +638,8 @@ def test_cli_train_and_runs(runs_dir):
     assert out["params"]["trainable"] == 1280 * 3 + 3 and out["params"]["non_trainable"] > 3_000_000
     config = runs.Run(runs_dir / "mine").config()
     assert (config["batch_size"], config["learning_rate"], config["seed"]) == (8, 0.003, 1)
+    assert config["data"]["augment"]["flip"] == "horizontal" and config["data"]["augment"]["rotation"] == 0.05
+    assert out["features"]["augmented_views"] == 1
     code, listed = cli("runs")
     assert code == 0 and listed["runs"][0]["name"] == "mine" and listed["runs"][0]["status"] == "finished"
 
