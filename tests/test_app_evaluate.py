@@ -222,7 +222,8 @@ def test_export_a_run_check_it_and_download_it(root, monkeypatch):
     assert (root / "eval-run" / "exports" / "model.tflite").is_file()
     assert [b for b in at.get("download_button") if "model.tflite" in str(b.proto)]
     assert [b for b in at.get("download_button") if "labels.txt" in str(b.proto)]
-    assert (root / "eval-run" / "exports" / "labels.txt").read_text().splitlines() == runs.Run(root / "eval-run").labels()
+    labels = (root / "eval-run" / "exports" / "labels.txt").read_text().splitlines()
+    assert labels == runs.Run(root / "eval-run").labels()
 
     import tf2onnx
 
