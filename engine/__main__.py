@@ -545,19 +545,53 @@ def _stop_on_interrupt():
     return stop
 
 
+def _start_strategy(resume: bool) -> None:
+    """Choose the tf.distribute strategy before TensorFlow runs anything (engine.training.distribute)."""
+    from engine.training import distribute
+
+    if resume and distribute.cluster() is not None:
+        raise ConvScopeError(
+            "resuming a run on a cluster is not supported (only the chief has its checkpoint): "
+            "resume it on one machine, without TF_CONFIG"
+        )
+    distribute.start()
+
+
+@contextlib.contextmanager
+def _run_folder(out: str | None, backbone: str, mode: str):
+    """The run this process trains into: the real one, or on a worker other than the chief a throwaway one."""
+    from engine.training import distribute, runs
+
+    if distribute.is_chief():
+        yield runs.create(out, backbone=backbone, mode=mode)
+        return
+    with tempfile.TemporaryDirectory(prefix="convscope-worker-") as tmp:
+        yield runs.create(str(Path(tmp) / "run"), backbone=backbone, mode=mode)
+
+
+def _as_worker(result: dict) -> dict:
+    """A worker's result: its run folder was thrown away; the chief's holds the run."""
+    from engine.training import distribute
+
+    if distribute.is_chief():
+        return result
+    return {**result, "run_dir": None, "worker": distribute.task_name()}
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     from engine.training import fit, runs
 
     stop = _stop_on_interrupt()
+    _start_strategy(bool(args.resume))
     if args.resume:
         run = runs.open_run(args.resume)
         return fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
     if not args.source:
         raise ConvScopeError("give a SOURCE (shapes, a folder, a .zip or tfds:NAME), or --resume RUN_DIR")
     config = _train_config(args)
-    run = runs.create(args.out, backbone=config.backbone, mode=config.mode)
-    # Named once the data opened: a run whose data cannot be read leaves no folder behind.
-    return fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
+    with _run_folder(args.out, config.backbone, config.mode) as run:
+        # Named once the data opened: a run whose data cannot be read leaves no folder behind.
+        return _as_worker(fit.train(config, run, stop=stop, report=_TrainProgress(run.path)))
 
 
 def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
@@ -593,16 +627,20 @@ def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict:
-    from engine.training import finetune, fit, runs
+    from engine.training import distribute, finetune, fit, runs
 
     stop = _stop_on_interrupt()
+    _start_strategy(bool(args.resume))
     if args.resume:
         run = runs.open_run(args.parent)
         result = fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
     else:
         parent, config = _finetune_setup(args)
-        run = runs.create(args.out, backbone=config.backbone, mode="finetune")
-        result = fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
+        with _run_folder(args.out, config.backbone, "finetune") as run:
+            result = fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
+            config = run.config()
+        if not distribute.is_chief():
+            return {**_as_worker(result), "parent": config.get("parent"), "changes": None}
     config = run.config()
     params = result.get("params") or {}
     out = {
@@ -665,13 +703,19 @@ def _print_lr_find(result: dict) -> None:
 
 
 def _print_train(result: dict) -> None:
-    print(f"{result['status']}: {result['run_dir']}")
+    print(f"{result['status']}: {result['run_dir'] or 'this worker wrote no run folder'}")
     if result["reason"]:
         print(f"  {result['reason']}")
     for key in ("val_accuracy", "test_accuracy"):
         if result.get(key) is not None:
             print(f"  {key.replace('_', ' ')}: {result[key]:.3f}")
     print(f"  {result['epochs_run']} epochs in {result['seconds']:.1f} s")
+    strategy = result.get("strategy") or {}
+    if strategy.get("replicas", 1) > 1:
+        print(
+            f"  {strategy['name']}: {strategy['replicas']} replicas on {strategy['workers']} worker(s)"
+            + (f", this is {result['worker']} (the chief wrote the run)" if result.get("worker") else "")
+        )
     if result.get("params"):
         p = result["params"]
         print(f"  parameters: {p['trainable']:,} trainable, {p['non_trainable']:,} frozen")

@@ -639,7 +639,7 @@ def test_cli_train_and_runs(runs_dir):
     config = runs.Run(runs_dir / "mine").config()
     assert (config["batch_size"], config["learning_rate"], config["seed"]) == (8, 0.003, 1)
     assert config["data"]["augment"]["flip"] == "horizontal" and config["data"]["augment"]["rotation"] == 0.05
-    assert out["features"]["augmented_views"] == 1
+    assert out["features"]["augmented_views"] == 1 and out["strategy"]["replicas"] == 1
     code, listed = cli("runs")
     assert code == 0 and listed["runs"][0]["name"] == "mine" and listed["runs"][0]["status"] == "finished"
 

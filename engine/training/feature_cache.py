@@ -28,6 +28,7 @@ from engine import settings
 from engine.config import AugmentConfig
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
+from engine.training import distribute
 from engine.training.features import FeatureExtractor
 from engine.training.runs import atomic_write
 
@@ -65,7 +66,8 @@ def _save(path: Path, arr: np.ndarray) -> None:
 def cached_array(path: Path, shape: tuple[int, ...], compute, progress: Progress | None) -> tuple[np.ndarray, bool]:
     """The array at `path` if it has the leading `shape`, else `compute()` saved there."""
     cached = _load(path, shape)
-    if cached is not None:
+    # Workers compute together (a collective): all use the cache, or none does.
+    if distribute.everyone(cached is not None):
         if progress:
             total = int(np.prod(shape))  # images (times views)
             progress(total, total)

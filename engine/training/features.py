@@ -18,13 +18,23 @@ from engine import backbones
 class FeatureExtractor:
     """A frozen backbone followed by global average pooling."""
 
-    def __init__(self, backbone: str = backbones.DEFAULT_BACKBONE, image_size: int | None = None, model=None) -> None:
-        """`model`: an already built feature extractor of this backbone (else it is loaded)."""
+    def __init__(
+        self, backbone: str = backbones.DEFAULT_BACKBONE, image_size: int | None = None, model=None, strategy=None
+    ) -> None:
+        """`model`: an already built feature extractor of this backbone (else it is loaded).
+
+        `strategy`: a tf.distribute strategy whose scope built `model`; with several replicas each
+        batch is split over them (and over every worker: then all must call with the same batches).
+        """
         self.spec = backbones.get_spec(backbone)
         self.model = model if model is not None else backbones.load(backbone, include_top=False, image_size=image_size)
         self.input_size = int(self.model.input_shape[1])
         self._lock = threading.Lock()  # see ImageNetClassifier: shared models are called one at a time
         self._forward = None
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            from engine.training import distribute
+
+            self._forward = distribute.spread(self._call, strategy)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 or float in [0, 255] -> (N, D) float32 features."""

@@ -38,7 +38,7 @@ from engine.data.pipeline import DecodedImages, augmenter, make_tf_dataset
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.training import blocks as blocks_mod
-from engine.training import feature_cache, fit, runs
+from engine.training import distribute, feature_cache, fit, runs
 from engine.training.runs import Run
 
 _CACHE_VERSION = 1
@@ -305,14 +305,17 @@ class _Boundary:
         size = cut.lower.input_shape[1:]
         lower = cut.lower
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *size), tf.float32)])
         def forward(x):
             out = lower(x, training=False)
             out = out if isinstance(out, list | tuple) else [out]
             flat = [tf.reshape(o, (tf.shape(o)[0], -1)) for o in out]
             return tf.cast(tf.concat(flat, axis=1), tf.float16)
 
-        self._forward = forward
+        strategy = distribute.current()
+        if strategy.num_replicas_in_sync > 1:  # each batch split over every replica of every worker
+            self._forward = distribute.spread(forward, strategy)
+        else:
+            self._forward = tf.function(forward, input_signature=[tf.TensorSpec((None, *size), tf.float32)])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(self.preprocess(np.asarray(images, dtype=np.float32)), dtype=np.float32)
@@ -720,17 +723,19 @@ def run_finetune(config, run, stop, report, resume, start_epoch, history, info) 
     callbacks = fit._callbacks(run, fitted, shown, history, stop, report, steps, val_steps)
     if mixed:  # the classifier (what is saved, also on Stop) follows the copy after every epoch
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: copy_weights(fitted, setup.classifier)))
-    if start_epoch < total_epochs:
-        fitted.fit(
-            setup.train_data,
-            validation_data=setup.val_data,
-            epochs=total_epochs,
-            initial_epoch=start_epoch,
-            class_weight=weights,
-            shuffle=False,  # the batches shuffle themselves, seeded
-            callbacks=callbacks,
-            verbose=0,
-        )
+    # predict() after the fit goes through the classifier or the cut's upper part: fixed for the strategy too.
+    with distribute.fitting(fitted, setup.train_data, setup.classifier, setup.cut.upper):
+        if start_epoch < total_epochs:
+            fitted.fit(
+                setup.train_data,
+                validation_data=setup.val_data,
+                epochs=total_epochs,
+                initial_epoch=start_epoch,
+                class_weight=weights,
+                shuffle=False,  # the batches shuffle themselves, seeded
+                callbacks=callbacks,
+                verbose=0,
+            )
     if mixed:
         copy_weights(fitted, setup.classifier)  # after EarlyStopping put the best weights back
     return fit.finish(run, dataset, y, setup.predict, callbacks, shown, history, val_steps, report, setup.classifier)

@@ -34,7 +34,7 @@ from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
-from engine.training import runs
+from engine.training import distribute, runs
 from engine.training.runs import Run
 
 Report = Callable[..., None]  # report(stage=..., **fields): progress for the UI or the CLI
@@ -361,7 +361,8 @@ def train(
 
     Returns:
         {"run_dir", "status", "reason", "epochs_run", "history", "val_accuracy",
-         "test_accuracy", "seconds", "train_seconds", "features", "params"}; the same facts are
+         "test_accuracy", "seconds", "train_seconds", "features", "params", "strategy"
+         (engine.training.distribute.describe())}; the same facts are
         in the run folder. `seconds` is this call's wall time, `train_seconds` the run's total
         over every call (a resumed run adds to the time of its earlier calls).
 
@@ -373,6 +374,7 @@ def train(
 
     report = report or _noop
     t0 = time.monotonic()
+    strategy = distribute.describe()
     # A resume continues the run, so its time adds to that of the earlier calls (stopped, failed, killed).
     earlier = run.train_seconds() if resume else 0.0
 
@@ -385,8 +387,9 @@ def train(
     run.set_status("running", epoch=start_epoch)
     info: dict = {"features": {}}
     try:
-        outcome = _train(config, run, stop, report, resume, start_epoch, history, info)
-        status, reason = outcome
+        # Every model, optimizer and metric is created under the strategy (engine.training.distribute).
+        with distribute.current().scope():
+            status, reason = _train(config, run, stop, report, resume, start_epoch, history, info)
     except Stopped as exc:
         status, reason = "stopped", str(exc)
         info.setdefault("stopped", True)
@@ -414,7 +417,8 @@ def train(
     if status == "finished":
         # _train returned, so metrics.json was just written: add what the runs table compares.
         runs.write_json(
-            run.path / "metrics.json", {**run.metrics(), "params": info.get("params"), "train_seconds": seconds}
+            run.path / "metrics.json",
+            {**run.metrics(), "params": info.get("params"), "train_seconds": seconds, "strategy": strategy},
         )
     history = run.history()
     run.set_status(status, reason, epoch=len(history.get("loss", [])), seconds=seconds)
@@ -431,6 +435,7 @@ def train(
         "train_seconds": seconds,
         "features": info["features"],
         "params": info.get("params"),
+        "strategy": strategy,
         **({"parent": info["parent"], "boundary": info.get("boundary")} if "parent" in info else {}),
     }
 
@@ -515,7 +520,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
     info["params"] = {"total": counts.total, "trainable": counts.trainable, "non_trainable": counts.non_trainable}
     if config.mode == "feature":
         base, head = built.base, built.head
-        extractor = FeatureExtractor(config.backbone, model=base)
+        extractor = FeatureExtractor(config.backbone, model=base, strategy=distribute.current())
         key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
         n = len(dataset.items)
 
@@ -577,16 +582,17 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
     val_steps = math.ceil(len(y["validation"]) / config.batch_size)
     callbacks = _callbacks(run, fitted, config, history, stop, report, steps, val_steps)
     if start_epoch < config.epochs:
-        fitted.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=config.epochs,
-            initial_epoch=start_epoch,
-            class_weight=weights,
-            shuffle=False,  # the data shuffles itself, seeded
-            callbacks=callbacks,
-            verbose=0,
-        )
+        with distribute.fitting(fitted, train_data):
+            fitted.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=config.epochs,
+                initial_epoch=start_epoch,
+                class_weight=weights,
+                shuffle=False,  # the data shuffles itself, seeded
+                callbacks=callbacks,
+                verbose=0,
+            )
     return finish(run, dataset, y, predict, callbacks, config, history, val_steps, report, classifier)
 
 
