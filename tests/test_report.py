@@ -28,6 +28,8 @@ def test_every_section_is_written_and_self_contained(report):
     for section in SECTIONS:
         assert f"<h2>{section}</h2>" in page
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=['\"]?https?:", page)  # nothing fetched from the net
+    configuration = page.split("<h2>Configuration</h2>")[1].split("</section>")[0]
+    assert "trained on" in configuration and "default: 1 replica(s), 1 worker(s)" in configuration
     exports = page.split("<h2>Exports</h2>")[1]
     assert "tflite-int8" in exports and "%" in exports  # the checked export's agreement
     mistakes = page.split("<h2>Most confident mistakes</h2>")[1].split("</section>")[0]

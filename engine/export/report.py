@@ -123,7 +123,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
             ["image size", f"{model.input_size} px ({model.resize_policy})"],
         ]
     )
-    parts["Configuration"] = _table(_flatten(config), ["setting", "value"])
+    strategy = run.metrics().get("strategy") or {}  # how it was trained: engine.training.distribute.describe()
+    trained_on = (
+        [["trained on", f"{strategy['name']}: {strategy['replicas']} replica(s), {strategy['workers']} worker(s)"]]
+        if strategy
+        else []
+    )
+    parts["Configuration"] = _table(_flatten(config) + trained_on, ["setting", "value"])
     parent_epochs = (config.get("finetune") or {}).get("parent_epochs", 0)
     if parent_epochs:
         before = {k: v[:parent_epochs] for k, v in history.items()}
