@@ -131,3 +131,15 @@ def test_the_serving_resize_follows_pillow(policy):
         assert ours.shape == pillow.shape
         limit = {"pad": 0.5, "crop": 2.5}[policy]  # stretch differs by about 0.3; crop by up to half a pixel
         assert np.abs(ours - pillow).mean() < limit, (policy, crop.shape, np.abs(ours - pillow).mean())
+
+
+def test_a_run_without_a_test_split_is_checked_on_validation(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "no-test"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("exports*"))
+    config = json.loads((copy / "config.json").read_text())
+    config["data"]["test_frac"] = 0.0  # as if trained with --test 0
+    (copy / "config.json").write_text(json.dumps(config))
+    result = export_run(copy, "keras")
+    assert result["split"] == "validation" and result["agreement"] == 1.0 and result["images"] > 0
