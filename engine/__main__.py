@@ -508,6 +508,13 @@ def _train_config(args: argparse.Namespace):
     return replace(config, data=DataConfig.from_json({**config.data.to_json(), **data}))
 
 
+DISTRIBUTED = (
+    "Trains on every local GPU (MirroredStrategy; --batch-size is the global batch, a multiple of the GPUs), "
+    "or with the other workers of the cluster TF_CONFIG describes (experimental; run the same command on each). "
+    "See the README's 'Several GPUs or machines'."
+)
+
+
 class _TrainProgress:
     """Training progress on stderr: stages as they go, one line per epoch."""
 
@@ -579,7 +586,7 @@ def _as_worker(result: dict) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from engine.training import fit, runs
+    from engine.training import distribute, fit, runs
 
     stop = _stop_on_interrupt()
     _start_strategy(bool(args.resume))
@@ -591,7 +598,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     config = _train_config(args)
     with _run_folder(args.out, config.backbone, config.mode) as run:
         # Named once the data opened: a run whose data cannot be read leaves no folder behind.
-        return _as_worker(fit.train(config, run, stop=stop, report=_TrainProgress(run.path)))
+        progress = _TrainProgress(run.path if distribute.is_chief() else None)  # a worker's folder is thrown away
+        return _as_worker(fit.train(config, run, stop=stop, report=progress))
 
 
 def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
@@ -637,7 +645,8 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     else:
         parent, config = _finetune_setup(args)
         with _run_folder(args.out, config.backbone, "finetune") as run:
-            result = fit.train(config, run, stop=stop, report=_TrainProgress(run.path))
+            progress = _TrainProgress(run.path if distribute.is_chief() else None)
+            result = fit.train(config, run, stop=stop, report=progress)
             config = run.config()
         if not distribute.is_chief():
             return {**_as_worker(result), "parent": config.get("parent"), "changes": None}
@@ -946,7 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a classifier: a head on a frozen pretrained backbone (feature) or a CNN from scratch",
         description="SOURCE as for inspect-data. Options left out come from --preset, else the defaults. "
-        "Exit code 1 when the run failed (NaN loss, out of memory), 2 for bad input.",
+        "Exit code 1 when the run failed (NaN loss, out of memory), 2 for bad input. " + DISTRIBUTED,
     )
     p.add_argument("source", metavar="SOURCE", nargs="?")
     p.add_argument("--preset", choices=list(presets.PRESETS), help="start from a classic recipe")
@@ -992,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
             else "fine-tune a finished run: unfreeze the backbone from a block and train on",
             description="RUN_DIR is a finished feature-mode run or an earlier fine-tune (a folder, or a name "
             "under CONVSCOPE_RUNS_DIR). Give where to unfreeze with --unfreeze-from or --unfreeze-top"
-            + (" (default: the head alone)." if finding else ", or a --preset."),
+            + (" (default: the head alone)." if finding else ", or a --preset. " + DISTRIBUTED),
         )
         p.add_argument("parent", metavar="RUN_DIR")
         where = p.add_mutually_exclusive_group(required=False)

@@ -7,8 +7,19 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CONVSCOPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="convscope-test-cache-")
+for name in ("TF_CONFIG", "CONVSCOPE_CPU_REPLICAS"):  # the tests train on one device unless they say otherwise
+    os.environ.pop(name, None)
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_strategy_left_over():
+    """A CLI command run in-process picks the process's tf.distribute strategy: the next test starts afresh."""
+    yield
+    from engine.training import distribute
+
+    distribute._started = None
 
 
 @pytest.fixture(scope="session")

@@ -128,21 +128,30 @@ def test_two_logical_cpus_train_and_fine_tune_like_one_device(one_device, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_two_worker_cluster_on_loopback_trains_one_run(one_device, tmp_path):
-    """Two workers (subprocesses) on loopback ports train one run; only the chief writes it.
+def test_two_logical_cpus_train_from_scratch_and_refuse_a_batch_that_does_not_split(tmp_path):
+    two = {distribute.CPU_REPLICAS_ENV: "2"}
+    scratch = ["--mode", "scratch", "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--json"]
+    done = result(cli(["train", TINY, *scratch, "--out", str(tmp_path / "scratch")], tmp_path / "cache", **two))
+    assert done["status"] == "finished" and done["strategy"]["replicas"] == 2  # image batches from tf.data
+    proc = cli(
+        ["train", TINY, "--batch-size", "7", "--json", "--out", str(tmp_path / "odd")], tmp_path / "cache", **two
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "does not split evenly over 2 replicas" in json.loads(out)["error"]
+    assert not (tmp_path / "odd").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_two_worker_cluster_on_loopback_trains_and_fine_tunes_one_run(one_device, tmp_path):
+    """Two workers (subprocesses) on loopback ports train one run, then fine-tune it; only the chief writes.
 
     Keras 3 fails here without the two fixes in distribute.fitting (keras-team/keras#20585).
     """
     _, run, _ = one_device
-    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
     out = tmp_path / "run"
     procs = [
-        cli(
-            [*TRAIN, "--out", str(out)],
-            tmp_path / f"cache-{k}",  # a cache per worker, as on two machines
-            TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": k}}),
-        )
-        for k in range(2)
+        cli([*TRAIN, "--out", str(out)], tmp_path / f"cache-{k}", TF_CONFIG=config)  # a cache each, as on 2 machines
+        for k, config in enumerate(cluster_configs())
     ]
     chief, worker = (result(p) for p in procs)
     assert chief["status"] == worker["status"] == "finished", (chief["reason"], worker["reason"])
@@ -156,6 +165,45 @@ def test_a_two_worker_cluster_on_loopback_trains_one_run(one_device, tmp_path):
         assert (out / name).is_file(), name
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
     assert json.loads((out / "metrics.json").read_text())["strategy"]["workers"] == 2
+
+    # A fine-tune of the one-device parent on the same cluster: boundary tensors spread over both workers.
+    _, _, ft = one_device
+    parent = one_device[0] / "run"
+    tuned = tmp_path / "ft"
+    procs = [
+        cli(["finetune", str(parent), *FINETUNE, "--out", str(tuned)], tmp_path / f"cache-{k}", TF_CONFIG=config)
+        for k, config in enumerate(cluster_configs())
+    ]
+    chief, worker = (result(p) for p in procs)
+    assert chief["status"] == worker["status"] == "finished", (chief["reason"], worker["reason"])
+    assert chief["boundary"]["mode"] == "cached" and worker["run_dir"] is None
+    assert close(chief["history"]["loss"], ft["history"]["loss"]), (chief["history"], ft["history"])
+    assert (tuned / "model.keras").is_file() and chief["changes"]  # the chief also measured what changed
+
+
+def cluster_configs() -> list[str]:
+    """TF_CONFIG of each of two workers on free loopback ports."""
+    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": k}}) for k in range(2)]
+
+
+@pytest.mark.slow
+def test_workers_with_different_data_stop_with_a_clear_error(tmp_path):
+    configs = cluster_configs()
+    sources = [TINY, TINY.replace("per_class=12", "per_class=13")]  # as if one machine had other files
+    procs = [
+        cli(
+            ["train", source, "--epochs", "1", "--image-size", "64", "--json", "--out", str(tmp_path / f"run-{k}")],
+            tmp_path / f"cache-{k}",
+            TF_CONFIG=config,
+        )  # fmt: skip
+        for k, (source, config) in enumerate(zip(sources, configs, strict=True))
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err.decode()[-2000:]
+        assert "the workers differ in their data" in json.loads(out)["error"]
+    assert not (tmp_path / "run-0").exists()  # nothing was trained: the chief's folder is not left behind
 
 
 BARE_KERAS = """
@@ -203,3 +251,31 @@ def test_keras_alone_still_fails_on_two_workers(tmp_path):
         "drop the workarounds in engine.training.distribute.fitting and update the README"
     )
     assert b"Attempt to convert a value (PerReplica" in chief_err, chief_err.decode()[-2000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_worker_stops_every_worker_and_the_chief_keeps_the_model(tmp_path):
+    import signal
+    import time
+
+    data = TINY.replace("per_class=12", "per_class=40")
+    args = ["train", data, "--epochs", "40", "--early-stopping", "0", "--image-size", "64", "--batch-size", "8"]
+    procs, logs = [], []
+    for k, config in enumerate(cluster_configs()):
+        logs.append(tmp_path / f"worker-{k}.err")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": config,
+               "CONVSCOPE_CACHE_DIR": str(tmp_path / f"cache-{k}")}  # fmt: skip
+        with logs[-1].open("wb") as err:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "engine", *args, "--json", "--out", str(tmp_path / "run")],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err,
+            ))  # fmt: skip
+    deadline = time.monotonic() + 240
+    while "epoch 2/40" not in logs[1].read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGINT)  # Ctrl-C on worker 1 only
+    outs = [json.loads(p.communicate(timeout=240)[0]) for p in procs]
+    assert [o["status"] for o in outs] == ["stopped", "stopped"], [o.get("reason") or o for o in outs]
+    assert outs[0]["reason"] == outs[1]["reason"] and outs[0]["epochs_run"] < 40  # at the same batch
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "stopped" and (tmp_path / "run" / "model.keras").is_file()

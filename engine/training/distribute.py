@@ -15,11 +15,14 @@ train and finetune commands call it first):
 Without `start()` (the dashboard, whose job registry runs one job per GPU) `current()` is the
 default strategy.
 
-Batch size and learning rate: `batch_size` is the global batch. Each step takes that many
-examples, split evenly over the replicas (batch / replicas each), and the gradients are
-averaged over all of them, so the same config trains the same model on 1 or N devices. The
-learning rate is not scaled. To keep N GPUs busy, raise the batch size N times and, by the
-linear scaling rule (Goyal et al. 2017), the learning rate N times too, with a warm-up.
+Batch size and learning rate: `batch_size` is the global batch and must be a multiple of the
+replicas. Each step takes that many examples, split evenly over the replicas (batch / replicas
+each), and the gradients are averaged over all of them, so the same config trains the same
+model on 1 or N devices, up to float rounding. Two exceptions: a last, short batch that does not
+split evenly weighs its examples a little differently (Keras averages each replica's mean
+loss), and dropout and training BatchNorm run per replica. The learning rate is not scaled.
+To keep N GPUs busy, raise the batch size N times and, by the linear scaling rule (Goyal et
+al. 2017), the learning rate N times too, with a warm-up.
 
 Cached features and a fine-tune's boundary tensors are computed with `spread()`: each batch
 is split over every replica of every worker and gathered back, so each worker keeps them all.
@@ -28,6 +31,7 @@ is split over every replica of every worker and gathered back, so each worker ke
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -199,24 +203,66 @@ def spread(fn: Callable, strategy=None) -> Callable[[np.ndarray], np.ndarray]:
     return call
 
 
+def _all_rows(values: np.ndarray, strategy) -> np.ndarray:
+    """(R, K) float32: `values` (K,) float32 of every replica of every worker, gathered (a collective)."""
+    import tensorflow as tf
+
+    key = id(strategy)
+    if key not in _gathers:  # traced once per strategy: a stop check runs after every batch
+        _gathers[key] = tf.function(lambda parts: strategy.gather(parts, axis=0))
+    parts = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(values[None], tf.float32))
+    return np.asarray(_gathers[key](parts))
+
+
+_gathers: dict[int, Callable] = {}
+
+
 def everyone(flag: bool, strategy=None) -> bool:
     """Whether `flag` holds on every worker (a collective under a multi-worker strategy; else `flag`).
 
     Workers must take the same branch around a collective: one finding features in its cache
     while another computes them would leave the other waiting forever.
     """
-    import tensorflow as tf
-
     strategy = strategy or current()
     if not multi_worker(strategy):
         return flag
+    # float32: collectives on GPUs refuse int32 (tensorflow/tensorflow#56184)
+    return bool(_all_rows(np.array([float(flag)], np.float32), strategy).min() == 1.0)
 
-    @tf.function
-    def count(parts):
-        return strategy.reduce("SUM", parts, axis=None)
 
-    parts = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(int(flag)))
-    return int(count(parts)) == strategy.num_replicas_in_sync  # every replica of every worker said yes
+def stop_agreed(stop: threading.Event | None) -> bool:
+    """Whether to stop now: `stop` is set here, or, with several workers, on any of them.
+
+    With several workers it is a collective, so every worker must ask at the same point (after
+    each batch). A worker stopping alone would leave the others failing at their next step.
+    """
+    wanted = stop is not None and stop.is_set()
+    if not multi_worker(current()):
+        return wanted
+    return not everyone(not wanted)
+
+
+def agree(value: str, what: str) -> None:
+    """Check that every worker has the same `value` (the data's fingerprint, a plan); else say so clearly.
+
+    Workers that differ would run different collectives and fail with an obscure error, or
+    silently train on different data.
+
+    Raises:
+        DistributeError: the workers differ.
+    """
+    strategy = current()
+    if not multi_worker(strategy):
+        return
+    digest = hashlib.sha256(value.encode()).digest()
+    # 16-bit pieces are exact in float32
+    pieces = np.array([int.from_bytes(digest[k : k + 2], "big") for k in range(0, 16, 2)], np.float32)
+    rows = _all_rows(pieces, strategy)
+    if not (rows == rows[0]).all():
+        raise DistributeError(
+            f"the workers differ in {what} (this is {task_name()}: {value[:80]}); every worker needs the same "
+            "data, parent run and settings at the same paths"
+        )
 
 
 @contextlib.contextmanager
@@ -228,10 +274,11 @@ def fitting(model, data, *others) -> Iterator[None]:
        MirroredStrategy that peek shifts a PyDataset's batches, so an epoch does not start at
        batch 0 and two replicas train differently from one device; under
        MultiWorkerMirroredStrategy the eager average fails outright ("Attempt to convert a value
-       (PerReplica...) to a Tensor", keras-team/keras#20585). Here Keras's own build runs on the
-       first batch read directly (nothing consumed), and the model's captured strategy is
-       cleared so the peek is skipped; the strategy of the scope entered here still runs every
-       step. `others` (models whose predict() runs later) are cleared too.
+       (PerReplica...) to a Tensor", keras-team/keras#20585). Here Keras's own build runs on a
+       batch taken without moving the data (a PyDataset's first, or zeros shaped like a tf.data
+       batch), and the model's captured strategy is cleared so the peek is skipped; the strategy
+       of the scope entered here still runs every step. `others` (models whose predict() runs
+       later) are cleared too.
     2. With several workers, every step averages the per-replica loss and metrics with
        `reduce("MEAN", v, axis=0)`, which fails on scalars ("Invalid reduction dimension 0 for
        input with 0 dimensions"); scalars are averaged with axis=None instead.
@@ -241,6 +288,7 @@ def fitting(model, data, *others) -> Iterator[None]:
         data: the training data, a keras.utils.PyDataset or a tf.data.Dataset of (x, y) batches.
     """
     import keras
+    import tensorflow as tf
 
     strategy = current()
     if strategy.num_replicas_in_sync == 1:
@@ -249,7 +297,10 @@ def fitting(model, data, *others) -> Iterator[None]:
     if multi_worker(strategy):
         _patch_keras_reduce()
     with strategy.scope():
-        batch = data[0] if isinstance(data, keras.utils.PyDataset) else next(iter(data))
+        if isinstance(data, keras.utils.PyDataset):
+            batch = data[0]  # indexing moves nothing
+        else:  # zeros of the batch's spec: a new iterator would move a reshuffling dataset's order on
+            batch = tf.nest.map_structure(lambda s: tf.zeros([d or 1 for d in s.shape], s.dtype), data.element_spec)
         model._symbolic_build(data_batch=batch)
         for m in (model, *others):  # stays cleared: a later predict() must not peek either
             m._distribute_strategy = None
@@ -271,11 +322,11 @@ def _patch_keras_reduce() -> None:
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and multi_worker(strategy):
 
-            def one(v):
-                if not isinstance(v, tf.distribute.DistributedValues):
-                    return v
-                rank = strategy.experimental_local_results(v)[0].shape.rank
-                return strategy.reduce("MEAN", v, axis=0 if rank else None)
+            def one(v):  # with one replica per worker `v` is a plain tensor: still averaged over the workers
+                local = (
+                    strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                )
+                return strategy.reduce("MEAN", v, axis=0 if local.shape.rank else None)
 
             return tf.nest.map_structure(one, values)
         return original(values, strategy, reduction)

@@ -521,6 +521,11 @@ def prepare(
     cut = split(classifier, first)
     views = config.aug_views if config.data.augment.enabled else 0
     plan = boundary_plan(cut, len(dataset.items), len(splits["train"]), views)
+    mixed = mixed_precision() if mixed is None else mixed
+    # Each worker opened its own data and parent, and decided these alone (its budget, its GPUs).
+    if distribute.multi_worker(distribute.current()):
+        setup = f"data {dataset.fingerprint[:16]}, parent weights {_weights_digest(classifier)}"
+        distribute.agree(f"{setup}, {plan['mode']} boundary, mixed precision {mixed}", "their fine-tune setup")
     features: dict = {}
     if plan["mode"] == "cached":
         try:
@@ -551,7 +556,6 @@ def prepare(
         def predict(split_name: str) -> np.ndarray:
             return np.asarray(classifier.predict(images(split_name), verbose=0))
 
-    mixed = mixed_precision() if mixed is None else mixed
     if mixed:
         fitted = mixed_copy(fitted)
     return Setup(

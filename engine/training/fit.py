@@ -294,7 +294,7 @@ def _callbacks(
                 eta=self.clock.left(batches_left, config.epochs - self.epoch, val_steps),
                 eta_upper_bound=bool(config.early_stopping),
             )
-            if stop is not None and stop.is_set():
+            if distribute.stop_agreed(stop):  # with several workers: when any of them is stopped
                 raise Stopped(f"by the user at epoch {self.epoch + 1}, batch {batch + 1}")
 
         def on_epoch_end(self, epoch, logs=None) -> None:
@@ -390,6 +390,8 @@ def train(
         # Every model, optimizer and metric is created under the strategy (engine.training.distribute).
         with distribute.current().scope():
             status, reason = _train(config, run, stop, report, resume, start_epoch, history, info)
+        # With several workers: none leaves before all have finished (a peer gone breaks later collectives).
+        distribute.everyone(True)
     except Stopped as exc:
         status, reason = "stopped", str(exc)
         info.setdefault("stopped", True)
@@ -452,7 +454,7 @@ def features_progress(report: Report, stop, message: str) -> Callable[[int, int]
             rate = (done - timed[0][1]) / max(timed[-1][0] - timed[0][0], 1e-6)
             eta = (total - done) / rate
         report(stage="features", message=message, done=done, total=total, eta=eta)
-        if stop is not None and stop.is_set():
+        if distribute.stop_agreed(stop):
             raise Stopped(f"by the user while {message[0].lower() + message[1:]}")
 
     return progress
@@ -479,6 +481,12 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
     from engine.training import feature_cache, models
     from engine.training.features import FeatureExtractor
 
+    replicas = distribute.current().num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise TrainingError(
+            f"a batch of {config.batch_size} does not split evenly over {replicas} replicas: give a multiple "
+            f"of {replicas} (each replica takes batch / {replicas})"
+        )
     if config.mode == "finetune":
         from engine.training import finetune
 
@@ -491,6 +499,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
 
     dataset = sources.open_dataset(config.data.source, data_progress)
     dataset.check()
+    distribute.agree(dataset.fingerprint, "their data")
     splits = split_items(dataset.items, config.seed, config.data.val_frac, config.data.test_frac)
     num_classes = len(dataset.classes)
     saved = run.config()
