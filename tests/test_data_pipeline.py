@@ -38,6 +38,19 @@ def test_each_epoch_sees_new_augmented_views(small_shapes):
     assert not np.allclose(first, plain) and not np.allclose(first, second)
 
 
+def test_augmented_views_are_the_same_for_the_same_seed(small_shapes):
+    """The random layers draw in batch order: the same seed gives the same views (and cached features) again."""
+    ds = small_shapes
+    config = AugmentConfig(flip="horizontal", rotation=0.2, zoom=0.2, contrast=0.3)
+
+    def views(seed: int) -> np.ndarray:
+        tfd = pipeline.make_tf_dataset(ds, ds.items, 32, batch_size=2, augment=config, seed=seed, cache=False)
+        return np.concatenate([x.numpy() for x, _ in tfd])
+
+    first = views(5)
+    assert np.array_equal(first, views(5)) and not np.allclose(first, views(6))
+
+
 def test_shuffle_is_seeded(small_shapes):
     ds = small_shapes
     order = [

@@ -169,5 +169,8 @@ def make_tf_dataset(
     ds = ds.map(lambda k: (decode(k), tf.gather(labels, k)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     aug = augmenter(augment, seed) if augment else None
     if aug is not None:
-        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: the random layers draw from one seeded state, so batches augmented in
+        # parallel took their draws in whatever order threads ran, and the same seed gave other views
+        # (and other cached augmented features) on every run. Decoding above stays parallel.
+        ds = ds.map(lambda x, y: (aug(x, training=True), y))
     return ds.prefetch(tf.data.AUTOTUNE)
