@@ -602,6 +602,12 @@ def cmd_train(args: argparse.Namespace) -> dict:
         return _as_worker(fit.train(config, run, stop=stop, report=progress))
 
 
+def cmd_worker(args: argparse.Namespace) -> dict:
+    from engine.training import worker
+
+    return worker.serve(_stop_on_interrupt())
+
+
 def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
     """(parent run, TrainConfig of the fine-tune) from the command line; a preset fills what is not given."""
     from engine.training import finetune, presets
@@ -1068,6 +1074,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="ARG", help="rename: RUN NAME; delete: RUN")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_runs, show=_print_runs)
+
+    p = sub.add_parser(
+        "worker",
+        help="run one dashboard job (the dashboard starts it; a JSON request on stdin)",
+        description="The dashboard's job registry runs each training, fine-tune, learning-rate sweep and latency "
+        "measurement in its own `python -m engine worker --json` process: one JSON request on stdin, progress "
+        "as JSON lines on stdout, then the result. A `stop` line on stdin (or its end) stops it within one batch. "
+        "See engine/training/worker.py.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object (the dashboard always asks for it)")
+    p.set_defaults(run=cmd_worker, show=lambda result: print(json.dumps(result)))
     return parser
 
 

@@ -263,19 +263,15 @@ if st.button(
     "runs once over every image; the fine-tune reuses that cache.",
 ):
     bar = st.progress(0.0, text="Learning-rate sweep…")
+
+    def _sweep_progress(p: dict) -> None:
+        if "done" in p and p.get("total"):
+            what = "Learning-rate sweep: step" if p.get("stage") == "sweep" else p.get("message", p.get("stage"))
+            bar.progress(min(p["done"] / p["total"], 1.0), text=f"{what} {p['done']} of {p['total']}")
+
     try:
-        result = finetune.lr_find(
-            _config(),
-            steps=100,
-            report=lambda stage="", **f: (
-                bar.progress(
-                    min(f["done"] / f["total"], 1.0), text=f"{f.get('message', stage)}: {f['done']} of {f['total']}"
-                )
-                if "done" in f
-                else None
-            ),
-            progress=lambda d, t: bar.progress(d / t, text=f"Learning-rate sweep: step {d} of {t}"),
-        )
+        # In a worker process like training (engine.training.worker): never in this server.
+        result = registry.call("lr_find", {"config": _config().to_json(), "steps": 100}, _sweep_progress)
     except ConvScopeError as exc:
         bar.empty()
         st.error(widgets.path_free(str(exc)))

@@ -8,8 +8,8 @@ import streamlit as st
 from engine import charts
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
-from engine.training import bakeoff, runs
-from ui import cached, router, state, widgets
+from engine.training import bakeoff, jobs, runs
+from ui import router, state, widgets
 
 router.ensure_routed()
 st.title("🗃️ Runs")
@@ -231,13 +231,11 @@ with tab_table:
 
         missing = [r for r in rows if r["has_model"] and r["latency_ms"] is None]
         if missing and st.button(f"Measure the latency of {len(missing)} run(s)", key="measure_latency", icon="⏱️"):
-            from engine.evaluate import latency
-
             bar = st.progress(0.0, text="Measuring…")
             for k, r in enumerate(missing):
                 try:
-                    model = cached.explainable_run(r["path"], (all_runs[rows.index(r)].model_file).stat().st_mtime)
-                    latency.save(r["path"], latency.measure(model.compiled, model.input_size))
+                    # In a worker process, as after training: a timing inside the busy server is wrong.
+                    jobs.registry().call("latency", {"run_dir": str(r["path"])})
                 except (ConvScopeError, OSError) as exc:
                     st.warning(f"{title_of(r)}: not measured ({widgets.path_free(str(exc))})")
                 bar.progress((k + 1) / len(missing), text=f"Measured {k + 1} of {len(missing)}")

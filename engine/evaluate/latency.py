@@ -44,6 +44,14 @@ def measure_model(model, preprocess, size: int) -> dict:
     return measure(CompiledModel(model, preprocess), size)
 
 
+def measure_run(run) -> dict:
+    """`measure` for a trained run's saved model (an engine.training.runs.Run with model.keras)."""
+    from engine.evaluate.evaluation import run_model
+
+    model = run_model(run)
+    return measure(model.compiled, model.input_size)
+
+
 def save(run_dir: str | Path, result: dict) -> None:
     from engine.training import runs
 

@@ -1,13 +1,18 @@
-"""The process-wide job registry: training in background workers, never in a page script.
+"""The process-wide job registry: training in worker processes, never in the dashboard's server.
 
-One worker thread per accelerator (each GPU, or the CPU when there is none)
-takes jobs from one FIFO queue, so one training job runs per accelerator and
-the others wait with a visible position. A job's id is its run folder's name,
-so a page that lost its session (a refresh, a reopened tab, a restarted
-server) finds it again: in the registry while this process knows it, in the
-run folder otherwise.
+One thread per accelerator (each GPU, or the CPU when there is none) takes jobs
+from one FIFO queue, so one training job runs per accelerator and the others
+wait with a visible position. The thread starts each job in its own process
+(engine.training.worker: `python -m engine worker`, the CLI's code path) and
+follows its progress; Stop asks the process to stop within one batch. The
+server itself never builds or trains a model, so a dashboard run equals the
+CLI run of its config and page refreshes cannot slow it down.
 
-Workers never call Streamlit; pages read `snapshot()` copies.
+A job's id is its run folder's name, so a page that lost its session (a
+refresh, a reopened tab, a restarted server) finds it again: in the registry
+while this process knows it, in the run folder otherwise.
+
+The threads never call Streamlit; pages read `snapshot()` copies.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.config import TrainConfig
-from engine.training import fit, runs
+from engine.errors import ConvScopeError
+from engine.training import fit, runs, worker
 from engine.training.runs import Run
 
 
@@ -43,12 +49,19 @@ class Job:
     started: float | None = None
     finished: float | None = None
     device: str = ""
+    process: worker.Worker | None = None  # while it runs in a worker process
 
 
 class JobRegistry:
-    """Queue, workers and the state of every job this process has run."""
+    """Queue, workers and the state of every job this process has run.
 
-    def __init__(self, train_fn: Callable = fit.train, devices: list[str] | None = None) -> None:
+    Args:
+        train_fn: None (the dashboard): each job runs in a worker process. A function with
+            fit.train's signature runs jobs in this process's threads instead (tests of the queue).
+        devices: the accelerators to run on (default: every GPU, else the CPU).
+    """
+
+    def __init__(self, train_fn: Callable | None = None, devices: list[str] | None = None) -> None:
         self._train = train_fn
         self._devices = devices
         self._lock = threading.Lock()
@@ -88,6 +101,8 @@ class JobRegistry:
             if job is None or job.status not in runs.ACTIVE:
                 return False
             job.stop.set()
+            if job.process is not None:
+                job.process.stop()
             if job.status == "queued":
                 self._queue.remove(job)
                 job.status, job.reason, job.finished = "stopped", "stopped before it started", time.time()
@@ -188,17 +203,22 @@ class JobRegistry:
             gc.collect()  # let a finished job's models go before the next one builds its own
 
     def _run(self, job: Job, device: str) -> None:
-        def report(**fields) -> None:
+        def report(fields: dict) -> None:
             with self._lock:
                 if "history" in fields:
                     job.history = fields.pop("history")
                 job.progress.update(fields)
 
         try:
-            import tensorflow as tf
+            if self._train is None:
+                result = self._in_worker(job, device, report)
+            else:
+                import tensorflow as tf
 
-            with tf.device(device):
-                result = self._train(job.config, job.run, stop=job.stop, report=report, resume=job.resume)
+                with tf.device(device):
+                    result = self._train(
+                        job.config, job.run, stop=job.stop, report=lambda **f: report(f), resume=job.resume
+                    )
             with self._lock:
                 job.result, job.status, job.reason = result, result["status"], result["reason"]
                 job.history = result["history"]
@@ -206,13 +226,44 @@ class JobRegistry:
             with self._lock:
                 job.status, job.reason = "failed", str(exc) or type(exc).__name__
 
+    def _in_worker(self, job: Job, device: str, report: Callable[[dict], None]) -> dict:
+        """Run the job in a worker process; its result, or ConvScopeError with the worker's error."""
+        request = {"task": "train", "config": job.config.to_json(), "run_dir": str(job.run.path), "resume": job.resume}
+        process = worker.Worker(request, device)
+        with self._lock:
+            job.process = process
+            if job.stop.is_set():  # Stop came while the process started
+                process.stop()
+        try:
+            result = process.run(report)
+        except worker.WorkerError as exc:
+            # Killed or crashed without a word: the run folder must not say "running" for ever.
+            if job.run.path.is_dir() and job.run.status().get("status") in runs.ACTIVE:
+                job.run.set_status("failed", str(exc), epoch=job.run.checkpoint_epoch())
+            raise
+        finally:
+            with self._lock:
+                job.process = None
+        if "error" in result:
+            raise ConvScopeError(result["error"])
+        return result
+
+    def call(self, task: str, request: dict, progress: Callable[[dict], None] | None = None) -> dict:
+        """Run a short job (the LR finder's sweep, a latency measurement) in a worker process, now.
+
+        It does not queue behind training: the caller waits for it (with a progress bar).
+        """
+        return worker.call({**request, "task": task}, progress)
+
 
 def _devices() -> list[str]:
     """One entry per accelerator: every GPU, else the CPU."""
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return [d.name for d in gpus] or ["/CPU:0"]
+    # Physical devices: listing them does not claim GPU memory in the server; each job's process
+    # sees only its own GPU (worker.child_env).
+    gpus = tf.config.list_physical_devices("GPU")
+    return [f"/GPU:{k}" for k in range(len(gpus))] or ["/CPU:0"]
 
 
 _REGISTRY: JobRegistry | None = None

@@ -1,0 +1,185 @@
+"""Dashboard jobs in worker processes (engine.training.worker): a dashboard run is its CLI twin,
+Stop and resume reach the process, a killed process leaves an honest run, and the server process
+itself never trains (issue 20; RELIABILITY.md 23, 24, 35)."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from engine.config import DataConfig, TrainConfig
+from engine.errors import ConvScopeError
+from engine.training import fit, jobs, runs, worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def tiny_config(**kw) -> TrainConfig:
+    return TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=kw.pop("epochs", 3), **kw)
+
+
+def cli(*args: str) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout)
+
+
+def weights(run_dir) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(w) for w in keras.models.load_model(Path(run_dir) / "model.keras").get_weights()]
+
+
+def without_times(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "created"}
+
+
+# ---- the protocol, without a process (fast) ------------------------------------------------
+
+
+def test_the_worker_refuses_an_empty_or_unknown_request():
+    with pytest.raises(ConvScopeError, match="no request"):
+        worker.serve(threading.Event(), io.StringIO(""), io.StringIO())
+    with pytest.raises(ConvScopeError, match="unknown worker task 'bake'"):
+        worker.serve(threading.Event(), io.StringIO('{"task": "bake"}\n'), io.StringIO())
+    with pytest.raises(ValueError, match="task must be one of"):
+        worker.Worker({"task": "bake"})
+
+
+def test_the_end_of_stdin_stops_the_job(monkeypatch):
+    """The server is gone (its pipe closed): the job stops and keeps a resumable run."""
+    seen = {}
+
+    def fake_train(request, stop, report):
+        seen["stopped"] = stop.wait(10)
+        return {"status": "stopped"}
+
+    monkeypatch.setattr(worker, "_train", fake_train)
+    stop = threading.Event()
+    assert worker.serve(stop, io.StringIO('{"task": "train"}\n'), io.StringIO()) == {"status": "stopped"}
+    assert seen["stopped"]
+
+
+def test_progress_is_sent_at_milestones_and_at_most_five_times_a_second():
+    out = io.StringIO()
+    emit = worker.Emitter(out)
+    for batch in range(1, 101):  # a feature-mode epoch: 100 batches within a few milliseconds
+        emit.report(stage="training", epoch=1, batch=batch, batches=100)
+    emit.report(stage="training", epoch=1, history={"loss": [0.5]})
+    emit.report(stage="evaluating")
+    events = [json.loads(line)["progress"] for line in out.getvalue().splitlines()]
+    assert [e.get("batch") for e in events[:2]] == [1, 100], "the first and the last batch of the epoch"
+    assert "history" in events[2] and events[3] == {"stage": "evaluating"}
+    assert len(events) == 4
+
+
+def test_a_gpu_job_sees_only_its_own_gpu_and_never_joins_a_cluster(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    env = worker.child_env("/GPU:1")
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and "TF_CONFIG" not in env
+    assert str(ROOT) in env["PYTHONPATH"].split(":")
+    assert worker.child_env("/CPU:0").get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+# ---- real worker processes (slow) -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_dashboard_run_is_its_cli_twin_bit_for_bit(runs_dir, monkeypatch):
+    """The same config trained by the CLI and by the dashboard's registry: the same weights and history.
+
+    The server process must not train: fit.train is broken in it, and the job still finishes.
+    """
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the dashboard's server process must never train")
+
+    monkeypatch.setattr(fit, "train", not_here)
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    job = registry.submit(tiny_config())
+    snap = registry.wait(job.id, 300)
+    assert snap["status"] == "finished", snap["reason"]
+    twin = cli("train", TINY, "--epochs", "3", "--image-size", "96", "--out", str(runs_dir / "cli-twin"))
+    assert without_times(runs.Run(Path(twin["run_dir"])).config()) == without_times(job.run.config())
+    assert snap["result"]["history"] == twin["history"]
+    for ours, theirs in zip(weights(job.run.path), weights(twin["run_dir"]), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert (job.run.path / "latency.json").is_file(), "latency is measured in the worker, after training"
+
+
+@pytest.mark.slow
+def test_stop_reaches_the_worker_and_resume_continues_in_a_new_one():
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    job = registry.submit(tiny_config(epochs=400, early_stopping=0))
+    deadline = time.monotonic() + 180
+    while (registry.snapshot(job.id)["progress"].get("epoch") or 0) < 2:
+        assert time.monotonic() < deadline, registry.snapshot(job.id)
+        time.sleep(0.1)
+    assert registry.stop(job.id)
+    snap = registry.wait(job.id, 120)
+    assert snap["status"] == "stopped" and "by the user" in snap["reason"]
+    done = job.run.checkpoint_epoch()
+    assert done >= 2 and job.run.resumable() and job.run.model_file.is_file()
+    assert len(job.run.history()["loss"]) == done
+    again = registry.resume(job.run, epochs=done + 2)
+    snap = registry.wait(again.id, 300)
+    assert snap["status"] == "finished", snap["reason"]
+    assert len(job.run.history()["loss"]) == done + 2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_job_and_the_next_one_runs():
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    doomed = registry.submit(tiny_config(epochs=400, early_stopping=0))
+    after = registry.submit(tiny_config(epochs=1))
+    deadline = time.monotonic() + 180
+    while registry.get(doomed.id).process is None or not registry.snapshot(doomed.id)["history"].get("loss"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    registry.get(doomed.id).process.kill()  # the OOM killer, or an operator
+    snap = registry.wait(doomed.id, 60)
+    assert snap["status"] == "failed" and "without a result" in snap["reason"]
+    status = doomed.run.status()
+    assert status["status"] == "failed" and doomed.run.resumable()
+    assert registry.wait(after.id, 300)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_lr_finder_and_latency_run_in_worker_processes(runs_dir, monkeypatch):
+    from conftest import train_tiny_run
+    from engine.evaluate import latency
+    from engine.training import finetune
+
+    parent = train_tiny_run(runs_dir, "parent", epochs=2)
+    (parent / latency.LATENCY_FILE).unlink()
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the dashboard's server process must never run the sweep")
+
+    monkeypatch.setattr(finetune, "lr_find", not_here)
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    config = finetune.finetune_config(runs.Run(parent), unfreeze_from="head", epochs=1)
+    steps = []
+    result = registry.call("lr_find", {"config": config.to_json(), "steps": 20}, steps.append)
+    assert len(result["lrs"]) > 5 and result["parent"] == "parent"
+    assert any(s.get("stage") == "sweep" for s in steps), "the sweep's steps reach the page"
+    measured = registry.call("latency", {"run_dir": str(parent)})
+    assert measured["ms_per_image"] > 0 and latency.saved(parent)["ms_per_image"] == measured["ms_per_image"]
+    with pytest.raises(ConvScopeError, match="not a run folder"):
+        registry.call("latency", {"run_dir": str(runs_dir / "nothing")})
