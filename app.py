@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+from ui import runtime
+
+runtime.keep_keras_state()  # shared models: Streamlit must not clear Keras's state after every rerun
 st.set_page_config(page_title="ConvScope", page_icon="🔬", layout="wide")
 
 pages = [
