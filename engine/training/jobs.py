@@ -200,7 +200,7 @@ class JobRegistry:
             with self._lock:
                 job.finished = time.time()
                 self._wake.notify_all()
-            gc.collect()  # let a finished job's models go before the next one builds its own
+            gc.collect()  # a job run in this process (tests): let its models go before the next one
 
     def _run(self, job: Job, device: str) -> None:
         def report(fields: dict) -> None:
