@@ -79,14 +79,17 @@ def test_the_end_of_stdin_stops_the_job(monkeypatch):
 def test_progress_is_sent_at_milestones_and_at_most_five_times_a_second():
     out = io.StringIO()
     emit = worker.Emitter(out)
+    for done in range(32, 321, 32):  # a pass over cached features: a batch every few milliseconds
+        emit.report(stage="features", message="Computing backbone features", done=done, total=320)
     for batch in range(1, 101):  # a feature-mode epoch: 100 batches within a few milliseconds
         emit.report(stage="training", epoch=1, batch=batch, batches=100)
     emit.report(stage="training", epoch=1, history={"loss": [0.5]})
     emit.report(stage="evaluating")
     events = [json.loads(line)["progress"] for line in out.getvalue().splitlines()]
-    assert [e.get("batch") for e in events[:2]] == [1, 100], "the first and the last batch of the epoch"
-    assert "history" in events[2] and events[3] == {"stage": "evaluating"}
-    assert len(events) == 4
+    assert [e.get("done") for e in events[:2]] == [32, 320], "the pass's start and end, not each batch"
+    assert [e.get("batch") for e in events[2:4]] == [1, 100], "the first and the last batch of the epoch"
+    assert "history" in events[4] and events[5] == {"stage": "evaluating"}
+    assert len(events) == 6
 
 
 def test_a_gpu_job_sees_only_its_own_gpu_and_never_joins_a_cluster(monkeypatch):

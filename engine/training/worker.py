@@ -201,7 +201,7 @@ class Emitter:
         milestone = (
             "history" in fields
             or fields.get("stage") != self.stage
-            or fields.get("batch") in (0, fields.get("batches"))
+            or ("batch" in fields and fields["batch"] in (0, fields.get("batches")))
             or ("done" in fields and fields.get("done") == fields.get("total"))
         )
         if not milestone and now - self.last < MIN_REPORT_INTERVAL_S:
