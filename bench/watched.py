@@ -1,0 +1,151 @@
+"""A dashboard run watched in a browser against its CLI twin: the same weights, and the time ratio.
+
+Issue 20 measured a Train-page run at 58 s against 6.7 s for `python -m engine train`, with other
+weights, because it trained inside the Streamlit server. Now jobs run in worker processes. This
+starts the dashboard, trains the built-in shapes with the page's defaults while headless Chromium
+watches the live view (it polls every second), and trains the same config with the CLI:
+
+- ratio: the watched run's training time / the CLI twin's (target at most 1.2x), each its
+  `train_seconds` (inside fit.train, both with the backbone features read from the cache);
+- identical: the two model.keras files hold the same weights bit for bit;
+- server CPU: what the Streamlit process spent while the page watched.
+
+Chromium runs on this machine too, so its rendering competes with training here (a real user's
+browser runs elsewhere).
+
+    python bench/watched.py [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cli_train(out: Path) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "shapes", "--out", str(out), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(res.stdout)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    import keras
+    import numpy as np
+
+    wa = keras.models.load_model(a / "model.keras").get_weights()
+    wb = keras.models.load_model(b / "model.keras").get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
+
+
+def watch_one(page, url: str, runs: Path, server_pid: int) -> tuple[Path, float]:
+    """Start a default run on the Train page and watch it to the end: (run folder, server CPU seconds)."""
+    page.goto(url + "/train")
+    start = page.get_by_role("button", name="🚀 Start training")
+    start.wait_for(timeout=180_000)
+    page.get_by_text("Trainable", exact=True).wait_for(timeout=60_000)
+    cpu = cpu_seconds(server_pid)
+    start.click()
+    page.wait_for_url("**/train?job=*", timeout=30_000)
+    job = page.url.split("job=", 1)[1]
+    page.get_by_text("Finished").first.wait_for(timeout=600_000)
+    return runs / job, cpu_seconds(server_pid) - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="watched runs and CLI twins (medians are compared)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="convscope-watched-"))
+    runs = tmp / "runs"
+    env = {**os.environ, "CONVSCOPE_RUNS_DIR": str(runs)}
+    os.environ.update(CONVSCOPE_RUNS_DIR=str(runs))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        cli_train(tmp / "warm")  # fills the feature cache: every timed run reads the same features
+        cli, watched, server_cpu, identical = [], [], [], []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1300, "height": 1400})
+            for k in range(args.repeats):
+                twin = cli_train(tmp / f"cli-{k}")
+                cli.append(twin["train_seconds"])
+                run, cpu = watch_one(page, url, runs, server.pid)
+                watched.append(json.loads((run / "metrics.json").read_text())["train_seconds"])
+                server_cpu.append(cpu)
+                identical.append(same_weights(run, Path(twin["run_dir"])))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    result = {
+        "cli_s": cli,
+        "watched_s": watched,
+        "server_cpu_s": server_cpu,
+        "identical_weights": all(identical),
+        "ratio": round(statistics.median(watched) / statistics.median(cli), 3),
+        "target": "<= 1.2",
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"CLI twin (median of {args.repeats}):      {statistics.median(cli):6.2f} s  {cli}")
+    print(f"watched dashboard run:         {statistics.median(watched):6.2f} s  {watched}")
+    print(f"server CPU while watched:      {statistics.median(server_cpu):6.2f} s")
+    print(f"identical weights:             {result['identical_weights']}")
+    print(f"ratio watched / CLI:           {result['ratio']:.2f}x (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
