@@ -195,6 +195,54 @@ def test_time_left_says_estimating_and_a_stop_shows_at_once(page, fake_jobs):
     assert wait_for(job_id, 30)["status"] == "stopped"
 
 
+@pytest.mark.slow
+def test_clicking_widgets_while_training_neither_stops_nor_starts_another(page, fake_jobs):
+    registry, release, started, _ = fake_jobs
+    at = page()
+    job_id = start(at, train_size=96)
+    assert started.wait(30)
+
+    def still_one_job_running() -> None:
+        assert not at.exception, at.exception
+        assert registry.active() == [job_id], registry.active()
+        snap = registry.snapshot(job_id)
+        assert snap["status"] == "running" and not snap["stopping"], snap
+        assert [r.name for r in runs.list_runs()] == [job_id]
+
+    assert at.button(key="train_start").disabled  # (AppTest, like a browser, cannot click it)
+    changes = [
+        lambda: at.number_input(key="train_epochs").set_value(7),
+        lambda: at.select_slider(key="train_lr").set_value(1e-3),
+        lambda: at.number_input(key="train_patience").set_value(3),
+        lambda: at.radio(key="train_mode").set_value("scratch"),
+        lambda: at.radio(key="train_mode").set_value("feature"),
+        lambda: at.selectbox(key="train_preset").set_value(at.selectbox(key="train_preset").options[-1]),
+    ]
+    for change in changes:
+        change().run()
+        still_one_job_running()
+    for _ in range(3):  # the page's own refreshes
+        at.run()
+        still_one_job_running()
+    release.set()
+    assert wait_for(job_id, 30)["status"] == "finished"
+    assert registry.active() == []
+
+
+@pytest.mark.slow
+def test_a_queued_job_shows_its_position(page, fake_jobs):
+    registry, release, started, _ = fake_jobs
+    first = start(page(), train_size=96)
+    assert started.wait(30)  # the first job holds its batch: the second must wait
+    second_at = page()
+    second = start(second_at, train_size=96)
+    second_at.run()
+    assert registry.snapshot(first)["status"] == "running" and registry.position(second) == 1
+    assert any("position 1" in i.value for i in second_at.info), [i.value for i in second_at.info]
+    release.set()
+    assert wait_for(first, 30)["status"] == "finished" and wait_for(second, 30)["status"] == "finished"
+
+
 def test_augmentation_is_shown_and_can_be_turned_off(page, fake_jobs):
     registry, release, started, seen = fake_jobs
     aug = AugmentConfig(flip="horizontal", rotation=0.1)

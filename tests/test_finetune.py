@@ -160,6 +160,47 @@ def test_only_unfrozen_layers_change_and_bn_statistics_stay(parent):
     assert result["params"]["trainable"] == finetune.counts(after, first, "frozen")["trainable"]
 
 
+@pytest.mark.slow
+def test_a_fine_tune_never_changes_the_models_other_sessions_predict_with(parent, lite0_classifier):
+    """One session fine-tunes while others predict with the cached backbone and with the parent run."""
+    from engine.explain import Explainable
+    from engine.samples import sample_photo
+
+    photo = sample_photo("chelsea")
+    run_model = Explainable.from_run(parent.path)  # what Predict and Inside cache for a run
+    x = run_model.prepare(photo)[None]
+
+    def weights(model) -> list[np.ndarray]:
+        return [np.array(w) for w in model.weights]
+
+    cached_before, run_before = weights(lite0_classifier.model), weights(run_model.model)
+    first = (lite0_classifier.predict([("cat", photo)], top_k=3)[0], run_model.logits(x))
+    results, done = {}, threading.Event()
+
+    def tune():
+        try:
+            results["finetune"] = fine_tune(parent, unfreeze_top=2, epochs=1, learning_rate=1e-2)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=tune)
+    thread.start()
+    predictions = 0
+    while not done.is_set() or predictions < 3:  # predicting all the while the fine-tune trains
+        top = lite0_classifier.predict([("cat", photo)], top_k=3)[0]
+        assert [(c.index, c.probability) for c in top.top] == [(c.index, c.probability) for c in first[0].top]
+        np.testing.assert_array_equal(run_model.logits(x), first[1])
+        predictions += 1
+    thread.join()
+    result, run = results["finetune"]
+    assert result["status"] == "finished", result["reason"]
+    for before, model in ((cached_before, lite0_classifier.model), (run_before, run_model.model)):
+        for old, new in zip(before, weights(model), strict=True):
+            np.testing.assert_array_equal(old, new)
+    tuned = load(run.model_file)  # ...while the fine-tune itself did change its own copy
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(run_before, tuned.weights, strict=True))
+
+
 def test_bn_train_updates_the_unfrozen_statistics(parent):
     result, run = fine_tune(parent, unfreeze_top=1, bn="train")
     assert result["status"] == "finished", result["reason"]

@@ -85,6 +85,22 @@ def test_cmyk_jpeg_becomes_rgb():
     assert r > 200 and g < 60 and b < 60
 
 
+def test_ycck_jpeg_becomes_rgb():
+    # Pillow writes CMYK JPEGs only; an Adobe APP14 transform of 2 makes the same bytes YCCK. Stored
+    # (inverted) as Y, Cb, Cr, K = (179, 171, 0, 255), which is red ink once converted back.
+    buf = io.BytesIO()
+    Image.new("CMYK", (16, 16), (76, 84, 255, 0)).save(buf, "JPEG", quality=95)
+    data = bytearray(buf.getvalue())
+    adobe = data.index(b"Adobe")
+    assert data[adobe + 11] == 0  # the transform flag: 0 = CMYK, 2 = YCCK
+    data[adobe + 11] = 2
+    assert Image.open(io.BytesIO(bytes(data))).info["adobe_transform"] == 2
+    out = imaging.load_rgb(bytes(data))
+    assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
+    r, g, b = out[8, 8].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
 def test_rgba_is_composited_on_white():
     img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
     assert (_roundtrip(img, "PNG") == 255).all()
@@ -128,6 +144,26 @@ def test_exif_orientation_is_applied(tmp_path):
     out = imaging.load_rgb(path)
     assert out.shape == (40, 20, 3)
     assert out[2, 10, 0] > 200  # red is now on top
+
+
+def test_exif_orientation_is_the_same_in_training_prediction_and_overlays(tmp_path):
+    """Training decodes files (pipeline), Predict and Inside decode uploaded bytes: both see the image upright."""
+    from engine.data.pipeline import load_resized
+    from engine.explain.overlay import overlay
+
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red: on top once EXIF orientation 6 is applied
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    img.save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    uploaded = imaging.load_rgb(path.read_bytes(), name="phone.jpg")  # what Predict and Inside get
+    assert uploaded.shape == (40, 20, 3) and uploaded[2, 10, 0] > 200
+    for policy in imaging.RESIZE_POLICIES:
+        trained = load_resized(str(path), 32, policy)  # what a training batch holds
+        np.testing.assert_array_equal(trained, imaging.resize(uploaded, 32, policy))
+    drawn = overlay(uploaded, np.zeros((8, 8), np.float32), opacity=0.0)  # a CAM is drawn over the upright image
+    np.testing.assert_array_equal(drawn, uploaded)
 
 
 # --- 10. animations and multi-page files ------------------------------------

@@ -1,0 +1,54 @@
+"""RELIABILITY 27, scaled to a test: 30 training runs and 20 sessions opened and closed; memory levels off.
+
+bench/ holds the long soak against a live server; this one runs the same engine path (fit.train, as
+the job registry and the CLI do) and the same pages (AppTest) in one process and reads its RSS.
+"""
+
+import gc
+import os
+import time
+
+import pytest
+
+from conftest import TINY
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def levels_off(samples: list[float], warm_up: int) -> tuple[float, float]:
+    """(growth over the first half after warm-up, growth over the second half), in MB."""
+    rest = samples[warm_up:]
+    mid = len(rest) // 2
+    return rest[mid] - rest[0], rest[-1] - rest[mid]
+
+
+@pytest.mark.slow
+def test_thirty_runs_and_twenty_sessions_level_off(tmp_path, monkeypatch, open_page):
+    from engine.config import DataConfig, TrainConfig
+    from engine.training import fit, runs
+
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    config = TrainConfig(data=DataConfig(source=TINY, image_size=64), epochs=1)
+    samples, t0 = [], time.monotonic()
+    for _ in range(30):
+        out = fit.train(config, runs.create(backbone=config.backbone, mode=config.mode))
+        assert out["status"] == "finished", out["reason"]
+        gc.collect()
+        samples.append(rss_mb())
+    first, second = levels_off(samples, warm_up=10)
+    print(f"runs: {len(samples)} in {time.monotonic() - t0:.0f} s, RSS {samples[0]:.0f} -> {samples[-1]:.0f} MB")
+    assert second <= max(40.0, 0.5 * first + 20), f"memory still climbing over runs 20-30: {samples}"
+
+    sessions = []
+    for _ in range(20):
+        at = open_page("pages/train.py")
+        assert not at.exception
+        del at
+        gc.collect()
+        sessions.append(rss_mb())
+    first, second = levels_off(sessions, warm_up=6)
+    print(f"sessions: RSS {sessions[0]:.0f} -> {sessions[-1]:.0f} MB")
+    assert second <= max(40.0, 0.5 * first + 20), f"memory still climbing over sessions 13-20: {sessions}"
