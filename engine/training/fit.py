@@ -306,10 +306,11 @@ def _callbacks(
                 )
             for k, v in values.items():
                 history.setdefault(k, []).append(v)
-            # Checkpoint first, then the history that points to it: both atomic.
-            runs.atomic_write(run.checkpoint, lambda tmp: fitted.save(tmp))
-            runs.write_json(run.checkpoint.with_suffix(".json"), {"epoch": epoch + 1})
+            # The history first, then the checkpoint and its record (runs.Run.save_checkpoint): a kill
+            # between any two writes leaves the history at least as long as the recorded checkpoint's
+            # epoch, and a resume cuts it back to that (runs.Run.consistent_epoch). All atomic.
             run.write_history(history)
+            run.save_checkpoint(epoch + 1, lambda tmp: fitted.save(tmp))
             run.set_status("running", epoch=epoch + 1)
             report(
                 stage="training",
@@ -382,7 +383,9 @@ def train(
         return round(earlier + time.monotonic() - t0, 2)
 
     fresh = not resume and not (run.path / "config.json").is_file()
-    start_epoch = run.checkpoint_epoch() if resume else 0
+    if resume:
+        run.clean_leftovers()  # of the writes a kill interrupted
+    start_epoch = run.consistent_epoch() if resume else 0
     history = {k: v[:start_epoch] for k, v in run.history().items()} if resume else {}
     run.set_status("running", epoch=start_epoch)
     info: dict = {"features": {}}

@@ -1,0 +1,134 @@
+"""Faults and bad input (issue 20, 9-13; RELIABILITY 30-34): kills at every write, deletions, links, corruption."""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from engine.config import DataConfig, TrainConfig
+from engine.training import fit, runs
+
+TINY = "shapes:per_class=12,classes=3,size=64"
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def feature_config(epochs: int = 3) -> TrainConfig:
+    return TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=epochs)
+
+
+class Killed(BaseException):
+    """The process dies: nothing after it is written (not an Exception, like SystemExit)."""
+
+
+def leftovers(run: runs.Run) -> list[str]:
+    return sorted(
+        str(p.relative_to(run.path))
+        for folder in (run.path, run.path / "checkpoints")
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if p.name.startswith(".")
+    )
+
+
+def dies_at_write(real_write, name: str, at: int, calls: list):
+    """atomic_write that works until write number `at` (from 0) of run `name`, then dies there and after."""
+
+    def write(path, fn, **kw):
+        if name not in path.parts:
+            return real_write(path, fn, **kw)
+        calls.append(path.name)
+        if len(calls) <= at:
+            return real_write(path, fn, **kw)
+        if len(calls) == at + 1:  # killed mid-write: a half temporary file stays, nothing is renamed
+            fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+            os.write(fd, b"half")
+            os.close(fd)
+        raise Killed(path.name)
+
+    return write
+
+
+# ---- 9 and RELIABILITY 30: a kill at every write of a run ---------------------------------
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(monkeypatch):
+    import keras
+
+    real_write, real_save, real_alive = runs.atomic_write, runs.Run.save_checkpoint, runs._pid_alive
+    writes, weights = [], {}
+
+    def record_write(path, write, **kw):
+        if "reference" in path.parts:  # the run's own writes (not the feature cache's)
+            writes.append(path.name)
+        return real_write(path, write, **kw)
+
+    def record_save(self, epoch, save):
+        real_save(self, epoch, save)
+        weights[epoch] = keras.models.load_model(self.checkpoint, safe_mode=True).get_weights()
+
+    monkeypatch.setattr(runs, "atomic_write", record_write)
+    monkeypatch.setattr(runs.Run, "save_checkpoint", record_save)
+    config = feature_config()
+    reference = fit.train(config, runs.create("reference"))
+    assert reference["status"] == "finished"
+    monkeypatch.setattr(runs.Run, "save_checkpoint", real_save)
+    first_record = writes.index("last.json")
+    # Each kind of write after the first checkpoint (history, checkpoint, its record, status, metrics, model).
+    kinds = {}
+    for k in range(first_record + 1, len(writes)):
+        kinds.setdefault(writes[k].split("-")[0], k)
+    assert {"history.json", "epoch", "last.json", "status.json", "metrics.json", "model.keras"} <= set(kinds)
+
+    for kind, at in kinds.items():
+        name, calls = f"killed-at-{kind}", []
+        dying_write = dies_at_write(real_write, name, at, calls)
+
+        monkeypatch.setattr(runs, "atomic_write", dying_write)
+        run = runs.create(name)
+        with pytest.raises(Killed):
+            fit.train(config, run)
+        assert calls[at] == writes[at], (calls, writes)
+        assert leftovers(run), f"{kind}: the simulated kill left no temporary file"
+        monkeypatch.setattr(runs, "atomic_write", real_write)
+        monkeypatch.setattr(runs, "_pid_alive", lambda pid: False)  # the killed process is gone
+        done = run.checkpoint_epoch()
+        assert done >= 1 and run.resumable(), kind
+        # The recorded checkpoint is the one of its epoch, not a later one.
+        saved = keras.models.load_model(run.checkpoint, safe_mode=True).get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(saved, weights[done], strict=True)), kind
+
+        resumed = fit.resume(run)
+        monkeypatch.setattr(runs, "_pid_alive", real_alive)
+        assert resumed["status"] == "finished", (kind, resumed["reason"])
+        for key, values in resumed["history"].items():
+            assert len(values) == config.epochs, f"{kind}: {key} has {len(values)} epochs, not {config.epochs}"
+            assert values[:done] == reference["history"][key][:done], f"{kind}: {key} shifted"
+        assert leftovers(run) == [], f"{kind}: {leftovers(run)} left after the resume"
+        assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["epoch-0003.keras", "last.json"]
+
+
+def test_a_resume_cuts_a_longer_history_back_to_the_checkpoint_and_a_shorter_one_wins():
+    run = runs.create("r")
+    runs.write_json(run.path / "history.json", {"loss": [3.0, 2.0, 1.0]})
+    run.save_checkpoint(2, lambda tmp: tmp.write_bytes(b"weights"))
+    assert run.checkpoint.name == "epoch-0002.keras" and run.checkpoint_epoch() == 2
+    assert run.consistent_epoch() == 2
+    runs.write_json(run.path / "history.json", {"loss": [3.0]})  # an old run killed before its history write
+    assert run.consistent_epoch() == 1
+
+
+def test_old_runs_with_last_keras_still_resume_from_it():
+    run = runs.create("old")
+    (run.path / "checkpoints").mkdir()
+    (run.path / "checkpoints" / "last.keras").write_bytes(b"weights")
+    runs.write_json(run.path / "checkpoints" / "last.json", {"epoch": 2})
+    runs.write_json(run.path / "history.json", {"loss": [2.0, 1.0]})
+    assert run.checkpoint.name == "last.keras" and run.consistent_epoch() == 2
+    assert run.clean_leftovers() == [] and run.checkpoint.is_file()
