@@ -132,3 +132,47 @@ def test_old_runs_with_last_keras_still_resume_from_it():
     runs.write_json(run.path / "history.json", {"loss": [2.0, 1.0]})
     assert run.checkpoint.name == "last.keras" and run.consistent_epoch() == 2
     assert run.clean_leftovers() == [] and run.checkpoint.is_file()
+
+
+# ---- 13 (d): a NaN stop names a checkpoint only when there is one ------------------------------
+
+
+def poison_from_epoch(monkeypatch, first: int) -> None:
+    """Feature batches that turn to NaN from epoch `first` (0-based) on."""
+    import keras
+
+    real = fit._feature_batches
+
+    class Poisoned(keras.utils.PyDataset):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.epoch = inner, 0
+
+        def __len__(self):
+            return len(self.inner)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.inner.on_epoch_end()
+
+        def __getitem__(self, k):
+            x, y = self.inner[k]
+            return (x * np.nan if self.epoch >= first else x), y
+
+    monkeypatch.setattr(fit, "_feature_batches", lambda *a: Poisoned(real(*a)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", [0, 2])
+def test_a_nan_stop_claims_a_checkpoint_only_when_one_exists(monkeypatch, first):
+    poison_from_epoch(monkeypatch, first)
+    run = runs.create(f"nan-{first}")
+    out = fit.train(feature_config(epochs=4), run)
+    assert out["status"] == "failed" and "NaN" in out["reason"]
+    if first == 0:
+        assert not run.checkpoint.is_file() and not run.resumable()
+        assert "checkpoint is kept" not in out["reason"] and "no checkpoint" in out["reason"], out["reason"]
+    else:
+        kept = run.checkpoint_epoch()
+        assert kept >= 1 and f"checkpoint (epoch {kept}) is kept" in out["reason"], out["reason"]
+

@@ -399,7 +399,11 @@ def train(
         status, reason = "stopped", str(exc)
         info.setdefault("stopped", True)
     except NanLoss as exc:
-        status, reason = "failed", f"{exc}; try a lower learning rate. The last good checkpoint is kept."
+        if run.checkpoint.is_file():
+            kept = f"The last good checkpoint (epoch {run.checkpoint_epoch()}) is kept."
+        else:
+            kept = "No epoch finished, so there is no checkpoint to resume from."
+        status, reason = "failed", f"{exc}; try a lower learning rate. {kept}"
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         status = "failed"
         reason = (
