@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -176,3 +177,39 @@ def test_a_nan_stop_claims_a_checkpoint_only_when_one_exists(monkeypatch, first)
         kept = run.checkpoint_epoch()
         assert kept >= 1 and f"checkpoint (epoch {kept}) is kept" in out["reason"], out["reason"]
 
+
+# ---- 13 (e): the time of a killed call counts when the run is resumed ---------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_calls_training_time_is_kept_and_a_resume_adds_to_it(monkeypatch):
+    import keras
+
+    real_write, real_fit = runs.atomic_write, keras.Model.fit
+
+    def slow_fit(self, *a, **kw):  # each epoch takes at least 0.5 s more, so the killed part is clearly there
+        pause = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: time.sleep(0.5))
+        return real_fit(self, *a, **{**kw, "callbacks": [pause, *kw.get("callbacks", [])]})
+
+    def dies_at_third_history(path, write, **kw):
+        if path.name == "history.json" and "killed" in path.parts:
+            histories.append(path)
+        if len(histories) >= 3:  # from epoch 3's first write on (two epochs are recorded) nothing is written
+            raise Killed(path.name)
+        return real_write(path, write, **kw)
+
+    histories = []
+    monkeypatch.setattr(keras.Model, "fit", slow_fit)
+    monkeypatch.setattr(runs, "atomic_write", dies_at_third_history)
+    run = runs.create("killed")
+    with pytest.raises(Killed):
+        fit.train(feature_config(epochs=4), run)
+    monkeypatch.setattr(runs, "atomic_write", real_write)
+    monkeypatch.setattr(runs, "_pid_alive", lambda pid: False)
+    assert run.checkpoint_epoch() == 2
+    killed = run.train_seconds()
+    assert killed >= 1.0, f"the killed call's time was not recorded ({killed} s)"
+    resumed = fit.resume(run)
+    assert resumed["status"] == "finished" and resumed["epochs_run"] == 4
+    assert resumed["train_seconds"] >= killed + resumed["seconds"] - 0.05
+    assert runs.summary(run)["train_seconds"] == resumed["train_seconds"]

@@ -262,7 +262,9 @@ def _callbacks(
     report: Report,
     steps: int,
     val_steps: int,
+    seconds: Callable[[], float] | None = None,
 ):
+    """Keras callbacks of a fit; `seconds()` is the run's training time so far, recorded at each epoch end."""
     import keras
 
     class Watch(keras.callbacks.Callback):
@@ -311,7 +313,8 @@ def _callbacks(
             # epoch, and a resume cuts it back to that (runs.Run.consistent_epoch). All atomic.
             run.write_history(history)
             run.save_checkpoint(epoch + 1, lambda tmp: fitted.save(tmp))
-            run.set_status("running", epoch=epoch + 1)
+            # The time so far, as it goes: a killed call's time is then kept for the resume to add to.
+            run.set_status("running", epoch=epoch + 1, **({"seconds": seconds()} if seconds else {}))
             report(
                 stage="training",
                 epoch=epoch + 1,
@@ -388,7 +391,7 @@ def train(
     start_epoch = run.consistent_epoch() if resume else 0
     history = {k: v[:start_epoch] for k, v in run.history().items()} if resume else {}
     run.set_status("running", epoch=start_epoch)
-    info: dict = {"features": {}}
+    info: dict = {"features": {}, "seconds": total}
     try:
         # Every model, optimizer and metric is created under the strategy (engine.training.distribute).
         with distribute.current().scope():
@@ -596,7 +599,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
         history={k: list(v) for k, v in history.items()},
     )
     val_steps = math.ceil(len(y["validation"]) / config.batch_size)
-    callbacks = _callbacks(run, fitted, config, history, stop, report, steps, val_steps)
+    callbacks = _callbacks(run, fitted, config, history, stop, report, steps, val_steps, info.get("seconds"))
     if start_epoch < config.epochs:
         with distribute.fitting(fitted, train_data):
             fitted.fit(
