@@ -1,5 +1,6 @@
 """Faults and bad input (issue 20, 9-13; RELIABILITY 30-34): kills at every write, deletions, links, corruption."""
 
+import json
 import os
 import tempfile
 import time
@@ -213,3 +214,30 @@ def test_a_killed_calls_training_time_is_kept_and_a_resume_adds_to_it(monkeypatc
     assert resumed["status"] == "finished" and resumed["epochs_run"] == 4
     assert resumed["train_seconds"] >= killed + resumed["seconds"] - 0.05
     assert runs.summary(run)["train_seconds"] == resumed["train_seconds"]
+
+
+# ---- 10: a command on a run killed before its model was written ------------------------------
+
+
+def killed_before_model(name: str) -> runs.Run:
+    """A run folder as a kill before model.keras leaves it: config, labels, history, no model."""
+    from engine.data.sources import open_dataset
+
+    run = runs.create(name)
+    config = feature_config(epochs=3)
+    runs.write_json(run.path / "config.json", {**config.to_json(), "labels": open_dataset(TINY).classes})
+    runs.write_json(run.path / "labels.json", open_dataset(TINY).classes)
+    runs.write_json(run.path / "history.json", {"loss": [1.0]})
+    return run
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["export", "--format", "keras"], ["report"]])
+def test_commands_on_a_run_without_a_model_exit_2_with_a_message(command, capsys):
+    from engine import __main__ as cli
+
+    run = killed_before_model("nomodel")
+    code = cli.main([command[0], str(run.path), *command[1:], "--json"])
+    out = capsys.readouterr()
+    assert code == 2, out
+    error = json.loads(out.out)["error"]
+    assert "no model.keras" in error and "Traceback" not in out.err, (error, out.err[-500:])

@@ -54,12 +54,16 @@ class LabelledSet:
         return [str(self.root / rel) for rel in self.rels]
 
 
+def _require_model(run: Run) -> None:
+    if not run.model_file.is_file():
+        raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
+
+
 def run_model(run: Run):
     """The run's classifier as an engine.explain.Explainable (compiled paths, map cache, labels)."""
     from engine.explain import Explainable
 
-    if not run.model_file.is_file():
-        raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
+    _require_model(run)
     return Explainable.from_run(run.path)
 
 
@@ -134,7 +138,11 @@ _LOCKS_LOCK = threading.Lock()
 
 
 def _cache_key(run: Run, data: LabelledSet, size: int, policy: str) -> str:
-    stat = run.model_file.stat()
+    try:
+        stat = run.model_file.stat()
+    except FileNotFoundError:  # removed since it was checked
+        _require_model(run)
+        raise
     payload = f"{stat.st_mtime_ns}:{stat.st_size}:{data.fingerprint}:{data.source}:{data.split}:{size}:{policy}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -291,6 +299,8 @@ def evaluate(
     def stage(name: str) -> Progress | None:
         return (lambda done, total: progress(name, done, total)) if progress else None
 
+    if model is None:
+        _require_model(run)  # before the data is opened: a run killed before its model was written says so
     data = labelled_set(run, source, split, (lambda s, d, t: progress("data", d, t)) if progress else None)
     logits, cached = cached_logits(run, data, model, stage("scoring"))
     temperature = fit_run_temperature(run, model, stage("calibrating"))
