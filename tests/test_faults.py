@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,76 @@ def test_commands_on_a_run_without_a_model_exit_2_with_a_message(command, capsys
     assert code == 2, out
     error = json.loads(out.out)["error"]
     assert "no model.keras" in error and "Traceback" not in out.err, (error, out.err[-500:])
+
+
+# ---- 11 and RELIABILITY 32: a run deleted while it is evaluated or exported --------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("trained"), "trained", epochs=1, image_size=64)
+
+
+def copy_of(trained, runs_dir, name: str) -> runs.Run:
+    import shutil
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return runs.Run(Path(shutil.copytree(trained, runs_dir / name)))
+
+
+@pytest.mark.slow
+def test_a_run_deleted_while_it_is_evaluated_stays_deleted(trained, runs_dir, monkeypatch, capsys):
+    from engine import __main__ as cli
+    from engine.evaluate import evaluation
+
+    run = copy_of(trained, runs_dir, "doomed")
+    real_score = evaluation.score
+
+    def score_then_delete(*a, **kw):
+        logits = real_score(*a, **kw)
+        runs.delete(run)  # another session deletes the run while this one scores it
+        return logits
+
+    monkeypatch.setattr(evaluation, "score", score_then_delete)
+    code = cli.main(["evaluate", "doomed", "--json"])
+    out = capsys.readouterr()
+    assert code == 2, out.out + out.err[-2000:]
+    assert "deleted" in json.loads(out.out)["error"], out.out
+    assert not run.path.exists() and [r.name for r in runs.list_runs()] == []
+    runs.create("doomed")  # the name is free again
+
+
+@pytest.mark.slow
+def test_a_run_deleted_while_it_is_exported_stays_deleted(trained, runs_dir, monkeypatch):
+    from engine.export import ExportError, formats
+
+    run = copy_of(trained, runs_dir, "doomed")
+    real_swap = formats._swap_in
+
+    def delete_then_swap(*a, **kw):
+        runs.delete(run)
+        return real_swap(*a, **kw)
+
+    monkeypatch.setattr(formats, "_swap_in", delete_then_swap)
+    with pytest.raises(ExportError, match="deleted"):
+        formats.export_run(run.path, "keras")
+    assert not run.path.exists() and [r.name for r in runs.list_runs()] == []
+
+    # Deleted later, while the export is checked: its record of checks must not bring the folder back.
+    run = copy_of(trained, runs_dir, "doomed2")
+    from engine.export import parity
+
+    real_compare = parity.compare
+
+    def compare_then_delete(*a, **kw):
+        result = real_compare(*a, **kw)
+        runs.delete(run)
+        return result
+
+    monkeypatch.setattr(formats, "_swap_in", real_swap)
+    monkeypatch.setattr(parity, "compare", compare_then_delete)
+    with pytest.raises(ExportError, match="deleted"):
+        formats.export_run(run.path, "keras")
+    assert not run.path.exists() and [r.name for r in runs.list_runs()] == []
