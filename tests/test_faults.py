@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.config import DataConfig, TrainConfig
+from engine.errors import ConvScopeError
 from engine.training import fit, runs
 
 TINY = "shapes:per_class=12,classes=3,size=64"
@@ -315,3 +316,56 @@ def test_a_run_deleted_while_it_is_exported_stays_deleted(trained, runs_dir, mon
     with pytest.raises(ExportError, match="deleted"):
         formats.export_run(run.path, "keras")
     assert not run.path.exists() and [r.name for r in runs.list_runs()] == []
+
+
+# ---- 12 and RELIABILITY 33: a folder that is a link to a place outside the dataset -------------
+
+
+def image_folder(folder: Path, seed: int, n: int = 2) -> Path:
+    import datafactory
+
+    for i in range(n):
+        datafactory.write(folder / f"{i}.png", datafactory.png_bytes(seed * 10 + i))
+    return folder
+
+
+def test_folder_links_out_of_the_dataset_are_never_read(tmp_path, cache_dir, monkeypatch):
+    from engine.data import layout, sources
+    from engine.data.sources import open_dataset
+
+    outside = image_folder(tmp_path / "elsewhere" / "secrets", 9)
+    data = tmp_path / "root" / "data"
+    image_folder(data / "a", 1)
+    image_folder(data / "b", 2)
+    (data / "etc").symlink_to(outside, target_is_directory=True)  # a class folder that is a link
+    (data / "a" / "more").symlink_to(outside, target_is_directory=True)  # a folder link inside a class
+    image_folder(data / "c", 3)
+    (data / "c" / "same").symlink_to(data / "c", target_is_directory=True)  # inside the dataset: not a reason
+
+    ds = open_dataset(str(data))
+    assert ds.classes == ["a", "b", "c"]
+    assert all("secrets" not in str(ds.path(i).resolve()) and "more" not in i.rel for i in ds.items)
+    reasons = {s.path: s.reason for s in ds.skipped}
+    assert reasons.get("etc/") == layout.LINK_FOLDER_OUTSIDE, reasons
+    assert reasons.get("a/more/") == layout.LINK_FOLDER_OUTSIDE, reasons
+    assert "c/same/" not in reasons
+
+    # A wrapping folder and a split folder that are links out of the dataset.
+    wrapped = tmp_path / "root" / "wrapped"
+    wrapped.mkdir()
+    (wrapped / "inner").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ConvScopeError, match="outside"):
+        open_dataset(str(wrapped))
+    split = tmp_path / "root" / "split"
+    image_folder(split / "train" / "a", 4)
+    image_folder(split / "train" / "b", 5)
+    (split / "test").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    ds = open_dataset(str(split))
+    assert ds.classes == ["a", "b"] and {s.path: s.reason for s in ds.skipped}["test/"] == layout.LINK_FOLDER_OUTSIDE
+
+    # The operator's allowed roots: a link in a root to a folder elsewhere is neither offered nor opened.
+    monkeypatch.setenv("CONVSCOPE_DATA_ROOTS", str(tmp_path / "root"))
+    (tmp_path / "root" / "escape").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert tmp_path / "root" / "escape" not in sources.server_folders()
+    with pytest.raises(ConvScopeError, match="operator"):
+        sources.check_server_folder(tmp_path / "root" / "escape")
