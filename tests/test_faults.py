@@ -369,3 +369,34 @@ def test_folder_links_out_of_the_dataset_are_never_read(tmp_path, cache_dir, mon
     assert tmp_path / "root" / "escape" not in sources.server_folders()
     with pytest.raises(ConvScopeError, match="operator"):
         sources.check_server_folder(tmp_path / "root" / "escape")
+
+
+# ---- 13 (a) and RELIABILITY 34: a corrupted model file ------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other zip"])
+def test_a_corrupted_model_says_so_and_the_run_is_listed_as_damaged(trained, runs_dir, damage, capsys):
+    import zipfile
+
+    from engine import __main__ as cli
+
+    run = copy_of(trained, runs_dir, "corrupt")
+    assert runs.summary(run)["status"] == "finished"
+    data = run.model_file.read_bytes()
+    if damage == "garbage":
+        run.model_file.write_bytes(b"this is not a model" * 100)
+    elif damage == "truncated":
+        run.model_file.write_bytes(data[: len(data) // 2])
+    else:
+        run.model_file.unlink()
+        with zipfile.ZipFile(run.model_file, "w") as zf:
+            zf.writestr("notes.txt", "a zip, but not a Keras archive")
+    code = cli.main(["evaluate", "corrupt", "--json"])
+    out = capsys.readouterr()
+    assert code == 2, out.out + out.err[-1500:]
+    error = json.loads(out.out)["error"]
+    assert "model.keras is corrupted or not a Keras archive" in error and "not found" not in error.lower(), error
+    row = runs.summary(run)
+    assert row["status"] == "failed" and row["detail"] == "the run folder is damaged", row
+    assert "corrupted or not a Keras archive" in row["reason"] and not row["has_model"]

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,24 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, inside: Path | No
 
 def write_json(path: Path, data, *, inside: Path | None = None) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)), inside=inside)
+
+
+def keras_archive_problem(path: Path) -> str:
+    """What is wrong with a `.keras` file, cheaply (its zip directory only); "" when it looks whole.
+
+    Keras itself calls a file that is not a zip "File not found", which misleads for a file that is there.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"{path.name} is corrupted or not a Keras archive ({exc})"
+    missing = sorted({"config.json", "metadata.json"} - names)
+    if missing:
+        return f"{path.name} is corrupted or not a Keras archive (it has no {' or '.join(missing)})"
+    return ""
 
 
 # The temporary name atomic_write gives a file: `.STEM-` + mkstemp's 8 random characters + the suffix.
@@ -495,6 +514,11 @@ def summary(run: Run) -> dict:
     except (RunError, AttributeError, TypeError, ValueError) as exc:
         problems.append(str(exc))
         status = {}
+    has_model = run.model_file.is_file()
+    broken = keras_archive_problem(run.model_file) if has_model else ""
+    if broken:  # a model that cannot load: the run is not finished, whatever its status says
+        problems.append(f"{run.path / 'model.keras'}: {broken}")
+        has_model = False
     if problems:
         status = {"status": "failed", "reason": "; ".join(problems), "detail": "the run folder is damaged"}
     try:
@@ -536,6 +560,6 @@ def summary(run: Run) -> dict:
         "train_seconds": train_seconds,
         "latency_ms": latency,
         "created": _number(config.get("created")) or _mtime(run.path) or None,
-        "has_model": run.model_file.is_file(),
+        "has_model": has_model,
         "resumable": not problems and status.get("status") in ("failed", "stopped") and run.checkpoint.is_file(),
     }
