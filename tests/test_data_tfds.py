@@ -67,3 +67,13 @@ def test_bad_names(tfds_dir):
         open_dataset("tfds:")
     with pytest.raises(DatasetError, match="not an image-classification set"):
         open_dataset("tfds:glue")
+
+
+def test_an_unknown_name_is_a_short_error_with_close_names(tfds_dir, capsys):
+    from engine import __main__ as cli
+
+    assert cli.main(["inspect-data", "tfds:tf_flower"]) == 2
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if "cuInit" not in line]
+    assert len(lines) <= 2 and len(err) < 400, err[:2000]
+    assert "not a TensorFlow Datasets name" in err and "tf_flowers" in err, err

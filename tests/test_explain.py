@@ -124,7 +124,7 @@ def test_bad_run_folders_give_clear_errors(tmp_path):
     with pytest.raises(ExplainError, match="no model.keras"):
         Explainable.from_run(tmp_path)
     (tmp_path / "model.keras").write_text("not a zip")
-    with pytest.raises(ExplainError, match="cannot be loaded safely"):
+    with pytest.raises(ExplainError, match="model.keras is corrupted or not a Keras archive"):
         Explainable.from_run(tmp_path)
 
 

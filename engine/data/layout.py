@@ -22,6 +22,7 @@ DUPLICATE = "duplicate"
 OUTSIDE_CLASS = "not in a class folder"
 UNSAFE = "unsafe archive member"
 LINK_OUTSIDE = "link to a file outside the dataset"
+LINK_FOLDER_OUTSIDE = "link to a folder outside the dataset"
 
 _SYSTEM_NAMES = {
     "__macosx", "thumbs.db", "desktop.ini", "ehthumbs.db", "$recycle.bin",
@@ -79,12 +80,25 @@ class Layout:
     has_splits: bool
 
 
+def _links_out(entry: Path, real_root: Path) -> bool:
+    """A link (to a folder or a file) whose target is not inside the dataset: never read."""
+    if not entry.is_symlink():
+        return False
+    try:
+        return not entry.resolve(strict=True).is_relative_to(real_root)
+    except (OSError, RuntimeError):  # dangling or a loop
+        return True
+
+
 def _visible(folder: Path, skipped: list[Skipped], root: Path) -> tuple[list[Path], list[Path]]:
     dirs, files = [], []
+    real_root = root.resolve()
     for entry in sorted(folder.iterdir()):
         if is_hidden_name(entry.name):
             suffix = "/" if entry.is_dir() else ""
             skipped.append(Skipped(entry.relative_to(root).as_posix() + suffix, HIDDEN))
+        elif entry.is_dir() and _links_out(entry, real_root):
+            skipped.append(Skipped(entry.relative_to(root).as_posix() + "/", LINK_FOLDER_OUTSIDE))
         elif entry.is_dir():
             dirs.append(entry)
         else:
@@ -93,10 +107,20 @@ def _visible(folder: Path, skipped: list[Skipped], root: Path) -> tuple[list[Pat
 
 
 def _descend(root: Path) -> Path:
-    """Step through single wrapping folders (`data.zip` -> `data/` -> classes)."""
+    """Step through single wrapping folders (`data.zip` -> `data/` -> classes).
+
+    Raises:
+        DatasetError: the wrapping folder is a link to a place outside the given folder.
+    """
+    real_start = root.resolve()
     while True:
         entries = [e for e in root.iterdir() if not is_hidden_name(e.name)]
         only = entries[0] if len(entries) == 1 else None
+        if only is not None and only.is_dir() and _links_out(only, real_start):
+            raise DatasetError(
+                f"{only}: a link to a folder outside the dataset ({os.path.realpath(only)}); links out of a "
+                "dataset are never followed. Put the class folders themselves in the dataset folder."
+            )
         if (
             only is None
             or not only.is_dir()
@@ -113,6 +137,9 @@ def _walk_class(folder: Path, root: Path, cls: str, split: str | None, layout: L
         for d in sorted(dirnames):
             if is_hidden_name(d):
                 layout.skipped.append(Skipped((here / d).relative_to(root).as_posix() + "/", HIDDEN, cls=cls))
+            elif _links_out(here / d, real_root):  # os.walk does not follow folder links; say why it is unread
+                rel = (here / d).relative_to(root).as_posix() + "/"
+                layout.skipped.append(Skipped(rel, LINK_FOLDER_OUTSIDE, cls=cls))
         dirnames[:] = sorted(d for d in dirnames if not is_hidden_name(d))
         for name in sorted(filenames):
             path = here / name

@@ -159,8 +159,8 @@ def server_folders() -> list[Path]:
     found = []
     for root in settings.data_roots():
         for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-            if folder.name.startswith("."):
-                continue
+            if folder.name.startswith(".") or not folder.resolve().is_relative_to(root):
+                continue  # hidden, or a link to a folder outside the operator's root
             try:
                 if any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
                     found.append(folder)

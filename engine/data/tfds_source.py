@@ -57,6 +57,21 @@ def _ext(data: bytes) -> str:
     return "img"  # still decoded by content at ingest
 
 
+def unknown_name(name: str, exc: Exception) -> str:
+    """A short message for a name TFDS does not know: its own lists every dataset it has (460 lines)."""
+    import difflib
+
+    import tensorflow_datasets as tfds
+
+    try:
+        close = difflib.get_close_matches(name, tfds.list_builders(), n=3, cutoff=0.6)
+    except Exception:  # noqa: BLE001 - suggestions only
+        close = []
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = f"did you mean {', '.join(close)}?" if close else "see https://www.tensorflow.org/datasets/catalog"
+    return f"tfds:{name}: not a TensorFlow Datasets name ({first[:200]}); {hint}"
+
+
 def export(name: str, split: str | None, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:
     """Write dataset `name` (one split, or all of them) under the new folder `dest`.
 
@@ -70,7 +85,7 @@ def export(name: str, split: str | None, dest: Path, progress: Callable[[int, in
     try:
         builder = tfds.builder(name, data_dir=str(data_dir))
     except Exception as exc:  # noqa: BLE001 - tfds raises many kinds for unknown names
-        raise DatasetError(f"tfds:{name}: not a TensorFlow Datasets name ({exc})") from exc
+        raise DatasetError(unknown_name(name, exc)) from exc
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DatasetError(f"tfds:{name} is not an image-classification set (it needs 'image' and 'label' features)")

@@ -54,12 +54,16 @@ class LabelledSet:
         return [str(self.root / rel) for rel in self.rels]
 
 
+def _require_model(run: Run) -> None:
+    if not run.model_file.is_file():
+        raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
+
+
 def run_model(run: Run):
     """The run's classifier as an engine.explain.Explainable (compiled paths, map cache, labels)."""
     from engine.explain import Explainable
 
-    if not run.model_file.is_file():
-        raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
+    _require_model(run)
     return Explainable.from_run(run.path)
 
 
@@ -134,7 +138,11 @@ _LOCKS_LOCK = threading.Lock()
 
 
 def _cache_key(run: Run, data: LabelledSet, size: int, policy: str) -> str:
-    stat = run.model_file.stat()
+    try:
+        stat = run.model_file.stat()
+    except FileNotFoundError:  # removed since it was checked
+        _require_model(run)
+        raise
     payload = f"{stat.st_mtime_ns}:{stat.st_size}:{data.fingerprint}:{data.source}:{data.split}:{size}:{policy}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -157,7 +165,8 @@ def cached_logits(run: Run, data: LabelledSet, model=None, progress: Progress | 
                 pass  # unreadable: score again and replace it
         model = model or run_model(run)
         logits = score(model, data.paths, size, policy, progress)
-        runs.atomic_write(path, lambda tmp: np.savez(tmp, logits=logits, rels=np.array(data.rels)))
+        # inside=: a run deleted meanwhile is not brought back to hold its scores (runs.RunGone)
+        runs.atomic_write(path, lambda tmp: np.savez(tmp, logits=logits, rels=np.array(data.rels)), inside=run.path)
     return logits, False
 
 
@@ -291,11 +300,18 @@ def evaluate(
     def stage(name: str) -> Progress | None:
         return (lambda done, total: progress(name, done, total)) if progress else None
 
-    data = labelled_set(run, source, split, (lambda s, d, t: progress("data", d, t)) if progress else None)
-    logits, cached = cached_logits(run, data, model, stage("scoring"))
-    temperature = fit_run_temperature(run, model, stage("calibrating"))
-    names = run.labels() or run.config().get("labels", [])
-    result = Evaluation(run.name, data, list(names), logits, top_k, temperature, cached=cached)
+    if model is None:
+        _require_model(run)  # before the data is opened: a run killed before its model was written says so
+    try:
+        data = labelled_set(run, source, split, (lambda s, d, t: progress("data", d, t)) if progress else None)
+        logits, cached = cached_logits(run, data, model, stage("scoring"))
+        temperature = fit_run_temperature(run, model, stage("calibrating"))
+        names = run.labels() or run.config().get("labels", [])
+        result = Evaluation(run.name, data, list(names), logits, top_k, temperature, cached=cached)
+    except Exception as exc:
+        if not run.path.is_dir():  # whatever failed, the cause is that the run was deleted meanwhile
+            raise runs.gone_error(run.path, "it was evaluated") from exc
+        raise
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -304,7 +320,8 @@ def save_temperature(run: Run, temperature: float, **facts) -> None:
     """Keep a fitted temperature with the run: Predict divides the run's logits by it."""
     if not temperature > 0:
         raise EvaluationError(f"a temperature must be positive, got {temperature}")
-    runs.write_json(run.path / CALIBRATION_FILE, {"temperature": float(temperature), "saved": time.time(), **facts})
+    facts = {"temperature": float(temperature), "saved": time.time(), **facts}
+    runs.write_json(run.path / CALIBRATION_FILE, facts, inside=run.path)
 
 
 def saved_temperature(run_dir: str | Path) -> float | None:

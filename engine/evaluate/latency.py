@@ -55,7 +55,7 @@ def measure_run(run) -> dict:
 def save(run_dir: str | Path, result: dict) -> None:
     from engine.training import runs
 
-    runs.write_json(Path(run_dir) / LATENCY_FILE, {**result, "measured": time.time()})
+    runs.write_json(Path(run_dir) / LATENCY_FILE, {**result, "measured": time.time()}, inside=Path(run_dir))
 
 
 def saved(run_dir: str | Path) -> dict | None:

@@ -19,6 +19,7 @@ from engine import backbones, imaging
 from engine.errors import ConvScopeError
 from engine.explain.compiled import CompiledModel
 from engine.explain.memo import Memo
+from engine.training.runs import keras_archive_problem
 
 
 class ExplainError(ConvScopeError):
@@ -124,10 +125,15 @@ class Explainable:
         if not model_file.is_file():
             raise ExplainError(f"{run}: no model.keras in this run folder (was the run finished?)")
         stat = model_file.stat()  # before loading: a rewrite meanwhile must not lend its identity to old weights
+        broken = keras_archive_problem(model_file)  # Keras would call a damaged archive "File not found"
+        if broken:
+            raise ExplainError(f"{run}: {broken}; train or resume the run again to write a new one")
         try:
             model = keras.models.load_model(model_file, safe_mode=True, compile=False)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for bad files
-            raise ExplainError(f"{model_file}: cannot be loaded safely ({type(exc).__name__}: {exc})") from exc
+            raise ExplainError(
+                f"{model_file}: cannot be loaded safely; it may be corrupted ({type(exc).__name__}: {exc})"
+            ) from exc
         try:
             labels = json.loads((run / "labels.json").read_text())
             config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}

@@ -171,8 +171,6 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     Raises:
         ExportUnavailable: the converter cannot handle this model here (its reason as the message).
     """
-    from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
-    from engine.export import parity
     from engine.training import runs
 
     if fmt not in FORMATS:
@@ -184,6 +182,19 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
         raise ExportError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be exported")
     if (runs.read_json(run.path / "status.json", {}) or {}).get("status") in runs.ACTIVE:
         raise ExportError(f"{run.name} is still queued or training: export it once it has finished")
+    try:
+        return _export(run, fmt, out, check, progress)
+    except Exception as exc:
+        if not run.path.is_dir():  # whatever failed, the cause is that the run was deleted meanwhile
+            raise ExportError(str(runs.gone_error(run.path, "it was exported"))) from exc
+        raise
+
+
+def _export(run, fmt: str, out: str | Path | None, check: bool, progress) -> dict:
+    from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
+    from engine.export import parity
+    from engine.training import runs
+
     target = _target(run, fmt, out)
     data, unchecked = None, ""
     if check:  # before converting: a run that cannot be checked says so at once
@@ -228,7 +239,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
         result["model"] = f"{stat.st_mtime_ns}:{stat.st_size}"  # the report shows only checks of this model
         with _CHECKS_LOCK:
             checked = runs.read_json(run.path / CHECKS_FILE, {}) or {}
-            runs.write_json(run.path / CHECKS_FILE, {**checked, fmt: result})
+            runs.write_json(run.path / CHECKS_FILE, {**checked, fmt: result}, inside=run.path)
     return result
 
 
@@ -248,7 +259,10 @@ def _target(run, fmt: str, out: str | Path | None) -> Path:
         )
     if target.is_file() and fmt == "savedmodel":
         raise ExportError(f"{target} is a file; give a new folder for the SavedModel")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if out:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        (run.path / "exports").mkdir(exist_ok=True)  # never parents=True: a deleted run is not brought back
     return target
 
 

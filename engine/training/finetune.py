@@ -724,7 +724,7 @@ def run_finetune(config, run, stop, report, resume, start_epoch, history, info) 
     )
     val_steps = math.ceil(len(y["validation"]) / config.batch_size)
     shown = replace(config, epochs=total_epochs)  # the count continues the parent's
-    callbacks = fit._callbacks(run, fitted, shown, history, stop, report, steps, val_steps)
+    callbacks = fit._callbacks(run, fitted, shown, history, stop, report, steps, val_steps, info.get("seconds"))
     if mixed:  # the classifier (what is saved, also on Stop) follows the copy after every epoch
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: copy_weights(fitted, setup.classifier)))
     # predict() after the fit goes through the classifier or the cut's upper part: fixed for the strategy too.

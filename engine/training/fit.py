@@ -262,7 +262,9 @@ def _callbacks(
     report: Report,
     steps: int,
     val_steps: int,
+    seconds: Callable[[], float] | None = None,
 ):
+    """Keras callbacks of a fit; `seconds()` is the run's training time so far, recorded at each epoch end."""
     import keras
 
     class Watch(keras.callbacks.Callback):
@@ -306,11 +308,13 @@ def _callbacks(
                 )
             for k, v in values.items():
                 history.setdefault(k, []).append(v)
-            # Checkpoint first, then the history that points to it: both atomic.
-            runs.atomic_write(run.checkpoint, lambda tmp: fitted.save(tmp))
-            runs.write_json(run.checkpoint.with_suffix(".json"), {"epoch": epoch + 1})
+            # The history first, then the checkpoint and its record (runs.Run.save_checkpoint): a kill
+            # between any two writes leaves the history at least as long as the recorded checkpoint's
+            # epoch, and a resume cuts it back to that (runs.Run.consistent_epoch). All atomic.
             run.write_history(history)
-            run.set_status("running", epoch=epoch + 1)
+            run.save_checkpoint(epoch + 1, lambda tmp: fitted.save(tmp))
+            # The time so far, as it goes: a killed call's time is then kept for the resume to add to.
+            run.set_status("running", epoch=epoch + 1, **({"seconds": seconds()} if seconds else {}))
             report(
                 stage="training",
                 epoch=epoch + 1,
@@ -382,10 +386,12 @@ def train(
         return round(earlier + time.monotonic() - t0, 2)
 
     fresh = not resume and not (run.path / "config.json").is_file()
-    start_epoch = run.checkpoint_epoch() if resume else 0
+    if resume:
+        run.clean_leftovers()  # of the writes a kill interrupted
+    start_epoch = run.consistent_epoch() if resume else 0
     history = {k: v[:start_epoch] for k, v in run.history().items()} if resume else {}
     run.set_status("running", epoch=start_epoch)
-    info: dict = {"features": {}}
+    info: dict = {"features": {}, "seconds": total}
     try:
         # Every model, optimizer and metric is created under the strategy (engine.training.distribute).
         with distribute.current().scope():
@@ -396,7 +402,11 @@ def train(
         status, reason = "stopped", str(exc)
         info.setdefault("stopped", True)
     except NanLoss as exc:
-        status, reason = "failed", f"{exc}; try a lower learning rate. The last good checkpoint is kept."
+        if run.checkpoint.is_file():
+            kept = f"The last good checkpoint (epoch {run.checkpoint_epoch()}) is kept."
+        else:
+            kept = "No epoch finished, so there is no checkpoint to resume from."
+        status, reason = "failed", f"{exc}; try a lower learning rate. {kept}"
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         status = "failed"
         reason = (
@@ -589,7 +599,7 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
         history={k: list(v) for k, v in history.items()},
     )
     val_steps = math.ceil(len(y["validation"]) / config.batch_size)
-    callbacks = _callbacks(run, fitted, config, history, stop, report, steps, val_steps)
+    callbacks = _callbacks(run, fitted, config, history, stop, report, steps, val_steps, info.get("seconds"))
     if start_epoch < config.epochs:
         with distribute.fitting(fitted, train_data):
             fitted.fit(

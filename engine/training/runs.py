@@ -11,12 +11,18 @@ A run folder holds:
     meta.json       what users may change after the run: {"display_name": ...}
     latency.json    measured inference speed {"ms_per_image": ...} (written by evaluation)
     model.keras     the whole classifier (preprocessed images in, logits out)
-    checkpoints/    last.keras (what is trained, with optimizer state) + last.json (its epoch)
+    checkpoints/    epoch-NNNN.keras (what is trained, with optimizer state) + last.json, the record
+                    {"epoch": N, "file": "epoch-NNNN.keras"} that makes it the checkpoint
     logs/           TensorBoard event files
 
 Every write goes to a temporary file in the same folder and is renamed over
 the old one with os.replace, so a kill in the middle of a write leaves the
-previous version intact, never half a file. A deleted run is first renamed to a
+previous version intact, never half a file. At each epoch end history.json is
+written first, then the epoch's checkpoint under a new name, then last.json:
+a kill anywhere leaves the recorded checkpoint whole and a history at least as
+long as its epoch, and a resume cuts the history back to it (consistent_epoch).
+Files a killed write left behind are removed when the run is resumed
+(clean_leftovers). A deleted run is first renamed to a
 hidden `.NAME.deleting-TOKEN` sibling, so it is either listed whole or not at all.
 """
 
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,25 +54,78 @@ class RunError(ConvScopeError):
     """A run folder that is missing, unreadable or in the wrong state."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+class RunGone(RunError):
+    """The run folder was deleted while a command was using it."""
+
+
+def gone_error(folder: Path, doing: str = "this command ran") -> RunGone:
+    return RunGone(f"the run {folder.name} was deleted while {doing}; nothing was written back to it")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], *, inside: Path | None = None) -> None:
     """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`.
 
     The temporary name keeps `path`'s suffix (Keras insists on `.keras`). If
     `write` fails, the temporary file is removed and `path` is untouched.
+
+    With `inside` (a run folder), that folder must exist: it and its parents are never
+    created, only the folders between it and `path`, so a run deleted meanwhile stays
+    deleted (RunGone) instead of coming back holding one file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    try:
+        if inside is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = Path(inside)
+            for part in path.parent.relative_to(inside).parts:
+                folder = folder / part
+                folder.mkdir(exist_ok=True)  # no parents=True: a missing run folder fails here
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    except FileNotFoundError as exc:
+        if inside is not None and not Path(inside).is_dir():
+            raise gone_error(Path(inside)) from exc
+        raise
     os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, FileNotFoundError) and inside is not None and not Path(inside).is_dir():
+            raise gone_error(Path(inside)) from exc
         raise
 
 
-def write_json(path: Path, data) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+def write_json(path: Path, data, *, inside: Path | None = None) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)), inside=inside)
+
+
+def keras_archive_problem(path: Path) -> str:
+    """What is wrong with a `.keras` file, cheaply (its zip directory only); "" when it looks whole.
+
+    Keras itself calls a file that is not a zip "File not found", which misleads for a file that is there.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"{path.name} is corrupted or not a Keras archive ({exc})"
+    missing = sorted({"config.json", "metadata.json"} - names)
+    if missing:
+        return f"{path.name} is corrupted or not a Keras archive (it has no {' or '.join(missing)})"
+    return ""
+
+
+# The temporary name atomic_write gives a file: `.STEM-` + mkstemp's 8 random characters + the suffix.
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)?$")
+# The files a training process writes (only it, while it runs): their leftovers are safe to remove
+# when the run is resumed. Others (evaluations, calibration, exports) may be written meanwhile by other
+# commands: their leftovers go once they are older than any write takes.
+_TRAINING_FILES = {"status", "config", "labels", "history", "metrics", "model", "last", "epoch", "latency", "changes"}
+_STALE_S = 600
+CHECKPOINT_RECORD = "last.json"
 
 
 def read_json(path: Path, default=None):
@@ -107,7 +167,51 @@ class Run:
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / "checkpoints" / "last.keras"
+        """The recorded checkpoint file (checkpoints/last.keras in runs made before records named it)."""
+        folder = self.path / "checkpoints"
+        try:
+            name = read_json(folder / CHECKPOINT_RECORD, {}).get("file")
+        except (RunError, AttributeError):
+            name = None
+        if isinstance(name, str) and name == Path(name).name and name.endswith(".keras"):
+            return folder / name
+        return folder / "last.keras"
+
+    def save_checkpoint(self, epoch: int, save: Callable[[Path], None]) -> None:
+        """Save the checkpoint of `epoch` finished epochs under its own name, then record it.
+
+        Until the record is written the previous checkpoint stays the one in use, so a kill
+        at any point leaves a whole checkpoint whose epoch the record tells.
+        """
+        folder = self.path / "checkpoints"
+        name = f"epoch-{epoch:04d}.keras"
+        atomic_write(folder / name, save, inside=self.path)
+        write_json(folder / CHECKPOINT_RECORD, {"epoch": int(epoch), "file": name}, inside=self.path)
+        for old in folder.glob("*.keras"):
+            if old.name != name and not old.name.startswith("."):
+                old.unlink(missing_ok=True)
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove what killed training writes left: temporary files and checkpoints never recorded.
+
+        Only for a run no process is training (a resume calls it first). Returns the names removed.
+        """
+        removed = []
+        recorded = self.checkpoint.name
+        for folder in (self.path, self.path / "checkpoints", self.path / "evaluations"):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                match = _TEMPORARY.match(p.name)
+                if match:
+                    ours = folder != self.path / "evaluations" and match["stem"].split("-")[0] in _TRAINING_FILES
+                    doomed = ours or time.time() - _mtime(p) > _STALE_S
+                else:  # a checkpoint saved but never recorded
+                    doomed = folder.name == "checkpoints" and p.suffix == ".keras" and p.name != recorded
+                if doomed and p.is_file() and not p.is_symlink():
+                    p.unlink(missing_ok=True)
+                    removed.append(str(p.relative_to(self.path)))
+        return removed
 
     @property
     def model_file(self) -> Path:
@@ -150,8 +254,16 @@ class Run:
 
     def checkpoint_epoch(self) -> int:
         """Epochs finished in the last good checkpoint (0 when there is none)."""
-        meta = read_json(self.path / "checkpoints" / "last.json", {})
+        meta = read_json(self.path / "checkpoints" / CHECKPOINT_RECORD, {})
         return int(meta.get("epoch", 0)) if self.checkpoint.is_file() else 0
+
+    def consistent_epoch(self) -> int:
+        """The epoch a resume continues from: the checkpoint's, but never past the history's length.
+
+        The history is written before the checkpoint, so it is at least as long, except in
+        runs killed between the two writes by older versions; those lose the one epoch.
+        """
+        return min(self.checkpoint_epoch(), len(_list(self.history().get("loss"))))
 
     def status(self) -> dict:
         """status.json, with an active run whose process has died shown as failed (interrupted).
@@ -402,6 +514,11 @@ def summary(run: Run) -> dict:
     except (RunError, AttributeError, TypeError, ValueError) as exc:
         problems.append(str(exc))
         status = {}
+    has_model = run.model_file.is_file()
+    broken = keras_archive_problem(run.model_file) if has_model else ""
+    if broken:  # a model that cannot load: the run is not finished, whatever its status says
+        problems.append(f"{run.path / 'model.keras'}: {broken}")
+        has_model = False
     if problems:
         status = {"status": "failed", "reason": "; ".join(problems), "detail": "the run folder is damaged"}
     try:
@@ -443,6 +560,6 @@ def summary(run: Run) -> dict:
         "train_seconds": train_seconds,
         "latency_ms": latency,
         "created": _number(config.get("created")) or _mtime(run.path) or None,
-        "has_model": run.model_file.is_file(),
+        "has_model": has_model,
         "resumable": not problems and status.get("status") in ("failed", "stopped") and run.checkpoint.is_file(),
     }
