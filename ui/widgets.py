@@ -270,6 +270,28 @@ def eta_text(seconds: float | None, upper_bound: bool = False) -> str:
     return f" · about {left} left"
 
 
+def training_progress(snap: dict) -> tuple[float, str]:
+    """A training job's fraction done in [0, 1] and where it is ("Epoch 3/10 · batch 4/12").
+
+    A fine-tune's bar and count cover its own epochs, not its parent's. Batch
+    reports say the 1-based epoch in progress and the batches done in it; the
+    report before the first batch says `batch` 0 and `epoch` = the epochs
+    already done (a fine-tune's first is its parent's count, e.g. 48 of 58).
+    """
+    p = snap["progress"]
+    epochs, batches = snap["epochs"], max(p.get("batches") or 1, 1)
+    first = snap.get("start_epoch") or 0
+    epoch, batch = p.get("epoch") or 0, p.get("batch") or 0
+    if batch == 0:  # not started yet: the next epoch is the one in progress
+        epoch += 1
+    epoch = min(max(epoch, first + 1, 1), max(epochs, 1))
+    done = ((epoch - 1 - first) * batches + batch) / max((epochs - first) * batches, 1)
+    count = f"Epoch {epoch - first}/{epochs - first}"
+    if first:
+        count += f" of this fine-tune ({epoch}/{epochs} with the parent's)"
+    return min(max(done, 0.0), 1.0), f"{count} · batch {batch}/{batches}"
+
+
 def job_progress(snap: dict) -> None:
     """A job's stage as a progress bar: queue position, data, features, epoch and batch with metrics and ETA."""
     p = snap["progress"]
@@ -284,16 +306,13 @@ def job_progress(snap: dict) -> None:
             min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"
         )
     elif stage == "training" and p.get("batches"):
-        epochs, batches = snap["epochs"], p["batches"]
-        epoch, batch = max(p.get("epoch", 1), 1), p.get("batch", 0)
-        first = snap.get("start_epoch", 0)  # a fine-tune's bar covers its own epochs, not its parent's
-        done = ((epoch - 1 - first) * batches + batch) / max((epochs - first) * batches, 1)
+        done, where = training_progress(snap)
         logs = p.get("logs", {})
         metrics = " · ".join(f"{k} {v:.3f}" for k, v in logs.items())
         st.progress(
-            min(done, 1.0),
-            text=f"Epoch {epoch}/{epochs} · batch {batch}/{batches}"
-            f"{' · ' + metrics if metrics else ''}{eta_text(p.get('eta'), p.get('eta_upper_bound', False))}",
+            done,
+            text=f"{where}{' · ' + metrics if metrics else ''}"
+            f"{eta_text(p.get('eta'), p.get('eta_upper_bound', False))}",
         )
     elif stage in ("evaluating", "saving"):
         st.progress(1.0, text=f"{stage.capitalize()}…")
