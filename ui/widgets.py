@@ -6,7 +6,9 @@ import re
 from pathlib import Path, PurePath
 
 import numpy as np
+import pandas as pd
 import streamlit as st
+from pandas.io.formats.style import Styler
 
 from engine import imaging, settings
 from engine.backbones import DEFAULT_BACKBONE, availability, get_spec
@@ -148,11 +150,7 @@ def dataset_picker(key: str = "data") -> str | None:
 
 def folder_label(folder: Path) -> str:
     """A server folder as its data root's name and the path below it: `datasets/pets`, never absolute."""
-    folder = Path(folder)
-    for root in settings.data_roots():
-        if folder == root or folder.is_relative_to(root):
-            return PurePath(root.name, folder.relative_to(root)).as_posix()
-    return folder.name
+    return sources.source_title(str(folder))
 
 
 def open_dataset(source: str) -> Dataset | None:
@@ -325,8 +323,22 @@ def job_progress(snap: dict) -> None:
 
 def run_title(run: runs.Run) -> str:
     """A run as users know it: its display name (when set) and its folder name."""
-    shown = run.display_name()
-    return f"{shown} · {run.name}" if shown else run.name
+    return run.title()
+
+
+def dashed(table: pd.DataFrame, formats: dict[str, str], busy: list[bool] | None = None, busy_columns=()) -> Styler:
+    """A table for st.dataframe: each column's number format, and "—" for a missing value (Streamlit draws "None").
+
+    On a row of a run still training (`busy[i]`), a missing value of `busy_columns` reads "running".
+    The numbers stay numbers underneath, so the columns still sort by value.
+    """
+    style = table.style.format(formats, na_rep="—")
+    rows = [i for i, b in zip(table.index, busy or [], strict=False) if b]
+    columns = [c for c in busy_columns if c in table.columns]
+    if rows and columns:
+        only = pd.IndexSlice[rows, columns]
+        style = style.format({c: formats.get(c) for c in columns}, subset=only, na_rep="running")
+    return style
 
 
 def run_picker(key: str, label: str = "Trained run") -> runs.Run | None:
