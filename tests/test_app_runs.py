@@ -100,3 +100,5 @@ def test_the_table_shows_the_kept_models_accuracy_and_no_none(root):
     assert busy["val acc (kept model)"] == "running" and busy["test acc"] == "running", dict(busy)
     assert busy["latency (ms)"] == "—"
     assert not [v for v in shown.astype(str).to_numpy().ravel() if v in ("None", "nan", "NaN")], shown
+    # The grid draws a missing cell as "None" whatever the Styler's text: no cell may be missing.
+    assert not values.isna().to_numpy().any(), values

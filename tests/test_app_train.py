@@ -290,3 +290,4 @@ def test_the_runs_table_shows_no_server_path_and_no_none(page, tmp_path, monkeyp
     assert busy["val_accuracy"] == "running" and busy["test_accuracy"] == "running", dict(busy)
     drawn = [str(v) for v in shown.to_numpy().ravel()]
     assert not [c for c in drawn if c in ("None", "nan")], drawn
+    assert not element.value.isna().to_numpy().any()  # the grid draws a missing cell as "None"

@@ -327,18 +327,22 @@ def run_title(run: runs.Run) -> str:
 
 
 def dashed(table: pd.DataFrame, formats: dict[str, str], busy: list[bool] | None = None, busy_columns=()) -> Styler:
-    """A table for st.dataframe: each column's number format, and "—" for a missing value (Streamlit draws "None").
+    """A table for st.dataframe: each column's number format, and "—" for a missing value.
 
-    On a row of a run still training (`busy[i]`), a missing value of `busy_columns` reads "running".
-    The numbers stay numbers underneath, so the columns still sort by value.
+    The grid draws a missing value as "None" whatever a Styler says, so missing
+    cells hold the text itself. On a row of a run still training (`busy[i]`), a
+    missing value of `busy_columns` reads "running".
     """
-    style = table.style.format(formats, na_rep="—")
-    rows = [i for i, b in zip(table.index, busy or [], strict=False) if b]
-    columns = [c for c in busy_columns if c in table.columns]
-    if rows and columns:
-        only = pd.IndexSlice[rows, columns]
-        style = style.format({c: formats.get(c) for c in columns}, subset=only, na_rep="running")
-    return style
+    filled = table.astype(object).where(table.notna(), "—")
+    for i, b in zip(table.index, busy or [], strict=False):
+        for c in busy_columns:
+            if b and c in table.columns and filled.at[i, c] == "—":
+                filled.at[i, c] = "running"
+
+    def number(spec: str):
+        return lambda v: spec.format(v) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+    return filled.style.format({c: number(f) for c, f in formats.items() if c in filled.columns})
 
 
 def run_picker(key: str, label: str = "Trained run") -> runs.Run | None:
