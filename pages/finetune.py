@@ -116,10 +116,41 @@ if metrics.get("test_accuracy") is not None:
 # ---- the advice ----------------------------------------------------------------------
 
 k = f"_{parent.name}"  # per-parent widget keys: another run starts from its own defaults
+
+
+def _fill_from(job_config: dict) -> None:
+    """Set the form to a fine-tune's own settings (a reattached job's: after a reload the form had defaults)."""
+    ft = job_config.get("finetune") or {}
+    ss = st.session_state
+    top = int(ft.get("unfreeze_top") or 0)
+    where = trainable_blocks[-1 - top] if 0 < top < len(trainable_blocks) else str(ft.get("unfreeze_from") or "")
+    if where in trainable_blocks:
+        ss["ft_from" + k], ss["ft_layer" + k] = where, ""
+    elif where:
+        ss["ft_layer" + k] = where
+    ss["ft_lr" + k] = min(max(float(job_config.get("learning_rate") or parent_lr / 10), LR_MIN), 1.0)
+    if job_config.get("optimizer") in OPTIMIZERS:
+        ss["ft_optimizer" + k] = job_config["optimizer"]
+    ss["ft_bn" + k] = ft.get("bn") == "train"
+    ss["ft_epochs"] = min(max(int(job_config.get("epochs") or 10), 1), 200)
+    ss["ft_decay"] = min(max(float(ft.get("layer_decay", 1.0)), 0.5), 1.0)
+    ss["ft_warmup"] = min(max(float(ft.get("warmup", 0.1)), 0.0), 0.3)
+    ss["ft_preset" + k] = job_config.get("preset", "")
+
+
+job_config = child.config() if child else {}
+if job_config.get("parent") == parent.name and st.session_state.get("ft_filled") != child.name:
+    st.session_state["ft_filled"] = child.name  # once: the user may change the form for a next fine-tune
+    _fill_from(job_config)
 st.session_state.setdefault("ft_from" + k, trainable_blocks[-3] if len(trainable_blocks) > 2 else trainable_blocks[0])
 st.session_state.setdefault("ft_lr" + k, parent_lr / 10)
 
 st.subheader("Strategy")
+if job_config.get("finetune"):
+    st.caption(
+        f"The form starts from the settings of fine-tune {child.name}; changing it sets up a new fine-tune. "
+        "The settings that fine-tune uses are listed in its panel below."
+    )
 try:
     advice = cached.finetune_advice(str(parent.path), _mtime(parent))
 except (ConvScopeError, ValueError) as exc:
@@ -334,6 +365,11 @@ def _panel(job: str) -> None:
         icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
         text = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
         (st.error if snap["status"] == "failed" else st.success)(text)
+    if ft:  # what this job really uses, from its run (the form above may since have changed)
+        with st.container(border=True, key=f"ft_settings_{job}"):
+            st.markdown(f"**Settings of this fine-tune** ({snap['id']})")
+            used = finetune.settings_of(child_config)
+            st.markdown(" · ".join(f"{name}: **{value}**" for name, value in used.items()))
     before = ft.get("parent_epochs", 0)
     history = snap["history"] or {}
     own = {key: values[before:] for key, values in history.items()}

@@ -197,7 +197,9 @@ st.divider()
 names = [r.image for r in results]
 pick = 0
 if len(results) > 1:
-    pick = st.selectbox("Look closer at", range(len(results)), format_func=lambda k: names[k], key="closer")
+    # Numbered: a selectbox tells options apart by their labels, and two uploads may share a file name.
+    numbered = [f"{k + 1}. {name}" for k, name in enumerate(names)]
+    pick = st.selectbox("Look closer at", range(len(results)), format_func=numbered.__getitem__, key="closer")
 result = results[pick]
 best = result.top[0]
 st.subheader(f"{result.image}: {short(best.label)} ({best.probability:.0%})")

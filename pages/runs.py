@@ -33,6 +33,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
             "parent": [r["parent"] or "" for r in rows],
             "image px": [r["image_size"] for r in rows],
             "epochs": [f"{r['epochs_run']}/{r['epochs'] or '?'}" for r in rows],
+            "val acc (kept model)": [r["kept_val_accuracy"] for r in rows],
             "best val acc": [r["best_val_accuracy"] for r in rows],
             "final val acc": [r["final_val_accuracy"] for r in rows],
             "test acc": [r["test_accuracy"] for r in rows],
@@ -60,6 +61,7 @@ def side_by_side(rows: list[dict]) -> pd.DataFrame:
         "parent": lambda r: r["parent"] or "–",
         "image size": lambda r: num(r["image_size"], "px"),
         "epochs": lambda r: f"{r['epochs_run']} of {r['epochs'] or '?'}",
+        "validation accuracy (kept model)": lambda r: pct(r["kept_val_accuracy"]),
         "best validation accuracy": lambda r: pct(r["best_val_accuracy"]),
         "final validation accuracy": lambda r: pct(r["final_val_accuracy"]),
         "test accuracy": lambda r: pct(r["test_accuracy"]),
@@ -71,17 +73,24 @@ def side_by_side(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame({title_of(r): [f(r) for f in facts.values()] for r in rows}, index=list(facts))
 
 
-PERCENT = st.column_config.NumberColumn(format="percent")
 SMALL = st.column_config.Column(width="small")
 COLUMNS = {
     "run": st.column_config.Column(width="medium"),
     **{c: SMALL for c in ("status", "mode", "parent", "image px", "epochs")},
-    "best val acc": PERCENT,
-    "final val acc": PERCENT,
-    "test acc": PERCENT,
-    "params (M)": st.column_config.NumberColumn(format="%.2f"),
-    "train time (s)": st.column_config.NumberColumn(format="%.0f"),
-    "latency (ms)": st.column_config.NumberColumn(format="%.1f", help="one image at a time, on this machine"),
+    "val acc (kept model)": st.column_config.Column(
+        help="The saved model's validation accuracy: early stopping keeps the epoch with the lowest validation loss"
+    ),
+    "best val acc": st.column_config.Column(help="The best epoch's validation accuracy (a fine-tune's own epochs)"),
+    "final val acc": st.column_config.Column(help="The last epoch's validation accuracy"),
+    "latency (ms)": st.column_config.Column(help="one image at a time, on this machine"),
+}
+# Number formats (the table is a Styler, so a missing value reads "—", not "None")
+FORMATS = {
+    **dict.fromkeys(("val acc (kept model)", "best val acc", "final val acc", "test acc"), "{:.1%}"),
+    "image px": "{:.0f}",
+    "params (M)": "{:.2f}",
+    "train time (s)": "{:.0f}",
+    "latency (ms)": "{:.1f}",
 }
 
 all_runs = runs.list_runs()
@@ -227,7 +236,14 @@ with tab_table:
         table = frame(shown)
         if not table["parent"].any():
             table = table.drop(columns=["parent"])  # no fine-tunes: an empty column is only noise
-        st.dataframe(table, hide_index=True, column_config=COLUMNS, width="stretch", key="runs_table")
+        busy = [r["status"] in runs.ACTIVE for r in shown]
+        st.dataframe(
+            widgets.dashed(table, FORMATS, busy, ("val acc (kept model)", "test acc", "train time (s)")),
+            hide_index=True,
+            column_config=COLUMNS,
+            width="stretch",
+            key="runs_table",
+        )
 
         missing = [r for r in rows if r["has_model"] and r["latency_ms"] is None]
         if missing and st.button(f"Measure the latency of {len(missing)} run(s)", key="measure_latency", icon="⏱️"):
@@ -258,9 +274,13 @@ with tab_table:
                 links[2].page_link("pages/finetune.py", label="Fine-tune", icon="🎚️", query_params={"run": name})
         links[3].page_link("pages/train.py", label="Open in Train", icon="🏋️", query_params={"job": name})
 
-        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        new_name = c1.text_input("Display name", value=row["display_name"], key=f"rename_{name}", max_chars=80)
-        if c2.button("Rename", key="rename", disabled=new_name.strip() == row["display_name"]):
+        # A form: the name and the click arrive together (a button disabled until the text box committed
+        # its value took two clicks in a browser: the first only committed the text).
+        with st.form(f"rename_form_{name}", border=False):
+            c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+            new_name = c1.text_input("Display name", value=row["display_name"], key=f"rename_{name}", max_chars=80)
+            renamed = c2.form_submit_button("Rename", key="rename")
+        if renamed and new_name.strip() != row["display_name"]:
             try:
                 runs.rename(run, new_name)
             except ConvScopeError as exc:
@@ -307,8 +327,9 @@ with tab_compare:
             histories, starts = {}, {}
             for r in chosen:
                 run = runs.Run(all_runs[[x["name"] for x in rows].index(r["name"])].path)
-                histories[title_of(r)] = run.history()
-                starts[title_of(r)] = (run.config().get("finetune") or {}).get("parent_epochs", 0)
+                # A fine-tune's history.json starts with its parent's epochs: draw its own, after them.
+                histories[title_of(r)] = run.own_history()
+                starts[title_of(r)] = run.parent_epochs()
             st.plotly_chart(charts.runs_curves(histories, starts), width="stretch", key="compare_curves")
             facts = side_by_side(chosen)
             st.dataframe(facts, width="stretch", height=36 * (len(facts) + 1) + 2, key="compare_table")

@@ -22,6 +22,7 @@ from engine.config import (
     TrainConfig,
     mode_defaults,
 )
+from engine.data import sources
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.training import fit, jobs, presets, runs
@@ -423,14 +424,23 @@ else:
     table = pd.DataFrame(rows)[
         ["name", "status", "backbone", "mode", "epochs_run", "val_accuracy", "test_accuracy", "source", "reason"]
     ]
+    # an upload's name (this session's, else the one saved beside the upload), never its cache path
+    table["source"] = [
+        state.display_name(r["source"]) if r["source"] in state.display_names() else sources.source_title(r["source"])
+        for r in rows
+    ]
+    table["reason"] = [widgets.path_free(r["reason"] or "") for r in rows]
+    pct = "{:.1%}"
+    busy = [r["status"] in runs.ACTIVE for r in rows]
     st.dataframe(
-        table,
+        widgets.dashed(table, {"val_accuracy": pct, "test_accuracy": pct}, busy, ("val_accuracy", "test_accuracy")),
         hide_index=True,
         width="stretch",
         column_config={
-            "val_accuracy": st.column_config.NumberColumn("val acc", format="percent"),
-            "test_accuracy": st.column_config.NumberColumn("test acc", format="percent"),
+            "val_accuracy": st.column_config.Column("val acc"),
+            "test_accuracy": st.column_config.Column("test acc"),
             "epochs_run": st.column_config.NumberColumn("epochs"),
+            "source": st.column_config.Column("data"),
         },
     )
 

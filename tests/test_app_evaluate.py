@@ -143,7 +143,7 @@ def test_runs_table_rename_delete_and_compare(root):
     assert set(table["folder"]) == {"eval-run", "short-run"}
     assert table["params (M)"].notna().all() and table["train time (s)"].notna().all()
     at.selectbox(key="manage_run").set_value("eval-run").run()
-    at.text_input(key="rename_eval-run").set_value("Lite0 head, 3 epochs").run()
+    at.text_input(key="rename_eval-run").set_value("Lite0 head, 3 epochs")  # in a form: sent with the click
     at.button(key="rename").click().run()
     assert runs.Run(root / "eval-run").display_name() == "Lite0 head, 3 epochs"
     assert "Lite0 head, 3 epochs" in set(table_with(at, "folder")["run"])

@@ -147,3 +147,41 @@ def test_a_run_whose_data_changed_cannot_start(page):
     at = page(run="changed-run")
     assert any("changed since" in e.value for e in at.error), [e.value for e in at.error]
     assert at.button(key="ft_start").disabled and at.button(key="ft_find").disabled
+
+
+@pytest.mark.slow
+def test_a_reattached_fine_tune_shows_its_own_settings(page, runs_root):
+    """After a reload (?job= in the URL) the form showed defaults (block7, 1e-3) above a job training from block5
+    at 1.5e-4, and no panel said which settings the job used."""
+    parent = runs.open_run("parent-run")
+    config = finetune.finetune_config(parent, unfreeze_from="block5", learning_rate=1.5e-4, epochs=2, optimizer="sgd")
+    child = runs.create("ft-reattached", backbone=config.backbone, mode="finetune")
+    try:
+        runs.write_json(child.path / "config.json", {**config.to_json(), "parent": "parent-run"})
+        child.set_status("running")  # a job of this (living) process, as a worker's run looks after a reload
+        at = page(job=child.name)
+        assert not at.exception, at.exception
+        assert at.select_slider(key="ft_from_parent-run").value == "block5"
+        assert at.number_input(key="ft_lr_parent-run").value == pytest.approx(1.5e-4)
+        assert at.selectbox(key="ft_optimizer_parent-run").value == "sgd"
+        assert at.number_input(key="ft_epochs").value == 2
+        shown = texts(at)
+        assert "Settings of this fine-tune" in shown
+        assert "trains from: **block5**" in shown and "learning rate (peak): **1.5e-04**" in shown, shown
+        assert "optimizer: **sgd**" in shown and "BatchNorm statistics: **frozen**" in shown
+        assert "batch size: **32**" in shown and "epochs: **2 (epochs 4-5" in shown
+
+        # Finished: the panel still says what it ran with (the model and metrics of a finished run)
+        shutil.copy(parent.model_file, child.model_file)
+        shutil.copy(parent.path / "labels.json", child.path / "labels.json")
+        runs.write_json(child.path / "metrics.json", parent.metrics())
+        runs.write_json(child.path / "history.json", parent.history())
+        child.set_status("finished")
+        at.session_state["ft_from_parent-run"] = "top"  # the user set up the next one meanwhile
+        at.run()
+        assert not at.exception, at.exception
+        shown = texts(at)
+        assert "Finished" in shown and "trains from: **block5**" in shown, shown
+        assert at.select_slider(key="ft_from_parent-run").value == "top"  # the form is filled once, not forced
+    finally:
+        shutil.rmtree(child.path)

@@ -100,3 +100,25 @@ def test_path_free_messages():
     )
     kept = "download from https://storage.googleapis.com/x/y, class folders cats/*.jpg, unsafe ../ paths, a / b"
     assert path_free(kept) == kept
+
+
+def test_look_closer_can_pick_either_of_two_uploads_with_one_name(open_page):
+    import io
+
+    from PIL import Image
+
+    def png(width: int, height: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(out, format="PNG")
+        return out.getvalue()
+
+    at = open_page("pages/predict.py")
+    at.radio(key="image_source").set_value("Upload").run()
+    at.get("file_uploader")[0].set_value([("cat.png", png(40, 30), "image/png"), ("cat.png", png(50, 20), "image/png")])
+    at.run()
+    assert not at.exception, at.exception
+    # The options were the bare file names: two equal labels, and a selectbox can reach only one of them.
+    for pick, size in ((1, "from 50×20"), (0, "from 40×30"), (1, "from 50×20")):
+        at.selectbox(key="closer").set_value(pick).run()
+        captions = " ".join(str(i.proto) for i in at.get("image"))  # "As the network sees it … (from W×H)"
+        assert size in captions, (pick, captions)

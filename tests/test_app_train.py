@@ -311,3 +311,31 @@ def test_a_preset_whose_backbone_cannot_load_says_so(page):
     assert any("cannot load here" in w.value for w in at.warning)
     assert at.number_input(key="train_epochs").value == 6  # the rest of the recipe applies
     assert at.selectbox(key="train_backbone").value == "efficientnet_lite0"
+
+
+def test_the_runs_table_shows_no_server_path_and_no_none(page, tmp_path, monkeypatch):
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    from engine.data import sources
+
+    monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    upload = sources.save_upload("pets.zip", b"PK\x05\x06" + b"\0" * 18)  # the cache names it by its content
+    for name, status in (("upload-run", "finished"), ("busy-run", "running")):
+        run = runs.create(name)
+        data = {"source": str(upload), "image_size": 64}
+        runs.write_json(run.path / "config.json", {"backbone": "small_cnn", "mode": "scratch", "data": data})
+        run.set_status(status)  # "running": owned by this living process
+    runs.write_json(runs.Run(runs.runs_root() / "upload-run").path / "metrics.json", {"val_accuracy": 0.9})
+    at = page()  # a new session: it never saw the upload's name
+    element = next(d for d in at.dataframe if "source" in d.value.columns)
+    sent = [str(v) for v in element.value.to_numpy().ravel()]
+    assert not [c for c in sent if str(tmp_path) in c], sent  # the cache folder was the data source shown
+    assert set(element.value["source"]) == {"pets.zip"}
+    shown = convert_arrow_bytes_to_pandas_df(element.proto.arrow_data.styler.display_values)
+    assert not [c for c in shown.astype(str).to_numpy().ravel() if str(tmp_path) in c]
+    shown.columns = element.value.columns
+    busy = shown.iloc[list(element.value["name"]).index("busy-run")]
+    assert busy["val_accuracy"] == "running" and busy["test_accuracy"] == "running", dict(busy)
+    drawn = [str(v) for v in shown.to_numpy().ravel()]
+    assert not [c for c in drawn if c in ("None", "nan")], drawn
+    assert not element.value.isna().to_numpy().any()  # the grid draws a missing cell as "None"

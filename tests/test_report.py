@@ -78,3 +78,29 @@ def test_the_report_renders_offline_in_a_browser(report):
         assert broken == 0
         assert all(url.startswith(("file:", "data:")) for url in requests), requests
         browser.close()
+
+
+def test_a_fine_tunes_report_shows_no_server_path(report, monkeypatch, tmp_path):
+    """finetune.parent (the parent's folder) and an upload's cache path were shown as they are on the server."""
+    from engine.data import sources
+    from engine.training import finetune, fit, runs
+
+    run_dir, _ = report
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(run_dir.parent))
+    parent = runs.Run(run_dir)
+    runs.rename(parent, "Shapes head")
+    try:
+        child = runs.create("ft-report", backbone="efficientnet_lite0", mode="finetune")
+        result = fit.train(finetune.finetune_config(parent, unfreeze_top=1, epochs=1), child)
+        assert result["status"] == "finished", result["reason"]
+        page = Path(write_report(child.path)["path"]).read_text()
+    finally:
+        (run_dir / "meta.json").unlink()  # the other tests see the run as it was
+    assert str(run_dir.parent) not in page
+    configuration = page.split("<h2>Configuration</h2>")[1].split("</section>")[0]
+    assert "Shapes head · report-run" in configuration, configuration
+    from engine.export.report import _shown
+
+    monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    upload = sources.save_upload("pets.zip", b"PK\x05\x06" + b"\0" * 18)
+    assert _shown({"data": {"source": str(upload)}})["data"]["source"] == "pets.zip"

@@ -174,6 +174,36 @@ def test_summary_has_the_comparison_fields():
     assert bare["params"] is None and bare["train_seconds"] is None and bare["latency_ms"] is None
 
 
+def test_summary_of_a_fine_tune_counts_its_own_epochs_and_names_the_kept_model():
+    parent_epochs = {"val_accuracy": [0.5, 0.95, 0.9]}  # the parent's best epoch beats every fine-tune epoch
+    history = {"loss": [1.0] * 6, "val_accuracy": [*parent_epochs["val_accuracy"], 0.7, 0.8, 0.75]}
+    run = fake_run("ft", history=history, metrics={"val_accuracy": 0.78})  # early stopping kept another epoch
+    config = runs.read_json(run.path / "config.json")
+    runs.write_json(run.path / "config.json", {**config, "mode": "finetune", "finetune": {"parent_epochs": 3}})
+    row = runs.summary(run)
+    assert (row["best_val_accuracy"], row["final_val_accuracy"], row["kept_val_accuracy"]) == (0.8, 0.75, 0.78)
+    assert run.parent_epochs() == 3 and run.own_history()["val_accuracy"] == [0.7, 0.8, 0.75]
+    # Still training: no model kept yet, so no kept accuracy (not the last epoch's, nor "None" text)
+    busy = fake_run("busy", "running", history={"loss": [1.0], "val_accuracy": [0.6]})
+    row = runs.summary(busy)
+    assert row["status"] == "running" and row["kept_val_accuracy"] is None and row["best_val_accuracy"] == 0.6
+
+
+def test_source_titles_never_show_server_paths(tmp_path, monkeypatch):
+    from engine.data import sources
+
+    monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    upload = sources.save_upload("pets.zip", b"PK\x05\x06" + b"\0" * 18)
+    assert str(tmp_path) in str(upload) and upload.name != "pets.zip"  # the cache names it by content
+    assert sources.source_title(str(upload)) == "pets.zip"
+    root = tmp_path / "datasets"
+    (root / "flowers").mkdir(parents=True)
+    monkeypatch.setenv("CONVSCOPE_DATA_ROOTS", str(root))
+    assert sources.source_title(str(root / "flowers")) == "datasets/flowers"
+    assert sources.source_title(str(tmp_path / "elsewhere" / "cats")) == "cats"
+    assert sources.source_title(TINY) == TINY and sources.source_title("tfds:mnist") == "tfds:mnist"
+
+
 @pytest.mark.parametrize(
     "file, text", [("metrics", "{bad"), ("status", "{bad"), ("history", "[1, 2"), ("config", "[1, 2]")]
 )

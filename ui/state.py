@@ -32,6 +32,11 @@ def display_name(source: str) -> str:
     return st.session_state.get(DISPLAY_NAMES, {}).get(source, source)
 
 
+def display_names() -> dict[str, str]:
+    """{source: the name this session's user gave it (an upload's file name)}."""
+    return st.session_state.get(DISPLAY_NAMES, {})
+
+
 def set_display_name(source: str, name: str) -> None:
     st.session_state.setdefault(DISPLAY_NAMES, {})[source] = name
 

@@ -6,7 +6,9 @@ import re
 from pathlib import Path, PurePath
 
 import numpy as np
+import pandas as pd
 import streamlit as st
+from pandas.io.formats.style import Styler
 
 from engine import imaging, settings
 from engine.backbones import DEFAULT_BACKBONE, availability, get_spec
@@ -148,11 +150,7 @@ def dataset_picker(key: str = "data") -> str | None:
 
 def folder_label(folder: Path) -> str:
     """A server folder as its data root's name and the path below it: `datasets/pets`, never absolute."""
-    folder = Path(folder)
-    for root in settings.data_roots():
-        if folder == root or folder.is_relative_to(root):
-            return PurePath(root.name, folder.relative_to(root)).as_posix()
-    return folder.name
+    return sources.source_title(str(folder))
 
 
 def open_dataset(source: str) -> Dataset | None:
@@ -270,6 +268,28 @@ def eta_text(seconds: float | None, upper_bound: bool = False) -> str:
     return f" · about {left} left"
 
 
+def training_progress(snap: dict) -> tuple[float, str]:
+    """A training job's fraction done in [0, 1] and where it is ("Epoch 3/10 · batch 4/12").
+
+    A fine-tune's bar and count cover its own epochs, not its parent's. Batch
+    reports say the 1-based epoch in progress and the batches done in it; the
+    report before the first batch says `batch` 0 and `epoch` = the epochs
+    already done (a fine-tune's first is its parent's count, e.g. 48 of 58).
+    """
+    p = snap["progress"]
+    epochs, batches = snap["epochs"], max(p.get("batches") or 1, 1)
+    first = snap.get("start_epoch") or 0
+    epoch, batch = p.get("epoch") or 0, p.get("batch") or 0
+    if batch == 0:  # not started yet: the next epoch is the one in progress
+        epoch += 1
+    epoch = min(max(epoch, first + 1, 1), max(epochs, 1))
+    done = ((epoch - 1 - first) * batches + batch) / max((epochs - first) * batches, 1)
+    count = f"Epoch {epoch - first}/{epochs - first}"
+    if first:
+        count += f" of this fine-tune ({epoch}/{epochs} with the parent's)"
+    return min(max(done, 0.0), 1.0), f"{count} · batch {batch}/{batches}"
+
+
 def job_progress(snap: dict) -> None:
     """A job's stage as a progress bar: queue position, data, features, epoch and batch with metrics and ETA."""
     p = snap["progress"]
@@ -284,16 +304,13 @@ def job_progress(snap: dict) -> None:
             min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"
         )
     elif stage == "training" and p.get("batches"):
-        epochs, batches = snap["epochs"], p["batches"]
-        epoch, batch = max(p.get("epoch", 1), 1), p.get("batch", 0)
-        first = snap.get("start_epoch", 0)  # a fine-tune's bar covers its own epochs, not its parent's
-        done = ((epoch - 1 - first) * batches + batch) / max((epochs - first) * batches, 1)
+        done, where = training_progress(snap)
         logs = p.get("logs", {})
         metrics = " · ".join(f"{k} {v:.3f}" for k, v in logs.items())
         st.progress(
-            min(done, 1.0),
-            text=f"Epoch {epoch}/{epochs} · batch {batch}/{batches}"
-            f"{' · ' + metrics if metrics else ''}{eta_text(p.get('eta'), p.get('eta_upper_bound', False))}",
+            done,
+            text=f"{where}{' · ' + metrics if metrics else ''}"
+            f"{eta_text(p.get('eta'), p.get('eta_upper_bound', False))}",
         )
     elif stage in ("evaluating", "saving"):
         st.progress(1.0, text=f"{stage.capitalize()}…")
@@ -308,8 +325,26 @@ def job_progress(snap: dict) -> None:
 
 def run_title(run: runs.Run) -> str:
     """A run as users know it: its display name (when set) and its folder name."""
-    shown = run.display_name()
-    return f"{shown} · {run.name}" if shown else run.name
+    return run.title()
+
+
+def dashed(table: pd.DataFrame, formats: dict[str, str], busy: list[bool] | None = None, busy_columns=()) -> Styler:
+    """A table for st.dataframe: each column's number format, and "—" for a missing value.
+
+    The grid draws a missing value as "None" whatever a Styler says, so missing
+    cells hold the text itself. On a row of a run still training (`busy[i]`), a
+    missing value of `busy_columns` reads "running".
+    """
+    filled = table.astype(object).where(table.notna(), "—")
+    for i, b in zip(table.index, busy or [], strict=False):
+        for c in busy_columns:
+            if b and c in table.columns and filled.at[i, c] == "—":
+                filled.at[i, c] = "running"
+
+    def number(spec: str):
+        return lambda v: spec.format(v) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+    return filled.style.format({c: number(f) for c, f in formats.items() if c in filled.columns})
 
 
 def run_picker(key: str, label: str = "Trained run") -> runs.Run | None:

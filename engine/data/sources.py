@@ -201,4 +201,32 @@ def save_upload(name: str, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    shown = _upload_name_file(path)
+    if not shown.exists():  # the name the user knows it by, for run tables and reports (the path is a hash)
+        shown.write_text(Path(name).name, encoding="utf-8")
     return path
+
+
+def _upload_name_file(path: Path) -> Path:
+    return path.with_name(f".{path.name}.name")
+
+
+def source_title(source: str) -> str:
+    """A source as users know it, never a server path.
+
+    An upload: its original file name; a folder under an allowed data root: the
+    root's name and the path below it (`datasets/pets`); any other path: its last
+    part; `shapes...` and `tfds:...` as they are.
+    """
+    if not source.strip() or parse(source).kind in ("shapes", "tfds"):
+        return source
+    path = Path(source).expanduser()
+    if path.parent.name == "uploads":
+        try:
+            return _upload_name_file(path).read_text(encoding="utf-8").strip() or path.name
+        except OSError:
+            return path.name
+    for root in settings.data_roots():
+        if path == root or path.is_relative_to(root):
+            return Path(root.name, path.relative_to(root)).as_posix()
+    return path.name

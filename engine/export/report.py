@@ -75,6 +75,20 @@ def _flatten(config: dict, prefix: str = "") -> list[list]:
     return rows
 
 
+def _shown(config: dict) -> dict:
+    """The configuration as a shared report shows it: no server paths (the data and a fine-tune's parent)."""
+    from engine.data.sources import source_title
+    from engine.training.runs import Run
+
+    shown = dict(config)
+    if isinstance(config.get("data"), dict):
+        shown["data"] = {**config["data"], "source": source_title(str(config["data"].get("source", "")))}
+    ft = config.get("finetune")
+    if isinstance(ft, dict) and ft.get("parent"):
+        shown["finetune"] = {**ft, "parent": Run(Path(ft["parent"])).title()}
+    return shown
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None) -> dict:
     """Write the report of a finished run; returns {"path", "bytes", "sections", "seconds"}.
 
@@ -95,6 +109,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     t0 = time.perf_counter()
     run = Run(Path(run_dir))
     config, history, row = run.config(), run.history(), summary(run)
+    shown = _shown(config)
     model = run_model(run)
     from engine.errors import ConvScopeError
     from engine.export.formats import ExportError
@@ -117,7 +132,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     sizes = config.get("split_sizes", {})
     parts["Data"] = _table(
         [
-            ["source", config.get("data", {}).get("source", "")],
+            ["source", shown.get("data", {}).get("source", "")],
             ["classes", ", ".join(names)],
             *[[f"{split} images", n] for split, n in sizes.items()],
             ["image size", f"{model.input_size} px ({model.resize_policy})"],
@@ -129,7 +144,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         if strategy
         else []
     )
-    parts["Configuration"] = _table(_flatten(config) + trained_on, ["setting", "value"])
+    parts["Configuration"] = _table(_flatten(shown) + trained_on, ["setting", "value"])
     parent_epochs = (config.get("finetune") or {}).get("parent_epochs", 0)
     if parent_epochs:
         before = {k: v[:parent_epochs] for k, v in history.items()}

@@ -28,6 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import PurePath
 
 import numpy as np
 
@@ -145,6 +146,32 @@ def finetune_config(
         early_stopping=early_stopping,
         preset=preset,
     )
+
+
+def settings_of(config: dict) -> dict[str, str]:
+    """The settings a fine-tune runs with, from its config.json, as users read them (setting -> value)."""
+    ft = config.get("finetune") or {}
+    parent_epochs = int(ft.get("parent_epochs") or 0)
+    epochs = int(config.get("epochs") or 0)
+    where = f"the top {ft['unfreeze_top']} block(s)" if ft.get("unfreeze_top") else str(ft.get("unfreeze_from", ""))
+    out = {
+        "parent run": str(config.get("parent") or PurePath(str(ft.get("parent", ""))).name),
+        "trains from": where,
+        "epochs": f"{epochs} (epochs {parent_epochs + 1}-{parent_epochs + epochs}, after the parent's {parent_epochs})",
+        "learning rate (peak)": f"{float(config.get('learning_rate') or 0):.1e}",
+        "optimizer": str(config.get("optimizer", "")),
+        "batch size": str(config.get("batch_size", "")),
+        "BatchNorm statistics": "trained" if ft.get("bn") == "train" else "frozen",
+        "layer-wise rate decay": "off" if float(ft.get("layer_decay", 1.0)) == 1.0 else f"{ft['layer_decay']:g}",
+        "warm-up": f"{float(ft.get('warmup', 0.0)):.0%} of the steps",
+    }
+    if config.get("early_stopping"):
+        out["early stopping"] = f"after {config['early_stopping']} epochs without a better validation loss"
+    if config.get("preset"):
+        out["recipe"] = str(config["preset"])
+    if "mixed_precision" in config:
+        out["precision"] = "mixed (float16)" if config["mixed_precision"] else "float32"
+    return out
 
 
 # ---- what trains -----------------------------------------------------------------

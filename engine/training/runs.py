@@ -241,6 +241,20 @@ class Run:
         """The name a user gave the run (rename), or "" when none was given."""
         return str(self.meta().get("display_name") or "")
 
+    def title(self) -> str:
+        """The run as users know it: its display name (when set) and its folder name, never a path."""
+        shown = self.display_name()
+        return f"{shown} · {self.name}" if shown else self.name
+
+    def parent_epochs(self) -> int:
+        """Epochs of a fine-tune's history that are its parent's (0 for any other run)."""
+        return int((self.config().get("finetune") or {}).get("parent_epochs") or 0)
+
+    def own_history(self) -> dict[str, list[float]]:
+        """The epochs this run trained itself: a fine-tune's history.json starts with its parent's epochs."""
+        first = self.parent_epochs()
+        return {k: list(v)[first:] for k, v in self.history().items()}
+
     def train_seconds(self) -> float:
         """Training time recorded so far (every finished train() call of this run), 0 when none."""
         try:
@@ -530,7 +544,9 @@ def summary(run: Run) -> dict:
     except (RunError, AttributeError):
         latency = None
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    val_history = [v for v in _list(history.get("val_accuracy")) if _number(v) is not None]
+    finetune = config.get("finetune") if isinstance(config.get("finetune"), dict) else {}
+    first = int(_number(finetune.get("parent_epochs")) or 0)  # a fine-tune's history starts with its parent's
+    val_history = [v for v in _list(history.get("val_accuracy"))[first:] if _number(v) is not None]
     try:
         planned = _planned_epochs(config)
     except (TypeError, ValueError, AttributeError):
@@ -553,6 +569,9 @@ def summary(run: Run) -> dict:
         "epochs": planned,
         "parent": config.get("parent", ""),
         "val_accuracy": metrics.get("val_accuracy", val_history[-1] if val_history else None),
+        # the saved model's (early stopping keeps the lowest validation loss's weights): None until saved
+        "kept_val_accuracy": _number(metrics.get("val_accuracy")),
+        # over the run's own epochs (a fine-tune's, not its parent's)
         "best_val_accuracy": max(val_history) if val_history else None,
         "final_val_accuracy": val_history[-1] if val_history else None,
         "test_accuracy": metrics.get("test_accuracy"),
