@@ -42,3 +42,57 @@ def test_report_figures_grow_margins_for_their_labels(streamlit_template):
         for axis in ("xaxis", "yaxis"):
             assert layout[axis]["automargin"] is True  # labels push the margin instead of being clipped
     assert layout["yaxis"]["tickformat"] == ".0%"
+
+
+def _labels(fig) -> list[tuple]:
+    """Where each text label of a figure sits: annotations and the text of "text" mode traces."""
+    spots = [(a.xref, a.yref, a.x, a.y, a.xanchor, a.yanchor) for a in fig.layout.annotations]
+    for trace in fig.data:
+        if "text" in (getattr(trace, "mode", "") or "") and trace.text:
+            spots += [("x", "y", x, y, trace.textposition) for x, y in zip(trace.x, trace.y, strict=True)]
+    return spots
+
+
+def test_finetune_labels_cannot_overlap():
+    """A baseline near the top and a short fine-tune put "before fine-tuning" on top of "fine-tune starts"."""
+    parent = {"accuracy": [0.8, 0.95, 1.0], "val_accuracy": [0.9, 0.97, 1.0]}
+    child = {"accuracy": [1.0], "val_accuracy": [1.0]}
+    fig = charts.finetune_curves(parent, child, parent_val_accuracy=1.0, child_epochs=1)
+    assert [a.text for a in fig.layout.annotations] == ["fine-tune starts"]  # the only label on the plot
+    baseline = [t for t in fig.data if t.name == "before fine-tuning (100.0%)"]
+    assert len(baseline) == 1 and set(baseline[0].y) == {1.0} and baseline[0].showlegend is not False
+    assert len(set(_labels(fig))) == len(_labels(fig))
+
+
+def test_lr_finder_labels_cannot_overlap():
+    """The chosen rate is often the "minimum ÷ 10" suggestion itself: their labels sat on one spot."""
+    lrs = [10 ** (-5 + k / 4) for k in range(21)]
+    losses = [2 - k / 40 for k in range(21)]
+    fig = charts.lr_finder(lrs, losses, 1e-3, 1e-2, chosen=1e-2)
+    spots = _labels(fig)
+    assert len(set(spots)) == len(spots)
+    names = [t.name for t in fig.data]
+    assert names[1:] == ["steepest: 1.0e-03", "minimum ÷ 10: 1.0e-02", "chosen: 1.0e-02"]  # told in the legend
+    minimum, chosen = fig.data[2], fig.data[3]
+    assert chosen.marker.symbol.endswith("-open") and chosen.marker.size > minimum.marker.size  # both visible
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [(1.0, 12.9), (0.933, 366.8), (0.9, 40.0)],  # one at 100%, one far right
+        [(0.5, 3.0)],  # a single run
+        [(0.2, 1.0), (0.99, 80.0)],
+    ],
+)
+def test_accuracy_latency_ranges_hold_every_point_with_room(points):
+    rows = [{"title": f"run {k}", "accuracy": a, "latency_ms": ms, "backbone": "b"} for k, (a, ms) in enumerate(points)]
+    fig = charts.accuracy_latency(rows)
+    x0, x1 = fig.layout.xaxis.range
+    y0, y1 = fig.layout.yaxis.range
+    accs, lats = [a for a, _ in points], [ms for _, ms in points]
+    assert x0 <= 0 and x1 >= 1.15 * max(lats)  # room for the rightmost marker and the half of its label
+    assert y0 <= min(accs) - 0.02 and y1 >= max(accs) + 0.04  # room below, and above for the labels
+    ticks = fig.layout.yaxis.tickvals
+    assert ticks and max(ticks) <= 1.0 and all(y0 <= t <= y1 for t in ticks)  # never a "104%" accuracy tick
+    assert all(t.cliponaxis is False for t in fig.data)
