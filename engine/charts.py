@@ -174,12 +174,24 @@ def faithfulness_curves(fractions, deletion, insertion, deletion_auc: float, ins
     return fig
 
 
+def curve_epochs(done: int, planned: int, early_stopping: int = 0) -> int:
+    """How many epochs a running training's chart spans.
+
+    The planned epochs, unless early stopping is on: then such a run usually ends long before (48 of 200), and
+    curves squeezed into the left quarter are hard to read; the axis follows the epochs done, with room ahead
+    for the epoch in progress and a few more.
+    """
+    if not early_stopping:
+        return max(planned, 1)
+    return max(1, min(planned, done + max(5, done // 4)))
+
+
 def training_curves(history: dict[str, list[float]], epochs: int, live: dict[str, float] | None = None) -> go.Figure:
     """Loss and accuracy per epoch, train solid and validation dashed, side by side.
 
     Args:
         history: per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy").
-        epochs: planned epochs (fixes the x range, so the curves grow into it).
+        epochs: epochs the x axis spans (curve_epochs while running), so the curves grow into it.
         live: the running training metrics of the epoch in progress, drawn as a hollow point.
     """
     from plotly.subplots import make_subplots

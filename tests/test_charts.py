@@ -96,3 +96,57 @@ def test_accuracy_latency_ranges_hold_every_point_with_room(points):
     ticks = fig.layout.yaxis.tickvals
     assert ticks and max(ticks) <= 1.0 and all(y0 <= t <= y1 for t in ticks)  # never a "104%" accuracy tick
     assert all(t.cliponaxis is False for t in fig.data)
+
+
+def test_live_training_chart_follows_the_epochs_done_when_early_stopping_is_on():
+    """A 200-epoch plan with early stopping usually ends near epoch 48: the axis must not span 0-200 meanwhile."""
+    history = {"loss": [1 / (k + 1) for k in range(40)], "val_loss": [1 / (k + 1) for k in range(40)]}
+    live = {"loss": 0.02, "accuracy": 0.99}
+    fig = charts.training_curves(history, charts.curve_epochs(40, 200, early_stopping=10), live)
+    low, high = fig.layout.xaxis.range
+    assert 41.5 <= high <= 60.5  # the epoch in progress (41) and a little room, not 200
+    assert list(fig.layout.xaxis.range) == list(fig.layout.xaxis2.range)
+    assert charts.curve_epochs(0, 200, 10) >= 2  # room for the first epoch before any is done
+    assert charts.curve_epochs(198, 200, 10) == 200  # never past the plan
+    assert charts.curve_epochs(40, 200, 0) == 200  # without early stopping the plan is the end
+
+
+@pytest.mark.slow
+def test_train_page_live_chart_spans_the_epochs_done_with_early_stopping(open_page, tmp_path, monkeypatch):
+    """The Train page's live chart of a 200-epoch run with early stopping, 40 epochs in: the axis follows them."""
+    import threading
+
+    import plotly.graph_objects as go
+
+    from engine.config import DataConfig, TrainConfig
+    from engine.training import jobs, runs
+
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    release, started = threading.Event(), threading.Event()
+
+    def fake_train(config, run, *, stop, report, resume):
+        runs.write_json(run.path / "config.json", config.to_json())  # as fit.train does before the first epoch
+        history = {"loss": [1 / (k + 1) for k in range(40)], "accuracy": [0.9] * 40}
+        report(stage="training", epoch=41, epochs=config.epochs, batch=1, batches=9, logs={"loss": 0.1}, eta=None)
+        report(history=history)
+        started.set()
+        release.wait(30)
+        run.set_status("finished", "")
+        return {"status": "finished", "reason": "", "history": history}
+
+    registry = jobs.JobRegistry(train_fn=fake_train, devices=["/CPU:0"])
+    monkeypatch.setattr(jobs, "_REGISTRY", registry)
+    config = TrainConfig(data=DataConfig(source="shapes:per_class=12,classes=3,size=64"), epochs=200, early_stopping=10)
+    job = registry.submit(config)
+    try:
+        assert started.wait(30)
+        at = open_page("pages/train.py")
+        at.query_params["job"] = job.id
+        at.run()
+        assert not at.exception, at.exception
+        chart = next(c for c in at.get("plotly_chart") if c.proto.spec and "epoch" in c.proto.spec)
+        fig = go.Figure(pio.from_json(chart.proto.spec))
+        assert 41.5 <= fig.layout.xaxis.range[1] <= 60.5, fig.layout.xaxis.range
+    finally:
+        release.set()
+        registry.wait(job.id, 30)
