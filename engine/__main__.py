@@ -152,6 +152,24 @@ def _print_predictions(result: dict) -> None:
             print(f"  {s['image']}: {s['reason']}")
 
 
+def _features_progress(fields: dict) -> None:
+    """A features stage on stderr: "Backbone features: 300 from the cache" when they were read, not computed."""
+    message = fields.get("message", "features")
+    if fields.get("cached"):
+        what = message.removeprefix("Computing ")
+        print(f"{what[:1].upper()}{what[1:]}: {fields['total']:,} from the cache", file=sys.__stderr__, flush=True)
+    else:
+        _stderr_progress(message, fields["done"], fields["total"])
+
+
+def _counts_progress(stage: str, fields: dict) -> None:
+    """A report(stage, **fields) with counts (data, features) on stderr; other stages print nothing."""
+    if stage == "features" and "done" in fields:
+        _features_progress(fields)
+    elif "done" in fields:
+        _stderr_progress(fields.get("message", stage), fields["done"], fields["total"])
+
+
 def _stderr_progress(stage: str, done: int, total: int) -> None:
     """Progress on stderr (stdout stays one JSON object), at most every half second."""
     now = time.monotonic()
@@ -526,7 +544,7 @@ class _TrainProgress:
             print(f"run folder: {self.run_dir}", file=sys.__stderr__, flush=True)
             self.run_dir = None
         if stage in ("data", "features") and "done" in fields:
-            _stderr_progress(fields.get("message", stage), fields["done"], fields["total"])
+            _counts_progress(stage, fields)
         elif stage == "training" and "history" in fields and fields["history"].get("loss"):
             h = fields["history"]
             parts = [f"{k} {h[k][-1]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if h.get(k)]
@@ -685,9 +703,7 @@ def cmd_lr_find(args: argparse.Namespace) -> dict:
         steps=args.steps,
         start_lr=args.start_lr,
         end_lr=args.end_lr,
-        report=lambda stage="", **f: (
-            _stderr_progress(f.get("message", stage), f["done"], f["total"]) if "done" in f else None
-        ),
+        report=lambda stage="", **f: _counts_progress(stage, f),
         progress=progress,
     )
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import math
 
 import plotly.colors
 import plotly.graph_objects as go
@@ -173,12 +174,24 @@ def faithfulness_curves(fractions, deletion, insertion, deletion_auc: float, ins
     return fig
 
 
+def curve_epochs(done: int, planned: int, early_stopping: int = 0) -> int:
+    """How many epochs a running training's chart spans.
+
+    The planned epochs, unless early stopping is on: then such a run usually ends long before (48 of 200), and
+    curves squeezed into the left quarter are hard to read; the axis follows the epochs done, with room ahead
+    for the epoch in progress and a few more.
+    """
+    if not early_stopping:
+        return max(planned, 1)
+    return max(1, min(planned, done + max(5, done // 4)))
+
+
 def training_curves(history: dict[str, list[float]], epochs: int, live: dict[str, float] | None = None) -> go.Figure:
     """Loss and accuracy per epoch, train solid and validation dashed, side by side.
 
     Args:
         history: per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy").
-        epochs: planned epochs (fixes the x range, so the curves grow into it).
+        epochs: epochs the x axis spans (curve_epochs while running), so the curves grow into it.
         live: the running training metrics of the epoch in progress, drawn as a hollow point.
     """
     from plotly.subplots import make_subplots
@@ -281,20 +294,22 @@ def lr_finder(
     for name, rate, symbol in (
         ("steepest", steepest, "circle"),
         ("minimum ÷ 10", min_over_10, "diamond"),
-        ("chosen", chosen, "star"),
+        ("chosen", chosen, "star-open"),
     ):
         if rate is None or log_lrs is None:
             continue
         # On the curve (interpolated in log rate), so each marker reads as "the loss at this rate".
         y = float(np.interp(np.log10(rate), log_lrs, losses))
+        # Named in the legend only: labels by the markers overlapped wherever two rates lie close (the chosen
+        # rate is often exactly a suggestion). The chosen star is open and larger, so a suggestion under it shows.
+        colour = SUGGESTION_COLOURS[name]
+        chosen_marker = {"size": 20, "line": {"width": 2, "color": colour}} if name == "chosen" else {}
         fig.add_scatter(
             x=[rate],
             y=[y],
-            mode="markers+text",
+            mode="markers",
             name=f"{name}: {rate:.1e}",
-            text=[name],
-            textposition="top center",
-            marker={"color": SUGGESTION_COLOURS[name], "size": 12, "symbol": symbol},
+            marker={"color": SUGGESTION_COLOURS[name], "size": 12, "symbol": symbol, **chosen_marker},
             hovertemplate=f"{name}<br>rate %{{x:.2e}}<br>loss %{{y:.3f}}<extra></extra>",
         )
     yaxis: dict = {"title": "loss (smoothed)"}
@@ -352,14 +367,18 @@ def finetune_curves(
         annotation_text="fine-tune starts",
         annotation_position="top right",
     )
-    if parent_val_accuracy is not None and metric == "accuracy":
-        fig.add_hline(
-            y=parent_val_accuracy,
-            line={"color": PHASE_COLOURS["parent"], "dash": "dash", "width": 1},
-            annotation_text=f"before fine-tuning ({parent_val_accuracy:.1%})",
-            annotation_position="bottom right",  # under the fine-tune phase, which it is compared with
-        )
     last = parent_epochs + max(child_done, child_epochs or 0, 1)
+    if parent_val_accuracy is not None and metric == "accuracy":
+        # A legend entry, not an annotation: a label on the line collided with "fine-tune starts" whenever the
+        # baseline was near the top and the fine-tune short.
+        fig.add_scatter(
+            x=[0.5, last + 0.5],
+            y=[parent_val_accuracy] * 2,
+            mode="lines",
+            name=f"before fine-tuning ({parent_val_accuracy:.1%})",
+            line={"color": PHASE_COLOURS["parent"], "dash": "dot", "width": 1},
+            hovertemplate=f"before fine-tuning: {parent_val_accuracy:.1%}<extra></extra>",
+        )
     fig.update_xaxes(title_text="epoch", range=[0.5, last + 0.5], dtick=max(1, last // 10))
     if metric == "accuracy":
         fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%")
@@ -709,9 +728,28 @@ def accuracy_latency(rows: list[dict]) -> go.Figure:
                 hovertemplate="%{text}<br>%{x:.1f} ms per image, accuracy %{y:.1%}<extra></extra>",
             )
         )
+    # Padded ranges: Plotly's autorange ends at the outermost points, so their markers were cut in half and their
+    # labels (above and centred on each point) ran off the plot.
+    xs, ys = [r["latency_ms"] for r in rows], [r["accuracy"] for r in rows]
+    xaxis: dict = {"title": "latency per image on this machine (ms, one image at a time)"}
+    yaxis: dict = {"title": "accuracy", "tickformat": ".0%"}
+    if rows:
+        xaxis["range"] = [0, max(xs) * 1.25]
+        low, high = min(ys), max(ys)
+        pad = max(0.15 * (high - low), 0.02)
+        bottom, top = low - pad, high + 2 * pad  # more room above: the labels sit over the points
+        yaxis["range"] = [bottom, top]
+        # Ticks only where an accuracy can be: the padding above 100% is room for labels, not a value.
+        step = next((s for s in (0.01, 0.02, 0.05, 0.1) if (top - bottom) / s <= 8), 0.2)
+        ticks, tick = [], math.ceil(bottom / step - 1e-9) * step
+        while tick <= min(top, 1.0) + 1e-9:
+            ticks.append(round(tick, 4))
+            tick += step
+        yaxis["tickvals"] = ticks
+    fig.update_traces(cliponaxis=False)
     fig.update_layout(
-        xaxis={"title": "latency per image on this machine (ms, one image at a time)", "rangemode": "tozero"},
-        yaxis={"title": "accuracy", "tickformat": ".0%"},
+        xaxis=xaxis,
+        yaxis=yaxis,
         height=380,
         margin={"l": 10, "r": 10, "t": 20, "b": 40},
     )

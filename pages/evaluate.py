@@ -9,7 +9,7 @@ from engine.errors import ConvScopeError
 from engine.evaluate import SPLITS, save_temperature
 from engine.explain import heatmaps
 from engine.explain.overlay import overlay
-from ui import cached, router, widgets
+from ui import cached, router, widgets, wording
 
 router.ensure_routed()
 st.title("📊 Evaluate")
@@ -80,7 +80,7 @@ else:
     c4.metric(
         "Calibration error (ECE)",
         f"{result.ece:.3f}",
-        delta=f"{result.ece_calibrated - result.ece:+.3f} with temperature {result.temperature:.2f}",
+        delta=f"{wording.change(result.ece, result.ece_calibrated, 3)} with temperature {result.temperature:.2f}",
         delta_color="inverse",
     )
 
@@ -192,8 +192,8 @@ with tab_cm:
                 f"{per['support']}), precision {per['precision']:.0%}."
             )
         t, p = cell
-        kind = "right answers" if t == p else "mistakes"
-        st.subheader(f"{names[t]} predicted as {names[p]}: {matrix[t, p]} {kind}, most confident first")
+        kind = wording.plural(int(matrix[t, p]), "right answer" if t == p else "mistake")
+        st.subheader(f"{names[t]} predicted as {names[p]}: {kind}, most confident first")
         show_gallery(result.cell(t, p), f"cell_{t}_{p}", "No images in this cell.")
 
 with tab_class:

@@ -17,7 +17,7 @@ from engine.config import OPTIMIZERS
 from engine.errors import ConvScopeError
 from engine.explain.overlay import overlay
 from engine.training import blocks, finetune, jobs, presets, runs
-from ui import cached, router, widgets
+from ui import cached, router, widgets, wording
 
 router.ensure_routed()
 st.title("🎚️ Fine-tune")
@@ -397,7 +397,7 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
     shown = ((cols[0], "val_accuracy", "Validation accuracy"), (cols[1], "test_accuracy", "Test accuracy"))
     for col, key, label in shown:
         if after.get(key) is not None:
-            delta = None if before.get(key) is None else f"{100 * (after[key] - before[key]):+.1f} points"
+            delta = None if before.get(key) is None else wording.points(before[key], after[key])
             col.metric(label, f"{after[key]:.1%}", delta, help=f"before fine-tuning: {before.get(key, 0):.1%}")
     with st.spinner("Measuring what changed in each block…"):
         try:
@@ -482,7 +482,7 @@ def _pointing(parent_run: runs.Run, run: runs.Run) -> None:
         b, a = (x["hit_rate"]["gradcam"] for x in kept["rates"])
         p1, p2, p3 = st.columns(3)
         p1.metric("Before", f"{b:.0%}")
-        p2.metric("After", f"{a:.0%}", f"{100 * (a - b):+.0f} points")
+        p2.metric("After", f"{a:.0%}", wording.points(b, a, digits=0))
         p3.metric("Chance", f"{kept['rates'][1]['chance']:.0%}", help="the boxes' mean share of the image")
         st.caption(f"On {kept['rates'][1]['n']} test images of the shapes set.")
 

@@ -299,6 +299,7 @@ with tab_cam:
         )
         st.image(colour_bar(cmap, 360, legend), caption=f"map value, {SCALES[scale]}", width=360)
         cols = st.columns(3)
+        scored = []
         for k, method in enumerate(methods):
             with cols[k % 3]:
                 try:
@@ -315,6 +316,7 @@ with tab_cam:
                 st.image(picture, caption=f"{METHODS[method].title}{where} · {timing}", width="stretch")
                 if score:
                     curves = checks.faithfulness(model, result)
+                    scored.append(curves)
                     st.caption(f"deletion {curves.deletion_auc:.2f} ↓ · insertion {curves.insertion_auc:.2f} ↑")
                 st.download_button(
                     "PNG",
@@ -323,6 +325,8 @@ with tab_cam:
                     mime="image/png",
                     key=f"dl_{method}",
                 )
+        if len(scored) > 1 and checks.indistinct(scored):
+            st.info(checks.INDISTINCT_TEXT.format(spread=checks.SEPARATION))
 
 SANITY_TEXT = """
 **What the sanity check tests** (Adebayo et al. 2018). An explanation should depend on what
@@ -403,6 +407,8 @@ with tab_trust:
                 width="stretch",
                 key="curves",
             )
+            if checks.indistinct([curves]):
+                st.info(checks.INDISTINCT_TEXT.format(spread=checks.SEPARATION))
             st.caption(f"Checks took {kept['seconds']:.1f} s.")
 
         st.markdown("**Localisation on the shapes set** (for a run trained on the built-in shapes)")

@@ -8,7 +8,7 @@ from engine.errors import ConvScopeError
 from engine.evaluate import labelled_set
 from engine.samples import SAMPLE_PHOTOS
 from engine.settings import max_upload_bytes
-from ui import cached, router, widgets
+from ui import cached, router, widgets, wording
 
 router.ensure_routed()
 st.title("🔮 Predict")
@@ -181,7 +181,8 @@ for row_start in range(0, len(order), columns):
         with col.container(border=True):
             st.image(result.model_input, width="stretch" if columns > 1 else 224)
             if doubtful[i]:
-                st.badge(f"unsure: {short(best.label)}? {best.probability:.0%}", color="orange")
+                shown = wording.percent_below(best.probability, unsure / 100)  # 49.6% is not "50%" under 50%
+                st.badge(f"unsure: {short(best.label)}? {shown}", color="orange")
             elif truth[i] is None:
                 st.badge(f"{short(best.label)} {best.probability:.0%}", color="blue")
             elif right[i]:

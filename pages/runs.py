@@ -9,7 +9,7 @@ from engine import charts
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
 from engine.training import bakeoff, jobs, runs
-from ui import router, state, widgets
+from ui import router, state, widgets, wording
 
 router.ensure_routed()
 st.title("🗃️ Runs")
@@ -143,8 +143,8 @@ def export_section(row: dict, name: str) -> None:
             m = st.columns(4)
             images = result["images"]
             m[0].metric("Top-1 agreement", f"{result['agreement']:.1%}", help=f"with Keras on {images} test images")
-            change = result["accuracy"] - result["accuracy_keras"]
-            m[1].metric("Accuracy", f"{result['accuracy']:.1%}", f"{change:+.1%} vs Keras")
+            change = wording.points(result["accuracy_keras"], result["accuracy"])  # percentage points, not relative
+            m[1].metric("Accuracy", f"{result['accuracy']:.1%}", f"{change} vs Keras")
             m[2].metric("Size", f"{result['bytes'] / 1e6:.1f} MB")
             m[3].metric(
                 "Latency",

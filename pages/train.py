@@ -301,8 +301,11 @@ def job_panel(job_id: str) -> None:
         message = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
         (st.error if snap["status"] == "failed" else st.success)(message)
     live = snap["progress"].get("logs") if snap["progress"].get("stage") == "training" and active else None
-    # While it runs the curves grow into the planned epochs; once it ended (early stopping), they fill the chart.
-    shown_epochs = snap["epochs"] if active else max(1, len(snap["history"].get("loss", [])))
+    # While it runs the curves grow into the planned epochs (with early stopping: into the epochs done and a few
+    # more); once it ended, they fill the chart.
+    done = len(snap["history"].get("loss", []))
+    patience = runs.Run(Path(snap["run_dir"])).config().get("early_stopping", 0) if active else 0
+    shown_epochs = charts.curve_epochs(done, snap["epochs"], patience) if active else max(1, done)
     st.plotly_chart(
         charts.training_curves(snap["history"], shown_epochs, live), width="stretch", key=f"curves_{job_id}"
     )

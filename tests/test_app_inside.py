@@ -249,3 +249,45 @@ def test_channels_of_a_fine_tune_before_and_after(page, tmp_path, monkeypatch):
     assert "before: parent" in captions and "after: this run" in captions
     assert {m.label: m.value for m in page.metric}["Weights changed"] == "10.0%"
     assert page.selectbox(key="ch_source").value == TINY  # top examples from the run's own data first
+
+
+def _curves(deletion: float, insertion: float):
+    import numpy as np
+
+    from engine.explain.checks import Curves
+
+    fractions = np.linspace(0, 1, 9)
+    return Curves(fractions, np.full(9, deletion), np.full(9, insertion), deletion, insertion)
+
+
+def test_scores_that_cannot_separate_maps_are_recognised():
+    from engine.explain import checks
+
+    assert checks.indistinct([_curves(0.99, 1.0), _curves(0.995, 1.0), _curves(1.0, 0.995)])  # all 0.99-1.00
+    assert not checks.indistinct([_curves(0.35, 0.9), _curves(0.6, 0.8)])
+    assert not checks.indistinct([_curves(0.99, 1.0), _curves(0.95, 1.0)])  # deletion tells them apart
+    assert checks.indistinct([_curves(0.99, 1.0)])  # one map: both curves flat
+    assert not checks.indistinct([_curves(0.3, 0.9)]) and not checks.indistinct([])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("easy", [True, False])
+def test_scores_that_cannot_separate_maps_say_why(page, monkeypatch, easy):
+    """All maps scoring 0.99-1.00 were shown without a word: now a note says the image is too easy for the tests."""
+    from engine.explain import checks
+
+    def scores(model, result, steps=8):  # per method, as an easy or a telling image would score
+        first = result.method == "gradcam"
+        if easy:
+            return _curves(0.99, 1.0) if first else _curves(1.0, 0.995)
+        return _curves(0.3 + 0.4 * first, 0.9)
+
+    monkeypatch.setattr(checks, "faithfulness", scores)
+    open_tab(page, 3)
+    page.multiselect(key="cam_methods").set_value(["gradcam", "eigencam"]).run()
+    assert not page.exception, page.exception
+    notes = [i.value for i in page.info if "too easy" in i.value]
+    if easy:
+        assert len(notes) == 1 and "harder image" in notes[0] and "confident" in notes[0], notes
+    else:
+        assert not notes

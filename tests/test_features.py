@@ -1,6 +1,7 @@
 """Feature extraction and the feature-space summaries shown in the Dataset Explorer."""
 
 import numpy as np
+import pytest
 
 from engine.training.features import FeatureExtractor, knn_accuracy, pca_2d
 
@@ -42,3 +43,32 @@ def test_bundled_backbone_embeds_shapes(cache_dir):
     )
     assert feats.shape == (6, 1280) and np.isfinite(feats).all()
     assert seen == [(4, 6), (6, 6)]
+
+
+def test_features_read_from_the_cache_are_not_called_computed(tmp_path, capfd):
+    """The CLI printed "Computing backbone features: 300/300" when all 300 came from the cache."""
+    import threading
+
+    from engine.__main__ import _TrainProgress
+    from engine.training import feature_cache, fit
+
+    np.save(tmp_path / "kept.npy", np.ones((300, 4), np.float32))
+    reports = []
+
+    def report(**fields):
+        reports.append(fields)
+        _TrainProgress()(**fields)
+
+    progress = fit.features_progress(report, threading.Event(), "Computing backbone features")
+    _, hit = feature_cache.cached_array(tmp_path / "kept.npy", (300,), lambda: pytest.fail("computed"), progress)
+    err = capfd.readouterr().err
+    assert hit and reports[-1]["cached"] is True
+    assert "Backbone features: 300 from the cache" in err and "Computing" not in err, err
+
+    def compute():
+        progress(300, 300)
+        return np.ones((300, 4), np.float32)
+
+    _, hit = feature_cache.cached_array(tmp_path / "new.npy", (300,), compute, progress)
+    err = capfd.readouterr().err
+    assert not hit and "Computing backbone features: 300/300" in err and "from the cache" not in err, err

@@ -234,7 +234,7 @@ def test_lr_finder_chart():
     losses = list(np.linspace(2, 1, 20))
     fig = charts.lr_finder(lrs, losses, 1e-3, 1e-2, chosen=3e-3)
     assert fig.layout.xaxis.type == "log"
-    assert [t.text[0] for t in fig.data[1:]] == ["steepest", "minimum ÷ 10", "chosen"]
+    assert [t.name.split(":")[0] for t in fig.data[1:]] == ["steepest", "minimum ÷ 10", "chosen"]
     assert fig.data[1].x[0] == 1e-3 and 1 < fig.data[1].y[0] < 2
     assert len(charts.lr_finder(lrs, losses, None, 1e-2).data) == 2
     assert len(charts.lr_finder([], [], None, None).data) == 1
@@ -252,9 +252,8 @@ def test_finetune_curves():
     assert by_name["parent train"].line.dash == "solid" and by_name["parent validation"].line.dash == "dash"
     assert by_name["parent train"].line.color != by_name["fine-tune train"].line.color
     assert [s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1] == [3.5]
-    assert [s.y0 for s in fig.layout.shapes if s.y0 == s.y1] == [0.72]
-    texts = [a.text for a in fig.layout.annotations]
-    assert "fine-tune starts" in texts and any(t.startswith("before fine-tuning") for t in texts)
+    assert list(by_name["before fine-tuning (72.0%)"].y) == [0.72, 0.72]  # the baseline, named in the legend
+    assert [a.text for a in fig.layout.annotations] == ["fine-tune starts"]
 
     # child not started, no baseline; loss instead of accuracy
     fig = charts.finetune_curves(parent, {}, None, metric="loss", child_epochs=5)

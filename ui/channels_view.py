@@ -19,7 +19,7 @@ from engine.explain import Explainable, channels, featurevis, image_digest, top_
 from engine.explain import activations as acts_mod
 from engine.explain.overlay import overlay
 from engine.training import runs
-from ui import cached, state
+from ui import cached, state, wording
 
 PER_PAGE = 8
 SKETCH = featurevis.Settings(steps=128, size=96)  # grid thumbnails: a quarter of the full picture's work
@@ -59,11 +59,6 @@ def _examples(model: Explainable, source: str, layer: str) -> top_examples.TopEx
     finally:
         if bar is not None:
             bar.empty()
-
-
-def _share(value: float) -> str:
-    """A share of the CAM as "+12%", with "0%" for what rounds to nothing (never "-0%")."""
-    return "0%" if abs(value) < 0.005 else f"{value:+.0%}"
 
 
 def _sources(run_source: str | None) -> list[str]:
@@ -117,7 +112,7 @@ def show(model: Explainable, x: np.ndarray, rgb: np.ndarray, top: np.ndarray, pr
             cols = st.columns(per_row)  # a row at a time, so tiles read left to right, top to bottom
         col = cols[k % per_row]
         mean = float(acts[..., c].mean())
-        col.image(picture.image, caption=f"#{c} · mean {mean:.2f} · CAM {_share(share[c])}", width="stretch")
+        col.image(picture.image, caption=f"#{c} · mean {mean:.2f} · CAM {wording.share(share[c])}", width="stretch")
         col.button(
             "Selected" if c == st.session_state["ch_selected"] else f"Open #{c}",
             key=f"ch_open_{c}",
@@ -170,7 +165,7 @@ def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: 
     d3.metric("On this image", f"{mean:.2f}", help="the channel's mean activation over the map")
     d3.metric(
         "Share of the CAM",
-        f"{share[channel]:+.1%}",
+        wording.share(share[channel]),  # as in the grid above
         help=f"its part of the Grad-CAM for {model.labels[target]!r} at this layer: its gradient weight × its "
         "mean activation, over the sum of the positive parts (negative: it counts against the class)",
     )

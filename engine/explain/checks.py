@@ -129,6 +129,29 @@ def deletion_insertion(
     return Curves(fractions, dele, ins, float(np.trapezoid(dele, fractions)), float(np.trapezoid(ins, fractions)))
 
 
+SEPARATION = 0.02  # scores closer than this cannot rank maps on one image (eight steps, one image: noise)
+INDISTINCT_TEXT = (
+    "Deletion and insertion cannot tell these maps apart on this image: their scores lie within {spread:.2f} of "
+    "each other. The image is too easy for these tests: the model stays confident whichever pixels go first, "
+    "so every map scores alike. Try a harder image, one the model is less sure of, to compare methods."
+)
+
+
+def indistinct(curves: list[Curves], spread: float = SEPARATION) -> bool:
+    """Whether deletion / insertion scores say nothing about which map is better on this image.
+
+    Several maps: all their deletion scores, and all their insertion scores, lie within `spread`. One map:
+    its deletion and insertion scores do (both curves flat: removing or keeping its top pixels changes nothing).
+    """
+    if not curves:
+        return False
+    if len(curves) == 1:
+        return abs(curves[0].insertion_auc - curves[0].deletion_auc) < spread
+    deletion = [c.deletion_auc for c in curves]
+    insertion = [c.insertion_auc for c in curves]
+    return max(deletion) - min(deletion) < spread and max(insertion) - min(insertion) < spread
+
+
 def peak_in_box(heat: np.ndarray, box: list[int], height: int, width: int) -> bool:
     """Whether the (S, S) map's maximum, in original pixels, lies in box [x0, y0, x1, y1]."""
     from engine.explain import peak_in_original

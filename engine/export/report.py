@@ -50,6 +50,12 @@ def _png(rgb: np.ndarray) -> str:
 
 
 def _figure(fig) -> str:
+    # Plotly's own template, never the process default: inside the dashboard that is Streamlit's template, whose
+    # colours are placeholders for its frontend and whose axes do not grow margins for their labels (with the
+    # charts' 10 px margins, class names were clipped and "100%" showed as "%").
+    fig.update_layout(template="plotly")
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 

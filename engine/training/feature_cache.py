@@ -33,7 +33,7 @@ from engine.training.features import FeatureExtractor
 from engine.training.runs import atomic_write
 
 _VERSION = 1  # bump when the way features are computed changes
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]  # may offer .cached(total): says the arrays were read, not computed
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def cached_array(path: Path, shape: tuple[int, ...], compute, progress: Progress
     if distribute.everyone(cached is not None):
         if progress:
             total = int(np.prod(shape))  # images (times views)
-            progress(total, total)
+            # Read, not computed: a progress that can say so does (the CLI printed "Computing ...: 300/300").
+            getattr(progress, "cached", lambda n: progress(n, n))(total)
         return cached, True
     arr = compute()
     _save(path, arr)

@@ -467,6 +467,7 @@ def features_progress(report: Report, stop, message: str) -> Callable[[int, int]
         if distribute.stop_agreed(stop):
             raise Stopped(f"by the user while {message[0].lower() + message[1:]}")
 
+    progress.cached = lambda total: report(stage="features", message=message, done=total, total=total, cached=True)
     return progress
 
 
