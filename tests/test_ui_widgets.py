@@ -48,3 +48,24 @@ def test_job_progress_renders_a_finetunes_first_report():
 
     at = AppTest.from_function(script, default_timeout=60).run()
     assert not at.exception, at.exception
+
+
+@pytest.mark.slow
+def test_features_read_from_the_cache_are_not_shown_as_computed():
+    """The Train page said "Computing backbone features: 300 of 300" when all 300 came from the cache."""
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+
+        from ui import widgets
+
+        for cached in (True, False):
+            progress = {"stage": "features", "message": "Computing backbone features", "done": 300, "total": 300}
+            widgets.job_progress({"status": "running", "progress": {**progress, "cached": cached}})
+            st.divider()
+
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    texts = [str(p.proto.text) for p in at.get("progress")]
+    assert texts == ["Backbone features: 300 from the cache", "Computing backbone features: 300 of 300"]

@@ -298,7 +298,9 @@ def job_progress(snap: dict) -> None:
         ahead = (snap["position"] or 1) - 1
         st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
         return
-    if stage in ("data", "features") and p.get("total"):
+    if stage == "features" and p.get("cached"):
+        st.progress(1.0, text=f"Backbone features: {p['total']:,} from the cache")
+    elif stage in ("data", "features") and p.get("total"):
         eta = eta_text(p.get("eta")) if stage == "features" and p["done"] < p["total"] else ""
         st.progress(
             min(p["done"] / p["total"], 1.0), text=f"{p.get('message', stage)}: {p['done']:,} of {p['total']:,}{eta}"

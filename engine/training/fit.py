@@ -463,7 +463,7 @@ def features_progress(report: Report, stop, message: str) -> Callable[[int, int]
         if len(timed) > 3 and done > timed[0][1]:
             rate = (done - timed[0][1]) / max(timed[-1][0] - timed[0][0], 1e-6)
             eta = (total - done) / rate
-        report(stage="features", message=message, done=done, total=total, eta=eta)
+        report(stage="features", message=message, done=done, total=total, eta=eta, cached=False)
         if distribute.stop_agreed(stop):
             raise Stopped(f"by the user while {message[0].lower() + message[1:]}")
 
