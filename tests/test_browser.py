@@ -4,75 +4,24 @@ they skip without it."""
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
+from browserkit import CHROMIUM, FLAGS, streamlit_server
 from PIL import Image
 from skimage import data
-
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 RUNS: dict = {}  # the server's runs folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Chromium (apt-get install chromium) for the browser test")
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    port = _free_port()
     RUNS["dir"] = tmp_path_factory.mktemp("runs")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "CONVSCOPE_MAX_ARCHIVE_MB": "1",  # small, so case 3 needs no big file
-            "CONVSCOPE_RUNS_DIR": str(RUNS["dir"]),
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start")
+    # a small archive limit, so case 3 needs no big file
+    with streamlit_server(RUNS["dir"], {"CONVSCOPE_MAX_ARCHIVE_MB": "1"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_open_a_page_url_first_then_upload_a_dataset_zip(server, tmp_path):
