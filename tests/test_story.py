@@ -159,6 +159,7 @@ def _story(page, server: str, shot, tmp_path: Path) -> None:
     page.locator("input[type=file]").set_input_files(str(photo))
     heading = page.get_by_role("heading", name=re.compile(r"^my_circle\.png: "))
     heading.wait_for(timeout=2 * MINUTE)
+    assert heading.inner_text().startswith("my_circle.png: circle"), heading.inner_text()  # a plain red circle
     page.get_by_text("Prediction took").wait_for()
     settle(page)
     shot(page, "predict-upload")
@@ -179,9 +180,12 @@ def _story(page, server: str, shot, tmp_path: Path) -> None:
     )
     cells = [c for c in cells if c[3] > 0 and not shown.startswith(f"{c[1]} predicted as {c[2]}:")]
     assert cells, "the confusion matrix has a single non-empty cell"
-    index, true, predicted, _ = next((c for c in cells if c[1] != c[2]), cells[0])  # a mistake, if any
+    index, true, predicted, count = next((c for c in cells if c[1] != c[2]), cells[0])  # a mistake, if any
     page.locator(".js-plotly-plot .scatterlayer .point").nth(index).click(force=True)
-    page.get_by_role("heading", name=f"{true} predicted as {predicted}").wait_for(timeout=MINUTE)
+    heading = page.get_by_role("heading", name=f"{true} predicted as {predicted}")
+    heading.wait_for(timeout=MINUTE)
+    kind = ("right answer" if true == predicted else "mistake") + ("" if count == 1 else "s")
+    assert f": {count} {kind}, " in heading.inner_text(), heading.inner_text()
     page.get_by_text(f"looked for {predicted} (predicted)").first.wait_for(timeout=MINUTE)
     if true != predicted:
         page.get_by_text(f"looked for {true} (true)").first.wait_for(timeout=MINUTE)
