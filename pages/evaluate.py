@@ -192,7 +192,7 @@ with tab_cm:
                 f"{per['support']}), precision {per['precision']:.0%}."
             )
         t, p = cell
-        kind = "right answers" if t == p else "mistakes"
+        kind = ("right answer" if t == p else "mistake") + ("" if matrix[t, p] == 1 else "s")  # not "1 mistakes"
         st.subheader(f"{names[t]} predicted as {names[p]}: {matrix[t, p]} {kind}, most confident first")
         show_gallery(result.cell(t, p), f"cell_{t}_{p}", "No images in this cell.")
 
