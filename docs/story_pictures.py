@@ -19,7 +19,7 @@ PICTURES = {
     "train.png": ("train-finished", 1380, 1000),
     "finetune.png": ("finetune", 4000, 900),
     "predict.png": ("predict-test-split", 1500, 1000),
-    "evaluate.png": ("evaluate", 1500, 1000),
+    "evaluate.png": ("evaluate", 2100, 1000),
     "runs.png": ("runs", 1500, 1000),
     "inside.png": ("inside-gradcam", 2200, 1000),
     "channels_view.png": ("inside-channel", 3000, 1000),

@@ -77,29 +77,6 @@ def test_upload_an_image_and_see_a_prediction(server, tmp_path):
         browser.close()
 
 
-def test_train_with_defaults_watch_it_refresh_and_reattach(server, tmp_path):
-    """A new user's first run: the built-in shapes, the bundled backbone, default settings."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 1400})
-        page.goto(server + "/train")
-        start = page.get_by_role("button", name="🚀 Start training")
-        start.wait_for(timeout=180_000)
-        page.get_by_text("Trainable", exact=True).wait_for(timeout=60_000)  # the model summary before starting
-        start.click()
-        page.wait_for_url("**/train?job=*", timeout=30_000)
-        job = page.url.split("job=", 1)[1]
-        page.get_by_text("Epoch ").first.wait_for(timeout=180_000)  # live progress of the training stage
-        page.reload()  # the tab is refreshed mid-run: it finds its job again from the URL
-        page.get_by_role("heading", name=f"Run {job}").wait_for(timeout=60_000)
-        page.get_by_text("Finished").first.wait_for(timeout=300_000)
-        page.get_by_text("Validation accuracy").wait_for(timeout=30_000)
-        page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
-        browser.close()
-
-
 def test_inside_the_network_maps_follow_the_photo(server, tmp_path):
     """Where it looked: the maps appear; another photo brings its own class, never the old one."""
     from playwright.sync_api import sync_playwright
