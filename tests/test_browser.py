@@ -4,75 +4,27 @@ they skip without it."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+from browserkit import CHROMIUM, FLAGS, ROOT, streamlit_server
 from PIL import Image
 from skimage import data
-
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 RUNS: dict = {}  # the server's runs folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Chromium (apt-get install chromium) for the browser test")
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    port = _free_port()
     RUNS["dir"] = tmp_path_factory.mktemp("runs")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "CONVSCOPE_MAX_ARCHIVE_MB": "1",  # small, so case 3 needs no big file
-            "CONVSCOPE_RUNS_DIR": str(RUNS["dir"]),
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start")
+    # a small archive limit, so case 3 needs no big file
+    with streamlit_server(RUNS["dir"], {"CONVSCOPE_MAX_ARCHIVE_MB": "1"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_open_a_page_url_first_then_upload_a_dataset_zip(server, tmp_path):
@@ -125,29 +77,6 @@ def test_upload_an_image_and_see_a_prediction(server, tmp_path):
         assert "cat" in text.split(":", 1)[1], text
         page.get_by_text("Prediction took").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
-        browser.close()
-
-
-def test_train_with_defaults_watch_it_refresh_and_reattach(server, tmp_path):
-    """A new user's first run: the built-in shapes, the bundled backbone, default settings."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 1400})
-        page.goto(server + "/train")
-        start = page.get_by_role("button", name="🚀 Start training")
-        start.wait_for(timeout=180_000)
-        page.get_by_text("Trainable", exact=True).wait_for(timeout=60_000)  # the model summary before starting
-        start.click()
-        page.wait_for_url("**/train?job=*", timeout=30_000)
-        job = page.url.split("job=", 1)[1]
-        page.get_by_text("Epoch ").first.wait_for(timeout=180_000)  # live progress of the training stage
-        page.reload()  # the tab is refreshed mid-run: it finds its job again from the URL
-        page.get_by_role("heading", name=f"Run {job}").wait_for(timeout=60_000)
-        page.get_by_text("Finished").first.wait_for(timeout=300_000)
-        page.get_by_text("Validation accuracy").wait_for(timeout=30_000)
-        page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
         browser.close()
 
 
