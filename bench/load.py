@@ -340,8 +340,10 @@ async def request(session: Session, student: Student, j: int) -> list[str]:
         if drawn is None or drawn == session.top_class:
             problems.append(f"inside: the map is not drawn for the chosen class {choice!r}")
         elif CLASS_SEEN.setdefault((student.trained, photo, choice), drawn) != drawn:
-            problems.append(f"inside: class {choice!r} of {photo!r} drawn as index {drawn}, another session as "
-                            f"{CLASS_SEEN[(student.trained, photo, choice)]}")
+            problems.append(
+                f"inside: class {choice!r} of {photo!r} drawn as index {drawn}, another session as "
+                f"{CLASS_SEEN[(student.trained, photo, choice)]}"
+            )
     return problems + [f"exception: {e}" for e in render.exceptions]
 
 
