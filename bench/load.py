@@ -430,9 +430,10 @@ async def run_phase(port: int, sessions: int, requests: int, first: int = 0) -> 
     return summarize(sessions, latencies, len(errors), wall), errors
 
 
-def measure(port: int, sessions: int, requests: int) -> dict:
+def measure(port: int, sessions: int, requests: int, warmup: int = 4) -> dict:
     """Warm the server's caches, then one session alone, then N at once, in this order."""
-    asyncio.run(run_phase(port, 4, 1))  # warm-up: both pages, both model kinds, traced functions
+    if warmup:
+        asyncio.run(run_phase(port, warmup, 1))  # both pages, both model kinds, traced functions
     one, errors_one = asyncio.run(run_phase(port, 1, requests * 2))
     many, errors_many = asyncio.run(run_phase(port, sessions, requests))
     return {"phases": [one, many], "ratio": ratio(one, many), "target": TARGET, "errors": errors_one + errors_many}
@@ -443,6 +444,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--requests", type=int, default=6, help="timed requests per session (one alone: twice)")
     parser.add_argument("--port", type=int, default=8620)
+    parser.add_argument("--warmup", type=int, default=4, help="sessions of the untimed warm-up (0: none)")
     parser.add_argument("--quick", action="store_true", help="4 sessions, 3 requests each")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -451,10 +453,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="convscope-bench-load-"))
     try:
-        train_tiny_run(work / "runs")
+        if max(args.sessions, args.warmup) > 2:  # sessions 2, 3, 6, 7 pick the trained run
+            train_tiny_run(work / "runs")
         server = start_server(work / "runs", args.port, work / "server.log")
         try:
-            result = measure(args.port, args.sessions, args.requests)
+            result = measure(args.port, args.sessions, args.requests, args.warmup)
         finally:
             stop_server(server)
     finally:

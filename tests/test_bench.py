@@ -131,10 +131,25 @@ def test_run_all_table_and_machine():
 
 @pytest.mark.slow
 def test_load_bench_runs_two_sessions():
-    """bench/load.py end to end with 2 sessions and 2 requests: no errors, the JSON it promises."""
+    """bench/load.py end to end with 2 sessions, 1 request each, no warm-up: no errors, the JSON it promises."""
     out = subprocess.run(
-        [sys.executable, "bench/load.py", "--sessions", "2", "--requests", "2", "--port", "8629", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "bench/load.py",
+            "--sessions",
+            "2",
+            "--requests",
+            "1",
+            "--warmup",
+            "0",
+            "--port",
+            "8629",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
