@@ -26,11 +26,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import load  # noqa: E402 - the dashboard server of the load bench
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
@@ -60,18 +62,24 @@ def same_weights(a: Path, b: Path) -> bool:
     return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
 
 
-def watch_one(page, url: str, runs: Path, server_pid: int) -> tuple[Path, float]:
+def same_config(a: Path, b: Path) -> bool:
+    """Two runs' config.json files agree but for their creation time."""
+    one, two = (json.loads((d / "config.json").read_text()) for d in (a, b))
+    return {k: v for k, v in one.items() if k != "created"} == {k: v for k, v in two.items() if k != "created"}
+
+
+def watch_one(page, url: str, runs: Path, server_pid: int | None = None) -> tuple[Path, float | None]:
     """Start a default run on the Train page and watch it to the end: (run folder, server CPU seconds)."""
     page.goto(url + "/train")
     start = page.get_by_role("button", name="🚀 Start training")
     start.wait_for(timeout=180_000)
     page.get_by_text("Trainable", exact=True).wait_for(timeout=60_000)
-    cpu = cpu_seconds(server_pid)
+    cpu = cpu_seconds(server_pid) if server_pid else None
     start.click()
     page.wait_for_url("**/train?job=*", timeout=30_000)
     job = page.url.split("job=", 1)[1]
     page.get_by_text("Finished").first.wait_for(timeout=600_000)
-    return runs / job, cpu_seconds(server_pid) - cpu
+    return runs / job, (cpu_seconds(server_pid) - cpu if server_pid else None)
 
 
 def main() -> None:
@@ -83,36 +91,13 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="convscope-watched-"))
     runs = tmp / "runs"
-    env = {**os.environ, "CONVSCOPE_RUNS_DIR": str(runs)}
     os.environ.update(CONVSCOPE_RUNS_DIR=str(runs))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = load.start_server(runs, port, tmp / "server.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
         cli_train(tmp / "warm")  # fills the feature cache: every timed run reads the same features
         cli, watched, server_cpu, identical = [], [], [], []
         with sync_playwright() as p:
@@ -124,11 +109,11 @@ def main() -> None:
                 run, cpu = watch_one(page, url, runs, server.pid)
                 watched.append(json.loads((run / "metrics.json").read_text())["train_seconds"])
                 server_cpu.append(cpu)
-                identical.append(same_weights(run, Path(twin["run_dir"])))
+                twin_run = Path(twin["run_dir"])
+                identical.append(same_config(run, twin_run) and same_weights(run, twin_run))
             browser.close()
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        load.stop_server(server)
     result = {
         "cli_s": cli,
         "watched_s": watched,

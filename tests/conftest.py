@@ -79,3 +79,31 @@ def train_tiny_run(root, name: str, epochs: int = 3, image_size: int = 96, **con
         else:
             os.environ["CONVSCOPE_RUNS_DIR"] = old
     return run.path
+
+
+def poison_from_epoch(monkeypatch, first: int) -> None:
+    """Feature-mode batches that turn to NaN from epoch `first` (0-based) on: a loss that blows up."""
+    import keras
+    import numpy as np
+
+    from engine.training import fit
+
+    real = fit._feature_batches
+
+    class Poisoned(keras.utils.PyDataset):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.epoch = inner, 0
+
+        def __len__(self):
+            return len(self.inner)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.inner.on_epoch_end()
+
+        def __getitem__(self, k):
+            x, y = self.inner[k]
+            return (x * np.nan if self.epoch >= first else x), y
+
+    monkeypatch.setattr(fit, "_feature_batches", lambda *a: Poisoned(real(*a)))

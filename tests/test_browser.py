@@ -4,7 +4,6 @@ they skip without it."""
 
 import os
 import re
-import subprocess
 import sys
 import urllib.request
 import zipfile
@@ -84,51 +83,29 @@ def test_a_watched_dashboard_run_equals_its_cli_twin_and_takes_as_long(server, t
     """RELIABILITY.md 35: Train with defaults while the page shows live progress (it polls every second).
 
     The run trains in a worker process, so it has the CLI twin's weights bit for bit and its time
-    (issue 20: 58 s in the server against 6.7 s in the CLI, and other weights).
+    (issue 20: 58 s in the server against 6.7 s in the CLI, and other weights). bench/watched.py
+    measures the same with repeats.
     """
     import json
 
-    import keras
-    import numpy as np
     from playwright.sync_api import sync_playwright
 
-    def cli_train(out: Path) -> dict:
-        res = subprocess.run(
-            [sys.executable, "-m", "engine", "train", "shapes", "--out", str(out), "--json"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert res.returncode == 0, res.stderr[-2000:]
-        return json.loads(res.stdout)
+    sys.path.insert(0, str(ROOT / "bench"))
+    import watched
 
     # First the twin: it also fills the feature cache, so both timed runs read the same cached features.
-    twin = cli_train(tmp_path / "twin")
+    twin = watched.cli_train(tmp_path / "twin")
     if twin["features"]["computed"]:
-        twin = cli_train(tmp_path / "twin-cached")
+        twin = watched.cli_train(tmp_path / "twin-cached")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1400})
-        page.goto(server + "/train")
-        start = page.get_by_role("button", name="🚀 Start training")
-        start.wait_for(timeout=180_000)
-        page.get_by_text("Trainable", exact=True).wait_for(timeout=60_000)
-        start.click()
-        page.wait_for_url("**/train?job=*", timeout=30_000)
-        job = page.url.split("job=", 1)[1]
-        page.get_by_text("Epoch ").first.wait_for(timeout=180_000)  # watched: the live view polls
-        page.get_by_text("Finished").first.wait_for(timeout=300_000)
+        ours, _ = watched.watch_one(page, server, Path(RUNS["dir"]))
         browser.close()
-    ours = Path(RUNS["dir"]) / job
-    config = json.loads((ours / "config.json").read_text())
-    theirs = json.loads((Path(twin["run_dir"]) / "config.json").read_text())
-    assert {k: v for k, v in config.items() if k != "created"} == {k: v for k, v in theirs.items() if k != "created"}
+    theirs = Path(twin["run_dir"])
+    assert watched.same_config(ours, theirs)
     assert json.loads((ours / "history.json").read_text()) == twin["history"]
-    a = keras.models.load_model(ours / "model.keras").get_weights()
-    b = keras.models.load_model(Path(twin["run_dir"]) / "model.keras").get_weights()
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert watched.same_weights(ours, theirs), "the dashboard run's weights differ from its CLI twin's"
     seconds = json.loads((ours / "metrics.json").read_text())["train_seconds"]
     ratio = seconds / twin["train_seconds"]
     print(f"watched dashboard run {seconds:.1f} s, CLI twin {twin['train_seconds']:.1f} s: {ratio:.2f}x")

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY, poison_from_epoch
 from engine.config import DataConfig, TrainConfig
 from engine.errors import ConvScopeError
 from engine.training import fit, runs
-
-TINY = "shapes:per_class=12,classes=3,size=64"
 
 
 @pytest.fixture(autouse=True)
@@ -139,31 +138,6 @@ def test_old_runs_with_last_keras_still_resume_from_it():
 
 
 # ---- 13 (d): a NaN stop names a checkpoint only when there is one ------------------------------
-
-
-def poison_from_epoch(monkeypatch, first: int) -> None:
-    """Feature batches that turn to NaN from epoch `first` (0-based) on."""
-    import keras
-
-    real = fit._feature_batches
-
-    class Poisoned(keras.utils.PyDataset):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.epoch = inner, 0
-
-        def __len__(self):
-            return len(self.inner)
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            self.inner.on_epoch_end()
-
-        def __getitem__(self, k):
-            x, y = self.inner[k]
-            return (x * np.nan if self.epoch >= first else x), y
-
-    monkeypatch.setattr(fit, "_feature_batches", lambda *a: Poisoned(real(*a)))
 
 
 @pytest.mark.slow

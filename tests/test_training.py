@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY, poison_from_epoch
 from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
 from engine.data import pipeline
 from engine.data.sources import open_dataset
@@ -21,7 +22,6 @@ from engine.training import feature_cache, fit, jobs, models, presets, runs
 from engine.training.features import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "shapes:per_class=12,classes=3,size=64"
 
 
 @pytest.fixture(autouse=True)
@@ -373,27 +373,7 @@ def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(monkeypatch):
     import keras
 
-    real = fit._feature_batches
-
-    class Poisoned(keras.utils.PyDataset):
-        """The real batches, turned to NaN from the third epoch on."""
-
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.epoch = inner, 0
-
-        def __len__(self):
-            return len(self.inner)
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            self.inner.on_epoch_end()
-
-        def __getitem__(self, k):
-            x, y = self.inner[k]
-            return (x * np.nan if self.epoch >= 2 else x), y
-
-    monkeypatch.setattr(fit, "_feature_batches", lambda *a: Poisoned(real(*a)))
+    poison_from_epoch(monkeypatch, 2)  # the real batches, turned to NaN from the third epoch on
     config = feature_config(epochs=6)
     run = new_run(config)
     out = fit.train(config, run)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_training import feature_config as tiny_config  # TINY at 96 px, 3 epochs
 
 from conftest import TINY
-from engine.config import DataConfig, TrainConfig
 from engine.errors import ConvScopeError
 from engine.training import fit, jobs, runs, worker
 
@@ -26,10 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
     return tmp_path / "runs"
-
-
-def tiny_config(**kw) -> TrainConfig:
-    return TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=kw.pop("epochs", 3), **kw)
 
 
 def cli(*args: str) -> dict:
