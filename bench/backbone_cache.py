@@ -4,7 +4,9 @@ Each measurement runs in a fresh Python process, timed after imports and a
 TensorFlow warm-up, so neither path profits from the other's warm caches.
 Prints the medians and the ratio, measured in this one run.
 
-    python bench/backbone_cache.py [--backbone efficientnet_lite0] [--repeats 5]
+No target is stated for the ratio.
+
+    python bench/backbone_cache.py [--backbone efficientnet_lite0] [--repeats 5] [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from run_all import ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         convert, cached = [], []
@@ -60,6 +65,8 @@ def main() -> None:
     print(f"first load (convert) median {c:.3f} s  (read .pth, re-layout, build, write cache)")
     print(f"cached load          median {k:.3f} s  (read .npz, build)")
     print(f"ratio convert/cached        {c / k:.2f}x")
+    if args.json:
+        print(json.dumps({"bench": "backbone_cache", "ratios": [ratio("first load / cached load", c / k)]}))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ timed alternately so that a load that comes and goes hits both alike. Target (is
 ours / floor throughput >= 0.85. Also prints the whole `evaluate()` call (data, scoring,
 the validation split for the temperature, metrics) once cold and once from the cache.
 
-    python bench/evaluate_speed.py [--per-class 100] [--repeats 3]
+    python bench/evaluate_speed.py [--per-class 100] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explain_speed import paired  # noqa: E402 - the same alternating timer as the explanation benchmark
+from run_all import ratio as figure  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100, help="shapes images per class (5 classes)")
     parser.add_argument("--size", type=int, default=224, help="the run's image size (default 224)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="convscope-bench-eval-"))
@@ -88,6 +91,8 @@ def main() -> None:
         f"{warm:.2f} s from the run's cache; accuracy {result.metrics['accuracy']:.3f}"
     )
     shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"bench": "evaluate_speed", "ratios": [figure("throughput ours / floor", ratio, ">= 0.85")]}))
 
 
 if __name__ == "__main__":

@@ -16,18 +16,21 @@ Targets (issue 10): predict <= 1.5x floor 1; Grad-CAM, Grad-CAM++, Layer-CAM, CA
 Eigen-CAM, vanilla gradients <= 3x floor 1; Score-CAM, SmoothGrad, Integrated Gradients,
 occlusion <= 1.5x (their passes x floor B).
 
-    python bench/explain_speed.py [--backbone efficientnet_lite0] [--repeats 7]
+    python bench/explain_speed.py [--backbone efficientnet_lite0] [--repeats 7] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_all import ratio as figure  # noqa: E402
 
 ONE_PASS = ("gradcam", "gradcam++", "layercam", "cam", "eigencam", "saliency")
 MANY_PASSES = ("scorecam", "smoothgrad", "integrated_gradients", "occlusion")
@@ -63,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
     import numpy as np
@@ -151,6 +155,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
+    figures = []
     for title, passes, t, floor, target_ratio, gradient_floor in rows:
         ratio = t / floor
         ok = "yes" if ratio <= target_ratio else "NO"
@@ -159,9 +164,12 @@ def main() -> None:
             f"{title:28} {passes:6d} {t * 1000:9.1f} {floor * 1000:9.1f} {ratio:5.2f}x {target_ratio:5.1f}x  {ok:3}",
             extra,
         )
+        figures.append(figure(f"{title} / floor", ratio, f"<= {target_ratio}"))
     print()
     print("floor = floor 1 for single-pass rows, passes x floor B for the others, each timed alternately with its row;")
     print("vs gradient floor = time / (the same passes through a compiled batched input-gradient function).")
+    if args.json:
+        print(json.dumps({"bench": "explain_speed", "ratios": figures}))
 
 
 if __name__ == "__main__":

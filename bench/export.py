@@ -7,12 +7,15 @@ Trains a Lite0 head on the built-in shapes set (or takes --run), exports it as `
   (the physical floor of this codebase's own path), timed alternately, medians;
 - agreement: top-1 of int8 against Keras on the run's test split, and both accuracies.
 
-    python bench/export.py [--run RUN_DIR] [--repeats 30]
+No targets are stated for these figures.
+
+    python bench/export.py [--run RUN_DIR] [--repeats 30] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,12 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explain_speed import paired  # noqa: E402 - the same alternating timer as the other benchmarks
+from run_all import ratio  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a finished run (default: train a Lite0 head on shapes, 224 px)")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
     import numpy as np
@@ -72,6 +77,11 @@ def main() -> None:
         f"\nint8 / Keras: size {int8['bytes'] / keras_file['bytes']:.2f}x, latency {t_int8 / t_keras:.2f}x, "
         f"top-1 agreement {int8['agreement']:.1%}" + (f"  ({int8['warning']})" if "warning" in int8 else "")
     )
+    if args.json:
+        figures = [ratio("int8 / Keras: size", int8["bytes"] / keras_file["bytes"]),
+                   ratio("int8 / Keras: latency", t_int8 / t_keras),
+                   ratio("int8 / Keras: top-1 agreement", int8["agreement"])]  # fmt: skip
+        print(json.dumps({"bench": "export", "ratios": figures}))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ accuracy comparison is not one split's luck):
 
 The speed-up is the first seed's: classic against ours with features computed.
 
-    python bench/feature_cache.py [--per-class 120] [--classes 5] [--size 160] [--epochs 10]
+    python bench/feature_cache.py [--per-class 120] [--classes 5] [--size 160] [--epochs 10] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_all import ratio  # noqa: E402
 
 
 def classic(config, dataset, splits) -> tuple[float, float, float]:
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds (each also draws its own split)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
     # A private cache and runs folder: the first run of ours really computes features.
@@ -146,12 +150,17 @@ def main() -> None:
 
     print(f"speed-up end to end, first run (features computed): {cold:.1f}x (target >= 5x)")
     print(f"speed-up end to end, features cached: {mean('classic', 2) / w_s:.1f}x")
+    figures = [ratio("speed-up, features computed", cold, ">= 5"),
+               ratio("speed-up, features cached", mean("classic", 2) / w_s)]  # fmt: skip
     for k, name in ((3, "validation"), (4, "test")):
         diff = 100 * (mean("ours", k) - mean("classic", k))
         print(
             f"{name} accuracy, mean of {args.seeds} seeds: classic {mean('classic', k):.3f}, ours "
             f"{mean('ours', k):.3f}, difference {diff:+.1f} points (target within 2)"
         )
+        figures.append(ratio(f"{name} accuracy, ours - classic, points", diff, "within 2"))
+    if args.json:
+        print(json.dumps({"bench": "feature_cache", "ratios": figures}))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ optimizer and schedule, epochs and seeds, on the same split:
   backbone's preprocessing mapped over them), then `evaluate` on validation.
 
 Prints seconds and validation accuracy per seed, the mean speed-up and the mean
-accuracy difference, and the parent's and ours' test accuracy.
+accuracy difference, and the parent's and ours' test accuracy. No targets are stated for them.
 
-    python bench/finetune.py [--tops 2 4] [--epochs 10] [--seeds 0 1 2] [--size 224]
+    python bench/finetune.py [--tops 2 4] [--epochs 10] [--seeds 0 1 2] [--size 224] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -30,6 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_all import ratio  # noqa: E402
 
 
 def recipe(parent, config, seed: int) -> tuple[float, float]:
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (default 10)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=224, help="image size (default 224, the backbone's)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="convscope-bench-finetune-"))
@@ -125,6 +129,7 @@ def main() -> None:
         f"parent (feature mode, default settings, {args.size} px): val {result['val_accuracy']:.3f}, "
         f"test {result['test_accuracy']:.3f}, {result['epochs_run']} epochs in {result['seconds']:.1f} s"
     )
+    figures = []
     for top in args.tops:
         config = finetune.finetune_config(parent, unfreeze_top=top, epochs=args.epochs)
         print(
@@ -163,7 +168,13 @@ def main() -> None:
             f"top {top}: test accuracy: parent {result['test_accuracy']:.3f}, fine-tuned (ours, mean) "
             f"{test_ours:.3f}, {100 * (test_ours - result['test_accuracy']):+.1f} points"
         )
+        figures += [ratio(f"top {top}: speed-up over the Keras recipe", speedup),
+                    ratio(f"top {top}: val accuracy, ours - Keras, points", 100 * (val_ours - val_keras)),
+                    ratio(f"top {top}: test accuracy, ours - parent, points",
+                          100 * (test_ours - result["test_accuracy"]))]  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"bench": "finetune", "ratios": figures}))
 
 
 if __name__ == "__main__":

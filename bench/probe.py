@@ -12,14 +12,15 @@ Scratch mode (`--scratch`): seconds per epoch of the training data pipeline
 (decoded images kept in memory, shuffled by index before decoding) against
 the previous one (a shuffle buffer over every decoded image, refilled each
 epoch), then the page's default scratch run: its outcome and seconds per
-epoch.
+epoch. No target is stated for scratch mode.
 
-    python bench/probe.py [--splits 1] [--scratch] [--per-class 60]
+    python bench/probe.py [--splits 1] [--scratch] [--per-class 60] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -28,6 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_all import ratio  # noqa: E402
 
 
 def probe_accuracy(features, labels, splits_idx) -> tuple[float, int]:
@@ -39,7 +42,7 @@ def probe_accuracy(features, labels, splits_idx) -> tuple[float, int]:
     return float(probe.score(features[splits_idx["test"]], labels[splits_idx["test"]])), int(probe.n_iter_.max())
 
 
-def feature_mode(source: str, n_splits: int) -> None:
+def feature_mode(source: str, n_splits: int) -> list[dict]:
     import numpy as np
 
     from engine import backbones
@@ -97,6 +100,7 @@ def feature_mode(source: str, n_splits: int) -> None:
         f"{ours['test_accuracy']:.3f} after {ours['epochs_run']} epochs ({ours['reason'] or 'all epochs'}), "
         f"gap {gap:+.1f} points (target: within 2); previous defaults {old['test_accuracy']:.3f}"
     )
+    figures = [ratio("split 0: default run - probe, test points", gap, "within 2")]
     if len(rows) > 1:
         mean_probe = sum(r[3] for r in rows) / len(rows)
         mean_ours = sum(r[5]["test_accuracy"] for r in rows) / len(rows)
@@ -105,6 +109,8 @@ def feature_mode(source: str, n_splits: int) -> None:
             f"mean of {len(rows)} splits: probe {mean_probe:.3f}, default {mean_ours:.3f} "
             f"(gap {100 * (mean_ours - mean_probe):+.1f} points), previous defaults {mean_old:.3f}"
         )
+        figures.append(ratio(f"mean of {len(rows)} splits: default - probe, points", 100 * (mean_ours - mean_probe)))
+    return figures
 
 
 def previous_pipeline(dataset, items, size: int, batch_size: int, seed: int):
@@ -141,7 +147,7 @@ def epoch_seconds(ds, epochs: int = 4) -> list[tuple[float, float]]:
     return out
 
 
-def scratch_mode(source: str, pipeline_size: int) -> None:
+def scratch_mode(source: str, pipeline_size: int) -> list[dict]:
     from engine.config import DataConfig, TrainConfig
     from engine.data import sources
     from engine.data.pipeline import make_tf_dataset
@@ -152,12 +158,14 @@ def scratch_mode(source: str, pipeline_size: int) -> None:
     splits = split_items(dataset.items, 0)
     train = splits["train"]
     print(f"\nscratch mode on {source}: data pipeline alone, {len(train)} training images at {pipeline_size} px")
+    later_epochs = []
     for name, ds in (
         ("previous (shuffle buffer of decoded images)", previous_pipeline(dataset, train, pipeline_size, 32, 0)),
         ("now (shuffled indices, decoded once)", make_tf_dataset(dataset, train, pipeline_size, shuffle=True)),
     ):
         secs = epoch_seconds(ds)
         later = sorted(total for _, total in secs[1:])[len(secs[1:]) // 2]
+        later_epochs.append(later)
         print(
             f"  {name:44} first epoch {secs[0][1]:6.2f} s (first batch after {secs[0][0]:5.2f} s), "
             f"later epochs {later:6.3f} s (median)"
@@ -182,6 +190,7 @@ def scratch_mode(source: str, pipeline_size: int) -> None:
         f"test {out['test_accuracy']:.3f}; chance {chance:.3f}"
     )
     print(f"  what the page says before it starts: {fit.scratch_outlook(len(train), len(dataset.classes))}")
+    return [ratio("scratch pipeline, later epoch: previous / now", later_epochs[0] / later_epochs[1])]
 
 
 def main() -> None:
@@ -191,6 +200,7 @@ def main() -> None:
     parser.add_argument("--scratch", action="store_true", help="also measure scratch mode")
     parser.add_argument("--no-feature", action="store_true", help="skip the feature-mode comparison")
     parser.add_argument("--pipeline-size", type=int, default=224, help="image size for the pipeline timing")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
     # A private cache and runs folder: nothing from a developer's runs is reused.
@@ -199,10 +209,13 @@ def main() -> None:
     os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     source = "shapes" if args.per_class is None else f"shapes:per_class={args.per_class}"
+    figures = []
     if not args.no_feature:
-        feature_mode(source, args.splits)
+        figures += feature_mode(source, args.splits)
     if args.scratch:
-        scratch_mode(source, args.pipeline_size)
+        figures += scratch_mode(source, args.pipeline_size)
+    if args.json:
+        print(json.dumps({"bench": "probe", "ratios": figures}))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Run every bench in bench/ and print one table: bench, ratio, target, pass/fail, and the machine.
 
-Each bench runs in its own process with its quick options. A bench that has `--json` prints one
-JSON object as its last line: {"bench": NAME, "ratios": [{"name", "value", "target", "passed"}]}
-(load.py and soak.py print their own shapes, read here). A bench without `--json` yet is listed
-as "no --json" and counts as neither pass nor fail.
+Each bench runs in its own process with its quick options and `--json`, and prints one JSON object
+as its last line: {"bench": NAME, "ratios": [{"name", "value", "target", "passed"}]} (load.py and
+soak.py print their own shapes, read here). A figure without a stated target has target null and
+passed null, shown as "no target"; a bench that prints no JSON is listed as "no --json". Neither
+counts as pass or fail.
 
     python bench/run_all.py [--only NAME ...] [--json]
 """
@@ -20,20 +21,32 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-# The quick options of each bench (its smallest meaningful run); benches not named run with none.
+# The quick options of each bench (its smallest meaningful run); every bench also gets --json.
 QUICK = {
-    "load": ["--json"],
-    "soak": ["--quick", "--json"],
+    "load": ["--quick"],
+    "soak": ["--quick"],
     "backbone_cache": ["--repeats", "2"],
     "channels": ["--repeats", "1", "--channels", "4"],
     "evaluate_speed": ["--per-class", "30", "--repeats", "2"],
     "explain_speed": ["--repeats", "3"],
     "export": ["--repeats", "10"],
     "feature_cache": ["--per-class", "40", "--seeds", "1", "--epochs", "5"],
-    "finetune": ["--tops", "2", "--seeds", "0", "--epochs", "3"],
-    "probe": [],
+    "finetune": ["--tops", "2", "--seeds", "0", "--epochs", "3", "--size", "160"],
+    "probe": ["--per-class", "30"],
+    "watched": ["--repeats", "1"],
 }
 SKIP = {"run_all"}
+
+
+def ratio(name: str, value: float | None, target: str | None = None) -> dict:
+    """One figure of a bench's --json: `target` is "<= X", ">= X", "within X" (|value| <= X) or None (none stated)."""
+    passed = None
+    if target is not None and value is not None:
+        op, bound = target.split()
+        limit = float(bound)
+        passed = {"<=": value <= limit, ">=": value >= limit, "within": abs(value) <= limit}[op]
+    return {"name": name, "value": None if value is None else round(float(value), 4), "target": target,
+            "passed": passed}  # fmt: skip
 
 
 def machine() -> dict:
@@ -82,7 +95,8 @@ def rows_of(name: str, result: dict | None) -> list[dict]:
             out.append({"bench": name, "name": f"{proc} MB/step, last half", "value": r["last_half_mb_per_step"],
                         "target": "flat", "passed": r["flat"] and not result["errors"]})  # fmt: skip
         return out
-    return [{"bench": name, **r} for r in result.get("ratios", [])]
+    rows = [{"bench": name, **r} for r in result.get("ratios", [])]
+    return rows or [{"bench": name, "name": "", "value": None, "target": "", "passed": None, "note": "no ratios"}]
 
 
 def table(rows: list[dict], host: dict) -> str:
@@ -90,8 +104,9 @@ def table(rows: list[dict], host: dict) -> str:
     lines = [f"{'bench':16} {'ratio':44} {'value':>8} {'target':>10}  result"]
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.2f}"
-        result = r.get("note") or ("pass" if r["passed"] else "FAIL")
-        lines.append(f"{r['bench']:16} {r['name']:44} {value:>8} {r['target']:>10}  {result}")
+        target = r["target"] or ""
+        result = r.get("note") or ("no target" if r["passed"] is None else "pass" if r["passed"] else "FAIL")
+        lines.append(f"{r['bench']:16} {r['name']:44} {value:>8} {target:>10}  {result}")
     lines.append(f"machine: {host['cpu']}, {host['cores']} cores, {host['memory_gb']} GB")
     return "\n".join(lines)
 
@@ -110,7 +125,7 @@ def main() -> None:
     rows, timings = [], {}
     for name in names:
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *QUICK.get(name, [])],
+        out = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *QUICK.get(name, []), "--json"],
                              capture_output=True, text=True, cwd=BENCH.parent)  # fmt: skip
         timings[name] = round(time.monotonic() - t0, 1)
         if out.returncode != 0:

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import load  # noqa: E402 - the dashboard server of the load bench
+from run_all import ratio  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -122,6 +123,10 @@ def main() -> None:
         "ratio": round(statistics.median(watched) / statistics.median(cli), 3),
         "target": "<= 1.2",
     }
+    result["bench"] = "watched"
+    # run_all's rows: the ratio, and whether the weights are the same bit for bit (1 or 0).
+    result["ratios"] = [ratio("watched / CLI twin, training seconds", result["ratio"], "<= 1.2"),
+                        ratio("identical weights (1 = yes)", float(result["identical_weights"]), ">= 1")]  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return

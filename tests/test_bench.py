@@ -129,6 +129,31 @@ def test_run_all_table_and_machine():
     assert run_all.last_json("no json here") is None
 
 
+def test_run_all_ratio_rows_and_no_target():
+    assert run_all.ratio("x", 1.2, "<= 1.5")["passed"] is True
+    assert run_all.ratio("x", 1.6, "<= 1.5")["passed"] is False
+    assert run_all.ratio("x", 4.9, ">= 5")["passed"] is False
+    assert run_all.ratio("x", -2.5, "within 2")["passed"] is False
+    assert run_all.ratio("x", 1.5, "within 2")["passed"] is True
+    free = run_all.ratio("speed-up", 3.0)
+    assert free["target"] is None and free["passed"] is None
+    rows = run_all.rows_of("export", json.loads(json.dumps({"bench": "export", "ratios": [free]})))
+    text = run_all.table(rows, run_all.machine())
+    assert "no target" in text and "FAIL" not in text
+    assert run_all.rows_of("x", {"bench": "x"})[0]["note"] == "no ratios"
+
+
+def test_every_bench_has_json_and_real_quick_options():
+    """run_all runs each bench with its QUICK options and --json: each bench must accept them."""
+    names = {p.stem for p in (ROOT / "bench").glob("*.py")} - run_all.SKIP
+    assert set(run_all.QUICK) == names
+    for name, options in run_all.QUICK.items():
+        source = (ROOT / "bench" / f"{name}.py").read_text()
+        for option in ["--json", *options]:
+            if option.startswith("--"):
+                assert f'"{option}"' in source, f"bench/{name}.py has no {option}"
+
+
 @pytest.mark.slow
 def test_load_bench_runs_two_sessions():
     """bench/load.py end to end with 2 sessions, 1 request each, no warm-up: no errors, the JSON it promises."""
