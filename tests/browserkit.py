@@ -66,6 +66,12 @@ def launch(playwright):
 
 
 def settle(page, timeout: float = 180_000) -> None:
-    """Wait until Streamlit has finished running the script (its running indicator is gone)."""
-    page.wait_for_timeout(300)  # the indicator appears a moment after the click
+    """Wait until Streamlit has finished running the script.
+
+    The app root's `data-test-script-state` says it (Streamlit's own browser tests wait on it): the running
+    indicator alone is not enough, as it shows only after a delay, so a quick run never shows it and a run that
+    had not yet delivered its elements passed for finished.
+    """
+    page.wait_for_timeout(300)  # a widget's change requests the run a moment after the click
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout)
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from browserkit import launch, settle, streamlit_server
 from PIL import Image, ImageDraw
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -68,12 +69,39 @@ def _set_number(page, label: str, value: int) -> None:
     assert box.input_value() == str(value), box.input_value()
 
 
+def _expand(page, label: str) -> None:
+    """Open an expander and wait for its opening animation to end.
+
+    The animation scrolls the expander's <details> element, and a selectbox's popup list closes when an element
+    around it scrolls: a list opened during the animation closed again at once (the story stalled there).
+    """
+    page.get_by_text(label).click()
+    page.wait_for_function(
+        """label => {
+            const box = [...document.querySelectorAll('[data-testid=stExpander] details')]
+                .find(d => d.querySelector('summary').textContent.includes(label));
+            if (!box || !box.open) return false;
+            const now = `${box.scrollTop} ${box.getBoundingClientRect().height}`;
+            const same = box.dataset.lastSeen === now;
+            box.dataset.lastSeen = now;
+            return same && box.scrollTop === 0;
+        }""",
+        arg=label,
+        polling=200,
+    )
+
+
 def _choose(page, box, option: str) -> None:
     """Pick an option of a Streamlit selectbox: type to filter, click it, and check what the box then holds."""
     for _ in range(3):  # the popup list can move or close while it opens
         box.click()
+        page.keyboard.press("ControlOrMeta+A")  # a retry types over what the last try left in the box
         page.keyboard.type(option)
-        page.get_by_role("option", name=option).first.click()
+        try:
+            page.get_by_role("option", name=option).first.click(timeout=15_000)
+        except PlaywrightTimeout:  # the list closed under the pointer: try again
+            page.keyboard.press("Escape")
+            continue
         settle(page)
         box.blur()
         if option in box.input_value():
@@ -206,7 +234,7 @@ def _story(page, server: str, shot, tmp_path: Path) -> None:
     run_box.wait_for(timeout=MINUTE)
     if finetuned not in run_box.input_value():
         _choose(page, run_box, finetuned)
-    page.get_by_text("Export this model").click()
+    _expand(page, "Export this model")
     _choose(page, page.get_by_role("combobox", name="Format"), "TFLite float32")
     page.get_by_role("button", name="Export and check").click()
     page.get_by_text("Top-1 agreement").wait_for(timeout=3 * MINUTE)
@@ -214,7 +242,7 @@ def _story(page, server: str, shot, tmp_path: Path) -> None:
     value = float(agreement.get_by_test_id("stMetricValue").inner_text().rstrip("%"))
     assert value >= 95.0, f"TFLite float32 agrees with Keras on only {value}% of the test images"
     page.get_by_role("button", name=re.compile(r"^Download .*\.tflite")).wait_for()
-    page.get_by_text("One-file report").click()
+    _expand(page, "One-file report")
     page.get_by_role("button", name="Write the report").click()
     download = page.get_by_role("button", name=re.compile(r"^Download the report \("))
     download.wait_for(timeout=3 * MINUTE)
