@@ -58,8 +58,8 @@ def same_weights(a: Path, b: Path) -> bool:
     import keras
     import numpy as np
 
-    wa = keras.models.load_model(a / "model.keras").get_weights()
-    wb = keras.models.load_model(b / "model.keras").get_weights()
+    wa = keras.models.load_model(a / "model.keras", safe_mode=True).get_weights()
+    wb = keras.models.load_model(b / "model.keras", safe_mode=True).get_weights()
     return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
 
 

@@ -171,10 +171,17 @@ def test_maps_are_kept_and_settings_only_redraw(page):
 
 
 def test_slow_methods_show_their_expected_time(page):
+    """A method expected to take 1.5 s or more says how long; how long occlusion takes depends on the machine."""
+    from ui import cached
+
     open_tab(page, 3)
     options = page.multiselect(key="cam_methods").options
     occlusion = [o for o in options if o.startswith("Occlusion")][0]
-    assert "~" in occlusion and occlusion.endswith(" s")
+    model = cached.explainable_backbone(page.session_state["inside_backbone"])  # the page's shared model
+    eta = model.memo.get(("expected", "occlusion"))
+    assert eta is not None, "the page estimated occlusion's time"
+    assert ("~" in occlusion) == (eta >= 1.5), (occlusion, eta)
+    assert "~" not in occlusion or occlusion.endswith(" s")
     assert not any("~" in o for o in options if o.startswith("Grad-CAM"))
 
 

@@ -180,7 +180,7 @@ def test_a_model_file_with_escaping_members_writes_nothing_outside_and_a_cut_fil
     assert set(tmp_path.rglob("*")) == before, "the model file wrote outside its run"
     for cut in (good[: len(good) // 2], b"PK\x03\x04" + b"\0" * 40, b"not a zip at all"):
         (run / "model.keras").write_bytes(cut)
-        with pytest.raises(ExplainError, match="cannot be loaded safely"):
+        with pytest.raises(ExplainError, match="corrupted or not a Keras archive"):
             Explainable.from_run(run)
 
 
