@@ -43,11 +43,11 @@ def main() -> None:
     os.environ["CONVSCOPE_RUNS_DIR"] = str(work / "runs")
     import numpy as np
 
-    from engine import evaluate
+    from engine import evaluate, runs
     from engine.config import DataConfig, TrainConfig
     from engine.data.pipeline import load_resized
     from engine.evaluate.evaluation import cached_logits
-    from engine.training import fit, runs
+    from engine.training import fit
 
     source = f"shapes:per_class={args.per_class},classes=5,size=160"
     config = TrainConfig(data=DataConfig(source=source, image_size=args.size), epochs=3)

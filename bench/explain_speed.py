@@ -73,7 +73,7 @@ def main() -> None:
     import tensorflow as tf
 
     from engine.explain import METHODS, Explainable, make
-    from engine.predict import ImageNetClassifier
+    from engine.model.classifier import ImageNetClassifier
     from engine.samples import sample_photo
 
     model = Explainable.from_backbone(args.backbone)

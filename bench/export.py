@@ -39,14 +39,15 @@ def main() -> None:
     from engine.evaluate.evaluation import labelled_set, run_model
     from engine.export import export_run
     from engine.export.parity import runner
-    from engine.training.runs import Run
+    from engine.runs import Run
 
     run_dir = args.run
     if not run_dir:
         import os
 
+        from engine import runs
         from engine.config import TrainConfig
-        from engine.training import fit, runs
+        from engine.training import fit
 
         os.environ.setdefault("CONVSCOPE_RUNS_DIR", tempfile.mkdtemp(prefix="convscope-bench-runs-"))
         config = TrainConfig(epochs=5)

@@ -72,7 +72,8 @@ def classic(config, dataset, splits) -> tuple[float, float, float]:
 
 
 def ours(config) -> tuple[float, float, float, dict]:
-    from engine.training import fit, runs
+    from engine import runs
+    from engine.training import fit
 
     t0 = time.perf_counter()
     out = fit.train(config, runs.create(backbone=config.backbone, mode=config.mode))

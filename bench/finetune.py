@@ -71,7 +71,8 @@ def recipe(parent, config, seed: int) -> tuple[float, float]:
 
 def ours(config, seed: int, cache: Path) -> tuple[float, float, float]:
     """(seconds, validation accuracy, test accuracy) of our fine-tune from a cold boundary cache."""
-    from engine.training import fit, runs
+    from engine import runs
+    from engine.training import fit
 
     for old in cache.glob("features/*/boundary-*"):
         old.unlink()  # cold: the boundary tensors are computed inside the timing
@@ -119,8 +120,9 @@ def main() -> None:
     cache = Path(os.environ["CONVSCOPE_CACHE_DIR"])
     import keras
 
+    from engine import runs
     from engine.config import DataConfig, TrainConfig
-    from engine.training import finetune, fit, runs
+    from engine.training import finetune, fit
 
     keras.config.disable_interactive_logging()
     parent = runs.create("parent", backbone="efficientnet_lite0", mode="feature")

@@ -45,11 +45,11 @@ def probe_accuracy(features, labels, splits_idx) -> tuple[float, int]:
 def feature_mode(source: str, n_splits: int) -> list[dict]:
     import numpy as np
 
-    from engine import backbones
+    from engine import backbones, runs
     from engine.config import DataConfig, HeadConfig, TrainConfig
     from engine.data import sources
     from engine.data.splits import split_items
-    from engine.training import feature_cache, fit, runs
+    from engine.training import feature_cache, fit
     from engine.training.features import FeatureExtractor
 
     dataset = sources.open_dataset(source)
@@ -148,11 +148,12 @@ def epoch_seconds(ds, epochs: int = 4) -> list[tuple[float, float]]:
 
 
 def scratch_mode(source: str, pipeline_size: int) -> list[dict]:
+    from engine import runs
     from engine.config import DataConfig, TrainConfig
     from engine.data import sources
     from engine.data.pipeline import make_tf_dataset
     from engine.data.splits import split_items
-    from engine.training import fit, runs
+    from engine.training import fit
 
     dataset = sources.open_dataset(source)
     splits = split_items(dataset.items, 0)

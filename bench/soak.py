@@ -86,8 +86,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="convscope-bench-soak-"))
     os.environ["CONVSCOPE_RUNS_DIR"] = str(work / "runs")
+    from engine import jobs
     from engine.config import DataConfig, TrainConfig
-    from engine.training import jobs
 
     config = TrainConfig(
         data=DataConfig(source="shapes:per_class=12,classes=3,size=64", image_size=96), epochs=args.epochs

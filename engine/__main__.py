@@ -111,10 +111,10 @@ def _print_backbones(result: dict) -> None:
 def cmd_predict(args: argparse.Namespace) -> dict:
     from engine import imaging
     from engine.backbones import get_spec
-    from engine.predict import ImageNetClassifier, RunClassifier
+    from engine.model.classifier import ImageNetClassifier, RunClassifier
 
     if args.run_dir:
-        from engine.training import runs
+        from engine import runs
 
         runs.open_run(args.run_dir)  # a wrong folder fails before any image is read
     else:
@@ -332,7 +332,7 @@ def _natural_source(args: argparse.Namespace, model) -> str:
     if args.run_dir:
         from pathlib import Path
 
-        from engine.training.runs import Run
+        from engine.runs import Run
 
         return Run(Path(args.run_dir)).config().get("data", {}).get("source", DEFAULT_SOURCE)
     return DEFAULT_SOURCE
@@ -585,7 +585,8 @@ def _start_strategy(resume: bool) -> None:
 @contextlib.contextmanager
 def _run_folder(out: str | None, backbone: str, mode: str):
     """The run this process trains into: the real one, or on a worker other than the chief a throwaway one."""
-    from engine.training import distribute, runs
+    from engine import runs
+    from engine.training import distribute
 
     if distribute.is_chief():
         yield runs.create(out, backbone=backbone, mode=mode)
@@ -604,7 +605,8 @@ def _as_worker(result: dict) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from engine.training import distribute, fit, runs
+    from engine import runs
+    from engine.training import distribute, fit
 
     stop = _stop_on_interrupt()
     _start_strategy(bool(args.resume))
@@ -621,7 +623,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_worker(args: argparse.Namespace) -> dict:
-    from engine.training import worker
+    from engine.jobs import worker
 
     return worker.serve(_stop_on_interrupt())
 
@@ -659,7 +661,8 @@ def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict:
-    from engine.training import distribute, finetune, fit, runs
+    from engine import runs
+    from engine.training import distribute, finetune, fit
 
     stop = _stop_on_interrupt()
     _start_strategy(bool(args.resume))
@@ -753,8 +756,7 @@ def _print_train(result: dict) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from engine import evaluate
-    from engine.training import runs
+    from engine import evaluate, runs
 
     run = runs.open_run(args.run_dir)
     if args.top_k < 1:
@@ -796,7 +798,7 @@ _RUNS_USAGE = {"list": "runs [--json]", "rename": "runs rename RUN NAME", "delet
 
 
 def cmd_runs(args: argparse.Namespace) -> dict:
-    from engine.training import runs
+    from engine import runs
 
     wanted = {"list": 0, "rename": 2, "delete": 1}[args.action]
     if len(args.args) != wanted:

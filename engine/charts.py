@@ -9,7 +9,7 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from engine.imagenet import short_label
-from engine.predict import Prediction
+from engine.model.classifier import Prediction
 
 
 def topk_bar(prediction: Prediction) -> go.Figure:

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import charts
+from engine import charts, jobs, runs
 from engine.config import OPTIMIZERS
 from engine.errors import ConvScopeError
 from engine.explain.overlay import overlay
-from engine.training import blocks, finetune, jobs, presets, runs
+from engine.training import blocks, finetune, presets
 from ui import cached, router, widgets, wording
 
 router.ensure_routed()
@@ -301,7 +301,7 @@ if st.button(
             bar.progress(min(p["done"] / p["total"], 1.0), text=f"{what} {p['done']} of {p['total']}")
 
     try:
-        # In a worker process like training (engine.training.worker): never in this server.
+        # In a worker process like training (engine.jobs.worker): never in this server.
         result = registry.call("lr_find", {"config": _config().to_json(), "steps": 100}, _sweep_progress)
     except ConvScopeError as exc:
         bar.empty()

@@ -20,9 +20,9 @@ from engine.explain import (
     relative_to,
 )
 from engine.explain import activations as acts_mod
-from engine.explain.model import list_runs
 from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
-from engine.training.runs import RunError, open_run
+from engine.model.explainable import list_runs
+from engine.runs import RunError, open_run
 from ui import cached, channels_view, router, widgets
 
 router.ensure_routed()

@@ -106,7 +106,7 @@ if (backbone is None and run is None) or not images:
 
 try:
     if run is not None:
-        from engine.predict import RunClassifier
+        from engine.model.classifier import RunClassifier
 
         with st.spinner(f"Loading {widgets.run_title(run)}…"):
             model = cached.explainable_run(str(run.path), run.model_file.stat().st_mtime)

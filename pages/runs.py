@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import charts
+from engine import charts, jobs, runs
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
-from engine.training import bakeoff, jobs, runs
+from engine.training import bakeoff
 from ui import router, state, widgets, wording
 
 router.ensure_routed()

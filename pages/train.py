@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import backbones, charts
+from engine import backbones, charts, jobs, runs
 from engine.config import (
     DEFAULT_HEAD_L2,
     OPTIMIZERS,
@@ -25,7 +25,7 @@ from engine.config import (
 from engine.data import sources
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
-from engine.training import fit, jobs, presets, runs
+from engine.training import fit, presets
 from ui import cached, router, state, widgets
 
 router.ensure_routed()

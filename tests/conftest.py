@@ -24,7 +24,7 @@ def _no_strategy_left_over():
 
 @pytest.fixture(scope="session")
 def lite0_classifier():
-    from engine.predict import ImageNetClassifier
+    from engine.model.classifier import ImageNetClassifier
 
     return ImageNetClassifier("efficientnet_lite0")
 
@@ -63,8 +63,9 @@ def train_tiny_run(root, name: str, epochs: int = 3, image_size: int = 96, **con
 
     For module-scoped fixtures, which cannot use monkeypatch. Returns the run folder.
     """
+    from engine import runs
     from engine.config import DataConfig, TrainConfig
-    from engine.training import fit, runs
+    from engine.training import fit
 
     old = os.environ.get("CONVSCOPE_RUNS_DIR")
     os.environ["CONVSCOPE_RUNS_DIR"] = str(root)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_run
-from engine import evaluate
-from engine.training import jobs, runs
+from engine import evaluate, jobs, runs
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

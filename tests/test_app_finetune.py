@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import train_tiny_run
+from engine import jobs, runs
 from engine.config import DataConfig, TrainConfig
-from engine.training import finetune, fit, jobs, runs
+from engine.training import finetune, fit
 
 TINY = "shapes:per_class=12,classes=3,size=64"
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.training import runs
+from engine import runs
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -34,8 +34,11 @@ def root(tmp_path, monkeypatch):
     fake_run(  # a fine-tune's history.json starts with its parent's 3 epochs, then its own 2
         "ft-run",
         config={"mode": "finetune", "parent": "parent-run", "finetune": ft},
-        history={"loss": [1.0, 0.8, 0.7, 0.5, 0.4], "val_loss": [1.0, 0.9, 0.8, 0.6, 0.5],
-                 "val_accuracy": [0.5, 0.6, 0.7, 0.8, 0.85]},  # fmt: skip
+        history={
+            "loss": [1.0, 0.8, 0.7, 0.5, 0.4],
+            "val_loss": [1.0, 0.9, 0.8, 0.6, 0.5],
+            "val_accuracy": [0.5, 0.6, 0.7, 0.8, 0.85],
+        },  # fmt: skip
         metrics={"val_accuracy": 0.85, "test_accuracy": 0.8},
     )
     fake_run("busy-run", "running", history={"loss": [1.0], "val_loss": [1.0], "val_accuracy": [0.4]})

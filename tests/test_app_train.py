@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from engine import jobs, runs
 from engine.config import AugmentConfig, DataConfig
-from engine.training import jobs, runs
 
 TINY = "shapes:per_class=12,classes=3,size=64"
 
@@ -286,7 +286,7 @@ def test_unusable_data_blocks_training(page, tmp_path):
 
 
 def test_a_job_in_the_url_cannot_name_a_folder_outside_the_runs(page, tmp_path):
-    from engine.training.runs import create
+    from engine.runs import create
 
     outside = create(str(tmp_path / "elsewhere" / "secret-run"))
     at = page(job=str(outside.path))

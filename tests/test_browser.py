@@ -142,8 +142,9 @@ def test_fine_tune_a_run_from_the_page(server, tmp_path, monkeypatch):
     """A user fine-tunes a finished run: the layer map, the advice, Start, both phases, what changed."""
     from playwright.sync_api import sync_playwright
 
+    from engine import runs
     from engine.config import DataConfig, TrainConfig
-    from engine.training import fit, runs
+    from engine.training import fit
 
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(RUNS["dir"]))
     parent = TrainConfig(data=DataConfig(source="shapes:per_class=12,classes=3,size=64", image_size=96), epochs=3)

@@ -118,8 +118,8 @@ def test_train_page_live_chart_spans_the_epochs_done_with_early_stopping(open_pa
 
     import plotly.graph_objects as go
 
+    from engine import jobs, runs
     from engine.config import DataConfig, TrainConfig
-    from engine.training import jobs, runs
 
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
     release, started = threading.Event(), threading.Event()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY, train_tiny_run
-from engine import evaluate
+from engine import evaluate, jobs, runs
 from engine.config import DataConfig, TrainConfig
-from engine.training import bakeoff, fit, jobs, runs
+from engine.training import bakeoff, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_a_bad_split_and_an_unfinished_run(run, tmp_path):
 def test_predict_with_a_run_uses_its_labels_and_saved_temperature(run):
     from engine import imaging
     from engine.data import sources
-    from engine.predict import RunClassifier
+    from engine.model.classifier import RunClassifier
 
     dataset = sources.open_dataset(TINY)
     images = [(i.rel, imaging.load_rgb(dataset.path(i))) for i in dataset.items[:4]]

@@ -344,7 +344,7 @@ def test_display_contrast_never_moves_the_peak(tiny, images):
     assert np.array_equal(make("gradcam", tiny).for_display(maps), maps)  # CAMs are drawn as they are
 
 
-# ---- the compiled paths (engine.explain.compiled) ---------------------------------------------------------
+# ---- the compiled paths (engine.model.compiled) ---------------------------------------------------------
 
 
 def eager_twin(model: Explainable) -> Explainable:

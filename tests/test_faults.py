@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, poison_from_epoch
+from engine import runs
 from engine.config import DataConfig, TrainConfig
 from engine.errors import ConvScopeError
-from engine.training import fit, runs
+from engine.training import fit
 
 
 @pytest.fixture(autouse=True)

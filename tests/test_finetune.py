@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_run
+from engine import runs
 from engine.config import DataConfig, FinetuneConfig
-from engine.training import blocks, finetune, fit, presets, runs
+from engine.training import blocks, finetune, fit, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "shapes:per_class=12,classes=3,size=64"
@@ -364,7 +365,7 @@ def test_mixed_precision_fits_a_float16_copy_and_saves_float32(parent, monkeypat
 
 
 def test_a_fine_tune_queues_behind_a_job_in_the_registry(parent):
-    from engine.training import jobs
+    from engine import jobs
 
     registry = jobs.JobRegistry(devices=["/CPU:0"])
     first = registry.submit(finetune.finetune_config(parent, unfreeze_top=1, epochs=1))

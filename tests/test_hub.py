@@ -95,10 +95,11 @@ def test_a_model_file_cannot_smuggle_in_an_unlisted_handle(monkeypatch):
 
 def test_train_on_a_hub_backbone_then_explain_the_run(saved_model_dir, monkeypatch, tmp_path):
     """The hub-course recipe's path, offline: frozen hub features, a Dense head, a run that reloads."""
+    from engine import runs
     from engine.config import DataConfig, TrainConfig
     from engine.explain import Explainable, ExplainError, explain_image
     from engine.samples import sample_photo
-    from engine.training import fit, runs
+    from engine.training import fit
 
     monkeypatch.setenv("CONVSCOPE_HUB_MODELS", f"tiny_fv={saved_model_dir}@64")
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))

@@ -82,8 +82,9 @@ def test_the_report_renders_offline_in_a_browser(report):
 
 def test_a_fine_tunes_report_shows_no_server_path(report, monkeypatch, tmp_path):
     """finetune.parent (the parent's folder) and an upload's cache path were shown as they are on the server."""
+    from engine import runs
     from engine.data import sources
-    from engine.training import finetune, fit, runs
+    from engine.training import finetune, fit
 
     run_dir, _ = report
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(run_dir.parent))

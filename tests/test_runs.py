@@ -9,8 +9,9 @@ import threading
 import pytest
 
 from engine import __main__ as cli
+from engine import jobs, runs
 from engine.config import DataConfig, TrainConfig
-from engine.training import fit, jobs, runs
+from engine.training import fit
 
 TINY = "shapes:per_class=12,classes=3,size=64"
 

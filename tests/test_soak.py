@@ -28,8 +28,9 @@ def levels_off(samples: list[float], warm_up: int) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_runs_and_sessions_level_off(tmp_path, monkeypatch, open_page):
+    from engine import runs
     from engine.config import DataConfig, TrainConfig
-    from engine.training import fit, runs
+    from engine.training import fit
 
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
     config = TrainConfig(data=DataConfig(source=TINY, image_size=64), epochs=1)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY, poison_from_epoch
+from engine import jobs, runs
 from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
 from engine.data import pipeline
 from engine.data.sources import open_dataset
 from engine.errors import ConvScopeError
-from engine.training import feature_cache, fit, jobs, models, presets, runs
+from engine.training import feature_cache, fit, models, presets
 from engine.training.features import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Dashboard jobs in worker processes (engine.training.worker): a dashboard run is its CLI twin,
+"""Dashboard jobs in worker processes (engine.jobs.worker): a dashboard run is its CLI twin,
 Stop and resume reach the process, a killed process leaves an honest run, and the server process
 itself never trains (issue 20; RELIABILITY.md 23, 24, 35)."""
 
@@ -16,8 +16,10 @@ import pytest
 from test_training import feature_config as tiny_config  # TINY at 96 px, 3 epochs
 
 from conftest import TINY
+from engine import jobs, runs
 from engine.errors import ConvScopeError
-from engine.training import fit, jobs, runs, worker
+from engine.jobs import worker
+from engine.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +164,7 @@ def test_a_killed_worker_fails_its_job_and_the_next_one_runs():
 @pytest.mark.slow
 def test_lr_finder_and_latency_run_in_worker_processes(runs_dir, monkeypatch):
     from conftest import train_tiny_run
-    from engine.evaluate import latency
+    from engine.model import latency
     from engine.training import finetune
 
     parent = train_tiny_run(runs_dir, "parent", epochs=2)

@@ -13,7 +13,7 @@ import streamlit as st
 from engine import backbones
 from engine.data import report, sources
 from engine.explain import Explainable, checks
-from engine.predict import ImageNetClassifier
+from engine.model.classifier import ImageNetClassifier
 from engine.samples import sample_photo
 from engine.training.features import FeatureExtractor
 
@@ -122,7 +122,8 @@ def model_summary(config_json: str, num_classes: int) -> dict:
 @st.cache_resource(show_spinner=False, max_entries=3)
 def run_classifier(path: str, mtime: float):
     """A run's saved classifier for its layer map and counts (shared, read-only: nothing here trains it)."""
-    from engine.training import finetune, runs
+    from engine import runs
+    from engine.training import finetune
 
     return finetune.load_classifier(runs.Run(Path(path)))
 
@@ -130,8 +131,8 @@ def run_classifier(path: str, mtime: float):
 @st.cache_data(show_spinner="Looking at how ImageNet-like the data is…", max_entries=16)
 def finetune_advice(path: str, mtime: float) -> dict:
     """The strategy advice for fine-tuning a run: its data's images per class and ImageNet-likeness."""
-    from engine import backbones
-    from engine.training import advice, finetune, runs
+    from engine import backbones, runs
+    from engine.training import advice, finetune
 
     run = runs.Run(Path(path))
     config = run.config()
@@ -144,7 +145,8 @@ def finetune_advice(path: str, mtime: float) -> dict:
 @st.cache_data(show_spinner=False, max_entries=8)
 def probe_images_of(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """`n` fixed validation images of a run's data, one class after another: (n, S, S, 3) uint8 and labels."""
-    from engine.training import finetune, runs
+    from engine import runs
+    from engine.training import finetune
 
     images, labels = finetune.probe_set(runs.Run(Path(path)).config(), n)
     return images.astype(np.uint8), labels
@@ -153,8 +155,9 @@ def probe_images_of(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def shapes_test_items(path: str):
     """A shapes run's dataset (with its boxes) and its test images, for the pointing game."""
+    from engine import runs
     from engine.data.splits import split_items
-    from engine.training import finetune, runs
+    from engine.training import finetune
 
     config = runs.Run(Path(path)).config()
     dataset = sources.open_dataset(config["data"]["source"])
@@ -166,8 +169,9 @@ def shapes_test_items(path: str):
 @st.cache_data(show_spinner="Checking the run's data…", max_entries=16, ttl=300)
 def parent_data_problem(path: str, mtime: float) -> str | None:
     """Why a run's data cannot serve a fine-tune (gone, or changed since it trained), or None."""
+    from engine import runs
     from engine.errors import ConvScopeError
-    from engine.training import finetune, runs
+    from engine.training import finetune
 
     try:
         finetune.check_data(runs.Run(Path(path)))

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from engine import runs
 from engine.data.sources import DEFAULT_SOURCE
 from engine.errors import ConvScopeError
 from engine.explain import Explainable, channels, featurevis, image_digest, top_examples
 from engine.explain import activations as acts_mod
 from engine.explain.overlay import overlay
-from engine.training import runs
 from ui import cached, state, wording
 
 PER_PAGE = 8

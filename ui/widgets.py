@@ -10,14 +10,13 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
-from engine import imaging, settings
+from engine import imaging, jobs, runs, settings
 from engine.backbones import DEFAULT_BACKBONE, availability, get_spec
 from engine.data import sources, tfds_source
 from engine.data.ingest import Dataset, load_item
 from engine.data.shapes import SHAPE_CLASSES, ShapesConfig
 from engine.errors import ConvScopeError
 from engine.samples import SAMPLE_PHOTOS
-from engine.training import jobs, runs
 from ui import cached, state
 
 # An absolute or home-relative server path: "/srv/data/x.zip", "~/.keras/models". Not "https://host/x"

@@ -24,7 +24,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     Returns:
         (N, C) float64 probabilities, rows summing to 1.
     """
-    # Not engine.predict.softmax: importing engine.predict imports TensorFlow (backbones, compiled model),
+    # Not engine.model.classifier.softmax: importing that module imports TensorFlow (backbones, compiled model),
     # and this module must stay importable and testable without it.
     z = _logits(logits) / _temperature(temperature)
     z = z - z.max(axis=1, keepdims=True)

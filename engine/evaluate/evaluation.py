@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import runs
 from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
@@ -25,8 +26,7 @@ from engine.data.pipeline import decoded_batches
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.evaluate import calibration, metrics
-from engine.training import runs
-from engine.training.runs import Run
+from engine.runs import Run
 
 SPLITS = ("test", "validation", "train", "all")
 CALIBRATION_FILE = "calibration.json"

@@ -12,17 +12,17 @@ import numpy as np
 
 from engine.explain.base import BaseCAM, Explainer, normalise
 from engine.explain.cam import CAM
-from engine.explain.compiled import CompiledModel, Progress
 from engine.explain.eigen_cam import EigenCAM
 from engine.explain.grad_cam import GradCAM
 from engine.explain.grad_cam_pp import GradCAMPlusPlus
 from engine.explain.integrated_gradients import IntegratedGradients
 from engine.explain.layer_cam import LayerCAM
-from engine.explain.model import Explainable, ExplainError, LayerInfo
 from engine.explain.occlusion import Occlusion
 from engine.explain.saliency import VanillaGradients
 from engine.explain.score_cam import ScoreCAM
 from engine.explain.smoothgrad import SmoothGrad
+from engine.model.compiled import CompiledModel, Progress
+from engine.model.explainable import Explainable, ExplainError, LayerInfo
 
 METHODS: dict[str, type[Explainer]] = {
     m.name: m

@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 from engine.explain.base import normalise, upsample
-from engine.explain.model import Explainable, ExplainError
 from engine.explain.overlay import colourise, label_tile
+from engine.model.explainable import Explainable, ExplainError
 
 
 def channel_order(acts: np.ndarray, sort: str = "mean") -> np.ndarray:

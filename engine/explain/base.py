@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.explain.compiled import Progress
-from engine.explain.model import Explainable
+from engine.model.compiled import Progress
+from engine.model.explainable import Explainable
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:

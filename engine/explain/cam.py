@@ -3,7 +3,7 @@
 import numpy as np
 
 from engine.explain.base import BaseCAM
-from engine.explain.model import ExplainError
+from engine.model.explainable import ExplainError
 
 
 class CAM(BaseCAM):

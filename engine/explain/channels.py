@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.explain.model import Explainable, ExplainError
+from engine.model.explainable import Explainable, ExplainError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.explain.model import Explainable
+from engine.model.explainable import Explainable
 
 SANITY_THRESHOLD = 0.5  # rank correlation at or above this: the map ignores the model's weights
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.explain.compiled import Progress, _layer, activation_cap
-from engine.explain.model import Explainable, ExplainError
+from engine.model.compiled import Progress, _layer, activation_cap
+from engine.model.explainable import Explainable, ExplainError
 
 LOGITS = "logits"  # the layer name that optimises a class logit instead of a channel
 
@@ -328,7 +328,7 @@ def _write(model: Explainable, key: str, picture: Picture) -> None:
     model.memo(("picture", key), lambda: picture)
     path = _disk(model, key)
     if path is not None:
-        from engine.training.runs import atomic_write
+        from engine.runs import atomic_write
 
         atomic_write(
             path,

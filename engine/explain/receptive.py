@@ -20,7 +20,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-from engine.explain.model import ExplainError
+from engine.model.explainable import ExplainError
 
 # Layers that merge several feature maps position by position: their field is the union.
 _MERGING = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
@@ -244,7 +244,7 @@ def _output(layer):
 
 
 def _compute(model, layer: str) -> Field:
-    from engine.explain.compiled import _layer
+    from engine.model.compiled import _layer
 
     try:
         nested, inner = _layer(model, layer)

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import runs
 from engine.data import sources
 from engine.data.pipeline import decoded_batches, load_resized
 from engine.errors import ConvScopeError
-from engine.explain.model import ExplainError
 from engine.explain.receptive import Field, receptive_field
-from engine.training import runs
+from engine.model.explainable import ExplainError
 
 BATCH = 32
 Progress = Callable[[int, int], None]  # (images done, images in all)

@@ -171,7 +171,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     Raises:
         ExportUnavailable: the converter cannot handle this model here (its reason as the message).
     """
-    from engine.training import runs
+    from engine import runs
 
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -191,9 +191,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
 
 
 def _export(run, fmt: str, out: str | Path | None, check: bool, progress) -> dict:
+    from engine import runs
     from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
     from engine.export import parity
-    from engine.training import runs
 
     target = _target(run, fmt, out)
     data, unchecked = None, ""
@@ -278,7 +278,7 @@ def _swap_in(staged: Path, target: Path, tmp: Path) -> None:
 
 def checked_exports(run_dir: str | Path) -> dict[str, dict]:
     """The figures of every export checked so far, by format (RUN/exports.json)."""
-    from engine.training import runs
+    from engine import runs
 
     return runs.read_json(Path(run_dir) / CHECKS_FILE, {}) or {}
 

@@ -28,7 +28,7 @@ def runner(fmt: str, path: Path, preprocess: Callable) -> Callable[[np.ndarray],
     if fmt == "keras":
         import keras
 
-        from engine.explain.compiled import CompiledModel
+        from engine.model.compiled import CompiledModel
 
         compiled = CompiledModel(keras.models.load_model(path, safe_mode=True, compile=False), preprocess)
         return compiled.logits

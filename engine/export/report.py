@@ -84,7 +84,7 @@ def _flatten(config: dict, prefix: str = "") -> list[list]:
 def _shown(config: dict) -> dict:
     """The configuration as a shared report shows it: no server paths (the data and a fine-tune's parent)."""
     from engine.data.sources import source_title
-    from engine.training.runs import Run
+    from engine.runs import Run
 
     shown = dict(config)
     if isinstance(config.get("data"), dict):
@@ -110,7 +110,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     from engine.explain import heatmaps
     from engine.explain.overlay import overlay
     from engine.export.formats import checked_exports
-    from engine.training.runs import Run, summary
+    from engine.runs import Run, summary
 
     t0 = time.perf_counter()
     run = Run(Path(run_dir))

@@ -83,7 +83,7 @@ def imagenet_similarity(images_uint8: np.ndarray | Sequence[np.ndarray], classif
         images_uint8: (N, H, W, 3) uint8 RGB, or a sequence of (H, W, 3) arrays of
             any sizes (resized as the classifier's predict does); a random sample
             of a few dozen images is enough.
-        classifier: an `engine.predict.ImageNetClassifier` to reuse (the
+        classifier: an `engine.model.classifier.ImageNetClassifier` to reuse (the
             dashboard's cached one); default: load the bundled EfficientNet-Lite0.
 
     Returns:
@@ -92,7 +92,7 @@ def imagenet_similarity(images_uint8: np.ndarray | Sequence[np.ndarray], classif
     if len(images_uint8) == 0:
         raise ValueError("imagenet_similarity needs at least one image")
     if classifier is None:
-        from engine.predict import ImageNetClassifier
+        from engine.model.classifier import ImageNetClassifier
 
         classifier = ImageNetClassifier("efficientnet_lite0")
     predictions = classifier.predict([(str(i), np.asarray(img)) for i, img in enumerate(images_uint8)], top_k=1)

@@ -12,9 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from engine import backbones
+from engine import backbones, runs
 from engine.config import TrainConfig
-from engine.training import runs
 from engine.training.fit import TrainingError
 
 FOLDER = ".bakeoffs"
@@ -42,7 +41,7 @@ def start(config: TrainConfig, names: list[str], registry=None) -> dict:
     Raises:
         TrainingError: fewer than two backbones, an unknown one, or one that cannot load here.
     """
-    from engine.training import jobs
+    from engine import jobs
 
     names = list(dict.fromkeys(names))  # each once, in the order given
     if len(names) < 2:

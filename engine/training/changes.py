@@ -28,7 +28,7 @@ import numpy as np
 from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
 
-BATCH = 32  # images per compiled call, as in engine.explain.compiled
+BATCH = 32  # images per compiled call, as in engine.model.compiled
 FEATURE_LAYER = "avg_pool"  # the GlobalAveragePooling2D of engine.training.models.feature_classifier
 
 

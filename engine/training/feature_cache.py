@@ -28,9 +28,9 @@ from engine import settings
 from engine.config import AugmentConfig
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
+from engine.runs import atomic_write
 from engine.training import distribute
 from engine.training.features import FeatureExtractor
-from engine.training.runs import atomic_write
 
 _VERSION = 1  # bump when the way features are computed changes
 Progress = Callable[[int, int], None]  # may offer .cached(total): says the arrays were read, not computed

@@ -32,15 +32,15 @@ from pathlib import PurePath
 
 import numpy as np
 
-from engine import backbones
+from engine import backbones, runs
 from engine.config import FinetuneConfig, TrainConfig
 from engine.data import sources
 from engine.data.pipeline import DecodedImages, augmenter, make_tf_dataset
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
+from engine.runs import Run
 from engine.training import blocks as blocks_mod
-from engine.training import distribute, feature_cache, fit, runs
-from engine.training.runs import Run
+from engine.training import distribute, feature_cache, fit
 
 _CACHE_VERSION = 1
 DEFAULT_BOUNDARY_BUDGET_MB = 2048  # float16 boundary tensors of every image and view kept in memory

@@ -1,8 +1,8 @@
 """Training runs: feature extraction on cached features, or a CNN from scratch.
 
-`train()` runs one TrainConfig into one run folder (engine.training.runs) and reports
+`train()` runs one TrainConfig into one run folder (engine.runs) and reports
 progress through a callback; it never touches a UI. The job registry
-(engine.training.jobs) calls it in a worker thread, the CLI calls it directly.
+(engine.jobs) calls it in a worker thread, the CLI calls it directly.
 
 - feature mode: the backbone is frozen, so its pooled features are computed
   once (engine.training.feature_cache) and a small head model is fitted on them. The
@@ -27,15 +27,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from engine import backbones
+from engine import backbones, runs
 from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
-from engine.training import distribute, runs
-from engine.training.runs import Run
+from engine.runs import Run
+from engine.training import distribute
 
 Report = Callable[..., None]  # report(stage=..., **fields): progress for the UI or the CLI
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -473,7 +473,7 @@ def features_progress(report: Report, stop, message: str) -> Callable[[int, int]
 
 def _record_latency(run: Run, classifier, config: TrainConfig) -> None:
     """The saved model's inference time per image on this machine, for the Runs page (latency.json)."""
-    from engine.evaluate import latency
+    from engine.model import latency
 
     try:
         preprocess = backbones.get_spec(config.backbone).preprocess

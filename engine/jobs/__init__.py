@@ -3,7 +3,7 @@
 One thread per accelerator (each GPU, or the CPU when there is none) takes jobs
 from one FIFO queue, so one training job runs per accelerator and the others
 wait with a visible position. The thread starts each job in its own process
-(engine.training.worker: `python -m engine worker`, the CLI's code path) and
+(engine.jobs.worker: `python -m engine worker`, the CLI's code path) and
 follows its progress; Stop asks the process to stop within one batch. The
 server itself never builds or trains a model, so a dashboard run equals the
 CLI run of its config and page refreshes cannot slow it down.
@@ -25,10 +25,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from engine import runs
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
-from engine.training import fit, runs, worker
-from engine.training.runs import Run
+from engine.jobs import worker
+from engine.runs import Run
+from engine.training import fit
 
 
 @dataclass

@@ -216,8 +216,9 @@ class Emitter:
 
 
 def _train(request: dict, stop: threading.Event, report) -> dict:
+    from engine import runs
     from engine.config import TrainConfig
-    from engine.training import distribute, fit, runs
+    from engine.training import distribute, fit
 
     config = TrainConfig.from_json(request["config"])
     resume = bool(request.get("resume"))
@@ -233,7 +234,8 @@ def _what_changed(config, run, report) -> None:
     """As the CLI's finetune: measure what changed per block now (changes.json), not later in the server."""
     import logging
 
-    from engine.training import finetune, runs
+    from engine import runs
+    from engine.training import finetune
 
     report(stage="comparing")
     try:
@@ -257,8 +259,8 @@ def _lr_find(request: dict, stop: threading.Event, emit: Emitter) -> dict:
 
 
 def _latency(request: dict) -> dict:
-    from engine.evaluate import latency
-    from engine.training import runs
+    from engine import runs
+    from engine.model import latency
 
     run = runs.open_run(request["run_dir"])
     result = latency.measure_run(run)

@@ -12,7 +12,7 @@ BATCH = 32
 
 
 def measure(compiled, size: int, repeats: int = 5) -> dict:
-    """Time one image and a batch of 32 through `compiled.logits` (an engine.explain.compiled.CompiledModel).
+    """Time one image and a batch of 32 through `compiled.logits` (an engine.model.compiled.CompiledModel).
 
     Returns:
         {"ms_per_image": the median of `repeats` single-image calls (what one prediction waits),
@@ -39,13 +39,13 @@ def measure(compiled, size: int, repeats: int = 5) -> dict:
 
 def measure_model(model, preprocess, size: int) -> dict:
     """`measure` for a Keras classifier taking preprocessed (N, size, size, 3) input."""
-    from engine.explain.compiled import CompiledModel
+    from engine.model.compiled import CompiledModel
 
     return measure(CompiledModel(model, preprocess), size)
 
 
 def measure_run(run) -> dict:
-    """`measure` for a trained run's saved model (an engine.training.runs.Run with model.keras)."""
+    """`measure` for a trained run's saved model (an engine.runs.Run with model.keras)."""
     from engine.evaluate.evaluation import run_model
 
     model = run_model(run)
@@ -53,12 +53,12 @@ def measure_run(run) -> dict:
 
 
 def save(run_dir: str | Path, result: dict) -> None:
-    from engine.training import runs
+    from engine import runs
 
     runs.write_json(Path(run_dir) / LATENCY_FILE, {**result, "measured": time.time()}, inside=Path(run_dir))
 
 
 def saved(run_dir: str | Path) -> dict | None:
-    from engine.training import runs
+    from engine import runs
 
     return runs.read_json(Path(run_dir) / LATENCY_FILE, None)

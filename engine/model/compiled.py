@@ -208,7 +208,7 @@ class CompiledModel:
             import keras
             import tensorflow as tf
 
-            from engine.explain.model import ExplainError
+            from engine.model.explainable import ExplainError
 
             split = [_layer(self.model, name) for name in layers]
             nested = split[0][0]
@@ -307,7 +307,7 @@ def layer_and_logits(model, layer: str) -> Callable:
     """
     import keras
 
-    from engine.explain.model import ExplainError
+    from engine.model.explainable import ExplainError
 
     nested, inner = _layer(model, layer)
     if nested is None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from engine import backbones, imaging
-from engine.explain.compiled import CompiledModel
 from engine.imagenet import imagenet_labels
+from engine.model.compiled import CompiledModel
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def classify(
     """Classify RGB images in one compiled, batched pass.
 
     Args:
-        compiled: an engine.explain.compiled.CompiledModel (images in [0, 255] -> logits).
+        compiled: an engine.model.compiled.CompiledModel (images in [0, 255] -> logits).
         images: (name, (H, W, 3) uint8 array) pairs.
         top_k: how many classes to report per image (1..classes).
         temperature: logits are divided by it before the softmax (a run's saved calibration).
@@ -108,8 +108,8 @@ class RunClassifier:
     """
 
     def __init__(self, run_dir: str | Path, model=None, temperature: float | None = None) -> None:
+        from engine import runs
         from engine.evaluate import run_model, saved_temperature
-        from engine.training import runs
 
         run = runs.open_run(run_dir)
         self.run = run.name

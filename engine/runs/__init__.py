@@ -426,7 +426,7 @@ def _registry():
     """This process's job registry, or None when none was made."""
     # Not imported at the top: jobs imports this module. And no registry exists unless jobs
     # was imported, so it is neither imported nor created just to ask.
-    jobs = sys.modules.get("engine.training.jobs")
+    jobs = sys.modules.get("engine.jobs")
     return getattr(jobs, "_REGISTRY", None) if jobs is not None else None
 
 

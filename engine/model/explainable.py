@@ -3,7 +3,7 @@
 Works on flat functional graphs (the bundled backbones, keras.applications
 built with `input_tensor=`) and on transfer-learning models whose backbone
 sits nested one level deep (`Input -> base_model -> GAP -> Dense`); the
-compiled passes (engine.explain.compiled) split the latter at the backbone.
+compiled passes (engine.model.compiled) split the latter at the backbone.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 
 from engine import backbones, imaging
 from engine.errors import ConvScopeError
-from engine.explain.compiled import CompiledModel
-from engine.explain.memo import Memo
-from engine.training.runs import keras_archive_problem
+from engine.model.compiled import CompiledModel
+from engine.model.memo import Memo
+from engine.runs import keras_archive_problem
 
 
 class ExplainError(ConvScopeError):
@@ -217,14 +217,14 @@ class Explainable:
         """(H, W, 3) uint8 -> (S, S, 3) float32 in [0, 255], resized as for prediction (the run's policy)."""
         return imaging.resize(rgb, self.input_size, self.resize_policy).astype(np.float32)
 
-    # ---- forward passes (all compiled: engine.explain.compiled) ----------
+    # ---- forward passes (all compiled: engine.model.compiled) ----------
     def logits(self, images: np.ndarray, progress=None) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> (N, classes) logits."""
         return self.compiled.logits(images, progress)
 
     def probabilities(self, images: np.ndarray, progress=None) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> (N, classes) softmax probabilities (float64)."""
-        from engine.predict import softmax
+        from engine.model.classifier import softmax
 
         return softmax(self.logits(images, progress).astype(np.float64))
 

@@ -1,0 +1,1 @@
+"""The model layer: a loaded classifier with its preprocessing, labels and compiled functions."""
