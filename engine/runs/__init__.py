@@ -43,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import settings
+from engine.config import DataConfig
+from engine.data.ingest import Dataset, Item
+from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 
 STATUSES = ("queued", "running", "stopped", "failed", "finished")
@@ -254,6 +257,19 @@ class Run:
         """The epochs this run trained itself: a fine-tune's history.json starts with its parent's epochs."""
         first = self.parent_epochs()
         return {k: list(v)[first:] for k, v in self.history().items()}
+
+    @property
+    def split_seed(self) -> int:
+        """The seed that split this run's data: a fine-tune keeps its parent's (config.json "split_seed")."""
+        config = self.config()
+        return int(config.get("split_seed", config.get("seed", 0)))
+
+    def splits(self, dataset: Dataset) -> dict[str, list[Item]]:
+        """This run's train/val/test items of `dataset`, split as in training (seed and fractions)."""
+        data = DataConfig(
+            **{k: v for k, v in (self.config().get("data") or {}).items() if k in ("val_frac", "test_frac")}
+        )
+        return split_items(dataset.items, self.split_seed, data.val_frac, data.test_frac)
 
     def train_seconds(self) -> float:
         """Training time recorded so far (every finished train() call of this run), 0 when none."""
