@@ -8,7 +8,7 @@ import streamlit as st
 from engine import charts, jobs, runs
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
-from engine.training import bakeoff
+from engine.jobs import bakeoff
 from ui import router, state, widgets, wording
 
 router.ensure_routed()

@@ -14,7 +14,8 @@ import pytest
 from conftest import TINY, train_tiny_run
 from engine import evaluate, jobs, runs
 from engine.config import DataConfig, TrainConfig
-from engine.training import bakeoff, fit
+from engine.jobs import bakeoff
+from engine.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
