@@ -92,22 +92,26 @@ def test_a_watched_dashboard_run_equals_its_cli_twin_and_takes_as_long(server, t
     sys.path.insert(0, str(ROOT / "bench"))
     import watched
 
-    # First the twin: it also fills the feature cache, so both timed runs read the same cached features.
-    twin = watched.cli_train(tmp_path / "twin")
-    if twin["features"]["computed"]:
-        twin = watched.cli_train(tmp_path / "twin-cached")
+    # First a twin that fills the feature cache, so every timed run reads the same cached features.
+    twin = watched.cli_train(tmp_path / "warm")
+    twins, ours = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1400})
-        ours, _ = watched.watch_one(page, server, Path(RUNS["dir"]))
+        watched.browser_aside()  # a user's browser renders on their own machine, not on the server's cores
+        for k in range(2):  # two pairs, each side's fastest compared: a timing on 2 shared cores is noisy
+            twins.append(watched.cli_train(tmp_path / f"twin-{k}"))
+            ours.append(watched.watch_one(page, server, Path(RUNS["dir"]))[0])
         browser.close()
-    theirs = Path(twin["run_dir"])
-    assert watched.same_config(ours, theirs)
-    assert json.loads((ours / "history.json").read_text()) == twin["history"]
-    assert watched.same_weights(ours, theirs), "the dashboard run's weights differ from its CLI twin's"
-    seconds = json.loads((ours / "metrics.json").read_text())["train_seconds"]
-    ratio = seconds / twin["train_seconds"]
-    print(f"watched dashboard run {seconds:.1f} s, CLI twin {twin['train_seconds']:.1f} s: {ratio:.2f}x")
+    for run, twin in zip(ours, twins, strict=True):
+        theirs = Path(twin["run_dir"])
+        assert watched.same_config(run, theirs)
+        assert json.loads((run / "history.json").read_text()) == twin["history"]
+        assert watched.same_weights(run, theirs), "the dashboard run's weights differ from its CLI twin's"
+    seconds = [json.loads((run / "metrics.json").read_text())["train_seconds"] for run in ours]
+    cli = [twin["train_seconds"] for twin in twins]
+    ratio = min(seconds) / min(cli)
+    print(f"watched dashboard runs {seconds} s, CLI twins {cli} s: {ratio:.2f}x (fastest of each)")
     assert ratio <= 1.2, f"the watched run took {ratio:.2f}x its CLI twin"
 
 
