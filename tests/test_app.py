@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+pytestmark = pytest.mark.slow  # every test opens a page through AppTest
+
 TIMEOUT = 120
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

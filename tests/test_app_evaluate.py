@@ -11,6 +11,8 @@ import pytest
 from conftest import train_tiny_run
 from engine import evaluate, jobs, runs
 
+pytestmark = pytest.mark.slow  # every test opens a page through AppTest on runs trained once for the module
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 

@@ -12,6 +12,8 @@ from engine import jobs, runs
 from engine.config import DataConfig, TrainConfig
 from engine.training import finetune, fit
 
+pytestmark = pytest.mark.slow  # every test opens the page through AppTest on runs trained once for the module
+
 TINY = "shapes:per_class=12,classes=3,size=64"
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -117,7 +119,6 @@ def test_the_finder_draws_its_suggestions(page):
     assert at.number_input(key="ft_lr_parent-run").value == pytest.approx(steepest)
 
 
-@pytest.mark.slow
 def test_fine_tune_from_the_page_to_the_end(page):
     at = page(run="parent-run")
     at.select_slider(key="ft_from_parent-run").set_value("top").run()
@@ -150,7 +151,6 @@ def test_a_run_whose_data_changed_cannot_start(page):
     assert at.button(key="ft_start").disabled and at.button(key="ft_find").disabled
 
 
-@pytest.mark.slow
 def test_a_reattached_fine_tune_shows_its_own_settings(page, runs_root):
     """After a reload (?job= in the URL) the form showed defaults (block7, 1e-3) above a job training from block5
     at 1.5e-4, and no panel said which settings the job used."""

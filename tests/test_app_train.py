@@ -8,6 +8,8 @@ import pytest
 from engine import jobs, runs
 from engine.config import AugmentConfig, DataConfig
 
+pytestmark = pytest.mark.slow  # every test opens the Train page through AppTest
+
 TINY = "shapes:per_class=12,classes=3,size=64"
 
 
@@ -195,7 +197,6 @@ def test_time_left_says_estimating_and_a_stop_shows_at_once(page, fake_jobs):
     assert wait_for(job_id, 30)["status"] == "stopped"
 
 
-@pytest.mark.slow
 def test_clicking_widgets_while_training_neither_stops_nor_starts_another(page, fake_jobs):
     registry, release, started, _ = fake_jobs
     at = page()
@@ -229,7 +230,6 @@ def test_clicking_widgets_while_training_neither_stops_nor_starts_another(page, 
     assert registry.active() == []
 
 
-@pytest.mark.slow
 def test_a_queued_job_shows_its_position(page, fake_jobs):
     registry, release, started, _ = fake_jobs
     first = start(page(), train_size=96)
