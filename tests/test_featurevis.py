@@ -189,6 +189,7 @@ def test_weight_change_and_parent_run(tmp_path):
     assert channels.parent_run(parent) is None  # no config: not a fine-tune
 
 
+@pytest.mark.slow
 def test_cli_visualize_and_top_examples(tmp_path, capsys):
     from engine.__main__ import main
 

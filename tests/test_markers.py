@@ -15,6 +15,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 MARKS = {"slow", "browser"}
 IMAGENET = re.compile(r"^(efficientnet_|mobilenet|inception|vgg|resnet|hub_)")  # backbones with ImageNet weights
+# CLI commands that train, or load a backbone (the ImageNet one unless given a run).
+CLI_HEAVY = ("train", "finetune", "lr-find", "predict", "explain", "activations", "visualize", "top-examples")
 # Helpers that look heavy but are not, each with why.
 ALLOWED = {
     ("test_runs.py", "dead_pid"): "a `python -c pass` child, for a pid that surely is dead: a few ms",
@@ -69,8 +71,8 @@ def _heavy(func: ast.FunctionDef) -> str:
             ):
                 return f"loads an ImageNet backbone ({called}({first.value!r}))"
             if isinstance(first, ast.List) and first.elts and isinstance(first.elts[0], ast.Constant):
-                if called.endswith("main") and first.elts[0].value in ("train", "finetune", "lr-find"):
-                    return f"trains through the CLI ({called}([{first.elts[0].value!r}, ...]))"
+                if called.endswith("main") and first.elts[0].value in CLI_HEAVY:
+                    return f"trains or loads a backbone through the CLI ({called}([{first.elts[0].value!r}, ...]))"
     return ""
 
 
@@ -112,18 +114,20 @@ def unmarked(source: str, filename: str, conftest: str = "") -> list[str]:
     own = {name: ("" if (filename, name) in ALLOWED else _heavy(f)) for name, f in funcs.items()}
     autouse = [name for name, f in funcs.items() if _autouse(f)]
 
-    def reason(name: str, seen: frozenset[str] = frozenset()) -> str:
+    uses = {
+        name: ({n.id for n in ast.walk(f) if isinstance(n, ast.Name)} | {a.arg for a in f.args.args}) & funcs.keys()
+        for name, f in funcs.items()
+    }
+    memo: dict[str, str] = {}
+
+    def reason(name: str) -> str:
         """Why function `name` is heavy ('helper -> spawns a process'), following the helpers it names and the
         fixtures it asks for; '' when it is not."""
-        if own[name]:
-            return own[name]
-        func = funcs[name]
-        used = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)} | {a.arg for a in func.args.args}
-        for other in sorted(used & funcs.keys() - seen - {name}):
-            found = reason(other, seen | {name})
-            if found:
-                return f"{other} -> {found}"
-        return ""
+        if name not in memo:
+            memo[name] = ""  # meanwhile: a circle of helpers adds nothing
+            found = ((other, reason(other)) for other in sorted(uses[name] - {name}))
+            memo[name] = own[name] or next((f"{other} -> {why}" for other, why in found if why), "")
+        return memo[name]
 
     out = []
     for name, func in _functions(tree).items():

@@ -103,6 +103,7 @@ def test_class_weights_favour_rare_classes():
     assert w[0] * 8 + w[1] * 2 == pytest.approx(10)
 
 
+@pytest.mark.slow  # builds the feature model on the bundled Lite0 with its ImageNet weights
 def test_feature_classifier_summary_counts_frozen_backbone_and_head():
     built = models.build(replace(feature_config(), head=HeadConfig((16,), 0.2)), 4)
     summary = models.summarise(built.classifier)
