@@ -5,32 +5,17 @@ import time
 
 import pytest
 
+from conftest import TINY
 from engine import jobs, runs
 from engine.config import AugmentConfig, DataConfig
 
 pytestmark = pytest.mark.slow  # every test opens the Train page through AppTest
 
-TINY = "shapes:per_class=12,classes=3,size=64"
-
 
 @pytest.fixture
-def page(open_page, tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
-
+def page(open_page, runs_dir):
     def _open(data: DataConfig | None = None, **query):
-        from pathlib import Path
-
-        from streamlit.testing.v1 import AppTest
-
-        app = str(Path(__file__).resolve().parents[1] / "app.py")
-        at = AppTest.from_file(app, default_timeout=300)
-        at.session_state["data_config"] = data or DataConfig(source=TINY)
-        for k, v in query.items():
-            at.query_params[k] = v
-        at.run()
-        at.switch_page("pages/train.py").run()
-        assert not at.exception, at.exception
-        return at
+        return open_page("pages/train.py", state={"data_config": data or DataConfig(source=TINY)}, **query)
 
     return _open
 
