@@ -17,7 +17,7 @@ MARKS = {"slow", "browser"}
 IMAGENET = re.compile(r"^(efficientnet_|mobilenet|inception|vgg|resnet|hub_)")  # backbones with ImageNet weights
 # CLI commands that train, or load a backbone (the ImageNet one unless given a run).
 CLI_HEAVY = ("train", "finetune", "lr-find", "predict", "explain", "activations", "visualize", "top-examples")
-# Helpers that look heavy but are not, each with why.
+# Functions that look heavy but are not, each with why.
 ALLOWED = {
     ("test_runs.py", "dead_pid"): "a `python -c pass` child, for a pid that surely is dead: a few ms",
     ("test_distribute.py", "test_a_cluster_run_cannot_be_resumed_and_says_so"): "refused before training: exit 2",
@@ -106,7 +106,7 @@ def _autouse(func: ast.FunctionDef) -> bool:
 
 
 def unmarked(source: str, filename: str, conftest: str = "") -> list[str]:
-    """'test_name: why' for each heavy test in `source` without a slow or browser mark."""
+    """'FILENAME::test_name: why' for each heavy test in `source` that has no slow or browser mark."""
     tree, shared = ast.parse(source), ast.parse(conftest)
     if _module_marks(tree) & MARKS:
         return []
@@ -147,7 +147,7 @@ def test_every_heavy_test_is_marked_slow_or_browser():
     assert not found, "mark these @pytest.mark.slow (or browser) to keep the fast tier fast:\n" + "\n".join(found)
 
 
-def test_the_check_sees_an_unmarked_apptest_through_a_fixture_and_accepts_a_mark():
+def test_the_check_finds_heavy_tests_through_helpers_and_fixtures_and_accepts_a_mark():
     conftest = "import pytest\n@pytest.fixture\ndef page():\n    return AppTest.from_file('app.py')\n"
     source = (
         "import pytest\n"
