@@ -4,6 +4,8 @@ session really converts."""
 
 import os
 import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CONVSCOPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="convscope-test-cache-")
@@ -36,26 +38,53 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TINY = "shapes:per_class=12,classes=3,size=64"  # 36 images, 3 classes: the tests' small real dataset
+
+
 @pytest.fixture
 def open_page():
-    """Open a dashboard page through app.py's router, as AppTest."""
-    from pathlib import Path
+    """Open a dashboard page through app.py's router, as AppTest.
 
+    `open_page("pages/x.py", run="r")` sets the URL's query parameters and `state` the session state
+    before the first run; `open_page("app.py")` stays on the home page.
+    """
     from streamlit.testing.v1 import AppTest
 
-    app = str(Path(__file__).resolve().parents[1] / "app.py")
-
-    def _open(page: str, timeout: int = 300) -> AppTest:
-        at = AppTest.from_file(app, default_timeout=timeout)
+    def _open(page: str, timeout: int = 300, state: dict | None = None, **query) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=timeout)
+        for key, value in (state or {}).items():
+            at.session_state[key] = value
+        for key, value in query.items():
+            at.query_params[key] = value
         at.run()
-        at.switch_page(page).run()
+        if page != "app.py":
+            at.switch_page(page).run()
         assert not at.exception, at.exception
         return at
 
     return _open
 
 
-TINY = "shapes:per_class=12,classes=3,size=64"  # 36 images, 3 classes: the tests' small real dataset
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """An empty runs folder for one test (CONVSCOPE_RUNS_DIR)."""
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@contextmanager
+def runs_dir_set(root):
+    """CONVSCOPE_RUNS_DIR is `root` inside the block: for module-scoped fixtures, which cannot use monkeypatch."""
+    old = os.environ.get("CONVSCOPE_RUNS_DIR")
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["CONVSCOPE_RUNS_DIR"]
+        else:
+            os.environ["CONVSCOPE_RUNS_DIR"] = old
 
 
 def train_tiny_run(root, name: str, epochs: int = 3, image_size: int = 96, **config):
@@ -67,18 +96,11 @@ def train_tiny_run(root, name: str, epochs: int = 3, image_size: int = 96, **con
     from engine.config import DataConfig, TrainConfig
     from engine.training import fit
 
-    old = os.environ.get("CONVSCOPE_RUNS_DIR")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
-    try:
+    with runs_dir_set(root):
         train = TrainConfig(data=DataConfig(source=TINY, image_size=image_size), epochs=epochs, **config)
         run = runs.create(name, backbone=train.backbone, mode=train.mode)
         result = fit.train(train, run)
         assert result["status"] == "finished", result["reason"]
-    finally:
-        if old is None:
-            del os.environ["CONVSCOPE_RUNS_DIR"]
-        else:
-            os.environ["CONVSCOPE_RUNS_DIR"] = old
     return run.path
 
 

@@ -1,20 +1,15 @@
 """Dashboard pages through Streamlit's AppTest (no browser)."""
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
+
+pytestmark = pytest.mark.slow  # every test opens a page through AppTest
 
 TIMEOUT = 120
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture
-def app():
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception
-    return at
+def app(open_page):
+    return open_page("app.py", timeout=TIMEOUT)
 
 
 def test_home_links_to_predict(app):

@@ -30,6 +30,7 @@ def open_tab(at, name: str):
     return at
 
 
+@pytest.mark.slow
 def test_default_is_the_shapes_set(page):
     page.number_input(key="data_per_class").set_value(6).run()
     assert metrics(page) == {"Classes": "5", "Usable images": "30", "Skipped files": "0", "Duplicates": "0"}
@@ -37,6 +38,7 @@ def test_default_is_the_shapes_set(page):
     assert len(page.get("plotly_chart")) == 2  # class balance and image sizes
 
 
+@pytest.mark.slow
 def test_samples_grid_filters_by_class_and_split(page):
     page.number_input(key="data_per_class").set_value(6).run()
     open_tab(page, "samples")
@@ -47,6 +49,7 @@ def test_samples_grid_filters_by_class_and_split(page):
     assert all("star · test" in str(i.proto) for i in page.get("image"))
 
 
+@pytest.mark.slow
 def test_uploaded_zip_report_lists_every_skipped_file(page, tmp_path):
     f.messy_folder(tmp_path / "src" / "pets")
     data = f.zip_folder(tmp_path / "src", tmp_path / "pets.zip").read_bytes()
@@ -67,6 +70,7 @@ def test_uploaded_zip_report_lists_every_skipped_file(page, tmp_path):
     assert_path_free(page, str(tmp_path))  # no cache folder, no upload path
 
 
+@pytest.mark.slow
 def test_bad_archive_shows_an_error_not_a_traceback(page):
     page.radio(key="data_kind").set_value("Upload an archive").run()
     page.file_uploader(key="data_upload").set_value(("x.zip", b"not a zip at all", "application/zip")).run()
@@ -76,6 +80,7 @@ def test_bad_archive_shows_an_error_not_a_traceback(page):
     assert_path_free(page)
 
 
+@pytest.mark.slow
 def test_server_folders_only_under_data_roots(page, tmp_path, monkeypatch):
     page.radio(key="data_kind").set_value("Server folder").run()
     assert "has not allowed any server folders" in page.info[0].value
@@ -91,6 +96,7 @@ def test_server_folders_only_under_data_roots(page, tmp_path, monkeypatch):
     assert_path_free(page, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_one_class_is_not_ready_for_training(page, tmp_path):
     for i in range(3):
         f.write(tmp_path / "src" / "cats" / f"{i}.png", f.png_bytes(i))
@@ -101,6 +107,7 @@ def test_one_class_is_not_ready_for_training(page, tmp_path):
     assert "Not ready for training" in page.error[0].value and "at least 2 classes" in page.error[0].value
 
 
+@pytest.mark.slow
 def test_tfds_needs_a_click_and_fails_clearly_offline(page, tmp_path, monkeypatch):
     from engine.data import tfds_source
 
@@ -114,6 +121,7 @@ def test_tfds_needs_a_click_and_fails_clearly_offline(page, tmp_path, monkeypatc
     assert "no network to download it" in page.error[0].value
 
 
+@pytest.mark.slow
 def test_augmentation_preview_and_preset(page):
     from engine.config import AugmentConfig
     from ui import state
@@ -140,6 +148,7 @@ def test_augmentation_preview_and_preset(page):
     assert page.session_state[state.DATA_CONFIG].augment == AugmentConfig()
 
 
+@pytest.mark.slow
 def test_augmentation_chosen_elsewhere_is_kept(page):
     """Training augmentation set before (a Train preset) survives a visit to the Explorer's tab."""
     from dataclasses import replace
@@ -157,6 +166,7 @@ def test_augmentation_chosen_elsewhere_is_kept(page):
     assert page.session_state[state.DATA_CONFIG].augment == AugmentConfig()
 
 
+@pytest.mark.slow
 def test_feature_space(page):
     page.number_input(key="data_per_class").set_value(6).run()
     page.number_input(key="data_classes").set_value(3).run()

@@ -11,7 +11,7 @@ import pytest
 from conftest import train_tiny_run
 from engine import evaluate, jobs, runs
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+pytestmark = pytest.mark.slow  # every test opens a page through AppTest on runs trained once for the module
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,6 @@ def root(runs_root, tmp_path, monkeypatch):
     return copy
 
 
-def open_page(page: str, **query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=300)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def texts(at) -> str:
     kinds = ("markdown", "caption", "info", "success", "warning", "error", "subheader")
     return " ".join(str(e.value) for kind in kinds for e in at.get(kind))
@@ -57,7 +45,7 @@ def image_captions(at) -> str:
     return " ".join(str(i.proto) for i in at.get("image"))
 
 
-def test_predict_a_runs_test_split_and_explain_a_tile(root):
+def test_predict_a_runs_test_split_and_explain_a_tile(root, open_page):
     at = open_page("pages/predict.py")
     at.radio(key="predict_kind").set_value("Trained run").run()
     assert at.selectbox(key="predict_run").value == "eval-run"  # the newest
@@ -76,7 +64,7 @@ def test_predict_a_runs_test_split_and_explain_a_tile(root):
     assert at.selectbox(key="inside_run").value == root / "eval-run"
 
 
-def test_a_confusion_cell_shows_its_images_with_both_cams(root):
+def test_a_confusion_cell_shows_its_images_with_both_cams(root, open_page):
     run = runs.Run(root / "short-run")
     result = evaluate.evaluate(run, split="all")
     wrong = result.mistake_indices()
@@ -102,7 +90,7 @@ def test_a_confusion_cell_shows_its_images_with_both_cams(root):
     assert captions.count("(predicted)") == min(len(result.cell(t, t)), 8) and "(true)" not in captions
 
 
-def test_calibration_saves_a_temperature_that_predict_uses(root):
+def test_calibration_saves_a_temperature_that_predict_uses(root, open_page):
     at = open_page("pages/evaluate.py", run="eval-run")
     at.session_state["eval_tab"] = "🎯 Calibration"
     at.run()
@@ -123,7 +111,7 @@ def test_calibration_saves_a_temperature_that_predict_uses(root):
     assert f"calibrated: temperature {saved:.2f}" in texts(at)
 
 
-def test_mistakes_view_lists_the_most_confident_first(root):
+def test_mistakes_view_lists_the_most_confident_first(root, open_page):
     at = open_page("pages/evaluate.py", run="short-run")
     at.selectbox(key="eval_split_The run's own data").set_value("all").run()
     at.session_state["eval_tab"] = "❌ Mistakes"
@@ -136,7 +124,7 @@ def test_mistakes_view_lists_the_most_confident_first(root):
     assert result.row(int(result.unsure_correct()[0]), "relative")["image"] in image_captions(at)
 
 
-def test_runs_table_rename_delete_and_compare(root):
+def test_runs_table_rename_delete_and_compare(root, open_page):
     at = open_page("pages/runs.py")
     table = table_with(at, "folder")
     assert set(table["folder"]) == {"eval-run", "short-run"}
@@ -173,7 +161,7 @@ def test_runs_table_rename_delete_and_compare(root):
     assert "short-run" not in set(table_with(at, "folder")["folder"])
 
 
-def test_bakeoff_queues_one_run_per_backbone(root, monkeypatch):
+def test_bakeoff_queues_one_run_per_backbone(root, open_page, monkeypatch):
     release = threading.Event()
 
     def fake_train(config, run, stop=None, report=None, resume=False):
@@ -201,7 +189,7 @@ def test_bakeoff_queues_one_run_per_backbone(root, monkeypatch):
     assert all("finished" in s for s in table["status"]) and np.allclose(table["test acc"], 0.9)
 
 
-def test_other_labelled_data_opens_its_own_picker(root):
+def test_other_labelled_data_opens_its_own_picker(root, open_page):
     at = open_page("pages/evaluate.py", run="eval-run")
     at.radio(key="eval_data_kind").set_value("Other labelled data").run()
     assert not at.exception, at.exception  # its picker's keys do not collide with the page's
@@ -210,7 +198,7 @@ def test_other_labelled_data_opens_its_own_picker(root):
     assert any("classes the run does not know" in e.value for e in at.error), [e.value for e in at.error]
 
 
-def test_export_a_run_check_it_and_download_it(root, monkeypatch):
+def test_export_a_run_check_it_and_download_it(root, open_page, monkeypatch):
     at = open_page("pages/runs.py")
     at.selectbox(key="manage_run").set_value("eval-run").run()
     at.selectbox(key="export_format_eval-run").set_value("tflite").run()

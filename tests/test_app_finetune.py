@@ -1,28 +1,23 @@
 """The Fine-tune page through AppTest: pick a run, the layer map, advice, the finder, a fine-tune to the end."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
-from conftest import train_tiny_run
+from conftest import TINY, runs_dir_set, train_tiny_run
 from engine import jobs, runs
 from engine.config import DataConfig, TrainConfig
 from engine.training import finetune, fit
 
-TINY = "shapes:per_class=12,classes=3,size=64"
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+pytestmark = pytest.mark.slow  # every test opens the page through AppTest on runs trained once for the module
 
 
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory):
     """A finished feature run (96 px, 3 epochs) and a scratch run, in a runs folder of their own."""
     root = tmp_path_factory.mktemp("ft-runs")
-    old = os.environ.get("CONVSCOPE_RUNS_DIR")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(root)
-    try:
+    with runs_dir_set(root):
         train_tiny_run(root, "parent-run")
         scratch = TrainConfig(
             data=DataConfig(source=TINY, image_size=32), backbone="small_cnn", mode="scratch", epochs=1
@@ -32,30 +27,13 @@ def runs_root(tmp_path_factory):
         shutil.copytree(root / "parent-run", changed)
         saved = json.loads((changed / "config.json").read_text())
         (changed / "config.json").write_text(json.dumps({**saved, "fingerprint": "0" * 64}))
-    finally:
-        if old is None:
-            del os.environ["CONVSCOPE_RUNS_DIR"]
-        else:
-            os.environ["CONVSCOPE_RUNS_DIR"] = old
     return root
 
 
 @pytest.fixture
-def page(runs_root, monkeypatch):
+def page(open_page, runs_root, monkeypatch):
     monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(runs_root))
-
-    def _open(**query):
-        from streamlit.testing.v1 import AppTest
-
-        at = AppTest.from_file(APP, default_timeout=300)
-        for k, v in query.items():
-            at.query_params[k] = v
-        at.run()
-        at.switch_page("pages/finetune.py").run()
-        assert not at.exception, at.exception
-        return at
-
-    return _open
+    return lambda **query: open_page("pages/finetune.py", **query)
 
 
 def _figure(chart):
@@ -117,7 +95,6 @@ def test_the_finder_draws_its_suggestions(page):
     assert at.number_input(key="ft_lr_parent-run").value == pytest.approx(steepest)
 
 
-@pytest.mark.slow
 def test_fine_tune_from_the_page_to_the_end(page):
     at = page(run="parent-run")
     at.select_slider(key="ft_from_parent-run").set_value("top").run()
@@ -150,7 +127,6 @@ def test_a_run_whose_data_changed_cannot_start(page):
     assert at.button(key="ft_start").disabled and at.button(key="ft_find").disabled
 
 
-@pytest.mark.slow
 def test_a_reattached_fine_tune_shows_its_own_settings(page, runs_root):
     """After a reload (?job= in the URL) the form showed defaults (block7, 1e-3) above a job training from block5
     at 1.5e-4, and no panel said which settings the job used."""

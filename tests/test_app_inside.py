@@ -27,6 +27,7 @@ def open_tab(at, index: int):
     return at
 
 
+@pytest.mark.slow
 def test_feature_maps_of_any_layer(page):
     assert page.dataframe[0].value["class"][0] == "Egyptian cat"
     open_tab(page, 0)
@@ -36,6 +37,7 @@ def test_feature_maps_of_any_layer(page):
     assert metrics["Output"] == "112×112×32" and metrics["Dead channels"].endswith("%")
 
 
+@pytest.mark.slow
 def test_filters_and_walk(page):
     open_tab(page, 1)
     assert len(page.get("image")) == 1 + 32  # the photo and the stem's 32 kernels
@@ -43,6 +45,7 @@ def test_filters_and_walk(page):
     assert len(page.multiselect(key="walk_layers").value) == 5
 
 
+@pytest.mark.slow
 def test_where_it_looked_any_class(page):
     open_tab(page, 3)
     assert len(page.get("image")) == 1 + 1 + 5  # the photo, the colour bar and five methods
@@ -53,6 +56,7 @@ def test_where_it_looked_any_class(page):
     assert "Grad-CAM at top_activation" in captions and "Occlusion sensitivity" in captions
 
 
+@pytest.mark.slow
 def test_trust_checks(page):
     open_tab(page, 4)
     page.selectbox(key="trust_method").set_value("gradcam").run()
@@ -70,6 +74,7 @@ def test_trust_checks(page):
     assert len(page.get("plotly_chart")) == 1  # kept across reruns
 
 
+@pytest.mark.slow
 def test_a_trained_run_and_localisation(page, tmp_path, monkeypatch):
     import keras
 
@@ -105,6 +110,7 @@ def test_a_trained_run_and_localisation(page, tmp_path, monkeypatch):
     assert charts == 1, f"the localisation run erased the sanity check's results ({charts} charts)"
 
 
+@pytest.mark.slow
 def test_each_map_gets_its_faithfulness_numbers(page):
     open_tab(page, 3)
     page.multiselect(key="cam_methods").set_value(["gradcam", "eigencam"]).run()
@@ -119,6 +125,7 @@ def classes_and_scores(page):
     return box.value, box.options[0], scores
 
 
+@pytest.mark.slow
 def test_the_class_maps_and_scores_follow_the_image(page):
     """Switching the image (a sample, then an upload) never keeps the old image's class, maps or scores."""
     import io
@@ -151,6 +158,7 @@ def test_the_class_maps_and_scores_follow_the_image(page):
     assert value == page.dataframe[0].value["index"][0] and value != predicted
 
 
+@pytest.mark.slow
 def test_maps_are_kept_and_settings_only_redraw(page):
     from ui import cached
 
@@ -170,6 +178,7 @@ def test_maps_are_kept_and_settings_only_redraw(page):
     assert any("relative to the predicted class" in str(i.proto) for i in page.get("image"))
 
 
+@pytest.mark.slow
 def test_slow_methods_show_their_expected_time(page):
     """A method expected to take 1.5 s or more says how long; how long occlusion takes depends on the machine."""
     from ui import cached
@@ -185,6 +194,7 @@ def test_slow_methods_show_their_expected_time(page):
     assert not any("~" in o for o in options if o.startswith("Grad-CAM"))
 
 
+@pytest.mark.slow
 def test_channels_view(page, monkeypatch):
     """A layer's channels with their pictures; open one: its picture, map, share of the CAM and top crops."""
     from engine.explain import featurevis
@@ -219,6 +229,7 @@ def test_channels_view(page, monkeypatch):
     assert not page.exception and not page.error
 
 
+@pytest.mark.slow
 def test_channels_of_a_fine_tune_before_and_after(page, tmp_path, monkeypatch):
     """A fine-tuned run shows the chosen channel's picture in its parent run and in itself, and the weight change."""
     import keras

@@ -3,6 +3,7 @@
 import re
 
 import numpy as np
+import pytest
 
 from ui import state
 
@@ -31,6 +32,7 @@ def assert_path_free(at, *forbidden: str) -> None:
         assert f not in text, f
 
 
+@pytest.mark.slow
 def test_explain_hands_the_image_and_backbone_to_inside(open_page):
     at = open_page("pages/predict.py")
     at.multiselect(key="samples").set_value(["coffee", "chelsea"]).run()
@@ -53,6 +55,7 @@ def test_explain_hands_the_image_and_backbone_to_inside(open_page):
     assert any("Grad-CAM at top_activation" in str(i.proto) for i in at.get("image"))
 
 
+@pytest.mark.slow
 def test_a_new_handoff_is_preselected_once(open_page):
     at = open_page("pages/inside.py")
     assert at.radio(key="inside_img_source").value == "Sample photo"  # nothing handed over yet
@@ -65,6 +68,7 @@ def test_a_new_handoff_is_preselected_once(open_page):
     assert at.radio(key="inside_img_source").value == "Sample photo"  # the user's choice stands
 
 
+@pytest.mark.slow
 def test_the_chosen_backbone_is_the_default_elsewhere(open_page):
     at = open_page("pages/predict.py")
     at.multiselect(key="samples").set_value([]).run()  # nothing to classify: no model loads
@@ -81,6 +85,7 @@ def test_the_chosen_backbone_is_the_default_elsewhere(open_page):
     assert at.selectbox(key="backbone").value == "efficientnet_lite2"
 
 
+@pytest.mark.slow
 def test_predict_and_home_show_no_server_paths(open_page, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # keras.applications weights: not downloaded
     at = open_page("pages/predict.py")
@@ -102,6 +107,7 @@ def test_path_free_messages():
     assert path_free(kept) == kept
 
 
+@pytest.mark.slow
 def test_look_closer_can_pick_either_of_two_uploads_with_one_name(open_page):
     import io
 

@@ -1,14 +1,11 @@
 """The Runs page through AppTest on hand-written run folders (no training): Compare's epochs, Rename, the table."""
 
-from pathlib import Path
-
 import pytest
 
+from conftest import TINY
 from engine import runs
 
 pytestmark = pytest.mark.slow
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TINY = "shapes:per_class=12,classes=3,size=64"
 
 
 def fake_run(name: str, status: str = "finished", config: dict | None = None, **files) -> runs.Run:
@@ -23,8 +20,7 @@ def fake_run(name: str, status: str = "finished", config: dict | None = None, **
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+def root(runs_dir):
     parent = fake_run(
         "parent-run",
         history={"loss": [1.0, 0.8, 0.7], "val_loss": [1.0, 0.9, 0.8], "val_accuracy": [0.5, 0.6, 0.7]},
@@ -42,17 +38,12 @@ def root(tmp_path, monkeypatch):
         metrics={"val_accuracy": 0.85, "test_accuracy": 0.8},
     )
     fake_run("busy-run", "running", history={"loss": [1.0], "val_loss": [1.0], "val_accuracy": [0.4]})
-    return tmp_path / "runs"
+    return runs_dir
 
 
-def open_runs():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page("pages/runs.py").run()
-    assert not at.exception, at.exception
-    return at
+@pytest.fixture
+def open_runs(open_page):
+    return lambda: open_page("pages/runs.py")
 
 
 def shown_table(at):
@@ -65,7 +56,7 @@ def shown_table(at):
     return element.value, shown
 
 
-def test_compare_draws_a_fine_tune_at_its_own_epochs(root):
+def test_compare_draws_a_fine_tune_at_its_own_epochs(root, open_runs):
     import plotly.graph_objects as go
     import plotly.io
 
@@ -80,7 +71,7 @@ def test_compare_draws_a_fine_tune_at_its_own_epochs(root):
     assert xs == {"parent-run": [1, 2, 3], "ft-run": [4, 5]}, xs  # was 4..8: its parent's epochs shifted again
 
 
-def test_rename_takes_one_click(root):
+def test_rename_takes_one_click(root, open_runs):
     at = open_runs()
     at.selectbox(key="manage_run").set_value("parent-run").run()
     # In a browser the click that leaves the text box is the one that commits its text: a Rename button
@@ -92,7 +83,7 @@ def test_rename_takes_one_click(root):
     assert runs.Run(root / "parent-run").display_name() == "Lite0 head"
 
 
-def test_the_table_shows_the_kept_models_accuracy_and_no_none(root):
+def test_the_table_shows_the_kept_models_accuracy_and_no_none(root, open_runs):
     at = open_runs()
     values, shown = shown_table(at)
     row = {name: k for k, name in enumerate(values["folder"])}

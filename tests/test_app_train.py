@@ -5,30 +5,17 @@ import time
 
 import pytest
 
+from conftest import TINY
 from engine import jobs, runs
 from engine.config import AugmentConfig, DataConfig
 
-TINY = "shapes:per_class=12,classes=3,size=64"
+pytestmark = pytest.mark.slow  # every test opens the Train page through AppTest
 
 
 @pytest.fixture
-def page(open_page, tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
-
+def page(open_page, runs_dir):
     def _open(data: DataConfig | None = None, **query):
-        from pathlib import Path
-
-        from streamlit.testing.v1 import AppTest
-
-        app = str(Path(__file__).resolve().parents[1] / "app.py")
-        at = AppTest.from_file(app, default_timeout=300)
-        at.session_state["data_config"] = data or DataConfig(source=TINY)
-        for k, v in query.items():
-            at.query_params[k] = v
-        at.run()
-        at.switch_page("pages/train.py").run()
-        assert not at.exception, at.exception
-        return at
+        return open_page("pages/train.py", state={"data_config": data or DataConfig(source=TINY)}, **query)
 
     return _open
 
@@ -195,7 +182,6 @@ def test_time_left_says_estimating_and_a_stop_shows_at_once(page, fake_jobs):
     assert wait_for(job_id, 30)["status"] == "stopped"
 
 
-@pytest.mark.slow
 def test_clicking_widgets_while_training_neither_stops_nor_starts_another(page, fake_jobs):
     registry, release, started, _ = fake_jobs
     at = page()
@@ -229,7 +215,6 @@ def test_clicking_widgets_while_training_neither_stops_nor_starts_another(page, 
     assert registry.active() == []
 
 
-@pytest.mark.slow
 def test_a_queued_job_shows_its_position(page, fake_jobs):
     registry, release, started, _ = fake_jobs
     first = start(page(), train_size=96)

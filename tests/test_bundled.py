@@ -120,6 +120,7 @@ def test_missing_package_says_how_to_install(monkeypatch):
         bundled.weights_file("efficientnet_lite0")
 
 
+@pytest.mark.slow
 def test_bundled_model_reloads_from_a_keras_file_in_safe_mode(tmp_path):
     """Runs save model.keras; a custom initializer would make it unloadable (RELIABILITY 12, 22)."""
     import keras

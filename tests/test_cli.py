@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
+pytestmark = pytest.mark.slow  # every test runs the CLI in a child process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,8 @@ from engine.config import DataConfig, TrainConfig
 from engine.jobs import bakeoff
 from engine.training import fit
 
+pytestmark = pytest.mark.slow  # every test uses a trained run, a child process or a worker process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -212,6 +212,7 @@ def test_calibration_bad_inputs():
         calibration.fit_temperature(probs, np.array([0, 1, 0]))
 
 
+@pytest.mark.slow
 def test_metrics_and_calibration_do_not_need_tensorflow():
     # Loaded from their files, not through engine.evaluate (whose __init__ brings in the whole evaluation).
     root = Path(__file__).resolve().parents[1] / "engine" / "evaluate"

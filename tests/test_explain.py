@@ -276,6 +276,7 @@ def lite0():
     return Explainable.from_backbone("efficientnet_lite0")
 
 
+@pytest.mark.slow
 def test_imagenet_cat_grad_cam_and_faithfulness(lite0):
     from engine.samples import sample_photo
 
@@ -290,6 +291,7 @@ def test_imagenet_cat_grad_cam_and_faithfulness(lite0):
     assert curves.deletion_auc < curves.insertion_auc  # removing what the map marks hurts most
 
 
+@pytest.mark.slow
 def test_sanity_check_separates_grad_cam_from_an_edge_detector(lite0):
     from engine.samples import sample_photo
 
@@ -363,6 +365,7 @@ def test_compiled_maps_equal_the_eager_ones(tiny, images, method):
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_grad_cam_equals_a_plain_eager_reference_on_lite0():
     """Grad-CAM written out by hand with eager Keras calls, against the engine's compiled path on Lite0."""
     import tensorflow as tf

@@ -26,6 +26,7 @@ def test_knn_accuracy_separates_clusters_from_noise():
     assert knn_accuracy(rng.normal(0, 1, (60, 16)), labels) < 0.6
 
 
+@pytest.mark.slow
 def test_bundled_backbone_embeds_shapes(cache_dir):
     from engine.data.pipeline import load_resized
     from engine.data.report import balanced_sample

@@ -35,6 +35,7 @@ def small():
     return explainable(small_model())
 
 
+@pytest.mark.slow
 def test_pictures_excite_their_channel_far_more_than_natural_images():
     """The issue's figure on a small setting: Lite0's last layer, 16 random channels, 96 px pictures of 96 steps,
     against the channel's mean over the images of a dataset: >= 5x for every channel."""
@@ -188,6 +189,7 @@ def test_weight_change_and_parent_run(tmp_path):
     assert channels.parent_run(parent) is None  # no config: not a fine-tune
 
 
+@pytest.mark.slow
 def test_cli_visualize_and_top_examples(tmp_path, capsys):
     from engine.__main__ import main
 

@@ -54,6 +54,7 @@ def by_layer(model) -> dict[str, list[np.ndarray]]:
 # ---- where fine-tuning starts ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unfreeze_points_resolve_to_block_starts(parent):
     model = load(parent.model_file)
     groups = finetune.model_blocks(model, "efficientnet_lite0")
@@ -96,6 +97,7 @@ def test_mobilenet_blocks_and_the_tutorial_boundary():
     assert len(cut.crossing) == 2, cut.crossing  # inside a residual block: the skip crosses too
 
 
+@pytest.mark.slow
 def test_counts_match_keras_and_the_map_does_not_mutate(parent):
     model = load(parent.model_file)
     before = [layer.trainable for layer in model.layers]
@@ -117,6 +119,7 @@ def test_counts_match_keras_and_the_map_does_not_mutate(parent):
     assert rows[0]["block"] == "stem" and rows[-1]["block"] == "head"
 
 
+@pytest.mark.slow
 def test_split_reproduces_the_model(parent):
     model = load(parent.model_file)
     x = np.random.default_rng(0).uniform(-1, 1, (3, 96, 96, 3)).astype("float32")
@@ -138,6 +141,7 @@ def fine_tune(parent, **kw) -> tuple[dict, runs.Run]:
     return fit.train(config, run), run
 
 
+@pytest.mark.slow
 def test_only_unfrozen_layers_change_and_bn_statistics_stay(parent):
     original = digest(parent.model_file)
     result, run = fine_tune(parent, unfreeze_top=2, epochs=2, learning_rate=1e-3)
@@ -202,6 +206,7 @@ def test_a_fine_tune_never_changes_the_models_other_sessions_predict_with(parent
     assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(run_before, tuned.weights, strict=True))
 
 
+@pytest.mark.slow
 def test_bn_train_updates_the_unfrozen_statistics(parent):
     result, run = fine_tune(parent, unfreeze_top=1, bn="train")
     assert result["status"] == "finished", result["reason"]
@@ -215,6 +220,7 @@ def test_bn_train_updates_the_unfrozen_statistics(parent):
     assert moved and all(name.startswith("top") for name in moved), moved
 
 
+@pytest.mark.slow
 def test_boundary_cache_and_full_passes_give_the_same_weights(parent, monkeypatch):
     """One epoch, no augmentation, the same seed: the cached boundary (float16) against whole-model passes."""
     cached, run_a = fine_tune(parent, unfreeze_top=2, optimizer="sgd", learning_rate=0.01, warmup=0.0)
@@ -233,6 +239,7 @@ def test_boundary_cache_and_full_passes_give_the_same_weights(parent, monkeypatc
     assert abs(cached["val_accuracy"] - full["val_accuracy"]) <= 0.1
 
 
+@pytest.mark.slow
 def test_stop_and_resume_a_fine_tune(parent):
     config = finetune.finetune_config(parent, unfreeze_top=1, epochs=3)
     run = runs.create(backbone=config.backbone, mode="finetune")
@@ -257,6 +264,7 @@ def test_stop_and_resume_a_fine_tune(parent):
     assert run.config()["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_layer_decay_scales_each_block(parent):
     import keras
 
@@ -278,6 +286,7 @@ def test_layer_decay_scales_each_block(parent):
     assert not np.array_equal(before["logits/kernel"], after["logits/kernel"])
 
 
+@pytest.mark.slow
 def test_the_finder_leaves_the_parent_untouched(parent):
     original = digest(parent.model_file)
     config = finetune.finetune_config(parent, unfreeze_top=1)
@@ -287,6 +296,7 @@ def test_the_finder_leaves_the_parent_untouched(parent):
     assert digest(parent.model_file) == original
 
 
+@pytest.mark.slow
 def test_parents_that_cannot_be_fine_tuned(parent, tmp_path):
     scratch = runs.create("scratch-run", backbone="small_cnn", mode="scratch")
     runs.write_json(scratch.path / "config.json", {"mode": "scratch", "backbone": "small_cnn"})
@@ -307,6 +317,7 @@ def test_parents_that_cannot_be_fine_tuned(parent, tmp_path):
         fit.train(moved, runs.create(backbone="efficientnet_lite0", mode="finetune"))
 
 
+@pytest.mark.slow
 def test_finetune_presets_check_the_backbone(parent):
     keras_recipe = presets.get_finetune("keras-tutorial-mobilenet")
     assert keras_recipe.unfreeze_from == "100" and keras_recipe.optimizer == "rmsprop"
@@ -364,6 +375,7 @@ def test_mixed_precision_fits_a_float16_copy_and_saves_float32(parent, monkeypat
     assert result["val_accuracy"] is not None
 
 
+@pytest.mark.slow
 def test_a_fine_tune_queues_behind_a_job_in_the_registry(parent):
     from engine import jobs
 
@@ -393,6 +405,7 @@ def test_inception_blocks_end_at_their_concatenation():
     assert by_name["mixed9"].layer_names[-1] == "mixed9" and "mixed9" not in last.layer_names
 
 
+@pytest.mark.slow
 def test_layerwise_optimizers_keep_their_own_names(parent):
     import keras
 
@@ -404,6 +417,7 @@ def test_layerwise_optimizers_keep_their_own_names(parent):
     assert names == {"convscope>LayerwiseSGD", "convscope>LayerwiseAdam"}, names
 
 
+@pytest.mark.slow
 def test_float16_overflow_falls_back_to_full_passes(parent, monkeypatch, tmp_path):
     monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path / "cache"))  # no boundary cached yet
 

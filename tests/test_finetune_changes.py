@@ -214,6 +214,7 @@ def tiny_classifier_renamed() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
 
 
+@pytest.mark.slow
 def test_what_changed_on_efficientnet_lite0():
     """Perturb block5 of a real classifier: weights and CKA change from block5 on, not before."""
     from engine.backbones import load
@@ -307,6 +308,7 @@ def test_bad_advice_inputs():
         advise(42, 1.5, LITE0)
 
 
+@pytest.mark.slow
 def test_imagenet_similarity_tells_photos_from_shapes(lite0_classifier):
     from engine.data.ingest import load_item
     from engine.data.sources import open_dataset

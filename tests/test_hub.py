@@ -93,6 +93,7 @@ def test_a_model_file_cannot_smuggle_in_an_unlisted_handle(monkeypatch):
         hub.HubFeatures.from_config({"handle": "https://example.com/evil", "output_dim": 8, "name": "h"})
 
 
+@pytest.mark.slow
 def test_train_on_a_hub_backbone_then_explain_the_run(saved_model_dir, monkeypatch, tmp_path):
     """The hub-course recipe's path, offline: frozen hub features, a Dense head, a run that reloads."""
     from engine import runs

@@ -28,6 +28,7 @@ def _check(classifier):
     assert chelsea.model_input.shape == (size, size, 3) and chelsea.model_input.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_lite0_chelsea_is_a_cat_and_coffee_is_espresso(lite0_classifier):
     _check(lite0_classifier)
 
@@ -38,17 +39,20 @@ def test_bigger_lites_agree(name):
     _check(ImageNetClassifier(name))
 
 
+@pytest.mark.slow
 def test_probabilities_sum_to_one_and_are_sorted(lite0_classifier):
     (p,) = lite0_classifier.predict([("rocket", data.rocket())], top_k=1000)
     probs = [t.probability for t in p.top]
     assert abs(sum(probs) - 1) < 1e-6 and probs == sorted(probs, reverse=True)
 
 
+@pytest.mark.slow
 def test_bad_top_k(lite0_classifier):
     with pytest.raises(ValueError, match="top_k"):
         lite0_classifier.predict([("x", data.chelsea())], top_k=0)
 
 
+@pytest.mark.slow
 def test_concurrent_predictions_on_one_shared_model(lite0_classifier):
     from concurrent.futures import ThreadPoolExecutor
 

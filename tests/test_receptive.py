@@ -173,6 +173,7 @@ def test_field_matches_the_input_gradient_support(dilated):
     assert 0 < whole < h * w  # some boxes were cut by the image's border, some were not
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_fields():
     from engine.explain import Explainable
 

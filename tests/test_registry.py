@@ -21,6 +21,7 @@ def _build(spec, include_top):
     return backbones.load(spec.name, include_top=include_top)
 
 
+@pytest.mark.slow  # builds every backbone: the bundled ones with their ImageNet weights, VGG16 alone takes 10 s
 @pytest.mark.parametrize("spec", BUILT_IN, ids=lambda s: s.name)
 def test_feature_extractor_shape_and_named_layers(spec):
     model = _build(spec, include_top=False)
@@ -38,6 +39,7 @@ def test_feature_extractor_shape_and_named_layers(spec):
     keras.Model(model.inputs, [model.get_layer(spec.last_conv_layer).output, model.output])
 
 
+@pytest.mark.slow  # builds every ImageNet classifier: the bundled ones with their weights, VGG16 alone takes 10 s
 @pytest.mark.parametrize("spec", [s for s in BUILT_IN if s.imagenet_head], ids=lambda s: s.name)
 def test_imagenet_classifier_params_and_logits(spec):
     model = _build(spec, include_top=True)

@@ -236,6 +236,7 @@ def test_the_training_time_survives_status_changes():
 # ---- a real tiny training: stop, resume, time and parameters -------------------------
 
 
+@pytest.mark.slow
 def test_train_seconds_accumulate_across_a_stop_and_resume_and_reach_the_summary():
     config = TrainConfig(
         data=DataConfig(source=TINY, image_size=32), backbone="small_cnn", mode="scratch", epochs=2, batch_size=4
@@ -325,6 +326,7 @@ def test_cli_refuses_to_delete_an_active_run(capsys):
     assert "error: a is still running" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_process(runs_dir):
     fake_run("a")
     env = {**os.environ, "CONVSCOPE_RUNS_DIR": str(runs_dir)}

@@ -262,6 +262,7 @@ def tiny_run(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("runs"), "channels", epochs=1)
 
 
+@pytest.mark.slow
 def test_a_trained_run_end_to_end(tiny_run):
     model = Explainable.from_run(tiny_run)
     layers = [model.default_layer(), "stem_activation"]

@@ -103,6 +103,7 @@ def test_class_weights_favour_rare_classes():
     assert w[0] * 8 + w[1] * 2 == pytest.approx(10)
 
 
+@pytest.mark.slow  # builds the feature model on the bundled Lite0 with its ImageNet weights
 def test_feature_classifier_summary_counts_frozen_backbone_and_head():
     built = models.build(replace(feature_config(), head=HeadConfig((16,), 0.2)), 4)
     summary = models.summarise(built.classifier)
@@ -124,6 +125,7 @@ def test_scratch_mode_refuses_pretrained_backbones_and_vice_versa():
 # ---- feature mode ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypatch, cache_dir):
     config = feature_config()
     run = new_run(config)
@@ -150,6 +152,7 @@ def test_feature_mode_writes_a_complete_run_and_reuses_cached_features(monkeypat
     assert again["history"] == out["history"], "same seed, same data: identical metrics"
 
 
+@pytest.mark.slow
 def test_trained_run_is_explainable_after_reload():
     from engine.explain import Explainable, explain_image
     from engine.samples import sample_photo
@@ -164,6 +167,7 @@ def test_trained_run_is_explainable_after_reload():
     assert np.isfinite(result.heatmap).all()
 
 
+@pytest.mark.slow
 def test_augmented_views_are_computed_once_and_differ(cache_dir):
     aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.2)
     config = feature_config(data=DataConfig(source=TINY, image_size=96, augment=aug), aug_views=2)
@@ -176,6 +180,7 @@ def test_augmented_views_are_computed_once_and_differ(cache_dir):
     assert not np.allclose(views[0], views[1]), "two augmented views of the same images differ"
 
 
+@pytest.mark.slow
 def test_default_feature_run_stops_early_and_keeps_the_best_epoch():
     config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=80)  # the default schedule otherwise
     run = new_run(config)
@@ -270,6 +275,7 @@ def test_eta_says_estimating_until_a_few_batches_are_timed_and_ignores_tracing()
     assert quick.left(100, 10, 2) == pytest.approx(100 * 0.01 + 10 * 0.2)
 
 
+@pytest.mark.slow
 def test_training_reports_no_time_left_before_it_has_timed_batches(cache_dir):
     config = feature_config(epochs=3, batch_size=4)
     etas, feature_etas = [], []
@@ -335,6 +341,7 @@ def colour_classes(root: Path, per_class: int = 24) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_scratch_mode_learns(tmp_path):
     source = str(colour_classes(tmp_path / "colours"))
     config = scratch_config(data=DataConfig(source=source, image_size=32), epochs=8, batch_size=8)
@@ -349,6 +356,7 @@ def test_scratch_mode_learns(tmp_path):
 # ---- stop, NaN, out of memory, atomic checkpoints, resume -----------------------------
 
 
+@pytest.mark.slow
 def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
     config = scratch_config(epochs=4, batch_size=4)
     run = new_run(config)
@@ -371,6 +379,7 @@ def test_stop_takes_effect_within_one_batch_and_the_run_resumes():
     assert resumed["history"]["loss"][0] == out["history"]["loss"][0]
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(monkeypatch):
     import keras
 
@@ -385,6 +394,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(monkeypatch):
     keras.models.load_model(run.checkpoint, safe_mode=True)  # the good checkpoint loads
 
 
+@pytest.mark.slow
 def test_learning_rate_10_fails_the_run_and_keeps_the_last_good_checkpoint():
     import keras
 
@@ -406,6 +416,7 @@ def test_learning_rate_10_fails_the_run_and_keeps_the_last_good_checkpoint():
     assert run.resumable()
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_a_friendly_failure_and_the_next_run_works(monkeypatch):
     import tensorflow as tf
 
@@ -438,6 +449,7 @@ def test_atomic_write_keeps_the_old_file_when_a_write_dies(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(monkeypatch):
     import keras
 
@@ -475,6 +487,7 @@ def long_cli_run(out_dir: Path, until_epoch: int) -> tuple[subprocess.Popen, run
     return proc, run
 
 
+@pytest.mark.slow
 def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir):
     proc, run = long_cli_run(runs_dir / "killed", 2)
     proc.send_signal(signal.SIGKILL)
@@ -498,6 +511,7 @@ def test_a_killed_training_process_resumes_from_its_last_finished_epoch(runs_dir
     assert result["history"]["loss"][:done] == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_cli_run_after_the_current_batch_and_keeps_the_model(runs_dir):
     proc, run = long_cli_run(runs_dir / "interrupted", 1)
     proc.send_signal(signal.SIGINT)
@@ -545,6 +559,7 @@ def test_registry_runs_one_job_at_a_time_and_queues_the_rest():
     assert registry.active() == []
 
 
+@pytest.mark.slow
 def test_registry_trains_for_real_and_a_failing_job_does_not_kill_the_worker():
     registry = jobs.JobRegistry(devices=["/CPU:0"])
     bad = registry.submit(feature_config(data=DataConfig(source="/no/such/folder")))
@@ -587,6 +602,7 @@ def cli(*args: str) -> tuple[int, dict]:
     return res.returncode, json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_cli_train_and_runs(runs_dir):
     code, out = cli(
         "train",
@@ -625,6 +641,7 @@ def test_cli_train_and_runs(runs_dir):
     assert code == 0 and listed["runs"][0]["name"] == "mine" and listed["runs"][0]["status"] == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -640,6 +657,7 @@ def test_cli_train_refuses_bad_options(args, message):
     assert code == 2 and message in out["error"], out
 
 
+@pytest.mark.slow
 def test_cli_train_refuses_unusable_data_and_missing_resume(tmp_path, runs_dir):
     (tmp_path / "data" / "only").mkdir(parents=True)
     code, out = cli("train", str(tmp_path / "data"))
