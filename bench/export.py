@@ -37,8 +37,7 @@ def main() -> None:
 
     from engine.data.pipeline import load_resized
     from engine.evaluate.evaluation import labelled_set, run_model
-    from engine.export import export_run
-    from engine.export.parity import runner
+    from engine.export import EXPORT_FORMATS, export_run
     from engine.runs import Run
 
     run_dir = args.run
@@ -61,8 +60,8 @@ def main() -> None:
 
     model = run_model(run)
     image = load_resized(labelled_set(run).paths[0], model.input_size, model.resize_policy)[None].astype(np.float32)
-    lite8 = runner("tflite-int8", Path(int8["path"]), model.preprocess)
-    lite32 = runner("tflite", Path(fp32["path"]), model.preprocess)
+    lite8 = EXPORT_FORMATS["tflite-int8"].runner(Path(int8["path"]), model.preprocess)
+    lite32 = EXPORT_FORMATS["tflite"].runner(Path(fp32["path"]), model.preprocess)
     t_int8, t_keras = paired(lambda: lite8(image), lambda: model.compiled.logits(image), args.repeats)
     t_fp32, _ = paired(lambda: lite32(image), lambda: model.compiled.logits(image), args.repeats)
 

@@ -97,26 +97,20 @@ all_runs = runs.list_runs()
 rows = [runs.summary(r) for r in all_runs]
 by_name = {r["name"]: r for r in rows}
 
-FORMAT_TITLES = {
-    "keras": "Keras (.keras)",
-    "savedmodel": "TensorFlow SavedModel (any image size, uint8)",
-    "tflite": "TFLite float32",
-    "tflite-fp16": "TFLite float16",
-    "tflite-int8": "TFLite int8 (full-integer)",
-    "onnx": "ONNX",
-}
-
 
 def export_section(row: dict, name: str) -> None:
     """Export the run in a chosen format, check it against the Keras model, and offer the file."""
-    from engine.export import FORMATS, ExportUnavailable, as_download, export_run
+    from engine.export import EXPORT_FORMATS, ExportUnavailable, as_download, export_run
 
     with st.expander("Export this model", icon="📦"):
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        fmt = c1.selectbox("Format", FORMATS, format_func=FORMAT_TITLES.get, key=f"export_format_{name}")
+        fmt = c1.selectbox(
+            "Format", list(EXPORT_FORMATS), format_func=lambda f: EXPORT_FORMATS[f].title, key=f"export_format_{name}"
+        )
+        title = EXPORT_FORMATS[fmt].title
         done = st.session_state.setdefault("exports", {})
         if c2.button("Export and check", key="export_go", icon="📦"):
-            bar = st.progress(0.0, text=f"Converting to {FORMAT_TITLES[fmt]}…")
+            bar = st.progress(0.0, text=f"Converting to {title}…")
 
             def checking(k: int, n: int) -> None:
                 bar.progress(k / max(n, 1), text=f"Checking against the Keras model: {k}/{n} test images")
@@ -137,7 +131,7 @@ def export_section(row: dict, name: str) -> None:
             st.warning(widgets.path_free(result["unchecked"]))
         if "unavailable" in result:
             reason = widgets.path_free(result["unavailable"])
-            st.info(f"{FORMAT_TITLES[fmt]} is unavailable for this model here: {reason}")
+            st.info(f"{title} is unavailable for this model here: {reason}")
             return
         if "agreement" in result:
             m = st.columns(4)

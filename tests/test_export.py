@@ -143,3 +143,14 @@ def test_a_run_without_a_test_split_is_checked_on_validation(run, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     result = export_run(copy, "keras")
     assert result["split"] == "validation" and result["agreement"] == 1.0 and result["images"] > 0
+
+
+def test_a_new_table_entry_is_exported_and_checked_with_nothing_else_changed(run, tmp_path, monkeypatch):
+    from engine.export import formats, parity
+
+    copy = formats.ExportFormat("keras-copy", "copy.keras", "A copy", formats._write_keras, parity.run_keras)
+    monkeypatch.setitem(formats.EXPORT_FORMATS, "keras-copy", copy)
+    result = export_run(run, "keras-copy", tmp_path / "copy")
+    assert result["format"] == "keras-copy" and result["path"] == str(tmp_path / "copy.keras")  # its suffix
+    assert result["agreement"] == 1.0 and "warning" not in result
+    assert json.loads((run / "exports.json").read_text())["keras-copy"]["agreement"] == 1.0

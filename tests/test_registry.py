@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from engine import backbones
-from engine.backbones import keras_apps
 from engine.errors import BackboneUnavailable, UnknownBackbone
 
 BUILT_IN = [s for s in backbones.all_specs() if s.source != "hub"]
@@ -90,7 +89,7 @@ def test_keras_availability_follows_the_weights_cache(tmp_path, monkeypatch):
     ok, reason = backbones.availability(spec)
     assert not ok and "needs network" in reason
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / keras_apps.APPS["vgg16"][1]).write_bytes(b"x")
+    (tmp_path / "models" / spec.loader.weights_file).write_bytes(b"x")
     assert backbones.availability(spec) == (True, "")
 
 

@@ -16,12 +16,16 @@ import os
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+import keras
 import numpy as np
 
 from engine import settings
 from engine.backbones import efficientnet_lite
+from engine.backbones.spec import BackboneSpec
 from engine.backbones.torch_pickle import TorchPickleError, load_state_dict
 from engine.errors import BackboneUnavailable
 
@@ -43,6 +47,11 @@ def package_name(name: str) -> str:
 
 def is_installed(name: str) -> bool:
     return importlib.util.find_spec(PACKAGES[name][0]) is not None
+
+
+def installed_names() -> list[str]:
+    """The bundled backbones whose packages are installed: the ones that work offline."""
+    return [n for n in PACKAGES if is_installed(n)]
 
 
 def weights_file(name: str) -> Path:
@@ -130,3 +139,20 @@ def build(name: str, image_size: int, include_top: bool, use_cache: bool = True)
     """The bundled backbone as a Keras model (see efficientnet_lite.build)."""
     plan, weights = load_weights(name, use_cache=use_cache)
     return efficientnet_lite.build(plan, weights, image_size, include_top, name)
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """Loader of a bundled backbone, by its spec's name (engine.backbones.spec.Loader)."""
+
+    source: ClassVar[str] = "bundled"
+
+    def build(self, spec: BackboneSpec, image_size: int, include_top: bool, weights: bool) -> keras.Model:
+        if not weights:
+            raise BackboneUnavailable("bundled backbones always load their ImageNet weights")
+        return build(spec.name, image_size, include_top)
+
+    def availability(self, spec: BackboneSpec, paths: bool) -> tuple[bool, str]:
+        if is_installed(spec.name):
+            return True, ""
+        return False, f"package not installed: pip install {package_name(spec.name)}"

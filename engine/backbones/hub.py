@@ -4,6 +4,10 @@
 model, so `HubFeatures` holds `hub.load(handle)` and calls it. `hub.load`
 accepts a local SavedModel directory, which is how tests run offline. The
 model is opaque to Keras: no inner layers, so Grad-CAM needs a flat backbone.
+
+The hub entries of the registry are made here (`BUILT_IN`, and `operator_specs()` from
+CONVSCOPE_HUB_MODELS): a model file may name only their handles, which `HubFeatures` checks
+when it is deserialised.
 """
 
 from __future__ import annotations
@@ -11,10 +15,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import keras
+import numpy as np
 
+from engine import settings
+from engine.backbones import bundled
+from engine.backbones.spec import BackboneSpec, scale_0_1
 from engine.errors import BackboneUnavailable
 
 
@@ -37,7 +48,7 @@ def load_module(handle: str, bundled_names: list[str]):
     if is_local(handle) and not Path(handle).is_dir():
         raise BackboneUnavailable(f"TF Hub SavedModel folder {handle} does not exist.")
     try:
-        import tensorflow_hub as hub
+        import tensorflow_hub as hub  # heavy: loads tf-keras too; only TF Hub backbones need it
 
         return hub.load(handle)
     except Exception as exc:  # network, HTTP, bad SavedModel: all unusable here
@@ -50,9 +61,7 @@ def load_module(handle: str, bundled_names: list[str]):
 
 def _check_allowed(handle: str) -> None:
     """Refuse handles that are neither built in nor allowed by the operator."""
-    from engine.backbones.registry import all_specs  # late: the registry imports this module
-
-    if handle not in {s.handle for s in all_specs() if s.handle}:
+    if handle not in {s.handle for s in (*BUILT_IN, *operator_specs())}:
         raise BackboneUnavailable(
             f"TF Hub handle {handle!r} is not allowed here; the operator can allow it in CONVSCOPE_HUB_MODELS."
         )
@@ -84,8 +93,6 @@ class HubFeatures(keras.layers.Layer):
 
 def build(name: str, handle: str, image_size: int, bundled_names: list[str]) -> keras.Model:
     """Model (N, S, S, 3) in [0, 1] -> features (N, D)."""
-    import numpy as np
-
     module = load_module(handle, bundled_names)
     probe = np.zeros((1, image_size, image_size, 3), np.float32)
     try:
@@ -98,3 +105,61 @@ def build(name: str, handle: str, image_size: int, bundled_names: list[str]) -> 
     inputs = keras.Input((image_size, image_size, 3), name="input_image")
     outputs = HubFeatures(handle, dim, module=module, name="hub_features")(inputs)
     return keras.Model(inputs, outputs, name=name)
+
+
+@dataclass(frozen=True)
+class Hub:
+    """Loader of a TF Hub feature vector, from its spec's handle (engine.backbones.spec.Loader)."""
+
+    source: ClassVar[str] = "hub"
+
+    def build(self, spec: BackboneSpec, image_size: int, include_top: bool, weights: bool) -> keras.Model:
+        return build(spec.name, spec.handle, image_size, bundled.installed_names())
+
+    def availability(self, spec: BackboneSpec, paths: bool) -> tuple[bool, str]:
+        if handle_ready(spec.handle):
+            return True, ""
+        if is_local(spec.handle):
+            missing = f"at {spec.handle}" if paths else "in its server folder"
+            return False, f"no SavedModel {missing}"
+        return False, "not downloaded yet from TF Hub (needs network)"
+
+
+# TF Hub models are opaque SavedModels: no inner layers, no ImageNet head, [0, 1] input.
+hub_spec = partial(
+    BackboneSpec, last_conv_layer=None, finetune_blocks=(), imagenet_head=False, preprocess=scale_0_1, loader=Hub()
+)
+
+BUILT_IN = (
+    hub_spec(
+        name="hub_mobilenet_v2",
+        title="MobileNetV2 feature vector (TF Hub)",
+        input_size=224,
+        feature_dim=1280,
+        params=2_257_984,
+        handle="https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4",
+    ),
+    hub_spec(
+        name="hub_inception_v3",
+        title="InceptionV3 feature vector (TF Hub)",
+        input_size=299,
+        feature_dim=2048,
+        params=21_802_784,
+        handle="https://tfhub.dev/google/tf2-preview/inception_v3/feature_vector/4",
+    ),
+)
+
+
+def operator_specs() -> list[BackboneSpec]:
+    """Hub handles the operator allowed in CONVSCOPE_HUB_MODELS (feature size found at load)."""
+    return [
+        hub_spec(
+            name=e.name,
+            title=f"{e.name} (TF Hub, operator-allowed)",
+            input_size=e.input_size,
+            feature_dim=0,
+            params=0,
+            handle=e.handle,
+        )
+        for e in settings.hub_models()
+    ]

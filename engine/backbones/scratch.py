@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
 import keras
 from keras import layers
+
+from engine.backbones.spec import BackboneSpec
 
 
 def alexnet(image_size: int, num_classes: int | None = None) -> keras.Model:
@@ -48,3 +54,17 @@ def small_cnn(image_size: int, num_classes: int | None = None) -> keras.Model:
         x = layers.Dropout(0.3, name="dropout")(x)
         x = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, x, name="small_cnn")
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Loader of a CNN with random weights: `network(image_size)` (engine.backbones.spec.Loader)."""
+
+    network: Callable[[int], keras.Model]
+    source: ClassVar[str] = "scratch"
+
+    def build(self, spec: BackboneSpec, image_size: int, include_top: bool, weights: bool) -> keras.Model:
+        return self.network(image_size)
+
+    def availability(self, spec: BackboneSpec, paths: bool) -> tuple[bool, str]:
+        return True, ""  # random weights, always there

@@ -6,8 +6,19 @@ images of any size, resized and preprocessed inside), `tflite`, `tflite-fp16`,
 interpreter) and `onnx` (tf2onnx, run with onnxruntime). Each export is reloaded and
 compared with the Keras model on the run's test split (engine.export.parity), and
 `labels.txt` (class k's name on line k+1) is written beside it.
+
+`EXPORT_FORMATS` is the one table of formats (name, file name, title, writer, runner) that the
+engine, the CLI (`FORMATS`, the names) and the Runs page read.
 """
 
-from engine.export.formats import FORMATS, ExportError, ExportUnavailable, as_download, export_run
+from engine.export.formats import (
+    EXPORT_FORMATS,
+    FORMATS,
+    ExportError,
+    ExportFormat,
+    ExportUnavailable,
+    as_download,
+    export_run,
+)
 
-__all__ = ["FORMATS", "ExportError", "ExportUnavailable", "as_download", "export_run"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "ExportError", "ExportFormat", "ExportUnavailable", "as_download", "export_run"]

@@ -1,21 +1,30 @@
-"""Writers for each export format, and `export_run`, which writes one and checks it."""
+"""The export formats, one table entry each (`EXPORT_FORMATS`), their writers, and `export_run`.
+
+Adding a format is adding one `ExportFormat` to the table: its name (the CLI's --format), default
+file name, title (the Runs page), writer (below) and runner (engine.export.parity).
+"""
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from engine import runs
 from engine.errors import ConvScopeError
+from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
+from engine.export import parity
 
-FORMATS = ("keras", "savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
-FILE_NAMES = {"keras": "model.keras", "savedmodel": "savedmodel", "tflite": "model.tflite",
-              "tflite-fp16": "model-fp16.tflite", "tflite-int8": "model-int8.tflite", "onnx": "model.onnx"}  # fmt: skip
 CHECKS_FILE = "exports.json"
 LABELS_FILE = "labels.txt"  # beside every export: one class name per line, line k = output k
 CALIBRATION_IMAGES = 100  # representative images for int8: TFLite's guide suggests 100-500
@@ -37,7 +46,7 @@ def _resize(images, size: int, policy: str):
     cuts the central square), and its bilinear filter widens when it shrinks, hence antialias. Crop
     offsets here are whole source pixels where Pillow's can be half ones: under half an output pixel.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only the export commands need it
 
     x = tf.cast(images, tf.float32)
     h, w = tf.shape(x)[1], tf.shape(x)[2]
@@ -64,8 +73,8 @@ def write_savedmodel(model, preprocess: Callable, size: int, policy: str, out: P
     - `serve_fixed`: float32 (N, S, S, 3) in [0, 255], already resized -> logits (N, K);
       what TFLite and the parity checks use.
     """
-    import keras
-    import tensorflow as tf
+    import keras  # heavy: TensorFlow loads in seconds; only the export commands need it
+    import tensorflow as tf  # heavy: as keras
 
     def fixed(x):
         return model(preprocess(x), training=False)
@@ -89,7 +98,7 @@ def write_tflite(savedmodel: Path, out: Path, kind: str, representative: np.ndar
     weights and activations int8, uint8 input, float32 output; calibrated on `representative`,
     (n, S, S, 3) images in [0, 255]).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only the export commands need it
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=["serve_fixed"])
     if kind == "tflite-fp16":
@@ -111,7 +120,7 @@ def write_tflite(savedmodel: Path, out: Path, kind: str, representative: np.ndar
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; its message is the reason
         raise ExportUnavailable(f"{kind}: the TFLite converter failed: {_first_line(exc)}") from exc
     if kind == "tflite-int8":
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # optional: only TFLite exports need LiteRT
 
         scale, zero = Interpreter(model_content=blob).get_input_details()[0]["quantization"]
         if abs(scale - 1.0) > 1e-6 or zero != 0:
@@ -125,8 +134,8 @@ def write_tflite(savedmodel: Path, out: Path, kind: str, representative: np.ndar
 def write_onnx(model, preprocess: Callable, size: int, out: Path) -> Path:
     """ONNX through tf2onnx (opset 17): float32 (N, S, S, 3) in [0, 255] -> logits (N, K)."""
     try:
-        import tensorflow as tf
-        import tf2onnx
+        import tensorflow as tf  # heavy: TensorFlow loads in seconds; only the export commands need it
+        import tf2onnx  # optional: only the ONNX export needs it
     except ImportError as exc:
         raise ExportUnavailable(f"onnx: tf2onnx is not installed ({exc})") from exc
 
@@ -158,9 +167,93 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+# ---- the table: one entry per format ------------------------------------------------------
+Writer = Callable[[runs.Run, Any, Path, Path], None]  # (run, model: an Explainable, out, tmp) -> None
+
+
+def _write_keras(run: runs.Run, model, out: Path, tmp: Path) -> None:
+    shutil.copyfile(run.model_file, out)
+
+
+def _write_savedmodel(run: runs.Run, model, out: Path, tmp: Path) -> None:
+    write_savedmodel(model.model, model.preprocess, model.input_size, model.resize_policy, out)
+
+
+def _write_tflite(kind: str, run: runs.Run, model, out: Path, tmp: Path) -> None:
+    size, policy = model.input_size, model.resize_policy
+    saved = write_savedmodel(model.model, model.preprocess, size, policy, tmp / "savedmodel")
+    calibration = None
+    if kind == "tflite-int8":
+        calibration = parity.training_images(run, size, policy, CALIBRATION_IMAGES)
+    write_tflite(saved, out, kind, calibration)
+
+
+def _write_onnx(run: runs.Run, model, out: Path, tmp: Path) -> None:
+    write_onnx(model.model, model.preprocess, model.input_size, out)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """Everything the engine, the CLI and the Runs page know about one export format.
+
+    Attributes:
+        name: the CLI's --format value and the key in RUN/exports.json.
+        file_name: the default file (or folder) under RUN/exports/; an --out path keeps its suffix.
+        title: what the Runs page's picker shows.
+        write: (run, model: an engine.model Explainable, out, tmp: a scratch folder) -> None; writes `out`.
+        runner: (path, preprocess) -> the written file as a function (N, S, S, 3) float32 in [0, 255]
+            -> (N, K) logits (engine.export.parity), compared with the Keras model.
+        folder: for a format written as a folder, the file inside that marks one of its exports (an
+            earlier export there is replaced; any other folder never is); "" for a single file.
+        min_agreement: top-1 agreement with Keras below which the result carries a warning.
+    """
+
+    name: str
+    file_name: str
+    title: str
+    write: Writer
+    runner: Callable[[Path, Callable], parity.Logits]
+    folder: str = ""
+    min_agreement: float = 0.0
+
+
+EXPORT_FORMATS = {
+    f.name: f
+    for f in (
+        ExportFormat("keras", "model.keras", "Keras (.keras)", _write_keras, parity.run_keras),
+        ExportFormat(
+            "savedmodel",
+            "savedmodel",
+            "TensorFlow SavedModel (any image size, uint8)",
+            _write_savedmodel,
+            parity.run_savedmodel,
+            folder="saved_model.pb",
+        ),
+        ExportFormat("tflite", "model.tflite", "TFLite float32", partial(_write_tflite, "tflite"), parity.run_tflite),
+        ExportFormat(
+            "tflite-fp16",
+            "model-fp16.tflite",
+            "TFLite float16",
+            partial(_write_tflite, "tflite-fp16"),
+            parity.run_tflite,
+        ),
+        ExportFormat(
+            "tflite-int8",
+            "model-int8.tflite",
+            "TFLite int8 (full-integer)",
+            partial(_write_tflite, "tflite-int8"),
+            parity.run_tflite,
+            min_agreement=0.97,  # quantised: said when it changes answers
+        ),
+        ExportFormat("onnx", "model.onnx", "ONNX", _write_onnx, parity.run_onnx),
+    )
+}
+FORMATS = tuple(EXPORT_FORMATS)  # the names, in the order the CLI and the Runs page offer them
+
+
 # ---- one run, one format -----------------------------------------------------------------
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, check: bool = True, progress=None) -> dict:
-    """Write `run_dir`'s model as `fmt` to `out` (default RUN/exports/FILE_NAMES[fmt]) and check it.
+    """Write `run_dir`'s model as `fmt` to `out` (default RUN/exports/, the format's file_name) and check it.
 
     labels.txt (the class names, one per line) is written beside the export.
 
@@ -171,9 +264,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     Raises:
         ExportUnavailable: the converter cannot handle this model here (its reason as the message).
     """
-    from engine import runs
-
-    if fmt not in FORMATS:
+    if fmt not in EXPORT_FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = runs.Run(Path(run_dir))
     if not run.path.is_dir():
@@ -183,18 +274,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     if (runs.read_json(run.path / "status.json", {}) or {}).get("status") in runs.ACTIVE:
         raise ExportError(f"{run.name} is still queued or training: export it once it has finished")
     try:
-        return _export(run, fmt, out, check, progress)
+        return _export(run, EXPORT_FORMATS[fmt], out, check, progress)
     except Exception as exc:
         if not run.path.is_dir():  # whatever failed, the cause is that the run was deleted meanwhile
             raise ExportError(str(runs.gone_error(run.path, "it was exported"))) from exc
         raise
 
 
-def _export(run, fmt: str, out: str | Path | None, check: bool, progress) -> dict:
-    from engine import runs
-    from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
-    from engine.export import parity
-
+def _export(run: runs.Run, fmt: ExportFormat, out: str | Path | None, check: bool, progress) -> dict:
     target = _target(run, fmt, out)
     data, unchecked = None, ""
     if check:  # before converting: a run that cannot be checked says so at once
@@ -205,26 +292,14 @@ def _export(run, fmt: str, out: str | Path | None, check: bool, progress) -> dic
             except EvaluationError as exc:
                 unchecked = str(exc)
     model = run_model(run)  # an Explainable: the Keras model, its preprocessing, size and policy
-    size, policy = model.input_size, model.resize_policy
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="convscope-export-") as tmp:
         staged = Path(tmp) / target.name
-        if fmt == "keras":
-            shutil.copyfile(run.model_file, staged)
-        elif fmt == "savedmodel":
-            write_savedmodel(model.model, model.preprocess, size, policy, staged)
-        elif fmt.startswith("tflite"):
-            saved = write_savedmodel(model.model, model.preprocess, size, policy, Path(tmp) / "savedmodel")
-            calibration = None
-            if fmt == "tflite-int8":
-                calibration = parity.training_images(run, size, policy, CALIBRATION_IMAGES)
-            write_tflite(saved, staged, fmt, calibration)
-        else:
-            write_onnx(model.model, model.preprocess, size, staged)
+        fmt.write(run, model, staged, Path(tmp))
         _swap_in(staged, target, Path(tmp))
     labels = write_labels(run.labels(), target.parent / LABELS_FILE)
     result = {
-        "format": fmt,
+        "format": fmt.name,
         "path": str(target),
         "bytes": _size(target),
         "labels": str(labels),
@@ -233,32 +308,37 @@ def _export(run, fmt: str, out: str | Path | None, check: bool, progress) -> dic
     if check and data is None:
         result["unchecked"] = f"not compared with Keras: {unchecked}"
     elif check:
-        result.update(parity.compare(model, fmt, target, data, progress))
+        result.update(parity.compare(model, fmt.runner(target, model.preprocess), data, progress))
+        if result["agreement"] < fmt.min_agreement:
+            result["warning"] = (
+                f"{fmt.title} agrees with the float model on {result['agreement']:.1%} of the test images "
+                f"(below {fmt.min_agreement:.0%}): check the accuracy before deploying it"
+            )
         result["split"] = data.split
         stat = run.model_file.stat()
         result["model"] = f"{stat.st_mtime_ns}:{stat.st_size}"  # the report shows only checks of this model
         with _CHECKS_LOCK:
             checked = runs.read_json(run.path / CHECKS_FILE, {}) or {}
-            runs.write_json(run.path / CHECKS_FILE, {**checked, fmt: result}, inside=run.path)
+            runs.write_json(run.path / CHECKS_FILE, {**checked, fmt.name: result}, inside=run.path)
     return result
 
 
 _CHECKS_LOCK = threading.Lock()
 
 
-def _target(run, fmt: str, out: str | Path | None) -> Path:
+def _target(run: runs.Run, fmt: ExportFormat, out: str | Path | None) -> Path:
     """Where the export goes, checked: never over a folder that is not an earlier export of the same kind."""
-    target = Path(out).expanduser().resolve() if out else run.path / "exports" / FILE_NAMES[fmt]
-    suffix = Path(FILE_NAMES[fmt]).suffix
+    target = Path(out).expanduser().resolve() if out else run.path / "exports" / fmt.file_name
+    suffix = Path(fmt.file_name).suffix
     if suffix and target.suffix.lower() != suffix:  # Keras and the interpreters go by the file's extension
         target = target.with_name(target.name + suffix)
-    if target.is_dir() and not (fmt == "savedmodel" and (target / "saved_model.pb").is_file()):
+    if target.is_dir() and not (fmt.folder and (target / fmt.folder).is_file()):
         raise ExportError(
-            f"{target} is a folder that is not an earlier SavedModel export; give a new path "
+            f"{target} is a folder that is not an earlier {fmt.name} export; give a new path "
             "(an existing folder is never replaced)"
         )
-    if target.is_file() and fmt == "savedmodel":
-        raise ExportError(f"{target} is a file; give a new folder for the SavedModel")
+    if target.is_file() and fmt.folder:
+        raise ExportError(f"{target} is a file; give a new folder for the {fmt.name} export")
     if out:
         target.parent.mkdir(parents=True, exist_ok=True)
     else:
@@ -278,16 +358,11 @@ def _swap_in(staged: Path, target: Path, tmp: Path) -> None:
 
 def checked_exports(run_dir: str | Path) -> dict[str, dict]:
     """The figures of every export checked so far, by format (RUN/exports.json)."""
-    from engine import runs
-
     return runs.read_json(Path(run_dir) / CHECKS_FILE, {}) or {}
 
 
 def as_download(path: str | Path) -> tuple[bytes, str]:
     """An export as one file to hand to a browser: (bytes, file name); a SavedModel folder is zipped."""
-    import io
-    import zipfile
-
     path = Path(path)
     if path.is_file():
         return path.read_bytes(), path.name

@@ -1,4 +1,9 @@
-"""How faithful and how fast an export is: reloaded and compared with the Keras model on the test split."""
+"""How faithful and how fast an export is: reloaded and compared with the Keras model on the test split.
+
+A runner per kind of file (run_keras, run_savedmodel, run_tflite, run_onnx) loads a written export as
+a function (N, S, S, 3) float32 in [0, 255] -> (N, K) logits; engine.export.formats names each
+format's runner in its table, and `compare` measures any of them against the Keras model.
+"""
 
 from __future__ import annotations
 
@@ -9,54 +14,62 @@ from pathlib import Path
 
 import numpy as np
 
-INT8_WARNING = 0.97  # top-1 agreement below this is shown as a warning
+from engine.data.pipeline import decoded_batches, load_resized
+from engine.evaluate.evaluation import labelled_set
+from engine.model.compiled import CompiledModel
+
 LATENCY_REPEATS = 10
+
+Logits = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 in [0, 255] -> (N, K) logits
 
 
 def training_images(run, size: int, policy: str, n: int) -> np.ndarray:
     """Up to `n` images of the run's training split, spread over it: (n, S, S, 3) float32 in [0, 255]."""
-    from engine.data.pipeline import load_resized
-    from engine.evaluate.evaluation import labelled_set
-
     data = labelled_set(run, split="train")
     paths = data.paths[:: max(1, len(data.paths) // n)][:n]
     return np.stack([load_resized(p, size, policy) for p in paths]).astype(np.float32)
 
 
-def runner(fmt: str, path: Path, preprocess: Callable) -> Callable[[np.ndarray], np.ndarray]:
-    """A function (N, S, S, 3) float32 in [0, 255] -> (N, K) logits that runs the exported file."""
-    if fmt == "keras":
-        import keras
+def run_keras(path: Path, preprocess: Callable) -> Logits:
+    """A .keras file, compiled as the dashboard runs it."""
+    import keras  # heavy: TensorFlow loads in seconds; only a check of an export needs it
 
-        from engine.model.compiled import CompiledModel
+    return CompiledModel(keras.models.load_model(path, safe_mode=True, compile=False), preprocess).logits
 
-        compiled = CompiledModel(keras.models.load_model(path, safe_mode=True, compile=False), preprocess)
-        return compiled.logits
-    if fmt == "savedmodel":
-        import tensorflow as tf
 
-        loaded = tf.saved_model.load(str(path))
-        return lambda x: loaded.serve_fixed(tf.constant(x)).numpy()
-    if fmt.startswith("tflite"):
-        from ai_edge_litert.interpreter import Interpreter  # tf.lite.Interpreter is to be removed
+def run_savedmodel(path: Path, preprocess: Callable) -> Logits:
+    """A SavedModel folder, through its `serve_fixed` signature (preprocessing is inside)."""
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only a check of an export needs it
 
-        interpreter = Interpreter(model_path=str(path))
-        interpreter.allocate_tensors()
-        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    loaded = tf.saved_model.load(str(path))
+    return lambda x: loaded.serve_fixed(tf.constant(x)).numpy()
 
-        def run(x: np.ndarray) -> np.ndarray:
-            rows = []
-            scale, zero = inp["quantization"]
-            for image in x:  # the file's input is (1, S, S, 3): one image per call
-                if inp["dtype"] == np.uint8:  # quantised as the file says (scale 1, zero 0 for ours)
-                    image = np.clip(np.rint(image / (scale or 1.0) + zero), 0, 255).astype(np.uint8)
-                interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
-                interpreter.invoke()
-                rows.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))
-            return np.stack(rows)
 
-        return run
-    import onnxruntime as ort
+def run_tflite(path: Path, preprocess: Callable) -> Logits:
+    """A .tflite file in the LiteRT interpreter (tf.lite.Interpreter is to be removed), one image per call."""
+    from ai_edge_litert.interpreter import Interpreter  # optional: only TFLite exports need LiteRT
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        rows = []
+        scale, zero = inp["quantization"]
+        for image in x:  # the file's input is (1, S, S, 3): one image per call
+            if inp["dtype"] == np.uint8:  # quantised as the file says (scale 1, zero 0 for ours)
+                image = np.clip(np.rint(image / (scale or 1.0) + zero), 0, 255).astype(np.uint8)
+            interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))
+        return np.stack(rows)
+
+    return run
+
+
+def run_onnx(path: Path, preprocess: Callable) -> Logits:
+    """A .onnx file in onnxruntime on the CPU."""
+    import onnxruntime as ort  # optional: only ONNX exports need onnxruntime
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -69,7 +82,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _latency_ms(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> float:
+def _latency_ms(fn: Logits, image: np.ndarray) -> float:
     """Median milliseconds of one image, after one untimed call."""
     fn(image[None])
     times = []
@@ -80,18 +93,20 @@ def _latency_ms(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> fl
     return 1000 * statistics.median(times)
 
 
-def compare(model, fmt: str, path: Path, data, progress=None) -> dict:
-    """The export against the Keras model (`model`, an engine.explain.Explainable) on a labelled set.
+def compare(model, run_export: Logits, data, progress=None) -> dict:
+    """An export (`run_export`, one of the runners above) against the Keras model on a labelled set.
+
+    Args:
+        model: an engine.model Explainable (the Keras model, its preprocessing, size and policy).
+        run_export: the export as a function (N, S, S, 3) float32 in [0, 255] -> (N, K) logits.
+        data: a labelled set (engine.evaluate.evaluation.labelled_set).
+        progress: called with (images done, images in all) after each batch.
 
     Returns:
         {"agreement": share of images with the same top-1 class, "max_abs_diff": the largest
         probability difference, "accuracy", "accuracy_keras", "latency_ms", "latency_ms_keras"
-        (one image at a time, median of 10), "images", and "warning" when int8 agrees on less
-        than 97%}.
+        (one image at a time, median of 10), "images"}.
     """
-    from engine.data.pipeline import decoded_batches
-
-    run_export = runner(fmt, Path(path), model.preprocess)
     ours, theirs, done = [], [], 0
     for images in decoded_batches(data.paths, model.input_size, model.resize_policy):
         ours.append(model.compiled.logits(images))
@@ -111,9 +126,4 @@ def compare(model, fmt: str, path: Path, data, progress=None) -> dict:
     sample = np.asarray(images[0], np.float32)
     result["latency_ms"] = round(_latency_ms(run_export, sample), 3)
     result["latency_ms_keras"] = round(_latency_ms(model.compiled.logits, sample), 3)
-    if fmt == "tflite-int8" and result["agreement"] < INT8_WARNING:
-        result["warning"] = (
-            f"int8 agrees with the float model on {result['agreement']:.1%} of the test images "
-            f"(below {INT8_WARNING:.0%}): check the accuracy before deploying it"
-        )
     return result

@@ -12,6 +12,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from plotly.offline import get_plotlyjs
+
+from engine import charts
+from engine.data.pipeline import load_resized
+from engine.data.sources import source_title
+from engine.errors import ConvScopeError
+from engine.evaluate.evaluation import evaluate, run_model
+from engine.explain import heatmaps
+from engine.explain.overlay import overlay
+from engine.export.formats import ExportError, checked_exports
+from engine.runs import Run, summary
 
 SECTIONS = (
     "Data",
@@ -42,8 +54,6 @@ def _table(rows: list[list], header: list[str] | None = None) -> str:
 
 
 def _png(rgb: np.ndarray) -> str:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -83,9 +93,6 @@ def _flatten(config: dict, prefix: str = "") -> list[list]:
 
 def _shown(config: dict) -> dict:
     """The configuration as a shared report shows it: no server paths (the data and a fine-tune's parent)."""
-    from engine.data.sources import source_title
-    from engine.runs import Run
-
     shown = dict(config)
     if isinstance(config.get("data"), dict):
         shown["data"] = {**config["data"], "source": source_title(str(config["data"].get("source", "")))}
@@ -103,23 +110,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     matrix, calibration (reliability before and after temperature scaling), the most confident
     mistakes with Grad-CAM for the predicted and the true class, and the checked exports.
     """
-    from plotly.offline import get_plotlyjs
-
-    from engine import charts
-    from engine.evaluate.evaluation import evaluate, run_model
-    from engine.explain import heatmaps
-    from engine.explain.overlay import overlay
-    from engine.export.formats import checked_exports
-    from engine.runs import Run, summary
-
     t0 = time.perf_counter()
     run = Run(Path(run_dir))
     config, history, row = run.config(), run.history(), summary(run)
     shown = _shown(config)
     model = run_model(run)
-    from engine.errors import ConvScopeError
-    from engine.export.formats import ExportError
-
     target = Path(out).expanduser() if out else run.path / "report.html"
     if target.is_dir():
         raise ExportError(f"{target} is a folder; give the report a file name, such as report.html")
@@ -188,8 +183,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
 
     worst = result.mistake_indices()[:MISTAKES]
     if len(worst):
-        from engine.data.pipeline import load_resized
-
         images = np.stack([load_resized(result.data.paths[k], model.input_size, model.resize_policy) for k in worst])
         x = images.astype(np.float32)
         predicted = [int(result.predicted[k]) for k in worst]
