@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.__main__ import main
+from engine.cli.main import main
 from engine.data import shapes
 from engine.data.sources import open_dataset, parse, shapes_config, shapes_source
 from engine.errors import DatasetError

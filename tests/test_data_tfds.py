@@ -70,7 +70,7 @@ def test_bad_names(tfds_dir):
 
 
 def test_an_unknown_name_is_a_short_error_with_close_names(tfds_dir, capsys):
-    from engine import __main__ as cli
+    from engine.cli import main as cli
 
     assert cli.main(["inspect-data", "tfds:tf_flower"]) == 2
     err = capsys.readouterr().err.strip()

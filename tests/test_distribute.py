@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from engine.__main__ import main
+from engine.cli.main import main
 from engine.training import distribute
 
 ROOT = Path(__file__).resolve().parents[1]

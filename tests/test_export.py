@@ -75,14 +75,14 @@ def test_a_converter_that_fails_is_unavailable_with_its_reason(run, tmp_path, mo
         export_run(run, "onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()  # nothing half-written
 
-    from engine.__main__ import main
+    from engine.cli.main import main
 
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "y.onnx"), "--json"]) == 2
     assert "Unsupported ops: SomeNewOp" in json.loads(capsys.readouterr().out)["error"]
 
 
 def test_cli_export_json_and_bad_input(run, tmp_path, capsys):
-    from engine.__main__ import main
+    from engine.cli.main import main
 
     assert main(["export", str(run), "--format", "keras", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

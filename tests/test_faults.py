@@ -210,7 +210,7 @@ def killed_before_model(name: str) -> runs.Run:
 
 @pytest.mark.parametrize("command", [["evaluate"], ["export", "--format", "keras"], ["report"]])
 def test_commands_on_a_run_without_a_model_exit_2_with_a_message(command, capsys):
-    from engine import __main__ as cli
+    from engine.cli import main as cli
 
     run = killed_before_model("nomodel")
     code = cli.main([command[0], str(run.path), *command[1:], "--json"])
@@ -239,7 +239,7 @@ def copy_of(trained, runs_dir, name: str) -> runs.Run:
 
 @pytest.mark.slow
 def test_a_run_deleted_while_it_is_evaluated_stays_deleted(trained, runs_dir, monkeypatch, capsys):
-    from engine import __main__ as cli
+    from engine.cli import main as cli
     from engine.evaluate import evaluation
 
     run = copy_of(trained, runs_dir, "doomed")
@@ -354,7 +354,7 @@ def test_folder_links_out_of_the_dataset_are_never_read(tmp_path, cache_dir, mon
 def test_a_corrupted_model_says_so_and_the_run_is_listed_as_damaged(trained, runs_dir, damage, capsys):
     import zipfile
 
-    from engine import __main__ as cli
+    from engine.cli import main as cli
 
     run = copy_of(trained, runs_dir, "corrupt")
     assert runs.summary(run)["status"] == "finished"

@@ -50,7 +50,7 @@ def test_features_read_from_the_cache_are_not_called_computed(tmp_path, capfd):
     """The CLI printed "Computing backbone features: 300/300" when all 300 came from the cache."""
     import threading
 
-    from engine.__main__ import _TrainProgress
+    from engine.cli.train import _TrainProgress
     from engine.training import feature_cache, fit
 
     np.save(tmp_path / "kept.npy", np.ones((300, 4), np.float32))

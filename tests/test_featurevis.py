@@ -191,7 +191,7 @@ def test_weight_change_and_parent_run(tmp_path):
 
 @pytest.mark.slow
 def test_cli_visualize_and_top_examples(tmp_path, capsys):
-    from engine.__main__ import main
+    from engine.cli.main import main
 
     out = tmp_path / "pics.png"
     argv = ["visualize", "--layer", "stem_activation", "--channel", "0-1", "--steps", "8", "--size", "64"]

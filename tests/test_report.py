@@ -40,7 +40,7 @@ def test_every_section_is_written_and_self_contained(report):
 def test_cli_report(report, tmp_path, capsys):
     import json
 
-    from engine.__main__ import main
+    from engine.cli.main import main
 
     run, _ = report
     out = tmp_path / "r.html"

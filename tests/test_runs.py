@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from engine import __main__ as cli
 from engine import jobs, runs
+from engine.cli import main as cli
 from engine.config import DataConfig, TrainConfig
 from engine.training import fit
 
