@@ -26,6 +26,7 @@ from engine.data.pipeline import decoded_batches
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.evaluate import calibration, metrics
+from engine.numerics import softmax
 from engine.runs import Run
 
 SPLITS = ("test", "validation", "train", "all")
@@ -185,13 +186,13 @@ class Evaluation:
     metrics: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        self.probs = calibration.softmax(self.logits)
+        self.probs = softmax(self.logits)
         self.predicted = self.probs.argmax(axis=1)
         self.confidence = self.probs.max(axis=1)
         self.metrics = metrics.classification_metrics(self.data.labels, self.probs, self.class_names, self.top_k)
         self.reliability = calibration.reliability(self.probs, self.data.labels)
         t = self.temperature or 1.0
-        self.calibrated_probs = calibration.softmax(self.logits, t)
+        self.calibrated_probs = softmax(self.logits, t)
         self.reliability_calibrated = calibration.reliability(self.calibrated_probs, self.data.labels)
 
     @property

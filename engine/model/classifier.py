@@ -11,6 +11,7 @@ import numpy as np
 from engine import backbones, imaging
 from engine.imagenet import imagenet_labels
 from engine.model.compiled import CompiledModel
+from engine.numerics import softmax
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,6 @@ class Prediction:
 
     def to_json(self) -> dict:
         return {"image": self.image, "top": [t.__dict__ for t in self.top], "seconds": round(self.seconds, 4)}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, stable for large values."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class ImageNetClassifier:
@@ -90,7 +84,7 @@ def classify(
     t0 = time.perf_counter()
     resized = np.stack([imaging.resize(rgb, input_size, policy) for _, rgb in images])
     logits = compiled.logits(resized.astype(np.float32))
-    probs = softmax(logits.astype(np.float64) / float(temperature))
+    probs = softmax(logits, temperature)
     per_image = (time.perf_counter() - t0) / len(images)
     out = []
     for (name, _), p, seen in zip(images, probs, resized, strict=True):

@@ -19,6 +19,7 @@ from engine import backbones, imaging
 from engine.errors import ConvScopeError
 from engine.model.compiled import CompiledModel
 from engine.model.memo import Memo
+from engine.numerics import softmax
 from engine.runs import keras_archive_problem
 
 
@@ -224,9 +225,7 @@ class Explainable:
 
     def probabilities(self, images: np.ndarray, progress=None) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> (N, classes) softmax probabilities (float64)."""
-        from engine.model.classifier import softmax
-
-        return softmax(self.logits(images, progress).astype(np.float64))
+        return softmax(self.logits(images, progress))
 
     def activations(self, images: np.ndarray, layer: str) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> the layer's output (N, h, w, C) float32."""
