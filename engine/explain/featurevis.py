@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model.compiled import Progress, _layer, activation_cap
+from engine.model.compiled import Progress, activation_cap, locate_layer
 from engine.model.explainable import Explainable, ExplainError
 
 LOGITS = "logits"  # the layer name that optimises a class logit instead of a channel
@@ -126,7 +126,7 @@ def any_size(model, layer: str, before_activation: bool = False) -> Callable:
         before = keras.Model(model.input, node.input_tensors[0])
         after = keras.Model(node.output_tensors[0], model.output)
         return lambda x: after.call(nested.call(before.call(x, training=False), training=False), training=False)
-    nested, inner = _layer(model, layer)
+    nested, inner = locate_layer(model, layer)
     graph = nested if nested is not None else model
     target = graph.get_layer(inner)
     pre = before_activation and type(target).__name__ in ACTIVATIONS
@@ -141,7 +141,7 @@ def _cap(model, layer: str) -> float | None:
     """The upper clip of an activation layer (6 for ReLU6), or None."""
     if layer == LOGITS:
         return None
-    nested, inner = _layer(model, layer)
+    nested, inner = locate_layer(model, layer)
     return activation_cap((nested or model).get_layer(inner))
 
 
@@ -357,7 +357,7 @@ def check_target(model: Explainable, layer: str, channels: list[int]) -> int:
         what = "classes"
     else:
         model.check_layer(layer)
-        nested, inner = _layer(model.model, layer)
+        nested, inner = locate_layer(model.model, layer)
         count = int((nested or model.model).get_layer(inner).output.shape[-1])
         what = "channels"
     if not channels:

@@ -244,10 +244,10 @@ def _output(layer):
 
 
 def _compute(model, layer: str) -> Field:
-    from engine.model.compiled import _layer
+    from engine.model.compiled import locate_layer
 
     try:
-        nested, inner = _layer(model, layer)
+        nested, inner = locate_layer(model, layer)
         target = _output((nested or model).get_layer(inner))
     except ValueError as exc:
         raise ExplainError(f"the model has no layer {layer!r}") from exc

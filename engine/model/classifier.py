@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import backbones, imaging
+from engine import backbones, imaging, runs
 from engine.imagenet import imagenet_labels
 from engine.model.compiled import CompiledModel
+from engine.model.explainable import run_model
 from engine.numerics import softmax
+
+CALIBRATION_FILE = "calibration.json"  # a run's fitted temperature, written by engine.evaluate.save_temperature
 
 
 @dataclass(frozen=True)
@@ -97,14 +100,11 @@ def classify(
 class RunClassifier:
     """A trained run's classifier with its labels, resize policy and saved temperature (read-only, shareable).
 
-    `model` is the run's engine.explain.Explainable when the caller holds one already (the
+    `model` is the run's engine.model.explainable.Explainable when the caller holds one already (the
     dashboard shares one copy for predictions and maps); otherwise it is loaded from the run.
     """
 
     def __init__(self, run_dir: str | Path, model=None, temperature: float | None = None) -> None:
-        from engine import runs
-        from engine.evaluate import run_model, saved_temperature
-
         run = runs.open_run(run_dir)
         self.run = run.name
         self.model = model or run_model(run)
@@ -129,3 +129,9 @@ class RunClassifier:
             temperature=self.temperature,
             policy=self.policy,
         )
+
+
+def saved_temperature(run_dir: str | Path) -> float | None:
+    """The temperature saved with a run (engine.evaluate.save_temperature), or None when there is none."""
+    saved = runs.read_json(Path(run_dir) / CALIBRATION_FILE, None)
+    return float(saved["temperature"]) if saved and saved.get("temperature") else None
