@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, replace
 
@@ -92,8 +93,6 @@ def peak_in_original(heatmap: np.ndarray, height: int, width: int) -> tuple[int,
 
 def image_digest(x: np.ndarray) -> str:
     """A short content hash of a prepared image: the map cache's key, so a new image never shows old maps."""
-    import hashlib
-
     x = np.ascontiguousarray(x)
     return hashlib.blake2b(x.tobytes() + str(x.shape).encode(), digest_size=12).hexdigest()
 
