@@ -47,6 +47,7 @@ def main() -> None:
     from engine.config import DataConfig, TrainConfig
     from engine.data.pipeline import load_resized
     from engine.evaluate.evaluation import cached_logits
+    from engine.model.explainable import run_model
     from engine.training import fit
 
     source = f"shapes:per_class={args.per_class},classes=5,size=160"
@@ -56,7 +57,7 @@ def main() -> None:
     assert fit.train(config, run)["status"] == "finished"
     print(f"trained a head on {source} at {args.size} px in {time.perf_counter() - t0:.0f} s")
 
-    model = evaluate.run_model(run)
+    model = run_model(run)
     data = evaluate.labelled_set(run, split="all")
     n = len(data.rels)
     in_memory = np.stack([load_resized(p, args.size) for p in data.paths]).astype(np.float32)

@@ -36,8 +36,9 @@ def main() -> None:
     import numpy as np
 
     from engine.data.pipeline import load_resized
-    from engine.evaluate.evaluation import labelled_set, run_model
+    from engine.evaluate.evaluation import labelled_set
     from engine.export import EXPORT_FORMATS, export_run
+    from engine.model.explainable import run_model
     from engine.runs import Run
 
     run_dir = args.run

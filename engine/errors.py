@@ -27,3 +27,11 @@ class DatasetError(ConvScopeError):
 
 class ArchiveError(DatasetError):
     """An uploaded archive is unsafe (path escape, link, bomb) or unreadable."""
+
+
+class ExplainError(ConvScopeError):
+    """A layer or method that does not apply to this model."""
+
+
+class EvaluationError(ConvScopeError):
+    """A run or source that cannot be evaluated."""

@@ -229,7 +229,7 @@ with tab_cal:
         if result.temperature is None:
             st.info("This run has no validation split, so no temperature can be fitted.")
         else:
-            from engine.evaluate import saved_temperature
+            from engine.model.classifier import saved_temperature
 
             st.markdown(
                 f"**Temperature scaling** (fitted on the validation split): dividing the logits by "

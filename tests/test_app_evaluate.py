@@ -10,6 +10,7 @@ import pytest
 
 from conftest import train_tiny_run
 from engine import evaluate, jobs, runs
+from engine.model.classifier import saved_temperature
 
 pytestmark = pytest.mark.slow  # every test opens a page through AppTest on runs trained once for the module
 
@@ -103,7 +104,7 @@ def test_calibration_saves_a_temperature_that_predict_uses(root, open_page):
     else:  # a temperature that does not help is not offered
         assert button.disabled and "Not worth saving" in texts(at)
         evaluate.save_temperature(runs.Run(root / "eval-run"), result.temperature)
-    saved = evaluate.saved_temperature(root / "eval-run")
+    saved = saved_temperature(root / "eval-run")
     assert saved and saved > 0
     at.switch_page("pages/predict.py").run()
     at.radio(key="predict_kind").set_value("Trained run").run()

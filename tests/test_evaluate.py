@@ -15,6 +15,8 @@ from conftest import TINY, train_tiny_run
 from engine import evaluate, jobs, runs
 from engine.config import DataConfig, TrainConfig
 from engine.jobs import bakeoff
+from engine.model.classifier import saved_temperature
+from engine.model.explainable import run_model
 from engine.training import fit
 
 pytestmark = pytest.mark.slow  # every test uses a trained run, a child process or a worker process
@@ -105,7 +107,7 @@ def test_a_bad_split_and_an_unfinished_run(run, tmp_path):
         evaluate.evaluate(run, split="holdout")
     bare = runs.create(str(tmp_path / "bare"))
     with pytest.raises(evaluate.EvaluationError, match="model.keras"):
-        evaluate.run_model(bare)
+        run_model(bare)
 
 
 def test_predict_with_a_run_uses_its_labels_and_saved_temperature(run):
@@ -133,7 +135,7 @@ def test_predict_with_a_run_uses_its_labels_and_saved_temperature(run):
 def test_heatmaps_batch_matches_one_by_one_and_is_cached(run):
     from engine.explain import explain_image, heatmaps
 
-    model = evaluate.run_model(run)
+    model = run_model(run)
     result = evaluate.evaluate(run, model=model)
     from engine.data.pipeline import load_resized
 
@@ -166,7 +168,7 @@ def test_cli_evaluate_and_predict_with_a_run(run, tmp_path):
     assert sum(map(sum, out["confusion_matrix"])) == run.config()["split_sizes"]["test"]
     assert set(out["per_class"]) == set(run.labels())
     assert set(out["per_class"][run.labels()[0]]) == {"precision", "recall", "f1", "support"}
-    assert out["temperature_saved"] and evaluate.saved_temperature(run.path) == pytest.approx(out["temperature"])
+    assert out["temperature_saved"] and saved_temperature(run.path) == pytest.approx(out["temperature"])
 
     from engine.data import sources
 
@@ -176,7 +178,7 @@ def test_cli_evaluate_and_predict_with_a_run(run, tmp_path):
     assert code == 0, out
     (p,) = out["predictions"]
     assert {t["label"] for t in p["top"]} == set(run.labels()) and len(p["top"]) == 3
-    assert out["run"] == run.name and out["temperature"] == pytest.approx(evaluate.saved_temperature(run.path))
+    assert out["run"] == run.name and out["temperature"] == pytest.approx(saved_temperature(run.path))
     assert out["skipped"][0]["image"].endswith("missing.png")
     code, out = cli("evaluate", str(tmp_path / "nowhere"), runs_dir=tmp_path)
     assert code == 2 and "not a run folder" in out["error"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.evaluate import calibration, metrics
+from engine.numerics import softmax
 
 # 3 classes, 6 images. Predicted (argmax): 0, 1, 2, 0, 1, 1; true: 0, 0, 1, 1, 1, 2.
 PROBS = np.array(
@@ -112,13 +113,11 @@ def test_row_normalised():
 
 
 def test_softmax_and_nll_by_hand():
-    np.testing.assert_allclose(calibration.softmax([[0.0, math.log(3.0)]]), [[0.25, 0.75]])
+    np.testing.assert_allclose(softmax([[0.0, math.log(3.0)]]), [[0.25, 0.75]])
     # T = 2 halves the logits: exp(ln 3 / 2) = sqrt(3)
     root3 = math.sqrt(3.0)
-    np.testing.assert_allclose(
-        calibration.softmax([[0.0, math.log(3.0)]], 2.0), [[1 / (1 + root3), root3 / (1 + root3)]]
-    )
-    big = calibration.softmax([[1000.0, 0.0], [-1000.0, -1000.0]])  # no overflow
+    np.testing.assert_allclose(softmax([[0.0, math.log(3.0)]], 2.0), [[1 / (1 + root3), root3 / (1 + root3)]])
+    big = softmax([[1000.0, 0.0], [-1000.0, -1000.0]])  # no overflow
     np.testing.assert_allclose(big, [[1.0, 0.0], [0.5, 0.5]])
     assert calibration.nll([[0.0, 0.0]], [0]) == pytest.approx(math.log(2.0))
     assert calibration.nll([[1000.0, 0.0]], [1]) == pytest.approx(1000.0)  # log-sum-exp, not log(exp(1000))
@@ -159,14 +158,14 @@ def calibrated_sample(n: int = 4000, seed: int = 0):
     """Logits and labels drawn from softmax(logits): calibrated by construction."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, 4)) * 2.0
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # not calibration.softmax: the data must not depend on it
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # not engine.numerics.softmax: the data must not depend on it
     labels = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
     return z, labels
 
 
 def test_a_calibrated_model_has_a_small_ece_and_temperature_one():
     z, labels = calibrated_sample()
-    r = calibration.reliability(calibration.softmax(z), labels)
+    r = calibration.reliability(softmax(z), labels)
     assert r["ece"] < 0.03 and sum(r["count"]) == len(labels) and len(r["edges"]) == 16
     assert r["count"][0] == 0 and r["accuracy"][0] is None  # 4 classes: the top confidence is never under 1/4
     assert calibration.fit_temperature(z, labels) == pytest.approx(1.0, abs=0.1)
@@ -182,11 +181,11 @@ def test_temperature_scaling_undoes_overconfidence():
     assert calibration.nll(hot, labels, t) <= min(
         calibration.nll(hot, labels, t * 1.05), calibration.nll(hot, labels, t / 1.05)
     )
-    before = calibration.ece(calibration.softmax(hot), labels)
-    after = calibration.ece(calibration.softmax(hot, t), labels)
+    before = calibration.ece(softmax(hot), labels)
+    after = calibration.ece(softmax(hot, t), labels)
     assert after < before / 3
     # the answers do not change, only the confidence
-    np.testing.assert_array_equal(calibration.softmax(hot, t).argmax(axis=1), hot.argmax(axis=1))
+    np.testing.assert_array_equal(softmax(hot, t).argmax(axis=1), hot.argmax(axis=1))
     assert calibration.fit_temperature(hot[:1], labels[:1]) == 1.0  # nothing to fit
     under = calibration.fit_temperature(z / 2.0, labels)  # under-confident: T below 1
     assert under == pytest.approx(0.5, rel=0.15)
@@ -205,7 +204,7 @@ def test_calibration_bad_inputs():
     with pytest.raises(ValueError, match="bins must be at least 1, got 0"):
         calibration.reliability(probs, np.array([0, 1]), bins=0)
     with pytest.raises(ValueError, match="temperature must be a positive number, got 0"):
-        calibration.softmax(probs, 0.0)
+        softmax(probs, 0.0)
     with pytest.raises(ValueError, match=r"0\.\.1, got -1\.\.0"):
         calibration.nll(probs, np.array([0, -1]))
     with pytest.raises(ValueError, match=r"labels must be \(2,\)"):

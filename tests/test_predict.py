@@ -5,7 +5,8 @@ import pytest
 from skimage import data
 
 from engine.imagenet import imagenet_labels, short_label
-from engine.model.classifier import ImageNetClassifier, softmax
+from engine.model.classifier import ImageNetClassifier
+from engine.numerics import softmax
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967

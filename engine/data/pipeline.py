@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def augmenter(config: AugmentConfig, seed: int | None = None):
     """
     if not config.enabled:
         return None
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     layers = []
     if config.flip != "none":
@@ -80,7 +81,6 @@ def decoded_batches(paths: list[str], size: int, policy: str = "stretch", batch:
     releases the GIL), so a pass of a compiled model over thousands of files costs little more
     than the model itself.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     def decode(chunk: list[str]) -> np.ndarray:
         return np.stack([load_resized(p, size, policy) for p in chunk]).astype(np.float32)
@@ -150,7 +150,7 @@ def make_tf_dataset(
             on every pass (one pass only, e.g. computing features once).
         augment: applied to training batches after the cache (new views each epoch).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     if not items:
         raise ValueError("this split has no images; lower the validation/test fraction or add images")

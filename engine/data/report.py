@@ -8,7 +8,7 @@ import io
 from collections import Counter
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from engine import imaging
 from engine.data.ingest import Dataset, Item
@@ -52,8 +52,6 @@ def thumbnail(rgb: np.ndarray, px: int = 64) -> str:
 
 def _no_preview(px: int) -> np.ndarray:
     """A grey tile with a cross: the stand-in for files that cannot be shown."""
-    from PIL import ImageDraw
-
     img = Image.new("RGB", (px, px), (235, 235, 235))
     draw = ImageDraw.Draw(img)
     m = px // 4
@@ -83,8 +81,6 @@ def balanced_sample(items: list[Item], per_class: int, seed: int = 0) -> list[It
 
 def draw_box(rgb: np.ndarray, box: list[int], colour: tuple[int, int, int] = (255, 0, 0)) -> np.ndarray:
     """A copy of (H, W, 3) uint8 with the [x0, y0, x1, y1] box outlined."""
-    from PIL import ImageDraw
-
     img = Image.fromarray(rgb)
     x0, y0, x1, y1 = box
     width = max(1, min(img.size) // 80)

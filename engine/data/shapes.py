@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from engine.samples import skimage_photo
+
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ring", "arrow")
 _BACKGROUNDS = (
     "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
@@ -55,14 +57,7 @@ class ShapesConfig:
         return f"shapes-v1-c{self.classes}-n{self.per_class}-s{self.size}-seed{self.seed}"
 
 
-@cache
-def _photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    img = np.asarray(getattr(data, name)())
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+_photo = cache(skimage_photo)  # each background decoded once per process; only read, never changed
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:

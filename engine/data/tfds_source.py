@@ -10,6 +10,7 @@ download or export never leaves partial data to train on.
 
 from __future__ import annotations
 
+import difflib
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -59,9 +60,7 @@ def _ext(data: bytes) -> str:
 
 def unknown_name(name: str, exc: Exception) -> str:
     """A short message for a name TFDS does not know: its own lists every dataset it has (460 lines)."""
-    import difflib
-
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy: loads TensorFlow; only a tfds: source pays
 
     try:
         close = difflib.get_close_matches(name, tfds.list_builders(), n=3, cutoff=0.6)
@@ -79,7 +78,7 @@ def export(name: str, split: str | None, dest: Path, progress: Callable[[int, in
         DatasetError: unknown name, not an image-classification set, or the
             data is not in the data directory and cannot be downloaded.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy: loads TensorFlow; only a tfds: source pays
 
     data_dir = settings.tfds_dir()
     try:

@@ -1,9 +1,8 @@
-"""Evaluation of trained runs: metrics, calibration, mistakes, latency.
+"""Evaluation of trained runs: metrics, calibration, mistakes.
 
 - metrics.py: accuracy, top-k, per-class precision/recall/F1, confusion (scikit-learn).
 - calibration.py: expected calibration error, reliability bins, temperature scaling.
 - evaluation.py: a run on a labelled source, scored once and cached in the run folder.
-- latency.py: inference time per image through the compiled path.
 """
 
 from engine.evaluate.evaluation import (
@@ -13,9 +12,7 @@ from engine.evaluate.evaluation import (
     LabelledSet,
     evaluate,
     labelled_set,
-    run_model,
     save_temperature,
-    saved_temperature,
     score,
 )
 
@@ -26,8 +23,6 @@ __all__ = [
     "LabelledSet",
     "evaluate",
     "labelled_set",
-    "run_model",
     "save_temperature",
-    "saved_temperature",
     "score",
 ]

@@ -1,7 +1,8 @@
 """Calibration: expected calibration error, reliability bins and temperature scaling (Guo et al. 2017).
 
 scikit-learn has `calibration_curve` (binary only) but neither an ECE nor temperature scaling
-of a multi-class model's logits, so these few lines are written here. Pure NumPy and SciPy.
+of a multi-class model's logits, so these few lines are written here. Pure NumPy and SciPy; the
+softmax itself is engine.numerics.softmax.
 """
 
 from __future__ import annotations
@@ -10,26 +11,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
+from engine.numerics import check_temperature
+
 BINS = 15
 T_BOUNDS = (0.05, 20.0)  # the temperatures fit_temperature searches
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of logits / temperature, stable for large logits.
-
-    Args:
-        logits: (N, C) raw scores.
-        temperature: T > 0; above 1 softens, below 1 sharpens.
-
-    Returns:
-        (N, C) float64 probabilities, rows summing to 1.
-    """
-    # Not engine.model.classifier.softmax: importing that module imports TensorFlow (backbones, compiled model),
-    # and this module must stay importable and testable without it.
-    z = _logits(logits) / _temperature(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _logits(logits: np.ndarray) -> np.ndarray:
@@ -37,13 +22,6 @@ def _logits(logits: np.ndarray) -> np.ndarray:
     if z.ndim != 2 or z.shape[1] == 0:
         raise ValueError(f"logits must be (N, classes), got shape {z.shape}")
     return z
-
-
-def _temperature(temperature: float) -> float:
-    t = float(temperature)
-    if not (t > 0 and np.isfinite(t)):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
-    return t
 
 
 def _labels(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
@@ -133,7 +111,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     Returns:
         Mean NLL in nats, computed with log-sum-exp so large logits do not overflow.
     """
-    z = _logits(logits) / _temperature(temperature)
+    z = _logits(logits) / check_temperature(temperature)
     labels = _labels(labels, z.shape[0], z.shape[1])
     return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
 

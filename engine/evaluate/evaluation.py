@@ -9,7 +9,9 @@ logits in milliseconds.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -24,18 +26,16 @@ from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import decoded_batches
 from engine.data.splits import split_items
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, EvaluationError
 from engine.evaluate import calibration, metrics
+from engine.model.classifier import CALIBRATION_FILE
+from engine.model.explainable import require_model, run_model
+from engine.numerics import softmax
 from engine.runs import Run
 
 SPLITS = ("test", "validation", "train", "all")
-CALIBRATION_FILE = "calibration.json"
 BATCH = 32
 Progress = Callable[[int, int], None]
-
-
-class EvaluationError(ConvScopeError):
-    """A run or source that cannot be evaluated."""
 
 
 @dataclass(frozen=True)
@@ -52,19 +52,6 @@ class LabelledSet:
     @property
     def paths(self) -> list[str]:
         return [str(self.root / rel) for rel in self.rels]
-
-
-def _require_model(run: Run) -> None:
-    if not run.model_file.is_file():
-        raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
-
-
-def run_model(run: Run):
-    """The run's classifier as an engine.explain.Explainable (compiled paths, map cache, labels)."""
-    from engine.explain import Explainable
-
-    _require_model(run)
-    return Explainable.from_run(run.path)
 
 
 def _resize_policy(config: dict) -> str:
@@ -141,7 +128,7 @@ def _cache_key(run: Run, data: LabelledSet, size: int, policy: str) -> str:
     try:
         stat = run.model_file.stat()
     except FileNotFoundError:  # removed since it was checked
-        _require_model(run)
+        require_model(run)
         raise
     payload = f"{stat.st_mtime_ns}:{stat.st_size}:{data.fingerprint}:{data.source}:{data.split}:{size}:{policy}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -185,13 +172,13 @@ class Evaluation:
     metrics: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        self.probs = calibration.softmax(self.logits)
+        self.probs = softmax(self.logits)
         self.predicted = self.probs.argmax(axis=1)
         self.confidence = self.probs.max(axis=1)
         self.metrics = metrics.classification_metrics(self.data.labels, self.probs, self.class_names, self.top_k)
         self.reliability = calibration.reliability(self.probs, self.data.labels)
         t = self.temperature or 1.0
-        self.calibrated_probs = calibration.softmax(self.logits, t)
+        self.calibrated_probs = softmax(self.logits, t)
         self.reliability_calibrated = calibration.reliability(self.calibrated_probs, self.data.labels)
 
     @property
@@ -236,9 +223,6 @@ class Evaluation:
 
     def mistakes_csv(self) -> str:
         """path,true,predicted,confidence, most confident mistake first (paths relative to the source)."""
-        import csv
-        import io
-
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["path", "true", "predicted", "confidence"])
@@ -301,7 +285,7 @@ def evaluate(
         return (lambda done, total: progress(name, done, total)) if progress else None
 
     if model is None:
-        _require_model(run)  # before the data is opened: a run killed before its model was written says so
+        require_model(run)  # before the data is opened: a run killed before its model was written says so
     try:
         data = labelled_set(run, source, split, (lambda s, d, t: progress("data", d, t)) if progress else None)
         logits, cached = cached_logits(run, data, model, stage("scoring"))
@@ -322,8 +306,3 @@ def save_temperature(run: Run, temperature: float, **facts) -> None:
         raise EvaluationError(f"a temperature must be positive, got {temperature}")
     facts = {"temperature": float(temperature), "saved": time.time(), **facts}
     runs.write_json(run.path / CALIBRATION_FILE, facts, inside=run.path)
-
-
-def saved_temperature(run_dir: str | Path) -> float | None:
-    saved = runs.read_json(Path(run_dir) / CALIBRATION_FILE, None)
-    return float(saved["temperature"]) if saved and saved.get("temperature") else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
 
 from engine.explain.base import normalise, upsample
 from engine.explain.overlay import colourise, label_tile
@@ -79,8 +80,7 @@ def first_layer_filters(model: Explainable, tile: int = 32) -> tuple[str, list[n
     Returns:
         (layer name, list of (tile, tile, 3) uint8).
     """
-    import keras
-    from PIL import Image
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     for info in model.layers():
         outer, _, inner = info.name.rpartition("/")

@@ -23,7 +23,7 @@ def normalise(maps: np.ndarray) -> np.ndarray:
 
 def upsample(maps: np.ndarray, size: int) -> np.ndarray:
     """(N, h, w) -> (N, size, size), bilinear."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     return tf.image.resize(maps[..., None], (size, size), method="bilinear").numpy()[..., 0]
 

@@ -25,7 +25,7 @@ class CAM(BaseCAM):
 
 
 def _final_dense(model):
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     for layer in reversed(model.layers):
         if isinstance(layer, keras.layers.Dense):

@@ -14,7 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageFilter
 
+from engine.data.ingest import load_item
+from engine.errors import ExplainError
+from engine.explain.maps import image_digest, make, peak_in_original
 from engine.model.explainable import Explainable
 
 SANITY_THRESHOLD = 0.5  # rank correlation at or above this: the map ignores the model's weights
@@ -40,7 +44,7 @@ def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> E
     The shared model is never touched. Random weights keep each tensor's scale
     (normal with the original's standard deviation).
     """
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     clone = keras.models.clone_model(model.model)
     clone.set_weights(model.model.get_weights())
@@ -58,7 +62,7 @@ def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> E
 
 
 def _all_layers(model) -> list:
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     out = []
     for layer in model.layers:
@@ -82,8 +86,6 @@ def sanity_check(
     randomised: Explainable | None = None,
 ) -> SanityResult:
     """Compare the method's map on (S, S, 3) `image` for the trained and a randomised model."""
-    from engine.explain import make
-
     randomised = randomised or randomised_copy(model)
     trained = make(method, model, layer)(image[None], [class_index])[0]
     random_map = make(method, randomised, layer)(image[None], [class_index])[0]
@@ -101,8 +103,6 @@ class Curves:
 
 
 def _blur(image: np.ndarray) -> np.ndarray:
-    from PIL import Image, ImageFilter
-
     radius = max(2, image.shape[0] // 20)
     return np.asarray(Image.fromarray(image.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)), np.float32)
 
@@ -154,8 +154,6 @@ def indistinct(curves: list[Curves], spread: float = SEPARATION) -> bool:
 
 def peak_in_box(heat: np.ndarray, box: list[int], height: int, width: int) -> bool:
     """Whether the (S, S) map's maximum, in original pixels, lies in box [x0, y0, x1, y1]."""
-    from engine.explain import peak_in_original
-
     row, col = peak_in_original(heat, height, width)
     x0, y0, x1, y1 = box
     return x0 <= col < x1 and y0 <= row < y1
@@ -163,8 +161,6 @@ def peak_in_box(heat: np.ndarray, box: list[int], height: int, width: int) -> bo
 
 def faithfulness(model: Explainable, result, steps: int = 8) -> Curves:
     """Deletion and insertion curves of an Explanation, kept in the model's map cache."""
-    from engine.explain import image_digest
-
     key = ("curves", image_digest(result.model_input), result.method, result.layer, result.class_index, steps)
     x = result.model_input.astype(np.float32)
     return model.memo(key, lambda: deletion_insertion(model, x, result.heatmap, result.class_index, steps))
@@ -182,9 +178,6 @@ def localisation(
     Returns:
         {"chance": mean box area / image area, "n": images, "hit_rate": {method: fraction}}.
     """
-    from engine.data.ingest import load_item
-    from engine.explain import ExplainError, make
-
     if not dataset.boxes:
         raise ExplainError("localisation needs object boxes (boxes.json), as the shapes set has")
     missing = sorted({dataset.classes[i.label] for i in items} - set(model.labels))

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model.compiled import Progress, _layer, activation_cap
+from engine.model.compiled import Progress, activation_cap, locate_layer
 from engine.model.explainable import Explainable, ExplainError
+from engine.runs import atomic_write
 
 LOGITS = "logits"  # the layer name that optimises a class logit instead of a channel
 
@@ -116,7 +117,7 @@ def any_size(model, layer: str, before_activation: bool = False) -> Callable:
     `Model.call`, which does not: every layer here is convolutional or pools globally.
     With `before_activation`, an activation layer's input is returned instead of its output.
     """
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     if layer == LOGITS:
         nested = next((inner for inner in model.layers if isinstance(inner, keras.Model)), None)
@@ -126,7 +127,7 @@ def any_size(model, layer: str, before_activation: bool = False) -> Callable:
         before = keras.Model(model.input, node.input_tensors[0])
         after = keras.Model(node.output_tensors[0], model.output)
         return lambda x: after.call(nested.call(before.call(x, training=False), training=False), training=False)
-    nested, inner = _layer(model, layer)
+    nested, inner = locate_layer(model, layer)
     graph = nested if nested is not None else model
     target = graph.get_layer(inner)
     pre = before_activation and type(target).__name__ in ACTIVATIONS
@@ -141,7 +142,7 @@ def _cap(model, layer: str) -> float | None:
     """The upper clip of an activation layer (6 for ReLU6), or None."""
     if layer == LOGITS:
         return None
-    nested, inner = _layer(model, layer)
+    nested, inner = locate_layer(model, layer)
     return activation_cap((nested or model).get_layer(inner))
 
 
@@ -153,7 +154,7 @@ class _Optimiser:
     """
 
     def __init__(self, model: Explainable, layer: str, batch: int, size: int, decay: float) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
         freqs = _freqs(size)
         self.size = size
@@ -207,7 +208,7 @@ class _Optimiser:
 
     def image(self):
         """(B, S, S, 3) float in [0, 1] from the spectrum variable."""
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
         spectrum = tf.complex(self.spectrum[0], self.spectrum[1]) * self.scale
         image = tf.signal.irfft2d(spectrum, fft_length=[self.size, self.size]) / 4.0  # (B, 3, S, S), odd S too
@@ -241,7 +242,7 @@ def _transform(images, jitter1, scale, angle, jitter2):
     the same picture motion, but every step has the same shape, so the traced graph is
     static and each step costs the same (a new shape each step made them 1.6x slower).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     x = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], constant_values=0.5)
     x = _crop(x, JITTER1, jitter1)
@@ -251,7 +252,7 @@ def _transform(images, jitter1, scale, angle, jitter2):
 
 def _crop(x, d: int, offset):
     """Cut d pixels off each side's total, at `offset` (2,) in [0, d]: a random shift."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     n = x.shape[1] - d
     return tf.slice(x, tf.stack([0, offset[0], offset[1], 0]), [-1, n, n, -1])
@@ -259,7 +260,7 @@ def _crop(x, d: int, offset):
 
 def _warp(x, scale, angle):
     """Scale by `scale` and rotate by `angle` radians about the centre of (B, n, n, 3); bilinear, grey edges."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     n = x.shape[1]
     c = (n - 1) / 2
@@ -328,8 +329,6 @@ def _write(model: Explainable, key: str, picture: Picture) -> None:
     model.memo(("picture", key), lambda: picture)
     path = _disk(model, key)
     if path is not None:
-        from engine.runs import atomic_write
-
         atomic_write(
             path,
             lambda tmp: np.savez(
@@ -357,7 +356,7 @@ def check_target(model: Explainable, layer: str, channels: list[int]) -> int:
         what = "classes"
     else:
         model.check_layer(layer)
-        nested, inner = _layer(model.model, layer)
+        nested, inner = locate_layer(model.model, layer)
         count = int((nested or model.model).get_layer(inner).output.shape[-1])
         what = "channels"
     if not channels:
@@ -413,7 +412,7 @@ def activation_on(model: Explainable, layer: str, images: np.ndarray, channels: 
 
     The same objective the pictures were optimised for, without the random transforms.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     fn = any_size(model.model, layer)
     out = np.asarray(fn(model.preprocess(tf.constant(np.asarray(images, np.float32)))))

@@ -1,17 +1,18 @@
-"""Drawing heatmaps and activations as pictures (NumPy and Pillow only)."""
+"""Drawing heatmaps and activations as pictures (NumPy, Pillow and Plotly's colour scales)."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+from plotly.colors import get_colorscale, sample_colorscale
 
 COLORMAPS = ("Jet", "Viridis", "Inferno", "Hot", "Greys")
 
 
 def _lut(name: str) -> np.ndarray:
     """(256, 3) uint8 colour table from Plotly's named colour scales."""
-    from plotly.colors import get_colorscale, sample_colorscale
-
     if name not in COLORMAPS:
         raise ValueError(f"colour map must be one of {', '.join(COLORMAPS)}, got {name!r}")
     colours = sample_colorscale(get_colorscale(name), list(np.linspace(0, 1, 256)), colortype="tuple")
@@ -40,8 +41,6 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5, colormap: s
 
 def colour_bar(colormap: str = "Jet", width: int = 320, labels: tuple[str, str, str] = ("0", "0.5", "1")) -> np.ndarray:
     """A horizontal colour bar with three labels under it, for a legend: (34, width, 3) uint8."""
-    from PIL import ImageDraw
-
     bar = colourise(np.tile(np.linspace(0, 1, width, dtype=np.float32), (16, 1)), colormap)
     canvas = Image.new("RGB", (width, 34), "white")
     canvas.paste(Image.fromarray(bar), (0, 0))
@@ -53,8 +52,6 @@ def colour_bar(colormap: str = "Jet", width: int = 320, labels: tuple[str, str, 
 
 def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
     """An (h, w, 3) uint8 tile with a 12-px white strip above it carrying `text`: (h + 12, w, 3)."""
-    from PIL import ImageDraw
-
     h, w = tile.shape[:2]
     canvas = Image.new("RGB", (w, h + 12), "white")
     canvas.paste(Image.fromarray(tile), (0, 12))
@@ -63,8 +60,6 @@ def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def to_png(rgb: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()

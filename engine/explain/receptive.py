@@ -20,6 +20,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
+from engine.model.compiled import locate_layer
 from engine.model.explainable import ExplainError
 
 # Layers that merge several feature maps position by position: their field is the union.
@@ -244,10 +245,8 @@ def _output(layer):
 
 
 def _compute(model, layer: str) -> Field:
-    from engine.model.compiled import _layer
-
     try:
-        nested, inner = _layer(model, layer)
+        nested, inner = locate_layer(model, layer)
         target = _output((nested or model).get_layer(inner))
     except ValueError as exc:
         raise ExplainError(f"the model has no layer {layer!r}") from exc

@@ -29,6 +29,7 @@ import numpy as np
 from engine import runs
 from engine.data import sources
 from engine.data.pipeline import decoded_batches, load_resized
+from engine.data.report import draw_box
 from engine.errors import ConvScopeError
 from engine.explain.receptive import Field, receptive_field
 from engine.model.explainable import ExplainError
@@ -116,8 +117,6 @@ class TopExamples:
         top, left, bottom, right = example["box"]
         if max(bottom - top, right - left) <= most * self.image_size:
             return self.crop(channel, rank)
-        from engine.data.report import draw_box
-
         image = load_resized(example["path"], self.image_size, self.policy)
         cy, cx = self.field.centre(*example["position"])
         half = max(self.field.jump, 4.0) / 2

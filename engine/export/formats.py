@@ -22,8 +22,9 @@ import numpy as np
 
 from engine import runs
 from engine.errors import ConvScopeError
-from engine.evaluate.evaluation import EvaluationError, labelled_set, run_model
+from engine.evaluate.evaluation import EvaluationError, labelled_set
 from engine.export import parity
+from engine.model.explainable import run_model
 
 CHECKS_FILE = "exports.json"
 LABELS_FILE = "labels.txt"  # beside every export: one class name per line, line k = output k

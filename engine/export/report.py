@@ -19,10 +19,11 @@ from engine import charts
 from engine.data.pipeline import load_resized
 from engine.data.sources import source_title
 from engine.errors import ConvScopeError
-from engine.evaluate.evaluation import evaluate, run_model
+from engine.evaluate.evaluation import evaluate
 from engine.explain import heatmaps
 from engine.explain.overlay import overlay
 from engine.export.formats import ExportError, checked_exports
+from engine.model.explainable import run_model
 from engine.runs import Run, summary
 
 SECTIONS = (

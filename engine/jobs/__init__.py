@@ -215,7 +215,7 @@ class JobRegistry:
             if self._train is None:
                 result = self._in_worker(job, device, report)
             else:
-                import tensorflow as tf
+                import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
                 with tf.device(device):
                     result = self._train(
@@ -260,7 +260,7 @@ class JobRegistry:
 
 def _devices() -> list[str]:
     """One entry per accelerator: every GPU, else the CPU."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     # Physical devices: listing them does not claim GPU memory in the server; each job's process
     # sees only its own GPU (worker.child_env).

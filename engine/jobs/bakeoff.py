@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from engine import backbones, runs
+from engine import backbones, jobs, runs
 from engine.config import TrainConfig
 from engine.training.fit import TrainingError
 
@@ -41,8 +41,6 @@ def start(config: TrainConfig, names: list[str], registry=None) -> dict:
     Raises:
         TrainingError: fewer than two backbones, an unknown one, or one that cannot load here.
     """
-    from engine import jobs
-
     names = list(dict.fromkeys(names))  # each once, in the order given
     if len(names) < 2:
         raise TrainingError(f"a bake-off compares at least two backbones; got {len(names)}")

@@ -22,6 +22,7 @@ The protocol, one process per job:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,7 +32,11 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import runs
+from engine.config import TrainConfig
 from engine.errors import ConvScopeError
+from engine.model import latency
+from engine.training import distribute, finetune, fit
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding the engine package
 TASKS = ("train", "lr_find", "latency")
@@ -216,10 +221,6 @@ class Emitter:
 
 
 def _train(request: dict, stop: threading.Event, report) -> dict:
-    from engine import runs
-    from engine.config import TrainConfig
-    from engine.training import distribute, fit
-
     config = TrainConfig.from_json(request["config"])
     resume = bool(request.get("resume"))
     run = runs.Run(Path(request["run_dir"]))
@@ -232,11 +233,6 @@ def _train(request: dict, stop: threading.Event, report) -> dict:
 
 def _what_changed(config, run, report) -> None:
     """As the CLI's finetune: measure what changed per block now (changes.json), not later in the server."""
-    import logging
-
-    from engine import runs
-    from engine.training import finetune
-
     report(stage="comparing")
     try:
         finetune.what_changed(runs.open_run(config.finetune.parent), run)
@@ -245,9 +241,6 @@ def _what_changed(config, run, report) -> None:
 
 
 def _lr_find(request: dict, stop: threading.Event, emit: Emitter) -> dict:
-    from engine.config import TrainConfig
-    from engine.training import finetune
-
     config = TrainConfig.from_json(request["config"])
     return finetune.lr_find(
         config,
@@ -259,9 +252,6 @@ def _lr_find(request: dict, stop: threading.Event, emit: Emitter) -> dict:
 
 
 def _latency(request: dict) -> dict:
-    from engine import runs
-    from engine.model import latency
-
     run = runs.open_run(request["run_dir"])
     result = latency.measure_run(run)
     latency.save(run.path, result)

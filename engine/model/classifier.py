@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import backbones, imaging
+from engine import backbones, imaging, runs
 from engine.imagenet import imagenet_labels
 from engine.model.compiled import CompiledModel
+from engine.model.explainable import run_model
+from engine.numerics import softmax
+
+CALIBRATION_FILE = "calibration.json"  # a run's fitted temperature, written by engine.evaluate.save_temperature
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,6 @@ class Prediction:
 
     def to_json(self) -> dict:
         return {"image": self.image, "top": [t.__dict__ for t in self.top], "seconds": round(self.seconds, 4)}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, stable for large values."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class ImageNetClassifier:
@@ -90,7 +87,7 @@ def classify(
     t0 = time.perf_counter()
     resized = np.stack([imaging.resize(rgb, input_size, policy) for _, rgb in images])
     logits = compiled.logits(resized.astype(np.float32))
-    probs = softmax(logits.astype(np.float64) / float(temperature))
+    probs = softmax(logits, temperature)
     per_image = (time.perf_counter() - t0) / len(images)
     out = []
     for (name, _), p, seen in zip(images, probs, resized, strict=True):
@@ -103,14 +100,11 @@ def classify(
 class RunClassifier:
     """A trained run's classifier with its labels, resize policy and saved temperature (read-only, shareable).
 
-    `model` is the run's engine.explain.Explainable when the caller holds one already (the
+    `model` is the run's engine.model.explainable.Explainable when the caller holds one already (the
     dashboard shares one copy for predictions and maps); otherwise it is loaded from the run.
     """
 
     def __init__(self, run_dir: str | Path, model=None, temperature: float | None = None) -> None:
-        from engine import runs
-        from engine.evaluate import run_model, saved_temperature
-
         run = runs.open_run(run_dir)
         self.run = run.name
         self.model = model or run_model(run)
@@ -135,3 +129,9 @@ class RunClassifier:
             temperature=self.temperature,
             policy=self.policy,
         )
+
+
+def saved_temperature(run_dir: str | Path) -> float | None:
+    """The temperature saved with a run (engine.evaluate.save_temperature), or None when there is none."""
+    saved = runs.read_json(Path(run_dir) / CALIBRATION_FILE, None)
+    return float(saved["temperature"]) if saved and saved.get("temperature") else None

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from engine.errors import ExplainError
+
 BATCH = 32  # images per call: the CPU's throughput is flat from about 8 on, memory is not
 
 Progress = Callable[[float], None]  # fraction done in [0, 1]
@@ -58,7 +60,7 @@ class CompiledModel:
             if not self.compiled:
                 self._fns[key] = python_fn
                 return python_fn
-            import tensorflow as tf
+            import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
             def traced(*args):
                 self.traces[key] += 1  # a Python side effect: runs only while tracing
@@ -106,7 +108,7 @@ class CompiledModel:
 
     def _layer_gradient_fn(self, layer: str) -> Callable:
         def build():
-            import tensorflow as tf
+            import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
             split = layer_and_logits(self.model, layer)
 
@@ -123,7 +125,7 @@ class CompiledModel:
 
     def _input_gradient_fn(self) -> Callable:
         def build():
-            import tensorflow as tf
+            import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
             def fn(x, classes):
                 with tf.GradientTape() as tape:
@@ -139,7 +141,7 @@ class CompiledModel:
     # ---- running --------------------------------------------------------
     def _run(self, fn: Callable, images: np.ndarray, classes=None, progress: Progress | None = None) -> list:
         """`fn` over `images` in chunks of `batch`; returns its outputs concatenated, as NumPy."""
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
@@ -205,12 +207,10 @@ class CompiledModel:
             return []
 
         def build():
-            import keras
-            import tensorflow as tf
+            import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
+            import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
-            from engine.model.explainable import ExplainError
-
-            split = [_layer(self.model, name) for name in layers]
+            split = [locate_layer(self.model, name) for name in layers]
             nested = split[0][0]
             if len({n.name if n is not None else None for n, _ in split}) != 1:
                 raise ExplainError(
@@ -292,7 +292,8 @@ def activation_cap(layer) -> float | None:
 
 
 # ---- splitting a model at a layer ----------------------------------------
-def _layer(model, name: str):
+def locate_layer(model, name: str) -> tuple:
+    """(the nested backbone holding layer `name` or None for a flat one, the layer's name inside it)."""
     outer, _, inner = name.rpartition("/")
     return (model.get_layer(outer), inner) if outer else (None, name)
 
@@ -305,11 +306,9 @@ def layer_and_logits(model, layer: str) -> Callable:
     part before the backbone, the backbone (returning the layer's and its own output)
     and the part after it, so tape.gradient(logits, activations) still works.
     """
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
-    from engine.model.explainable import ExplainError
-
-    nested, inner = _layer(model, layer)
+    nested, inner = locate_layer(model, layer)
     if nested is None:
         both = keras.Model(model.input, [model.get_layer(inner).output, model.output])
 
@@ -337,9 +336,9 @@ def layer_and_logits(model, layer: str) -> Callable:
 
 def activations_only(model, layer: str) -> Callable:
     """A function preprocessed (N, S, S, 3) -> the layer's (N, h, w, C) output; nothing after it runs."""
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
-    nested, inner = _layer(model, layer)
+    nested, inner = locate_layer(model, layer)
     if nested is None:
         upto = keras.Model(model.input, model.get_layer(inner).output)
         return lambda x: upto(x, training=False)

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import backbones, imaging
-from engine.errors import ConvScopeError
+from engine import backbones, imaging, settings
+from engine.errors import EvaluationError, ExplainError
+from engine.imagenet import imagenet_labels
 from engine.model.compiled import CompiledModel
 from engine.model.memo import Memo
-from engine.runs import keras_archive_problem
-
-
-class ExplainError(ConvScopeError):
-    """A layer or method that does not apply to this model."""
+from engine.numerics import softmax
+from engine.runs import Run, keras_archive_problem
 
 
 @dataclass(frozen=True)
@@ -103,14 +101,10 @@ class Explainable:
     @classmethod
     def from_backbone(cls, name: str) -> Explainable:
         """A registry backbone with its ImageNet head (1000 classes)."""
-        from engine.imagenet import imagenet_labels
-
         spec = backbones.get_spec(name)
         model = backbones.load(name, include_top=True)
         opaque = "" if spec.last_conv_layer else f"{spec.title} is an opaque TF Hub module: no inner layers"
         out = cls(model, spec.preprocess, imagenet_labels(), name, spec.last_conv_layer, opaque)
-        from engine import settings
-
         out.cache_folder = settings.cache_dir() / "channels" / name
         out.identity = f"backbone:{name}"  # the bundled weights never change under a name
         return out
@@ -118,7 +112,7 @@ class Explainable:
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Explainable:
         """A trained run: `model.keras` (loaded with safe_mode), `labels.json`, `config.json`."""
-        import keras
+        import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
         run = Path(run_dir)
         model_file = run / "model.keras"
@@ -224,9 +218,7 @@ class Explainable:
 
     def probabilities(self, images: np.ndarray, progress=None) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> (N, classes) softmax probabilities (float64)."""
-        from engine.model.classifier import softmax
-
-        return softmax(self.logits(images, progress).astype(np.float64))
+        return softmax(self.logits(images, progress))
 
     def activations(self, images: np.ndarray, layer: str) -> np.ndarray:
         """(N, S, S, 3) in [0, 255] -> the layer's output (N, h, w, C) float32."""
@@ -235,7 +227,7 @@ class Explainable:
 
 
 def _is_model(layer) -> bool:
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     return isinstance(layer, keras.Model)
 
@@ -246,6 +238,18 @@ def _has_layer(model, name: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def require_model(run: Run) -> None:
+    """Raise EvaluationError while the run has no model.keras yet (still training, or killed before writing it)."""
+    if not run.model_file.is_file():
+        raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
+
+
+def run_model(run: Run) -> Explainable:
+    """A trained run's classifier (Explainable.from_run), after require_model's clear error for an unfinished run."""
+    require_model(run)
+    return Explainable.from_run(run.path)
 
 
 def list_runs(folder: Path) -> list[Path]:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import runs
+from engine.model.compiled import CompiledModel
+from engine.model.explainable import run_model
+
 LATENCY_FILE = "latency.json"
 BATCH = 32
 
@@ -39,26 +43,18 @@ def measure(compiled, size: int, repeats: int = 5) -> dict:
 
 def measure_model(model, preprocess, size: int) -> dict:
     """`measure` for a Keras classifier taking preprocessed (N, size, size, 3) input."""
-    from engine.model.compiled import CompiledModel
-
     return measure(CompiledModel(model, preprocess), size)
 
 
 def measure_run(run) -> dict:
     """`measure` for a trained run's saved model (an engine.runs.Run with model.keras)."""
-    from engine.evaluate.evaluation import run_model
-
     model = run_model(run)
     return measure(model.compiled, model.input_size)
 
 
 def save(run_dir: str | Path, result: dict) -> None:
-    from engine import runs
-
     runs.write_json(Path(run_dir) / LATENCY_FILE, {**result, "measured": time.time()}, inside=Path(run_dir))
 
 
 def saved(run_dir: str | Path) -> dict | None:
-    from engine import runs
-
     return runs.read_json(Path(run_dir) / LATENCY_FILE, None)
