@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from engine import runs
-from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import decoded_batches
-from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.evaluate import calibration, metrics
 from engine.runs import Run
@@ -104,10 +102,7 @@ def labelled_set(run: Run, source: str | None = None, split: str | None = None, 
         )
     items: list[Item] = dataset.items
     if split != "all":
-        data = TrainConfig.from_json(config).data
-        from engine.training.finetune import split_seed
-
-        items = split_items(dataset.items, split_seed(config), data.val_frac, data.test_frac)[split]
+        items = run.splits(dataset)[split]
     if not items:
         raise EvaluationError(f"the {split} split of {source!r} has no images; pick another split")
     labels = np.array([index[dataset.classes[i.label]] for i in items], dtype=np.int64)

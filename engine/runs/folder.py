@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import DataConfig
+from engine.config import DataConfig, TrainConfig
 from engine.data.ingest import Dataset, Item
 from engine.data.splits import split_items
 from engine.runs import files
@@ -27,6 +27,11 @@ _TEMPORARY = re.compile(r"^\.(?P<stem>.+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)
 _TRAINING_FILES = {"status", "config", "labels", "history", "metrics", "model", "last", "epoch", "latency", "changes"}
 _STALE_S = 600
 CHECKPOINT_RECORD = "last.json"
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a run folder's name: no path, no hidden file
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "status.json").is_file() or (path / "config.json").is_file())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -130,6 +135,41 @@ class Run:
         shown = self.display_name()
         return f"{shown} · {self.name}" if shown else self.name
 
+    @property
+    def train_config(self) -> TrainConfig | None:
+        """config.json as a TrainConfig, what it leaves out (an older run's) at engine.config's defaults.
+
+        None while there is no config.json (a queued run). Raises RunError when config.json is
+        unreadable or not a valid configuration.
+        """
+        saved = self.config()
+        if not saved:
+            return None
+        try:
+            return TrainConfig.from_json(saved)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise RunError(f"{self.path / 'config.json'}: not a valid run configuration ({exc})") from exc
+
+    @property
+    def parent(self) -> Run | None:
+        """The run a fine-tune continued: the folder of that name beside this one, else where config.json
+        says it was. None for a run that is no fine-tune, or when the parent's folder is gone."""
+        saved = self.config()
+        if saved.get("mode") != "finetune":
+            return None
+        name = str(saved.get("parent") or "")
+        recorded = str((saved.get("finetune") or {}).get("parent") or "")
+        places = [self.path.parent / name] if RUN_NAME.match(name) else []
+        if recorded:
+            places.append(Path(recorded))
+        return next((Run(p) for p in places if is_run_folder(p)), None)
+
+    @property
+    def resize_policy(self) -> str:
+        """How images are fitted to the model's input size, as in training (engine.imaging.RESIZE_POLICIES)."""
+        config = self.train_config
+        return (config.data if config else DataConfig()).resize
+
     def parent_epochs(self) -> int:
         """Epochs of a fine-tune's history that are its parent's (0 for any other run)."""
         return int((self.config().get("finetune") or {}).get("parent_epochs") or 0)
@@ -200,6 +240,24 @@ class Run:
         """A run that did not finish and has a checkpoint to continue from."""
         s = self.status()
         return s.get("status") in ("failed", "stopped") and self.checkpoint.is_file()
+
+    def progress(self) -> dict:
+        """The run as a job snapshot (engine.jobs' keys) read from its folder: a CLI run, or one from before
+        a restart. No live progress: `progress` is empty and `on_disk` True."""
+        status = self.status()
+        return {
+            "id": self.name,
+            "run_dir": str(self.path),
+            "status": status.get("status"),
+            "reason": status.get("detail") or status.get("reason", ""),
+            "position": None,
+            "progress": {},
+            "history": self.history(),
+            "epochs": self.planned_epochs() or 1,
+            "start_epoch": self.parent_epochs(),
+            "result": None,
+            "on_disk": True,
+        }
 
     # ---- writing -----------------------------------------------------------
     def set_status(self, status: str, reason: str = "", **extra) -> None:

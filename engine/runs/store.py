@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -13,15 +12,12 @@ from pathlib import Path
 
 from engine import settings
 from engine.runs.files import RunError, mtime, write_json
-from engine.runs.folder import ACTIVE, Run
+from engine.runs.folder import ACTIVE, RUN_NAME, Run, is_run_folder
 
 
 def new_run_name(backbone: str, mode: str) -> str:
     """`20261123-110501-efficientnet_lite0-feature-3f9a` (sortable, unique)."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}-{mode}-{secrets.token_hex(2)}"
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def runs_root() -> Path:
@@ -34,7 +30,7 @@ def create(name: str | None = None, root: Path | None = None, *, backbone: str =
         path = Path(name).expanduser()
     else:
         name = name or new_run_name(backbone or "model", mode or "run")
-        if not _NAME.match(name):
+        if not RUN_NAME.match(name):
             raise RunError(f"run name {name!r}: use letters, digits, '-', '_' and '.' only")
         path = (root or runs_root()) / name
     if path.exists() and any(path.iterdir()):
@@ -76,7 +72,7 @@ def open_run(name_or_path: str | Path, root: Path | None = None, *, allow_path: 
     if not is_name and not allow_path:
         raise RunError(f"{text!r} is not a run name")
     if is_name:
-        if not _NAME.match(text):
+        if not RUN_NAME.match(text):
             raise RunError(f"run name {text!r} is not valid")
         path = (root or runs_root()) / text
     if not (path / "status.json").is_file() and not (path / "config.json").is_file():
@@ -88,17 +84,13 @@ DISPLAY_NAME_MAX = 80
 _DELETING = ".deleting-"  # marks a run folder on its way out: `.NAME.deleting-TOKEN`
 
 
-def _is_run_folder(path: Path) -> bool:
-    return path.is_dir() and ((path / "status.json").is_file() or (path / "config.json").is_file())
-
-
 def rename(run: Run, name: str) -> None:
     """Give a run a display name (meta.json). The folder keeps its name: it is the job id and is in URLs.
 
     Raises:
         RunError: not a run folder, or the name is empty, too long or holds control characters.
     """
-    if not _is_run_folder(run.path):
+    if not is_run_folder(run.path):
         raise RunError(f"{run.path}: not a run folder (no status.json or config.json)")
     name = str(name).strip()
     if not name:
@@ -135,7 +127,7 @@ def delete(run: Run) -> None:
         RunError: not a run folder, the run is still active, or the folder cannot be moved.
     """
     path = Path(os.path.abspath(run.path))  # "." or "runs/x/" still name the folder itself
-    if not _is_run_folder(path):
+    if not is_run_folder(path):
         raise RunError(f"{path}: not a run folder (no status.json or config.json)")
     run = Run(path)
     try:
