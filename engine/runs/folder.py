@@ -151,14 +151,16 @@ class Run:
             raise RunError(f"{self.path / 'config.json'}: not a valid run configuration ({exc})") from exc
 
     @property
+    def parent_name(self) -> str:
+        """The folder name of the run a fine-tune continued, whether or not it is still there ("" for other runs)."""
+        return str(self.config().get("parent") or "")
+
+    @property
     def parent(self) -> Run | None:
         """The run a fine-tune continued: the folder of that name beside this one, else where config.json
         says it was. None for a run that is no fine-tune, or when the parent's folder is gone."""
-        saved = self.config()
-        if saved.get("mode") != "finetune":
-            return None
-        name = str(saved.get("parent") or "")
-        recorded = str((saved.get("finetune") or {}).get("parent") or "")
+        name = self.parent_name
+        recorded = str((self.config().get("finetune") or {}).get("parent") or "")
         places = [self.path.parent / name] if RUN_NAME.match(name) else []
         if recorded:
             places.append(Path(recorded))
