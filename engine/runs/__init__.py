@@ -24,6 +24,10 @@ long as its epoch, and a resume cuts the history back to it (consistent_epoch).
 Files a killed write left behind are removed when the run is resumed
 (clean_leftovers). A deleted run is first renamed to a
 hidden `.NAME.deleting-TOKEN` sibling, so it is either listed whole or not at all.
+
+Modules: files (atomic writes, reads), folder (Run: typed access to one run folder: its
+TrainConfig, parent, splits, status and progress), store (create, open, list, rename, delete),
+rows (summary: one row of the Runs table).
 """
 
 from engine.runs.files import RunError, RunGone, atomic_write, gone_error, keras_archive_problem, read_json, write_json
