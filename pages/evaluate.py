@@ -98,7 +98,7 @@ def show_gallery(indices: np.ndarray, key: str, empty: str) -> None:
     size = model.input_size
     from engine.data.pipeline import load_resized
 
-    policy = (run.config().get("data") or {}).get("resize", "stretch")
+    policy = run.resize_policy
     from engine.imaging import ImageLoadError
 
     try:

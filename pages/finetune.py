@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import charts, jobs, runs
-from engine.config import OPTIMIZERS
+from engine.config import OPTIMIZERS, TrainConfig
 from engine.errors import ConvScopeError
 from engine.explain.overlay import overlay
 from engine.training import blocks, finetune, presets
@@ -42,12 +42,13 @@ def _run(name: str) -> runs.Run | None:
 
 
 def _tunable(run: runs.Run) -> bool:
-    config = run.config()
-    return (
-        run.status().get("status") == "finished"
-        and config.get("mode") in ("feature", "finetune")
-        and run.model_file.is_file()
-    )
+    if run.status().get("status") != "finished" or not run.model_file.is_file():
+        return False
+    try:
+        config = run.train_config
+    except ConvScopeError:
+        return False  # a damaged config.json: nothing to continue from
+    return config is not None and config.mode in ("feature", "finetune")
 
 
 def _mtime(run: runs.Run) -> float:
@@ -58,7 +59,7 @@ def _mtime(run: runs.Run) -> float:
 
 job_id = st.query_params.get("job")
 child = _run(job_id) if job_id else None
-wanted = st.query_params.get("run") or (child.config().get("parent") if child else None)
+wanted = st.query_params.get("run") or (child.parent_name if child else None)
 candidates = [r for r in runs.list_runs() if _tunable(r)]
 names = [r.name for r in candidates]
 if wanted and wanted not in names:
@@ -91,8 +92,8 @@ if wanted in names and st.session_state.get("ft_parent") != wanted:
     st.session_state["ft_parent"] = wanted  # the URL (a link from Train, a refresh) picks the run
 name = st.selectbox("Run to fine-tune", names, format_func=_label, key="ft_parent", on_change=_picked)
 parent = next(r for r in candidates if r.name == name)
-config = parent.config()
-backbone = config["backbone"]
+config = parent.train_config
+backbone = config.backbone
 try:
     finetune.parent_of(str(parent.path))
     model = cached.run_classifier(str(parent.path), _mtime(parent))
@@ -103,7 +104,7 @@ data_problem = cached.parent_data_problem(str(parent.path), _mtime(parent))
 if data_problem:
     st.error(f"This run cannot be fine-tuned now: {widgets.path_free(data_problem)}")
 metrics = parent.metrics()
-parent_lr = float(config.get("learning_rate") or 1e-2)
+parent_lr = config.learning_rate
 groups = finetune.model_blocks(model, backbone)
 trainable_blocks = [g.name for g in groups if g.name != blocks.STEM]  # the last is the head
 c1, c2, c3 = st.columns(3)
@@ -118,35 +119,35 @@ if metrics.get("test_accuracy") is not None:
 k = f"_{parent.name}"  # per-parent widget keys: another run starts from its own defaults
 
 
-def _fill_from(job_config: dict) -> None:
+def _fill_from(job_config: TrainConfig) -> None:
     """Set the form to a fine-tune's own settings (a reattached job's: after a reload the form had defaults)."""
-    ft = job_config.get("finetune") or {}
+    ft = job_config.finetune
     ss = st.session_state
-    top = int(ft.get("unfreeze_top") or 0)
-    where = trainable_blocks[-1 - top] if 0 < top < len(trainable_blocks) else str(ft.get("unfreeze_from") or "")
+    top = ft.unfreeze_top
+    where = trainable_blocks[-1 - top] if 0 < top < len(trainable_blocks) else ft.unfreeze_from
     if where in trainable_blocks:
         ss["ft_from" + k], ss["ft_layer" + k] = where, ""
     elif where:
         ss["ft_layer" + k] = where
-    ss["ft_lr" + k] = min(max(float(job_config.get("learning_rate") or parent_lr / 10), LR_MIN), 1.0)
-    if job_config.get("optimizer") in OPTIMIZERS:
-        ss["ft_optimizer" + k] = job_config["optimizer"]
-    ss["ft_bn" + k] = ft.get("bn") == "train"
-    ss["ft_epochs"] = min(max(int(job_config.get("epochs") or 10), 1), 200)
-    ss["ft_decay"] = min(max(float(ft.get("layer_decay", 1.0)), 0.5), 1.0)
-    ss["ft_warmup"] = min(max(float(ft.get("warmup", 0.1)), 0.0), 0.3)
-    ss["ft_preset" + k] = job_config.get("preset", "")
+    ss["ft_lr" + k] = min(max(job_config.learning_rate, LR_MIN), 1.0)
+    ss["ft_optimizer" + k] = job_config.optimizer
+    ss["ft_bn" + k] = ft.bn == "train"
+    ss["ft_epochs"] = min(max(job_config.epochs, 1), 200)
+    ss["ft_decay"] = min(max(ft.layer_decay, 0.5), 1.0)
+    ss["ft_warmup"] = min(max(ft.warmup, 0.0), 0.3)
+    ss["ft_preset" + k] = job_config.preset
 
 
-job_config = child.config() if child else {}
-if job_config.get("parent") == parent.name and st.session_state.get("ft_filled") != child.name:
+job_config = child.train_config if child else None
+ours = job_config is not None and job_config.finetune is not None and child.parent_name == parent.name
+if ours and st.session_state.get("ft_filled") != child.name:
     st.session_state["ft_filled"] = child.name  # once: the user may change the form for a next fine-tune
     _fill_from(job_config)
 st.session_state.setdefault("ft_from" + k, trainable_blocks[-3] if len(trainable_blocks) > 2 else trainable_blocks[0])
 st.session_state.setdefault("ft_lr" + k, parent_lr / 10)
 
 st.subheader("Strategy")
-if job_config.get("finetune"):
+if job_config and job_config.finetune:
     st.caption(
         f"The form starts from the settings of fine-tune {child.name}; changing it sets up a new fine-tune. "
         "The settings that fine-tune uses are listed in its panel below."
@@ -180,7 +181,7 @@ for preset in fits:
     def _use_recipe(preset=preset) -> None:
         st.session_state["ft_layer" + k] = preset.unfreeze_from
         st.session_state["ft_lr" + k] = preset.learning_rate or parent_lr / 10
-        st.session_state["ft_optimizer" + k] = preset.optimizer or config.get("optimizer", "adam")
+        st.session_state["ft_optimizer" + k] = preset.optimizer or config.optimizer
         st.session_state["ft_epochs"] = preset.epochs
         st.session_state["ft_preset" + k] = preset.name
 
@@ -244,9 +245,7 @@ with st.expander(f"Every layer ({len(rows)}), grouped by block"):
 st.subheader("How fast")
 c1, c2, c3 = st.columns(3)
 epochs = c1.number_input("Epochs", 1, 200, 10, key="ft_epochs", help="Counted on from the parent's epochs.")
-optimizer = c2.selectbox(
-    "Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(config.get("optimizer", "adam")), key="ft_optimizer" + k
-)
+optimizer = c2.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(config.optimizer), key="ft_optimizer" + k)
 lr = c3.number_input(
     "Learning rate (peak)",
     LR_MIN,
@@ -351,9 +350,8 @@ def _panel(job: str) -> None:
         st.warning(f"No fine-tune called {job!r} here any more.")
         return
     run = runs.Run(Path(snap["run_dir"]))
-    child_config = run.config()
-    ft = child_config.get("finetune") or {}
-    parent_run = _run(child_config.get("parent", "")) or parent
+    child_config = run.train_config  # None while it is queued
+    parent_run = run.parent or parent
     active = snap["status"] in runs.ACTIVE
     head, stop_col = st.columns([4, 1])
     head.subheader(f"Fine-tune {snap['id']}")
@@ -365,12 +363,12 @@ def _panel(job: str) -> None:
         icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
         text = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
         (st.error if snap["status"] == "failed" else st.success)(text)
-    if ft:  # what this job really uses, from its run (the form above may since have changed)
+    if child_config and child_config.finetune:  # what this job really uses, from its run (not the form above)
         with st.container(border=True, key=f"ft_settings_{job}"):
             st.markdown(f"**Settings of this fine-tune** ({snap['id']})")
-            used = finetune.settings_of(child_config)
+            used = finetune.settings_of(run.config())
             st.markdown(" · ".join(f"{name}: **{value}**" for name, value in used.items()))
-    before = ft.get("parent_epochs", 0)
+    before = run.parent_epochs()
     history = snap["history"] or {}
     own = {key: values[before:] for key, values in history.items()}
     st.plotly_chart(
@@ -378,7 +376,7 @@ def _panel(job: str) -> None:
             parent_run.history(),
             own,
             parent_run.metrics().get("val_accuracy"),
-            child_epochs=child_config.get("epochs"),
+            child_epochs=child_config.epochs if child_config else None,
         ),
         width="stretch",
         key=f"ft_curves_{job}",
@@ -455,7 +453,7 @@ def _cams(parent_run: runs.Run, run: runs.Run) -> None:
 
 
 def _pointing(parent_run: runs.Run, run: runs.Run) -> None:
-    source = run.config().get("data", {}).get("source", "")
+    source = run.train_config.data.source
     if not source.startswith("shapes"):
         return
     from engine.explain import checks
@@ -492,6 +490,6 @@ if job_id:
     active = bool(snap and snap["status"] in runs.ACTIVE)
     st.fragment(_panel, run_every=1.0 if active else None)(job_id)
     if snap and snap["status"] == "finished" and child is not None:
-        parent_of_child = _run(child.config().get("parent", ""))
+        parent_of_child = child.parent
         if parent_of_child is not None:
             _results(parent_of_child, child)

@@ -304,7 +304,8 @@ def job_panel(job_id: str) -> None:
     # While it runs the curves grow into the planned epochs (with early stopping: into the epochs done and a few
     # more); once it ended, they fill the chart.
     done = len(snap["history"].get("loss", []))
-    patience = runs.Run(Path(snap["run_dir"])).config().get("early_stopping", 0) if active else 0
+    run_config = runs.Run(Path(snap["run_dir"])).train_config if active else None  # None while queued
+    patience = run_config.early_stopping if run_config else 0
     shown_epochs = charts.curve_epochs(done, snap["epochs"], patience) if active else max(1, done)
     st.plotly_chart(
         charts.training_curves(snap["history"], shown_epochs, live), width="stretch", key=f"curves_{job_id}"
@@ -342,7 +343,8 @@ def _results(run: runs.Run) -> None:
             icon="📊",
             query_params={"run": run.name},
         )
-        if snap_status(run) == "finished" and run.config().get("mode") in ("feature", "finetune"):
+        run_config = run.train_config
+        if snap_status(run) == "finished" and run_config and run_config.mode in ("feature", "finetune"):
             st.page_link("pages/finetune.py", label="Fine-tune this run", icon="🎚️", query_params={"run": run.name})
     if run.resumable():
         done = run.checkpoint_epoch()

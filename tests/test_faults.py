@@ -58,6 +58,12 @@ def dies_at_write(real_write, name: str, at: int, calls: list):
     return write
 
 
+def patch_writes(monkeypatch, write) -> None:
+    """Every atomic write of a run goes through `write`: the engine's (runs.atomic_write) and the run store's own."""
+    monkeypatch.setattr(runs, "atomic_write", write)
+    monkeypatch.setattr(runs.files, "atomic_write", write)
+
+
 # ---- 9 and RELIABILITY 30: a kill at every write of a run ---------------------------------
 
 
@@ -65,7 +71,7 @@ def dies_at_write(real_write, name: str, at: int, calls: list):
 def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(monkeypatch):
     import keras
 
-    real_write, real_save, real_alive = runs.atomic_write, runs.Run.save_checkpoint, runs._pid_alive
+    real_write, real_save, real_alive = runs.atomic_write, runs.Run.save_checkpoint, runs.folder._pid_alive
     writes, weights = [], {}
 
     def record_write(path, write, **kw):
@@ -77,7 +83,7 @@ def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(mo
         real_save(self, epoch, save)
         weights[epoch] = keras.models.load_model(self.checkpoint, safe_mode=True).get_weights()
 
-    monkeypatch.setattr(runs, "atomic_write", record_write)
+    patch_writes(monkeypatch, record_write)
     monkeypatch.setattr(runs.Run, "save_checkpoint", record_save)
     config = feature_config()
     reference = fit.train(config, runs.create("reference"))
@@ -94,14 +100,14 @@ def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(mo
         name, calls = f"killed-at-{kind}", []
         dying_write = dies_at_write(real_write, name, at, calls)
 
-        monkeypatch.setattr(runs, "atomic_write", dying_write)
+        patch_writes(monkeypatch, dying_write)
         run = runs.create(name)
         with pytest.raises(Killed):
             fit.train(config, run)
         assert calls[at] == writes[at], (calls, writes)
         assert leftovers(run), f"{kind}: the simulated kill left no temporary file"
-        monkeypatch.setattr(runs, "atomic_write", real_write)
-        monkeypatch.setattr(runs, "_pid_alive", lambda pid: False)  # the killed process is gone
+        patch_writes(monkeypatch, real_write)
+        monkeypatch.setattr(runs.folder, "_pid_alive", lambda pid: False)  # the killed process is gone
         done = run.checkpoint_epoch()
         assert done >= 1 and run.resumable(), kind
         # The recorded checkpoint is the one of its epoch, not a later one.
@@ -109,7 +115,7 @@ def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(mo
         assert all(np.array_equal(a, b) for a, b in zip(saved, weights[done], strict=True)), kind
 
         resumed = fit.resume(run)
-        monkeypatch.setattr(runs, "_pid_alive", real_alive)
+        monkeypatch.setattr(runs.folder, "_pid_alive", real_alive)
         assert resumed["status"] == "finished", (kind, resumed["reason"])
         for key, values in resumed["history"].items():
             assert len(values) == config.epochs, f"{kind}: {key} has {len(values)} epochs, not {config.epochs}"
@@ -178,12 +184,12 @@ def test_a_killed_calls_training_time_is_kept_and_a_resume_adds_to_it(monkeypatc
 
     histories = []
     monkeypatch.setattr(keras.Model, "fit", slow_fit)
-    monkeypatch.setattr(runs, "atomic_write", dies_at_third_history)
+    patch_writes(monkeypatch, dies_at_third_history)
     run = runs.create("killed")
     with pytest.raises(Killed):
         fit.train(feature_config(epochs=4), run)
-    monkeypatch.setattr(runs, "atomic_write", real_write)
-    monkeypatch.setattr(runs, "_pid_alive", lambda pid: False)
+    patch_writes(monkeypatch, real_write)
+    monkeypatch.setattr(runs.folder, "_pid_alive", lambda pid: False)
     assert run.checkpoint_epoch() == 2
     killed = run.train_seconds()
     assert killed >= 1.0, f"the killed call's time was not recorded ({killed} s)"

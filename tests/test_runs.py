@@ -133,7 +133,7 @@ def test_delete_refuses_a_job_the_registry_is_running(monkeypatch):
 def test_an_interrupted_delete_lists_nothing_and_is_swept_later(monkeypatch, runs_dir):
     run = fake_run("half")
     with monkeypatch.context() as m:
-        m.setattr(runs.shutil, "rmtree", lambda *a, **k: None)  # the removal "dies" after the rename
+        m.setattr(runs.store.shutil, "rmtree", lambda *a, **k: None)  # the removal "dies" after the rename
         runs.delete(run)
     hidden = [p for p in runs_dir.iterdir() if p.name.startswith(".half.deleting-")]
     assert len(hidden) == 1 and (hidden[0] / "config.json").is_file()

@@ -156,13 +156,10 @@ def probe_images_of(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 def shapes_test_items(path: str):
     """A shapes run's dataset (with its boxes) and its test images, for the pointing game."""
     from engine import runs
-    from engine.data.splits import split_items
-    from engine.training import finetune
 
-    config = runs.Run(Path(path)).config()
-    dataset = sources.open_dataset(config["data"]["source"])
-    data = config["data"]
-    splits = split_items(dataset.items, finetune.split_seed(config), data["val_frac"], data["test_frac"])
+    run = runs.Run(Path(path))
+    dataset = sources.open_dataset(run.train_config.data.source)
+    splits = run.splits(dataset)
     return dataset, splits["test"] or splits["validation"]
 
 

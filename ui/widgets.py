@@ -240,20 +240,7 @@ def job_snapshot(job_id: str) -> dict | None:
         run = runs.open_run(job_id, allow_path=False)
     except ConvScopeError:
         return None
-    status = run.status()
-    return {
-        "id": job_id,
-        "run_dir": str(run.path),
-        "status": status.get("status"),
-        "reason": status.get("detail") or status.get("reason", ""),
-        "position": None,
-        "progress": {},
-        "history": run.history(),
-        "epochs": run.planned_epochs() or 1,
-        "start_epoch": (run.config().get("finetune") or {}).get("parent_epochs", 0),
-        "result": None,
-        "on_disk": True,
-    }
+    return run.progress()
 
 
 def eta_text(seconds: float | None, upper_bound: bool = False) -> str:

@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from engine import runs
-from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import decoded_batches
-from engine.data.splits import split_items
 from engine.errors import ConvScopeError, EvaluationError
 from engine.evaluate import calibration, metrics
 from engine.model.classifier import CALIBRATION_FILE
@@ -52,10 +50,6 @@ class LabelledSet:
     @property
     def paths(self) -> list[str]:
         return [str(self.root / rel) for rel in self.rels]
-
-
-def _resize_policy(config: dict) -> str:
-    return (config.get("data") or {}).get("resize", "stretch")
 
 
 def labelled_set(run: Run, source: str | None = None, split: str | None = None, progress=None) -> LabelledSet:
@@ -91,10 +85,7 @@ def labelled_set(run: Run, source: str | None = None, split: str | None = None, 
         )
     items: list[Item] = dataset.items
     if split != "all":
-        data = TrainConfig.from_json(config).data
-        from engine.training.finetune import split_seed
-
-        items = split_items(dataset.items, split_seed(config), data.val_frac, data.test_frac)[split]
+        items = run.splits(dataset)[split]
     if not items:
         raise EvaluationError(f"the {split} split of {source!r} has no images; pick another split")
     labels = np.array([index[dataset.classes[i.label]] for i in items], dtype=np.int64)
@@ -138,7 +129,7 @@ def cached_logits(run: Run, data: LabelledSet, model=None, progress: Progress | 
     """(logits (N, classes), True when read from the run's cache) for a labelled set."""
     config = run.config()
     size = int(config["data"]["image_size"])
-    policy = _resize_policy(config)
+    policy = run.resize_policy
     path = run.path / "evaluations" / f"{_cache_key(run, data, size, policy)}.npz"
     with _LOCKS_LOCK:
         lock = _LOCKS.setdefault(str(path), threading.Lock())
