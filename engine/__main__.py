@@ -662,7 +662,7 @@ def _finetune_setup(args: argparse.Namespace, default_from: str = ""):
 
 def cmd_finetune(args: argparse.Namespace) -> dict:
     from engine import runs
-    from engine.training import distribute, finetune, fit
+    from engine.training import changes, distribute, fit
 
     stop = _stop_on_interrupt()
     _start_strategy(bool(args.resume))
@@ -689,19 +689,19 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     }
     if result["status"] == "finished":
         print("measuring what changed…", file=sys.__stderr__, flush=True)
-        out["changes"] = finetune.what_changed(runs.open_run(config["finetune"]["parent"]), run)["blocks"]
+        out["changes"] = changes.what_changed(runs.open_run(config["finetune"]["parent"]), run)["blocks"]
     return out
 
 
 def cmd_lr_find(args: argparse.Namespace) -> dict:
-    from engine.training import finetune
+    from engine.training import lr_finder
 
     parent, config = _finetune_setup(args, default_from="head")
 
     def progress(done: int, total: int) -> None:
         _stderr_progress("learning-rate sweep", done, total)
 
-    result = finetune.lr_find(
+    result = lr_finder.lr_find(
         config,
         steps=args.steps,
         start_lr=args.start_lr,

@@ -235,21 +235,21 @@ def _what_changed(config, run, report) -> None:
     import logging
 
     from engine import runs
-    from engine.training import finetune
+    from engine.training import changes
 
     report(stage="comparing")
     try:
-        finetune.what_changed(runs.open_run(config.finetune.parent), run)
+        changes.what_changed(runs.open_run(config.finetune.parent), run)
     except Exception as exc:  # noqa: BLE001 - the page measures it again and shows its error; the run is fine
         logging.getLogger(__name__).warning("%s: what changed not measured (%s)", run.name, exc)
 
 
 def _lr_find(request: dict, stop: threading.Event, emit: Emitter) -> dict:
     from engine.config import TrainConfig
-    from engine.training import finetune
+    from engine.training import lr_finder
 
     config = TrainConfig.from_json(request["config"])
-    return finetune.lr_find(
+    return lr_finder.lr_find(
         config,
         steps=int(request.get("steps", 100)),
         report=emit.report,

@@ -499,9 +499,9 @@ def _train(config, run, stop, report, resume, start_epoch, history, info) -> tup
             f"of {replicas} (each replica takes batch / {replicas})"
         )
     if config.mode == "finetune":
-        from engine.training import finetune
+        from engine.training.finetune.setup import run_finetune
 
-        return finetune.run_finetune(config, run, stop, report, resume, start_epoch, history, info)
+        return run_finetune(config, run, stop, report, resume, start_epoch, history, info)
 
     def data_progress(stage: str, done: int, total: int) -> None:
         report(stage="data", message=stage, done=done, total=total)
