@@ -21,9 +21,10 @@ import numpy as np
 
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
+from engine.training.callbacks import noop
 from engine.training.finetune.parent import open_data, parent_of
 from engine.training.finetune.setup import prepare
-from engine.training.fit import _noop, make_optimizer
+from engine.training.loop import make_optimizer
 
 Progress = Callable[[int, int], None]  # progress(done, total) after every step
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -276,7 +277,7 @@ def lr_find(
     steps: int = 100,
     start_lr: float = 1e-7,
     end_lr: float = 1.0,
-    report=_noop,
+    report=noop,
     progress=None,
     stop=None,
 ) -> dict:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import TrainConfig
-from engine.training import distribute, feature_cache, fit
+from engine.training import distribute, feature_cache
+from engine.training.batches import index_batches
+from engine.training.callbacks import features_progress
 
 _CACHE_VERSION = 1
 DEFAULT_BOUNDARY_BUDGET_MB = 2048  # float16 boundary tensors of every image and view kept in memory
@@ -164,7 +166,7 @@ def cached_batches(config: TrainConfig, cut: Split, dataset, splits, y, spec, vi
     key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
     tag = json.dumps([_CACHE_VERSION, dataset.fingerprint, cut.crossing, weights_digest(cut.lower)])
     name = hashlib.sha256(tag.encode()).hexdigest()[:32]
-    progress = fit.features_progress(report, stop, "Computing the boundary tensors")
+    progress = features_progress(report, stop, "Computing the boundary tensors")
     n = len(dataset.items)
     clean, hit = feature_cache.cached_array(
         key.folder / f"boundary-{name}.npy",
@@ -198,7 +200,7 @@ def cached_batches(config: TrainConfig, cut: Split, dataset, splits, y, spec, vi
         return unflatten(stack[view, indices], cut.shapes)
 
     n_train = len(y["train"])
-    train_data = fit.index_batches(n_train, len(stack), y["train"], config.batch_size, config.seed, fetch)
+    train_data = index_batches(n_train, len(stack), y["train"], config.batch_size, config.seed, fetch)
     val_data = (unflatten(x["validation"], cut.shapes), y["validation"]) if len(y["validation"]) else None
 
     def predict(split_name: str) -> np.ndarray:

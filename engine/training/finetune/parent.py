@@ -15,7 +15,9 @@ from engine.data.report import balanced_sample
 from engine.data.splits import split_items
 from engine.errors import ConvScopeError
 from engine.runs import Run
-from engine.training import fit
+from engine.training.batches import labels_of
+from engine.training.callbacks import noop
+from engine.training.loop import TrainingError, open_checked
 
 
 class FinetuneError(ConvScopeError):
@@ -118,23 +120,16 @@ def settings_of(config: dict) -> dict[str, str]:
     return out
 
 
-def open_data(config: TrainConfig, parent: Run, report=fit._noop, stop=None):
+def open_data(config: TrainConfig, parent: Run, report=noop, stop=None):
     """The parent's data, checked unchanged since the parent trained, and its splits."""
-
-    def data_progress(stage: str, done: int, total: int) -> None:
-        report(stage="data", message=stage, done=done, total=total)
-        if stop is not None and stop.is_set():
-            raise fit.Stopped("by the user while the data was opened")
-
-    dataset = sources.open_dataset(config.data.source, data_progress)
-    dataset.check()
+    dataset = open_checked(config, report, stop)
     if parent.config().get("fingerprint") != dataset.fingerprint:
-        raise fit.TrainingError(
+        raise TrainingError(
             f"the data of {config.data.source!r} changed since {parent.name} was trained; "
             "fine-tune on the same data, or train a new run first"
         )
     # The parent's own split, whatever seed shuffles the fine-tune: no validation or test image leaks into training.
-    return dataset, split_items(dataset.items, split_seed(parent.config()), config.data.val_frac, config.data.test_frac)
+    return dataset, parent.splits(dataset)
 
 
 def check_data(parent: Run) -> None:
@@ -143,7 +138,11 @@ def check_data(parent: Run) -> None:
 
 
 def split_seed(config: dict) -> int:
-    """The seed a run split its data with (a fine-tune keeps its parent's)."""
+    """The seed a run split its data with (a fine-tune keeps its parent's), from its config.json.
+
+    Run.split_seed is the same for a run folder; this reads a config dict (probe_set, and until they
+    move to Run.splits, engine.evaluate.evaluation and ui.cached).
+    """
     return int(config.get("split_seed", config.get("seed", 0)))
 
 
@@ -161,4 +160,4 @@ def probe_set(config: dict, n: int = PROBE_IMAGES):
     decoded = DecodedImages(
         [str(dataset.path(i)) for i in items], train_config.data.image_size, train_config.data.resize
     )
-    return decoded.batch(np.arange(len(items))).astype(np.float32), fit._labels(items)
+    return decoded.batch(np.arange(len(items))).astype(np.float32), labels_of(items)

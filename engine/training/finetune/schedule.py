@@ -8,7 +8,7 @@ rate of the block above.
 from __future__ import annotations
 
 from engine.config import TrainConfig
-from engine.training import fit
+from engine.training import loop
 from engine.training.finetune.layers import model_blocks
 
 
@@ -57,9 +57,9 @@ def make_optimizer(config: TrainConfig, steps: int, multipliers: dict[str, float
         warmup_target=config.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-    base = type(fit.make_optimizer(config.optimizer, 1e-3))
+    base = type(loop.make_optimizer(config.optimizer, 1e-3))
     if not multipliers:
-        return fit.make_optimizer(config.optimizer, schedule)
+        return loop.make_optimizer(config.optimizer, schedule)
     if base.__name__ not in _LAYERWISE:
         _LAYERWISE[base.__name__] = _layerwise(base)
     kwargs = {"momentum": 0.9} if config.optimizer == "sgd" else {}

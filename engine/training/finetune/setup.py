@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,7 +11,9 @@ from engine import backbones, runs
 from engine.config import FinetuneConfig, TrainConfig
 from engine.data.pipeline import DecodedImages, augmenter, make_tf_dataset
 from engine.runs import Run
-from engine.training import distribute, fit
+from engine.training import distribute
+from engine.training.batches import index_batches, labels_of
+from engine.training.callbacks import HISTORY_KEYS, noop
 from engine.training.finetune.boundary import (
     BoundaryOverflow,
     Split,
@@ -24,8 +24,9 @@ from engine.training.finetune.boundary import (
     weights_digest,
 )
 from engine.training.finetune.layers import counts, first_trainable, unfreeze
-from engine.training.finetune.parent import open_data, parent_of, split_seed
+from engine.training.finetune.parent import open_data, parent_of
 from engine.training.finetune.schedule import decay_multipliers, make_optimizer
+from engine.training.loop import Prepared, Recipe
 
 
 def _image_fetch(dataset, items, config: TrainConfig, spec, train: bool, keep: bool):
@@ -63,7 +64,7 @@ class Setup:
 
 
 def prepare(
-    config: TrainConfig, parent: Run, dataset, splits, report=fit._noop, stop=None, mixed: bool | None = None
+    config: TrainConfig, parent: Run, dataset, splits, report=noop, stop=None, mixed: bool | None = None
 ) -> Setup:
     """Load a private copy of the parent's classifier, unfreeze it, and serve its data (cached boundary or images).
 
@@ -73,7 +74,7 @@ def prepare(
 
     ft: FinetuneConfig = config.finetune
     spec = backbones.get_spec(config.backbone)
-    y = {k: fit._labels(v) for k, v in splits.items()}
+    y = {k: labels_of(v) for k, v in splits.items()}
     classifier = keras.models.load_model(parent.model_file, safe_mode=True)  # the parent's file is only read
     first = first_trainable(classifier, config.backbone, ft)
     unfreeze(classifier, first, ft.bn)
@@ -99,7 +100,7 @@ def prepare(
         keep = len(dataset.items) * config.data.image_size**2 * 3 <= boundary_budget_bytes()
         fitted = keras.Model(classifier.input, classifier.output, name="trainer")  # shares the layers
         fetch = _image_fetch(dataset, splits["train"], config, spec, True, keep)
-        train_data = fit.index_batches(len(y["train"]), 1, y["train"], config.batch_size, config.seed, fetch)
+        train_data = index_batches(len(y["train"]), 1, y["train"], config.batch_size, config.seed, fetch)
 
         def images(split_name: str):
             ds = make_tf_dataset(
@@ -160,93 +161,67 @@ def copy_weights(source, target) -> None:
             target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-def run_finetune(config, run, stop, report, resume, start_epoch, history, info) -> tuple[str, str]:
-    """The fine-tune behind fit.train(): same arguments and outcome as fit._train."""
-    import keras
+class Finetune(Recipe):
+    """A fine-tune, as the training loop runs it: the parent's data and split, its classifier unfrozen, its schedule."""
 
-    ft: FinetuneConfig = config.finetune
-    parent = parent_of(ft.parent)
-    dataset, splits = open_data(config, parent, report, stop)
-    if resume:
-        if run.config().get("fingerprint") != dataset.fingerprint:
-            raise fit.TrainingError(f"{run.name}: the data changed since this run started, so it cannot be resumed")
-    else:
-        runs.write_json(
-            run.path / "config.json",
-            {
-                **config.to_json(),
-                "parent": parent.name,
-                "split_seed": split_seed(parent.config()),
-                "labels": dataset.classes,
-                "fingerprint": dataset.fingerprint,
-                "split_sizes": {k: len(v) for k, v in splits.items()},
-                "created": time.time(),
-            },
-        )
-        runs.write_json(run.path / "labels.json", dataset.classes)
+    parent: Run
+    ft: FinetuneConfig
+
+    def open_data(self, config: TrainConfig, report, stop):
+        self.ft = config.finetune
+        self.parent = parent_of(self.ft.parent)
+        return open_data(config, self.parent, report, stop)
+
+    def config_fields(self) -> dict:
+        return {"parent": self.parent.name, "split_seed": self.parent.split_seed}
+
+    def begin(self, run: Run, history: dict) -> None:
         # The fine-tune's history starts with its parent's: epochs continue the count.
-        parent_history = parent.history()
-        for k in fit.HISTORY_KEYS:
+        parent_history = self.parent.history()
+        for k in HISTORY_KEYS:
             if k in parent_history:
-                history[k] = list(parent_history[k][: ft.parent_epochs])
-        start_epoch = len(history.get("loss", []))
+                history[k] = list(parent_history[k][: self.ft.parent_epochs])
         run.write_history(history)
-    keras.utils.set_random_seed(config.seed)
-    # A resumed run keeps the precision its checkpoint (and its optimizer's loss scaling) was saved with.
-    setup = prepare(config, parent, dataset, splits, report, stop, run.config().get("mixed_precision"))
-    if not resume:
-        runs.write_json(run.path / "config.json", {**run.config(), "mixed_precision": setup.mixed})
-    info.update(params=setup.params, parent=parent.name, boundary=setup.boundary, features=setup.features)
-    info["boundary"] = {**setup.boundary, "mixed_precision": setup.mixed}
-    y = setup.labels
-    weights = fit.class_weights(y["train"], len(dataset.classes)) if config.class_weights else None
-    total_epochs = config.total_epochs
-    steps = len(setup.train_data)
-    multipliers = decay_multipliers(setup.classifier, config.backbone, setup.first, ft.layer_decay)
-    fitted = setup.fitted
-    mixed = setup.mixed
-    optimizer = make_optimizer(config, steps * config.epochs, multipliers)
-    if mixed:  # float16 gradients underflow without loss scaling
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    fitted.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    if resume and run.checkpoint.is_file():
-        _restore(fitted, keras.models.load_model(run.checkpoint, safe_mode=True))
-        if mixed:
+
+    def prepare(self, config, run, dataset, splits, y, report, stop, resume, info) -> Prepared:
+        import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
+        ft: FinetuneConfig = config.finetune
+        # A resumed run keeps the precision its checkpoint (and its optimizer's loss scaling) was saved with.
+        setup = prepare(config, self.parent, dataset, splits, report, stop, run.config().get("mixed_precision"))
+        if not resume:
+            runs.write_json(run.path / "config.json", {**run.config(), "mixed_precision": setup.mixed})
+        info.update(params=setup.params, parent=self.parent.name, boundary=setup.boundary, features=setup.features)
+        info["boundary"] = {**setup.boundary, "mixed_precision": setup.mixed}
+        fitted, mixed = setup.fitted, setup.mixed
+
+        def optimizer(steps: int):
+            multipliers = decay_multipliers(setup.classifier, config.backbone, setup.first, ft.layer_decay)
+            out = make_optimizer(config, steps * config.epochs, multipliers)
+            # float16 gradients underflow without loss scaling
+            return keras.optimizers.LossScaleOptimizer(out) if mixed else out
+
+        def restore() -> None:
+            _restore(fitted, keras.models.load_model(run.checkpoint, safe_mode=True))
+            if mixed:
+                copy_weights(fitted, setup.classifier)
+
+        def follow() -> None:  # the classifier (what is saved, also on Stop) follows the mixed copy
             copy_weights(fitted, setup.classifier)
-    info["classifier"] = setup.classifier
-    report(
-        stage="training",
-        epoch=start_epoch,
-        epochs=total_epochs,
-        batch=0,
-        batches=steps,
-        history={k: list(v) for k, v in history.items()},
-    )
-    val_steps = math.ceil(len(y["validation"]) / config.batch_size)
-    shown = replace(config, epochs=total_epochs)  # the count continues the parent's
-    callbacks = fit._callbacks(run, fitted, shown, history, stop, report, steps, val_steps, info.get("seconds"))
-    if mixed:  # the classifier (what is saved, also on Stop) follows the copy after every epoch
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: copy_weights(fitted, setup.classifier)))
-    # predict() after the fit goes through the classifier or the cut's upper part: fixed for the strategy too.
-    with distribute.fitting(fitted, setup.train_data, setup.classifier, setup.cut.upper):
-        if start_epoch < total_epochs:
-            fitted.fit(
-                setup.train_data,
-                validation_data=setup.val_data,
-                epochs=total_epochs,
-                initial_epoch=start_epoch,
-                class_weight=weights,
-                shuffle=False,  # the batches shuffle themselves, seeded
-                callbacks=callbacks,
-                verbose=0,
-            )
-    if mixed:
-        copy_weights(fitted, setup.classifier)  # after EarlyStopping put the best weights back
-    return fit.finish(run, dataset, y, setup.predict, callbacks, shown, history, val_steps, report, setup.classifier)
+
+        return Prepared(
+            fitted,
+            setup.classifier,
+            setup.train_data,
+            setup.val_data,
+            setup.predict,
+            optimizer,
+            restore if resume and run.checkpoint.is_file() else None,
+            # predict() after the fit goes through the classifier or the cut's upper part: fixed for the strategy too
+            predicts_later=(setup.classifier, setup.cut.upper),
+            callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: follow())] if mixed else [],
+            after_fit=follow if mixed else None,  # after EarlyStopping put the best weights back
+        )
 
 
 def _restore(fitted, saved) -> None:
