@@ -131,7 +131,7 @@ def _no_variance(centred: np.ndarray, raw: np.ndarray) -> bool:
 
 def _gap(tensor):
     """(N, ..., C) -> (N, C): average over every axis between the batch and the channels."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     rank = len(tensor.shape)
     return tf.reduce_mean(tensor, axis=list(range(1, rank - 1))) if rank > 2 else tensor
@@ -149,8 +149,8 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
     Returns:
         One (N, C_layer) float32 array per layer, in the order asked.
     """
-    import keras
-    import tensorflow as tf
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     images = np.asarray(images, np.float32)
     size = tuple(model.input_shape[1:])
@@ -178,7 +178,7 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
 
 def _compared_blocks(model, blocks: Sequence[Block]) -> list[Block]:
     """Backbone blocks whose last layer computes something (not the head, not a bare InputLayer)."""
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     return [
         b

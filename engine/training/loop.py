@@ -198,7 +198,7 @@ def train(
         _save_model(run, info["classifier"])
     seconds = total()
     if status == "finished":
-        # _train returned, so metrics.json was just written: add what the runs table compares.
+        # _fit returned, so metrics.json was just written: add what the runs table compares.
         runs.write_json(
             run.path / "metrics.json",
             {**run.metrics(), "params": info.get("params"), "train_seconds": seconds, "strategy": strategy},

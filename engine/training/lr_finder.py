@@ -206,8 +206,8 @@ def sweep(
         LRSweep with one point per completed step (a NaN / infinite loss is not recorded).
     """
     _check(start_lr, end_lr, max_steps, beta, diverge, optimizer)
-    import keras
-    import tensorflow as tf
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     variables = list(model.trainable_variables)
     if not variables:

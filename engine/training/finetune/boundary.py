@@ -62,7 +62,7 @@ class Split:
 
 def split(model, first: int) -> Split:
     """Cut `model` between layer `first - 1` and layer `first`: every tensor made below and used above."""
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     index = {id(layer): i for i, layer in enumerate(model.layers)}
     crossing, seen = [], set()
@@ -87,7 +87,7 @@ class _Boundary:
     """A compiled call of the frozen part: (B, S, S, 3) [0, 255] images -> (B, F) float16, tensors flattened."""
 
     def __init__(self, cut: Split, preprocess) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
         self.preprocess = preprocess
         size = cut.lower.input_shape[1:]

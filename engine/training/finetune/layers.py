@@ -63,7 +63,7 @@ def first_trainable(model, backbone: str, ft: FinetuneConfig) -> int:
 
 
 def _is_bn(layer) -> bool:
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     return isinstance(layer, keras.layers.BatchNormalization)
 

@@ -19,7 +19,7 @@ def _layerwise(base):
     state and one checkpoint, and works for Adam too (scaling gradients would not: Adam
     divides their scale away).
     """
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     @keras.saving.register_keras_serializable(package="convscope", name=f"Layerwise{base.__name__}")
     class Layerwise(base):
@@ -47,7 +47,7 @@ _LAYERWISE: dict[str, type] = {}
 
 def make_optimizer(config: TrainConfig, steps: int, multipliers: dict[str, float] | None = None):
     """The fine-tune's optimizer: warm-up then cosine decay over `steps`; per-variable factors if given."""
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     ft = config.finetune
     warmup = int(round(steps * ft.warmup))

@@ -70,7 +70,7 @@ def prepare(
 
     `mixed`: fit a mixed-precision copy (default: mixed_precision(), i.e. on a GPU).
     """
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     ft: FinetuneConfig = config.finetune
     spec = backbones.get_spec(config.backbone)
@@ -129,7 +129,7 @@ def mixed_precision() -> bool:
     flag = os.environ.get("CONVSCOPE_MIXED_PRECISION", "").strip()
     if flag in ("0", "1"):
         return flag == "1"
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     return bool(tf.config.list_logical_devices("GPU"))
 
@@ -141,7 +141,7 @@ def mixed_copy(model):
     reach it; its layers are rebuilt instead. The copy does not share variables with `model`:
     copy_weights() brings the trained weights back.
     """
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     def clone(layer):
         config = layer.get_config()
