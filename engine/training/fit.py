@@ -119,7 +119,7 @@ class NewModel(Recipe):
     def open_data(self, config: TrainConfig, report: Report, stop) -> tuple[Dataset, dict[str, list[Item]]]:
         dataset = loop.open_checked(config, report, stop)
         distribute.agree(dataset.fingerprint, "their data")
-        # A new run splits with its own seed (Run.splits reads the same from its config.json later).
+        # A feature or scratch run splits with its own seed (as Run.splits reads it back from config.json).
         return dataset, split_items(dataset.items, config.seed, config.data.val_frac, config.data.test_frac)
 
     def prepare(self, config, run, dataset, splits, y, report, stop, resume, info) -> Prepared:
