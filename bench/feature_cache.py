@@ -42,7 +42,7 @@ def classic(config, dataset, splits) -> tuple[float, float, float]:
 
     from engine import backbones
     from engine.data.pipeline import make_tf_dataset
-    from engine.training import fit, models
+    from engine.training import loop, models
 
     spec = backbones.get_spec(config.backbone)
     size = config.data.image_size
@@ -54,7 +54,7 @@ def classic(config, dataset, splits) -> tuple[float, float, float]:
     x = keras.layers.GlobalAveragePooling2D()(x)
     head = models.build_head(models.pooled_dim(base), len(dataset.classes), config.head)
     model = keras.Model(inputs, head(x))
-    fit.compile_model(model, config)
+    loop.compile_model(model, loop.make_optimizer(config.optimizer, config.learning_rate))
 
     def batches(split: str, train: bool):
         ds = make_tf_dataset(

@@ -16,7 +16,7 @@ from engine import charts, jobs, runs
 from engine.config import OPTIMIZERS, TrainConfig
 from engine.errors import ConvScopeError
 from engine.explain.overlay import overlay
-from engine.training import blocks, finetune, presets
+from engine.training import blocks, changes, finetune, presets
 from ui import cached, router, widgets, wording
 
 router.ensure_routed()
@@ -399,7 +399,7 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
             col.metric(label, f"{after[key]:.1%}", delta, help=f"before fine-tuning: {before.get(key, 0):.1%}")
     with st.spinner("Measuring what changed in each block…"):
         try:
-            changed = finetune.what_changed(parent_run, run)
+            changed = changes.what_changed(parent_run, run)
         except (ConvScopeError, ValueError, OSError) as exc:
             changed = None
             st.error(widgets.path_free(str(exc)))

@@ -51,7 +51,7 @@ def test_features_read_from_the_cache_are_not_called_computed(tmp_path, capfd):
     import threading
 
     from engine.cli.train import _TrainProgress
-    from engine.training import feature_cache, fit
+    from engine.training import callbacks, feature_cache
 
     np.save(tmp_path / "kept.npy", np.ones((300, 4), np.float32))
     reports = []
@@ -60,7 +60,7 @@ def test_features_read_from_the_cache_are_not_called_computed(tmp_path, capfd):
         reports.append(fields)
         _TrainProgress()(**fields)
 
-    progress = fit.features_progress(report, threading.Event(), "Computing backbone features")
+    progress = callbacks.features_progress(report, threading.Event(), "Computing backbone features")
     _, hit = feature_cache.cached_array(tmp_path / "kept.npy", (300,), lambda: pytest.fail("computed"), progress)
     err = capfd.readouterr().err
     assert hit and reports[-1]["cached"] is True

@@ -14,7 +14,8 @@ import pytest
 from conftest import train_tiny_run
 from engine import runs
 from engine.config import DataConfig, FinetuneConfig
-from engine.training import blocks, finetune, fit, presets
+from engine.training import blocks, finetune, fit, lr_finder, presets
+from engine.training.finetune import boundary
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "shapes:per_class=12,classes=3,size=64"
@@ -290,7 +291,7 @@ def test_layer_decay_scales_each_block(parent):
 def test_the_finder_leaves_the_parent_untouched(parent):
     original = digest(parent.model_file)
     config = finetune.finetune_config(parent, unfreeze_top=1)
-    result = finetune.lr_find(config, steps=12, start_lr=1e-5, end_lr=1.0)
+    result = lr_finder.lr_find(config, steps=12, start_lr=1e-5, end_lr=1.0)
     assert set(result) >= {"lrs", "losses", "suggestion", "steepest", "min_over_10"}
     assert 0 < len(result["lrs"]) <= 12 and result["suggestion"] is None or 1e-5 <= result["suggestion"] <= 1.0
     assert digest(parent.model_file) == original
@@ -424,7 +425,7 @@ def test_float16_overflow_falls_back_to_full_passes(parent, monkeypatch, tmp_pat
     def overflow(self, images):
         raise finetune.BoundaryOverflow("the boundary tensors exceed float16's range (65504)")
 
-    monkeypatch.setattr(finetune._Boundary, "__call__", overflow)
+    monkeypatch.setattr(boundary._Boundary, "__call__", overflow)
     result, _ = fine_tune(parent, unfreeze_top=1)
     assert result["status"] == "finished", result["reason"]
     assert result["boundary"]["mode"] == "full" and "float16" in result["boundary"]["why"]

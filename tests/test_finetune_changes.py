@@ -13,11 +13,11 @@ from engine.training.advice import LARGE_PER_CLASS, REGIMES, SIMILAR_CONFIDENCE,
 from engine.training.blocks import group
 from engine.training.changes import (
     block_similarity,
+    compare,
     linear_cka,
     penultimate,
     to_json,
     weight_changes,
-    what_changed,
 )
 
 # A tiny flat classifier named like a backbone: stem, block1 (conv + BN), block2, top, then the head.
@@ -198,14 +198,14 @@ def test_what_changed_on_a_tiny_model_is_json_ready(tiny):
     layer = after.get_layer("top_conv")
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel * 1.5, bias])
-    changes = what_changed(tiny, after, images(), np.arange(16) % 2, TINY)
+    changes = compare(tiny, after, images(), np.arange(16) % 2, TINY)
     rows = {r["block"]: r for r in changes["blocks"]}
     assert list(rows) == ["stem", "block1", "block2", "top", "head"]
     assert rows["head"]["cka"] is None and rows["top"]["weight_change"] > 0 and rows["block2"]["weight_change"] == 0
     out = json.loads(json.dumps(to_json(changes)))
     assert len(out["projection"]["after"]["xy"]) == 16 and out["blocks"][0]["block"] == "stem"
     with pytest.raises(ValueError, match="same layers"):
-        what_changed(tiny, tiny_classifier_renamed(), images(), np.zeros(16, int), TINY)
+        compare(tiny, tiny_classifier_renamed(), images(), np.zeros(16, int), TINY)
 
 
 def tiny_classifier_renamed() -> keras.Model:
@@ -244,7 +244,7 @@ def test_what_changed_on_efficientnet_lite0():
         ]
     )
     x = np.asarray(spec.preprocess(pics.astype(np.float32)), np.float32)
-    changes = what_changed(before, after, x, np.arange(16) % 2, spec, batch_size=8)
+    changes = compare(before, after, x, np.arange(16) % 2, spec, batch_size=8)
     rows = {r["block"]: r for r in changes["blocks"]}
     assert list(rows) == ["stem", *[f"block{i}" for i in range(1, 8)], "top", "head"]
     for name in ("stem", "block1", "block2", "block3", "block4"):

@@ -53,7 +53,7 @@ def _heavy(func: ast.FunctionDef) -> str:
             return "runs AppTest"
         if name.startswith("subprocess.") or name in ("Popen", "sync_playwright"):
             return "spawns a process"
-        if name in ("fit.train", "fit.resume", "finetune.lr_find"):
+        if name in ("fit.train", "fit.resume", "finetune.lr_find", "lr_finder.lr_find"):
             return f"trains ({name})"
         if name.endswith(("ImageNetClassifier", "from_backbone", "explainable_backbone")):
             return f"loads an ImageNet backbone ({name})"

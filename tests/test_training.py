@@ -19,7 +19,7 @@ from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
 from engine.data import pipeline
 from engine.data.sources import open_dataset
 from engine.errors import ConvScopeError
-from engine.training import feature_cache, fit, models, presets
+from engine.training import callbacks, feature_cache, fit, loop, models, presets
 from engine.training.features import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_scratch_outlook_warns_on_small_data_only():
 
 
 def test_class_weights_favour_rare_classes():
-    w = fit.class_weights(np.array([0] * 8 + [1] * 2), 3)
+    w = loop.class_weights(np.array([0] * 8 + [1] * 2), 3)
     assert w[1] == pytest.approx(4 * w[0]) and w[2] == 1.0
     assert w[0] * 8 + w[1] * 2 == pytest.approx(10)
 
@@ -190,7 +190,7 @@ def test_default_feature_run_stops_early_and_keeps_the_best_epoch():
     assert out["epochs_run"] < 80 and len(h["val_loss"]) == out["epochs_run"]
     best = run.metrics()["best_epoch"]
     assert out["epochs_run"] - best >= config.early_stopping
-    assert min(h["val_loss"][best:]) > h["val_loss"][best - 1] - fit.EARLY_STOPPING_MIN_DELTA
+    assert min(h["val_loss"][best:]) > h["val_loss"][best - 1] - callbacks.EARLY_STOPPING_MIN_DELTA
     # The saved model holds the best epoch's weights, not the last epoch's.
     assert out["val_accuracy"] == pytest.approx(h["val_accuracy"][best - 1])
     import keras
@@ -242,7 +242,7 @@ class FakeClock:
 
 def test_eta_says_estimating_until_a_few_batches_are_timed_and_ignores_tracing():
     fake = FakeClock()
-    clock = fit.BatchClock(min_timed=3, clock=fake)
+    clock = callbacks.BatchClock(min_timed=3, clock=fake)
     lefts = []
     for k, seconds in enumerate([12.0, 0.5, 0.5, 0.5, 0.5]):  # batch 1 traces the step: 12 s
         clock.batch_begin(first_of_epoch=k == 0)
@@ -262,7 +262,7 @@ def test_eta_says_estimating_until_a_few_batches_are_timed_and_ignores_tracing()
 
     # Short batches: no guess about the epoch end until one was measured.
     fake = FakeClock()
-    quick = fit.BatchClock(min_timed=3, clock=fake)
+    quick = callbacks.BatchClock(min_timed=3, clock=fake)
     for k in range(5):
         quick.batch_begin(first_of_epoch=k == 0)
         fake.now += 0.01

@@ -165,7 +165,7 @@ def test_a_killed_worker_fails_its_job_and_the_next_one_runs():
 def test_lr_finder_and_latency_run_in_worker_processes(runs_dir, monkeypatch):
     from conftest import train_tiny_run
     from engine.model import latency
-    from engine.training import finetune
+    from engine.training import finetune, lr_finder
 
     parent = train_tiny_run(runs_dir, "parent", epochs=2)
     (parent / latency.LATENCY_FILE).unlink()
@@ -173,7 +173,7 @@ def test_lr_finder_and_latency_run_in_worker_processes(runs_dir, monkeypatch):
     def not_here(*args, **kwargs):
         raise AssertionError("the dashboard's server process must never run the sweep")
 
-    monkeypatch.setattr(finetune, "lr_find", not_here)
+    monkeypatch.setattr(lr_finder, "lr_find", not_here)
     registry = jobs.JobRegistry(devices=["/CPU:0"])
     config = finetune.finetune_config(runs.Run(parent), unfreeze_from="head", epochs=1)
     steps = []

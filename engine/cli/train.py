@@ -18,7 +18,7 @@ from engine.cli.common import add_json, counts_progress, stderr_progress
 from engine.config import OPTIMIZERS, TRAIN_MODES, AugmentConfig, DataConfig, HeadConfig, TrainConfig
 from engine.errors import ConvScopeError
 from engine.jobs import worker
-from engine.training import distribute, finetune, fit, presets
+from engine.training import changes, distribute, finetune, fit, lr_finder, presets
 
 DISTRIBUTED = (
     "Trains on every local GPU (MirroredStrategy; --batch-size is the global batch, a multiple of the GPUs), "
@@ -312,7 +312,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     }
     if result["status"] == "finished":
         print("measuring what changed…", file=sys.__stderr__, flush=True)
-        out["changes"] = finetune.what_changed(runs.open_run(config["finetune"]["parent"]), run)["blocks"]
+        out["changes"] = changes.what_changed(runs.open_run(config["finetune"]["parent"]), run)["blocks"]
     return out
 
 
@@ -346,7 +346,7 @@ def cmd_lr_find(args: argparse.Namespace) -> dict:
     def progress(done: int, total: int) -> None:
         stderr_progress("learning-rate sweep", done, total)
 
-    return finetune.lr_find(
+    return lr_finder.lr_find(
         config,
         steps=args.steps,
         start_lr=args.start_lr,

@@ -36,7 +36,7 @@ from engine import runs
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
 from engine.model import latency
-from engine.training import distribute, finetune, fit
+from engine.training import changes, distribute, fit, lr_finder
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding the engine package
 TASKS = ("train", "lr_find", "latency")
@@ -235,14 +235,14 @@ def _what_changed(config, run, report) -> None:
     """As the CLI's finetune: measure what changed per block now (changes.json), not later in the server."""
     report(stage="comparing")
     try:
-        finetune.what_changed(runs.open_run(config.finetune.parent), run)
+        changes.what_changed(runs.open_run(config.finetune.parent), run)
     except Exception as exc:  # noqa: BLE001 - the page measures it again and shows its error; the run is fine
         logging.getLogger(__name__).warning("%s: what changed not measured (%s)", run.name, exc)
 
 
 def _lr_find(request: dict, stop: threading.Event, emit: Emitter) -> dict:
     config = TrainConfig.from_json(request["config"])
-    return finetune.lr_find(
+    return lr_finder.lr_find(
         config,
         steps=int(request.get("steps", 100)),
         report=emit.report,

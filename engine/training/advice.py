@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from engine.model.classifier import ImageNetClassifier
+
 REGIMES = ("small-similar", "small-different", "large-different", "large-similar")
 
 # A dataset is large with MORE than this many images per class. The Keras
@@ -92,8 +94,6 @@ def imagenet_similarity(images_uint8: np.ndarray | Sequence[np.ndarray], classif
     if len(images_uint8) == 0:
         raise ValueError("imagenet_similarity needs at least one image")
     if classifier is None:
-        from engine.model.classifier import ImageNetClassifier
-
         classifier = ImageNetClassifier("efficientnet_lite0")
     predictions = classifier.predict([(str(i), np.asarray(img)) for i, img in enumerate(images_uint8)], top_k=1)
     return float(np.mean([p.top[0].probability for p in predictions]))

@@ -25,8 +25,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine import backbones, runs
+from engine.runs import Run
 from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
+from engine.training.finetune import probe_set
 
 BATCH = 32  # images per compiled call, as in engine.model.compiled
 FEATURE_LAYER = "avg_pool"  # the GlobalAveragePooling2D of engine.training.models.feature_classifier
@@ -128,7 +131,7 @@ def _no_variance(centred: np.ndarray, raw: np.ndarray) -> bool:
 
 def _gap(tensor):
     """(N, ..., C) -> (N, C): average over every axis between the batch and the channels."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     rank = len(tensor.shape)
     return tf.reduce_mean(tensor, axis=list(range(1, rank - 1))) if rank > 2 else tensor
@@ -146,8 +149,8 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
     Returns:
         One (N, C_layer) float32 array per layer, in the order asked.
     """
-    import keras
-    import tensorflow as tf
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     images = np.asarray(images, np.float32)
     size = tuple(model.input_shape[1:])
@@ -175,7 +178,7 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
 
 def _compared_blocks(model, blocks: Sequence[Block]) -> list[Block]:
     """Backbone blocks whose last layer computes something (not the head, not a bare InputLayer)."""
-    import keras
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     return [
         b
@@ -256,7 +259,7 @@ def penultimate(before, after, images: np.ndarray, labels, layer: str | None = N
 
 
 # ---- all of it ---------------------------------------------------------------
-def what_changed(before, after, images: np.ndarray, labels, spec, batch_size: int = BATCH) -> dict:
+def compare(before, after, images: np.ndarray, labels, spec, batch_size: int = BATCH) -> dict:
     """Weights, representations and head features of a parent and its fine-tuned child.
 
     One compiled forward pass per model and batch gives every block's pooled
@@ -313,7 +316,7 @@ def what_changed(before, after, images: np.ndarray, labels, spec, batch_size: in
 
 
 def to_json(changes: dict) -> dict:
-    """`what_changed`'s result with lists and plain floats; nan and inf become None."""
+    """`compare`'s result with lists and plain floats; nan and inf become None."""
 
     def num(v):
         if v is None:
@@ -338,3 +341,29 @@ def to_json(changes: dict) -> dict:
         "blocks": rows,
         "projection": {"layer": proj["layer"], "before": side(proj["before"]), "after": side(proj["after"])},
     }
+
+
+# ---- of two runs ---------------------------------------------------------------------
+
+
+def what_changed(parent: Run, child: Run) -> dict:
+    """Per block weight change and CKA, and the penultimate features before and after (kept in changes.json).
+
+    Returns:
+        compare()'s JSON form for the two runs' classifiers on the child's probe set.
+    """
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
+    saved = runs.read_json(child.path / "changes.json")
+    if saved and "labels" in saved.get("projection", {}):
+        return saved
+    config = child.config()
+    spec = backbones.get_spec(config["backbone"])
+    images, labels = probe_set(config)
+    x = np.asarray(spec.preprocess(images), dtype=np.float32)
+    before = keras.models.load_model(parent.model_file, safe_mode=True)
+    after = keras.models.load_model(child.model_file, safe_mode=True)
+    result = to_json(compare(before, after, x, labels, spec))
+    result["projection"]["labels"] = [int(v) for v in labels]
+    runs.write_json(child.path / "changes.json", result)
+    return result

@@ -106,7 +106,7 @@ def start():
 
 
 def _choose():
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     if cluster() is not None:
         try:
@@ -137,13 +137,13 @@ def _cpu_replicas() -> int:
 
 def current():
     """The strategy `start()` chose, or the default strategy (one device) when it was not called."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     return _started if _started is not None else tf.distribute.get_strategy()
 
 
 def multi_worker(strategy) -> bool:
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._num_workers > 1
 
@@ -176,7 +176,7 @@ def spread(fn: Callable, strategy=None) -> Callable[[np.ndarray], np.ndarray]:
         call(x): (B, ...) float32 array -> (B, ...) array. Under a multi-worker strategy every
         worker must call it with the same batch, in the same order (it is a collective).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     strategy = strategy or current()
     n = int(strategy.num_replicas_in_sync)
@@ -205,7 +205,7 @@ def spread(fn: Callable, strategy=None) -> Callable[[np.ndarray], np.ndarray]:
 
 def _all_rows(values: np.ndarray, strategy) -> np.ndarray:
     """(R, K) float32: `values` (K,) float32 of every replica of every worker, gathered (a collective)."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     key = id(strategy)
     if key not in _gathers:  # traced once per strategy: a stop check runs after every batch
@@ -287,8 +287,8 @@ def fitting(model, data, *others) -> Iterator[None]:
     Args:
         data: the training data, a keras.utils.PyDataset or a tf.data.Dataset of (x, y) batches.
     """
-    import keras
-    import tensorflow as tf
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     strategy = current()
     if strategy.num_replicas_in_sync == 1:
@@ -314,8 +314,10 @@ def _patch_keras_reduce() -> None:
     global _patched
     if _patched:
         return
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
+    from keras.src.backend.tensorflow import (
+        trainer,
+    )  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     original = trainer.reduce_per_replica
 

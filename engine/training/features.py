@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from engine import backbones
+from engine.training import distribute
 
 
 class FeatureExtractor:
@@ -32,8 +33,6 @@ class FeatureExtractor:
         self._lock = threading.Lock()  # see ImageNetClassifier: shared models are called one at a time
         self._forward = None
         if strategy is not None and strategy.num_replicas_in_sync > 1:
-            from engine.training import distribute
-
             self._forward = distribute.spread(self._call, strategy)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -41,7 +40,7 @@ class FeatureExtractor:
         x = np.asarray(self.spec.preprocess(np.asarray(images, dtype=np.float32)), dtype=np.float32)
         with self._lock:
             if self._forward is None:
-                import tensorflow as tf
+                import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
                 # A compiled graph is about twice as fast as an eager call on CPU; one
                 # signature with any batch size, so a short last batch is not traced again.

@@ -19,8 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.config import TrainConfig
 from engine.errors import ConvScopeError
-from engine.training.fit import make_optimizer
+from engine.training.callbacks import noop
+from engine.training.finetune.parent import open_data, parent_of
+from engine.training.finetune.setup import prepare
+from engine.training.loop import make_optimizer
 
 Progress = Callable[[int, int], None]  # progress(done, total) after every step
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -202,8 +206,8 @@ def sweep(
         LRSweep with one point per completed step (a NaN / infinite loss is not recorded).
     """
     _check(start_lr, end_lr, max_steps, beta, diverge, optimizer)
-    import keras
-    import tensorflow as tf
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     variables = list(model.trainable_variables)
     if not variables:
@@ -262,3 +266,49 @@ def sweep(
         model.set_weights(saved)
     steepest, min_over_10, suggestion = suggest(lrs, losses, max_steps)
     return LRSweep(lrs, losses, raw, steepest, min_over_10, suggestion, diverged, stopped)
+
+
+# ---- on a fine-tune's setup ---------------------------------------------------------
+
+
+def lr_find(
+    config: TrainConfig,
+    *,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 1.0,
+    report=noop,
+    progress=None,
+    stop=None,
+) -> dict:
+    """The learning-rate sweep on the fine-tune setup of `config` (the head alone with `unfreeze_from="head"`).
+
+    It fits a private copy of the parent's classifier (on the boundary cache when it fits), so the
+    parent's files never change.
+
+    Returns:
+        {"lrs", "losses", "suggestion", "steepest", "min_over_10", "diverged", "parent",
+         "trainable_params", "boundary"}.
+    """
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
+    parent = parent_of(config.finetune.parent)
+    dataset, splits = open_data(config, parent, report, stop)
+    keras.utils.set_random_seed(config.seed)
+    setup = prepare(config, parent, dataset, splits, report, stop, mixed=False)  # float32: no loss scaling needed
+    result = sweep(
+        setup.fitted,
+        setup.train_data,
+        optimizer=config.optimizer,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        max_steps=steps,
+        stop=stop,
+        progress=progress,
+    )
+    return {
+        **result.to_json(),
+        "parent": parent.name,
+        "trainable_params": setup.params["trainable"],
+        "boundary": setup.boundary,
+    }

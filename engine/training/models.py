@@ -17,6 +17,7 @@ import keras
 from keras import layers
 
 from engine import backbones
+from engine.backbones import scratch
 from engine.config import HeadConfig, TrainConfig
 
 
@@ -57,8 +58,6 @@ def feature_classifier(base: keras.Model, head: keras.Model) -> keras.Model:
 
 def scratch_classifier(name: str, image_size: int, num_classes: int) -> keras.Model:
     """AlexNet or the small CNN with logits, random (He) initial weights."""
-    from engine.backbones import scratch
-
     builders = {"alexnet": scratch.alexnet, "small_cnn": scratch.small_cnn}
     if name not in builders:
         raise ValueError(f"scratch mode trains {' or '.join(builders)}, not {name!r}")

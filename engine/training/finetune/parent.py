@@ -1,0 +1,163 @@
+"""A fine-tune's config and its parent run: checked, its data reopened unchanged, its split kept."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import PurePath
+
+import numpy as np
+
+from engine import backbones, runs
+from engine.config import FinetuneConfig, TrainConfig
+from engine.data import sources
+from engine.data.pipeline import DecodedImages
+from engine.data.report import balanced_sample
+from engine.data.splits import split_items
+from engine.errors import ConvScopeError
+from engine.runs import Run
+from engine.training.batches import labels_of
+from engine.training.callbacks import noop
+from engine.training.loop import TrainingError, open_checked
+
+
+class FinetuneError(ConvScopeError):
+    """A fine-tune that cannot start: an unusable parent run or unfreeze point."""
+
+
+def parent_of(name_or_path: str) -> Run:
+    """The parent run, checked: finished, with a saved classifier on a backbone that can be unfrozen."""
+    run = runs.open_run(name_or_path)
+    config = run.config()
+    if not config:
+        raise FinetuneError(f"{run.name} has no config.json; is it a run folder?")
+    status = run.status().get("status")
+    if status != "finished" or not run.model_file.is_file():
+        raise FinetuneError(f"{run.name} is {status}; fine-tune a finished run (it has a model.keras)")
+    mode = config.get("mode", "feature")
+    if mode == "scratch":
+        raise FinetuneError(
+            f"{run.name} trained a CNN from scratch: every layer already trained, so there is nothing to unfreeze"
+        )
+    spec = backbones.get_spec(config.get("backbone", ""))
+    if not spec.finetune_blocks:
+        raise FinetuneError(
+            f"{spec.title} is an opaque TF Hub model: its layers cannot be unfrozen one block at a time. "
+            "Use a bundled or keras.applications backbone to fine-tune."
+        )
+    return run
+
+
+def load_classifier(run: Run):
+    """A run's saved classifier (keras.Model, safe_mode): for layer maps and counts, which never change it."""
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
+    return keras.models.load_model(run.model_file, safe_mode=True)
+
+
+def finetune_config(
+    parent: Run,
+    *,
+    unfreeze_from: str = "",
+    unfreeze_top: int = 0,
+    epochs: int | None = None,
+    learning_rate: float | None = None,
+    optimizer: str | None = None,
+    bn: str = "frozen",
+    layer_decay: float = 1.0,
+    warmup: float = 0.1,
+    batch_size: int | None = None,
+    early_stopping: int = 0,
+    preset: str = "",
+) -> TrainConfig:
+    """The TrainConfig of a fine-tune of `parent`: its data, backbone and head; the rate / 10 by default."""
+    saved = parent.config()
+    base = TrainConfig.from_json(saved)
+    ft = FinetuneConfig(
+        parent=str(parent.path),
+        unfreeze_from=str(unfreeze_from),
+        unfreeze_top=int(unfreeze_top),
+        bn=bn,
+        layer_decay=layer_decay,
+        warmup=warmup,
+        parent_epochs=len(parent.history().get("loss", [])),
+    )
+    return replace(
+        base,
+        mode="finetune",
+        finetune=ft,
+        epochs=epochs or 10,
+        learning_rate=learning_rate or base.learning_rate / 10,
+        optimizer=optimizer or base.optimizer,
+        batch_size=batch_size or base.batch_size,
+        early_stopping=early_stopping,
+        preset=preset,
+    )
+
+
+def settings_of(config: dict) -> dict[str, str]:
+    """The settings a fine-tune runs with, from its config.json, as users read them (setting -> value)."""
+    ft = config.get("finetune") or {}
+    parent_epochs = int(ft.get("parent_epochs") or 0)
+    epochs = int(config.get("epochs") or 0)
+    where = f"the top {ft['unfreeze_top']} block(s)" if ft.get("unfreeze_top") else str(ft.get("unfreeze_from", ""))
+    out = {
+        "parent run": str(config.get("parent") or PurePath(str(ft.get("parent", ""))).name),
+        "trains from": where,
+        "epochs": f"{epochs} (epochs {parent_epochs + 1}-{parent_epochs + epochs}, after the parent's {parent_epochs})",
+        "learning rate (peak)": f"{float(config.get('learning_rate') or 0):.1e}",
+        "optimizer": str(config.get("optimizer", "")),
+        "batch size": str(config.get("batch_size", "")),
+        "BatchNorm statistics": "trained" if ft.get("bn") == "train" else "frozen",
+        "layer-wise rate decay": "off" if float(ft.get("layer_decay", 1.0)) == 1.0 else f"{ft['layer_decay']:g}",
+        "warm-up": f"{float(ft.get('warmup', 0.0)):.0%} of the steps",
+    }
+    if config.get("early_stopping"):
+        out["early stopping"] = f"after {config['early_stopping']} epochs without a better validation loss"
+    if config.get("preset"):
+        out["recipe"] = str(config["preset"])
+    if "mixed_precision" in config:
+        out["precision"] = "mixed (float16)" if config["mixed_precision"] else "float32"
+    return out
+
+
+def open_data(config: TrainConfig, parent: Run, report=noop, stop=None):
+    """The parent's data, checked unchanged since the parent trained, and its splits."""
+    dataset = open_checked(config, report, stop)
+    if parent.config().get("fingerprint") != dataset.fingerprint:
+        raise TrainingError(
+            f"the data of {config.data.source!r} changed since {parent.name} was trained; "
+            "fine-tune on the same data, or train a new run first"
+        )
+    # The parent's own split, whatever seed shuffles the fine-tune: no validation or test image leaks into training.
+    return dataset, parent.splits(dataset)
+
+
+def check_data(parent: Run) -> None:
+    """Raises TrainingError (or a ConvScopeError) when the parent's data cannot be opened or changed since."""
+    open_data(TrainConfig.from_json(parent.config()), parent)
+
+
+def split_seed(config: dict) -> int:
+    """The seed a run split its data with (a fine-tune keeps its parent's), from its config.json.
+
+    Run.split_seed is the same for a run folder; this reads a config dict (probe_set, and until they
+    move to Run.splits, engine.evaluate.evaluation and ui.cached).
+    """
+    return int(config.get("split_seed", config.get("seed", 0)))
+
+
+PROBE_IMAGES = 64  # validation images (or test, or train) both models see for CKA and the projection
+
+
+def probe_set(config: dict, n: int = PROBE_IMAGES):
+    """A fixed set of labelled images of a run's data: (images (n, S, S, 3) float32 in [0, 255], labels (n,))."""
+    train_config = TrainConfig.from_json(config)
+    dataset = sources.open_dataset(train_config.data.source)
+    splits = split_items(dataset.items, split_seed(config), train_config.data.val_frac, train_config.data.test_frac)
+    pool = splits["validation"] or splits["test"] or splits["train"]
+    classes = max(len({i.label for i in pool}), 1)
+    items = balanced_sample(pool, max(1, n // classes))[:n]
+    decoded = DecodedImages(
+        [str(dataset.path(i)) for i in items], train_config.data.image_size, train_config.data.resize
+    )
+    return decoded.batch(np.arange(len(items))).astype(np.float32), labels_of(items)
