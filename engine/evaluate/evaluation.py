@@ -24,7 +24,7 @@ from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import decoded_batches
 from engine.data.splits import split_items
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, EvaluationError
 from engine.evaluate import calibration, metrics
 from engine.runs import Run
 
@@ -32,10 +32,6 @@ SPLITS = ("test", "validation", "train", "all")
 CALIBRATION_FILE = "calibration.json"
 BATCH = 32
 Progress = Callable[[int, int], None]
-
-
-class EvaluationError(ConvScopeError):
-    """A run or source that cannot be evaluated."""
 
 
 @dataclass(frozen=True)

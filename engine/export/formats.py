@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ConvScopeError
+from engine.errors import ExportError, ExportUnavailable
 
 FORMATS = ("keras", "savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
 FILE_NAMES = {"keras": "model.keras", "savedmodel": "savedmodel", "tflite": "model.tflite",
@@ -19,14 +19,6 @@ FILE_NAMES = {"keras": "model.keras", "savedmodel": "savedmodel", "tflite": "mod
 CHECKS_FILE = "exports.json"
 LABELS_FILE = "labels.txt"  # beside every export: one class name per line, line k = output k
 CALIBRATION_IMAGES = 100  # representative images for int8: TFLite's guide suggests 100-500
-
-
-class ExportError(ConvScopeError):
-    """A run that cannot be exported (not finished, bad format or path)."""
-
-
-class ExportUnavailable(ExportError):
-    """A converter that cannot handle this model on this TensorFlow; the message is its reason."""
 
 
 # ---- the graph every format starts from ------------------------------------------------------

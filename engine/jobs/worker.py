@@ -31,17 +31,13 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, WorkerError
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding the engine package
 TASKS = ("train", "lr_find", "latency")
 # Per-batch reports of a feature-mode fit come every few milliseconds: sending each would only
 # load the server; stage changes, epoch ends and the last of a pass always go.
 MIN_REPORT_INTERVAL_S = 0.2
-
-
-class WorkerError(ConvScopeError):
-    """A worker process that ended without a result (killed, crashed)."""
 
 
 # ---- the server's side -----------------------------------------------------------------

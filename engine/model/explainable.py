@@ -16,14 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from engine import backbones, imaging
-from engine.errors import ConvScopeError
+from engine.errors import ExplainError
 from engine.model.compiled import CompiledModel
 from engine.model.memo import Memo
 from engine.runs import keras_archive_problem
-
-
-class ExplainError(ConvScopeError):
-    """A layer or method that does not apply to this model."""
 
 
 @dataclass(frozen=True)

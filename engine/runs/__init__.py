@@ -46,19 +46,11 @@ from engine import settings
 from engine.config import DataConfig
 from engine.data.ingest import Dataset, Item
 from engine.data.splits import split_items
-from engine.errors import ConvScopeError
+from engine.errors import RunError, RunGone
 
 STATUSES = ("queued", "running", "stopped", "failed", "finished")
 ACTIVE = ("queued", "running")
 INTERRUPTED = "interrupted"  # reason for a run whose process died while it was active
-
-
-class RunError(ConvScopeError):
-    """A run folder that is missing, unreadable or in the wrong state."""
-
-
-class RunGone(RunError):
-    """The run folder was deleted while a command was using it."""
 
 
 def gone_error(folder: Path, doing: str = "this command ran") -> RunGone:

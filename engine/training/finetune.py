@@ -37,7 +37,7 @@ from engine.config import FinetuneConfig, TrainConfig
 from engine.data import sources
 from engine.data.pipeline import DecodedImages, augmenter, make_tf_dataset
 from engine.data.splits import split_items
-from engine.errors import ConvScopeError
+from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training import blocks as blocks_mod
 from engine.training import distribute, feature_cache, fit
@@ -54,10 +54,6 @@ def boundary_budget_bytes() -> int:
     except ValueError:
         mb = DEFAULT_BOUNDARY_BUDGET_MB
     return int(mb * 1024 * 1024)
-
-
-class FinetuneError(ConvScopeError):
-    """A fine-tune that cannot start: an unusable parent run or unfreeze point."""
 
 
 class BoundaryOverflow(Exception):

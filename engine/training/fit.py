@@ -33,7 +33,7 @@ from engine.data import sources
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
 from engine.data.splits import split_items
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, TrainingError
 from engine.runs import Run
 from engine.training import distribute
 
@@ -42,10 +42,6 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # A validation loss better by less than this is no improvement: a converged head creeps down by
 # a hundred-thousandth per epoch for hundreds of epochs and would otherwise never stop.
 EARLY_STOPPING_MIN_DELTA = 1e-3
-
-
-class TrainingError(ConvScopeError):
-    """A run that cannot start or continue: bad data, bad options, an unusable run folder."""
 
 
 class Stopped(Exception):

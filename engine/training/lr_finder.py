@@ -19,17 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import ConvScopeError
+from engine.errors import LRFinderError
 from engine.training.fit import make_optimizer
 
 Progress = Callable[[int, int], None]  # progress(done, total) after every step
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 SKIP_END = 5  # points left out at the end: the loss there is already blowing up (fastai's skip_end)
 SLOPE_SPAN = 0.5  # decades of learning rate across which the slope of the loss is measured
-
-
-class LRFinderError(ConvScopeError):
-    """A sweep that cannot run: bad options, or nothing trainable."""
 
 
 @dataclass(frozen=True)
