@@ -2,6 +2,9 @@
 
 Each carries a message meant for the user: what was wrong and what to do.
 The CLI maps them to exit code 2 and `{"error": ...}`; pages show them as-is.
+Anything else (a ValueError from NumPy, a KeyError) is a bug and surfaces as one:
+a traceback in the CLI, Streamlit's exception box in a page. So ConvScopeError
+is based on Exception, not ValueError, and callers catch ConvScopeError only.
 
 The hierarchy (each class is also importable from the module that raises it):
 
@@ -28,7 +31,7 @@ The hierarchy (each class is also importable from the module that raises it):
 """
 
 
-class ConvScopeError(ValueError):
+class ConvScopeError(Exception):
     """Base class: a problem the user can fix (bad input, missing resource)."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from engine.errors import ExplainError
+
 COLORMAPS = ("Jet", "Viridis", "Inferno", "Hot", "Greys")
 
 
@@ -13,7 +15,7 @@ def _lut(name: str) -> np.ndarray:
     from plotly.colors import get_colorscale, sample_colorscale
 
     if name not in COLORMAPS:
-        raise ValueError(f"colour map must be one of {', '.join(COLORMAPS)}, got {name!r}")
+        raise ExplainError(f"colour map must be one of {', '.join(COLORMAPS)}, got {name!r}")
     colours = sample_colorscale(get_colorscale(name), list(np.linspace(0, 1, 256)), colortype="tuple")
     lut = np.array(colours, dtype=np.float64)
     if lut.max() <= 1.0:
@@ -30,7 +32,7 @@ def colourise(heat: np.ndarray, colormap: str = "Jet") -> np.ndarray:
 def overlay(rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5, colormap: str = "Jet") -> np.ndarray:
     """Blend a [0, 1] heatmap over an (H, W, 3) uint8 image; the heatmap is resized to the image."""
     if not 0 <= opacity <= 1:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+        raise ExplainError(f"opacity must be in [0, 1], got {opacity}")
     h, w = rgb.shape[:2]
     if heat.shape != (h, w):
         heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))

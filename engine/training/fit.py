@@ -409,7 +409,7 @@ def train(
             f"out of memory ({type(exc).__name__}); lower the batch size ({config.batch_size}) "
             f"or the image size ({config.data.image_size}) and try again"
         )
-    except (ConvScopeError, ValueError) as exc:
+    except ConvScopeError as exc:
         # Nothing was trained or written yet (missing or unusable data, bad options): a run
         # folder would only be litter in the runs list, so it goes.
         if not (fresh and not (run.path / "config.json").is_file() and runs.discard(run)):
