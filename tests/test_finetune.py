@@ -75,6 +75,7 @@ def test_unfreeze_points_resolve_to_block_starts(parent):
         ({"unfreeze_from": "block9"}, "no block or layer named"),
         ({"unfreeze_from": "logits"}, "in the head"),
         ({"unfreeze_from": "5000"}, "outside the backbone"),
+        ({"unfreeze_from": "--5"}, "no block or layer named '--5'"),  # a typo, not int()'s ValueError
     ):
         with pytest.raises(finetune.FinetuneError, match=message):
             first(**bad)
