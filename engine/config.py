@@ -1,10 +1,14 @@
-"""Frozen, validated configuration dataclasses shared by the CLI, pages and runs."""
+"""Frozen, validated configuration dataclasses shared by the CLI, pages and runs.
+
+A value out of range, unknown or malformed raises ConfigError (a ConvScopeError)
+with a message for the user.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from engine.data.splits import check_fractions
+from engine.errors import ConfigError
 from engine.imaging import RESIZE_POLICIES
 
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
@@ -28,10 +32,10 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.flip not in FLIP_MODES:
-            raise ValueError(f"flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
+            raise ConfigError(f"flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
         for f in fields(self):
             if f.name != "flip" and not 0.0 <= getattr(self, f.name) <= 1.0:
-                raise ValueError(f"augmentation {f.name} must be between 0 and 1, got {getattr(self, f.name)}")
+                raise ConfigError(f"augmentation {f.name} must be between 0 and 1, got {getattr(self, f.name)}")
 
     @property
     def enabled(self) -> bool:
@@ -47,17 +51,25 @@ class AugmentConfig:
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, raw = part.partition("=")
             if not sep or key not in names:
-                raise ValueError(f"augmentation {part!r}: use key=value with keys {', '.join(sorted(names))}")
+                raise ConfigError(f"augmentation {part!r}: use key=value with keys {', '.join(sorted(names))}")
             try:
                 values[key] = raw if key == "flip" else float(raw)
             except ValueError as exc:
-                raise ValueError(f"augmentation {part!r}: the value must be a number") from exc
+                raise ConfigError(f"augmentation {part!r}: the value must be a number") from exc
         return cls(**values)
 
     # The classic tutorial choice, offered as a preset.
     @classmethod
     def standard(cls) -> AugmentConfig:
         return cls(flip="horizontal", rotation=0.1, zoom=0.1)
+
+
+def check_fractions(val_frac: float, test_frac: float) -> None:
+    """Raise ConfigError unless both fractions are in [0, 1) and leave room for training."""
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise ConfigError(
+            f"validation and test fractions must be in [0, 1) and sum below 1, got {val_frac} and {test_frac}"
+        )
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}")
+            raise ConfigError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}")
         if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"image size must be 16..1024 pixels, got {self.image_size}")
+            raise ConfigError(f"image size must be 16..1024 pixels, got {self.image_size}")
         check_fractions(self.val_frac, self.test_frac)
 
     def to_json(self) -> dict:
@@ -118,11 +130,11 @@ class HeadConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if any(not 1 <= h <= 8192 for h in self.hidden):
-            raise ValueError(f"hidden layer sizes must be 1..8192 units, got {list(self.hidden)}")
+            raise ConfigError(f"hidden layer sizes must be 1..8192 units, got {list(self.hidden)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.l2 <= 1.0:
-            raise ValueError(f"the head's L2 penalty must be between 0 (off) and 1, got {self.l2}")
+            raise ConfigError(f"the head's L2 penalty must be between 0 (off) and 1, got {self.l2}")
 
     @classmethod
     def parse(cls, hidden: str, dropout: float = 0.0, l2: float = DEFAULT_HEAD_L2) -> HeadConfig:
@@ -133,7 +145,7 @@ class HeadConfig:
         try:
             sizes = tuple(int(p) for p in text.split(","))
         except ValueError as exc:
-            raise ValueError(f"hidden layers {hidden!r}: give sizes like 256 or 256,128") from exc
+            raise ConfigError(f"hidden layers {hidden!r}: give sizes like 256 or 256,128") from exc
         return cls(sizes, dropout, l2)
 
 
@@ -170,18 +182,18 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if bool(self.unfreeze_from) == bool(self.unfreeze_top):
-            raise ValueError(
+            raise ConfigError(
                 "say where fine-tuning starts: either unfreeze from a block or layer, or unfreeze the top N blocks "
                 f"(got unfreeze_from={self.unfreeze_from!r}, unfreeze_top={self.unfreeze_top})"
             )
         if self.unfreeze_top < 0:
-            raise ValueError(f"the number of top blocks to unfreeze must be at least 1, got {self.unfreeze_top}")
+            raise ConfigError(f"the number of top blocks to unfreeze must be at least 1, got {self.unfreeze_top}")
         if self.bn not in BN_MODES:
-            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
+            raise ConfigError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
         if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer-wise decay must be in (0, 1] (1 = off), got {self.layer_decay}")
+            raise ConfigError(f"layer-wise decay must be in (0, 1] (1 = off), got {self.layer_decay}")
         if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")
+            raise ConfigError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")
 
 
 # What a run gets when nobody says otherwise, per mode (TrainConfig(mode=...), the CLI, the Train page).
@@ -202,7 +214,7 @@ MODE_DEFAULTS: dict[str, dict] = {
 def mode_defaults(mode: str) -> dict:
     """{"epochs", "learning_rate", "early_stopping"} of `mode` (a copy)."""
     if mode not in MODE_DEFAULTS:
-        raise ValueError(f"mode must be one of {', '.join(MODE_DEFAULTS)}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {', '.join(MODE_DEFAULTS)}, got {mode!r}")
     return dict(MODE_DEFAULTS[mode])
 
 
@@ -242,26 +254,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if (self.mode == "finetune") != (self.finetune is not None):
-            raise ValueError("a fine-tune needs its FinetuneConfig, and only a fine-tune has one")
+            raise ConfigError("a fine-tune needs its FinetuneConfig, and only a fine-tune has one")
         for name, value in MODE_DEFAULTS[self.mode].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 1 <= self.epochs <= 1000:
-            raise ValueError(f"epochs must be 1..1000, got {self.epochs}")
+            raise ConfigError(f"epochs must be 1..1000, got {self.epochs}")
         if not 1 <= self.batch_size <= 4096:
-            raise ValueError(f"batch size must be 1..4096, got {self.batch_size}")
+            raise ConfigError(f"batch size must be 1..4096, got {self.batch_size}")
         if not 0 < self.learning_rate <= 100:
-            raise ValueError(f"learning rate must be above 0 (and at most 100), got {self.learning_rate}")
+            raise ConfigError(f"learning rate must be above 0 (and at most 100), got {self.learning_rate}")
         if not 0 <= self.early_stopping <= 1000:
-            raise ValueError(
+            raise ConfigError(
                 f"early-stopping patience must be 0 (off) or a number of epochs, got {self.early_stopping}"
             )
         if not 1 <= self.aug_views <= 32:
-            raise ValueError(f"augmented views must be 1..32, got {self.aug_views}")
+            raise ConfigError(f"augmented views must be 1..32, got {self.aug_views}")
 
     @property
     def total_epochs(self) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from engine import settings
-from engine.errors import ImageError
+from engine.errors import ImageLoadError
 
 _WANTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "MPO", "PPM")
 Image.init()  # register every plugin, so formats= below can name them
@@ -35,14 +35,6 @@ TRUNCATED = "truncated or corrupt"
 TOO_MANY_PIXELS = "too many pixels"
 TOO_LARGE = "file too large"
 UNREADABLE_MODE = "unreadable mode"
-
-
-class ImageLoadError(ImageError):
-    """An image that cannot be used; `reason` is one of the constants above."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def _open(source: str | Path | bytes | BinaryIO, label: str) -> Image.Image:

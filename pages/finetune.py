@@ -154,7 +154,7 @@ if job_config and job_config.finetune:
     )
 try:
     advice = cached.finetune_advice(str(parent.path), _mtime(parent))
-except (ConvScopeError, ValueError) as exc:
+except ConvScopeError as exc:
     advice = None
     st.caption(f"No advice for this run: {widgets.path_free(str(exc))}")
 if advice is not None:
@@ -213,7 +213,7 @@ bn = "train" if train_bn else "frozen"
 where = layer_text.strip() or start_block
 try:
     first = finetune.first_trainable(model, backbone, finetune.FinetuneConfig(parent="-", unfreeze_from=where))
-except (ConvScopeError, ValueError) as exc:
+except ConvScopeError as exc:
     # A typo in the layer box must not hide the rest of the page (a running fine-tune's live panel):
     # say so, and show the block slider's choice until it is fixed; Start stays off meanwhile.
     st.error(f"{widgets.path_free(str(exc))}. Showing the slider's block, {start_block}, until it is fixed.")
@@ -334,7 +334,7 @@ busy = bool(child and child.status().get("status") in runs.ACTIVE)
 if st.button("🎚️ Start fine-tuning", type="primary", key="ft_start", disabled=busy or bad_layer or bool(data_problem)):
     try:
         job = registry.submit(_config())
-    except (ConvScopeError, ValueError) as exc:
+    except ConvScopeError as exc:
         st.error(widgets.path_free(str(exc)))
     else:
         st.query_params["job"] = job.id
@@ -400,7 +400,7 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
     with st.spinner("Measuring what changed in each block…"):
         try:
             changed = changes.what_changed(parent_run, run)
-        except (ConvScopeError, ValueError, OSError) as exc:
+        except (ConvScopeError, OSError) as exc:
             changed = None
             st.error(widgets.path_free(str(exc)))
     if changed:

@@ -214,7 +214,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             seed=int(seed),
             preset="" if preset == "custom" else preset,
         )
-    except ValueError as exc:
+    except ConvScopeError as exc:
         st.error(str(exc))
         return None
     if mode == "scratch":  # say what to expect before the user spends minutes on it

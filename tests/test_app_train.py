@@ -71,6 +71,15 @@ def test_form_shows_the_model_summary_before_training(page):
     assert "training images" in warning and "chance (33%)" in warning
 
 
+@pytest.mark.slow
+def test_a_bad_option_is_said_in_words_not_a_traceback(page):
+    """The config's ConfigError (bad input) is shown as its message; the form waits for a fix."""
+    at = page()
+    at.text_input(key="train_hidden").set_value("big").run()
+    assert not at.exception, at.exception
+    assert "hidden layers 'big': give sizes like 256 or 256,128" in [e.value for e in at.error]
+
+
 def test_train_live_then_results_and_runs_list(page, tmp_path):
     at = page()
     job_id = start(at, train_size=96, train_epochs=3)

@@ -8,6 +8,7 @@ from engine.config import AugmentConfig, DataConfig
 from engine.data import pipeline
 from engine.data.sources import open_dataset
 from engine.data.splits import split_items
+from engine.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_augment_config_parsing_and_validation():
     assert cfg == AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.2) and cfg.enabled
     assert not AugmentConfig.parse("none").enabled
     for bad, msg in [("flip=sideways", "flip must be"), ("rotation=2", "between 0 and 1"), ("blur=1", "keys")]:
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(ConfigError, match=msg):
             AugmentConfig.parse(bad)
     layers = pipeline.augmenter(AugmentConfig.parse("flip=vertical,translation=0.1,brightness=0.2,contrast=0.1"))
     assert [type(layer).__name__ for layer in layers.layers] == [
@@ -100,5 +101,5 @@ def test_augment_config_parsing_and_validation():
 def test_data_config_round_trip_and_checks():
     cfg = DataConfig(source="shapes", image_size=96, resize="crop", augment=AugmentConfig.standard())
     assert DataConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(ValueError, match="resize must be one of"):
+    with pytest.raises(ConfigError, match="resize must be one of"):
         DataConfig(resize="squash")

@@ -6,6 +6,7 @@ import pytest
 
 from engine.data.ingest import Item
 from engine.data.splits import split_items
+from engine.errors import ConfigError
 
 
 def _items(per_class: dict[int, int], split: str | None = None) -> list[Item]:
@@ -48,5 +49,5 @@ def test_own_splits_are_kept_and_only_missing_ones_carved():
 
 
 def test_bad_fractions():
-    with pytest.raises(ValueError, match="sum below 1"):
+    with pytest.raises(ConfigError, match="sum below 1"):
         split_items(_items({0: 4}), val_frac=0.6, test_frac=0.5)

@@ -14,6 +14,7 @@ import pytest
 from conftest import train_tiny_run
 from engine import runs
 from engine.config import DataConfig, FinetuneConfig
+from engine.errors import ConfigError
 from engine.training import blocks, finetune, fit, lr_finder, presets
 from engine.training.finetune import boundary
 
@@ -76,10 +77,11 @@ def test_unfreeze_points_resolve_to_block_starts(parent):
         ({"unfreeze_from": "block9"}, "no block or layer named"),
         ({"unfreeze_from": "logits"}, "in the head"),
         ({"unfreeze_from": "5000"}, "outside the backbone"),
+        ({"unfreeze_from": "--5"}, "no block or layer named '--5'"),  # a typo, not int()'s ValueError
     ):
         with pytest.raises(finetune.FinetuneError, match=message):
             first(**bad)
-    with pytest.raises(ValueError, match="say where fine-tuning starts"):
+    with pytest.raises(ConfigError, match="say where fine-tuning starts"):
         FinetuneConfig(parent="p")
 
 
@@ -323,7 +325,7 @@ def test_finetune_presets_check_the_backbone(parent):
     keras_recipe = presets.get_finetune("keras-tutorial-mobilenet")
     assert keras_recipe.unfreeze_from == "100" and keras_recipe.optimizer == "rmsprop"
     assert keras_recipe.learning_rate == 1e-5 and keras_recipe.epochs == 10
-    with pytest.raises(ValueError, match="fine-tunes mobilenet_v2"):
+    with pytest.raises(finetune.FinetuneError, match="fine-tunes mobilenet_v2"):
         keras_recipe.options(parent)
     assert presets.get_finetune("inception-top15").unfreeze_from == "-15"
 

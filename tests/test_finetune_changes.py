@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine.backbones import get_spec
+from engine.errors import FinetuneError
 from engine.training.advice import LARGE_PER_CLASS, REGIMES, SIMILAR_CONFIDENCE, TITLES, advise, imagenet_similarity
 from engine.training.blocks import group
 from engine.training.changes import (
@@ -204,7 +205,7 @@ def test_what_changed_on_a_tiny_model_is_json_ready(tiny):
     assert rows["head"]["cka"] is None and rows["top"]["weight_change"] > 0 and rows["block2"]["weight_change"] == 0
     out = json.loads(json.dumps(to_json(changes)))
     assert len(out["projection"]["after"]["xy"]) == 16 and out["blocks"][0]["block"] == "stem"
-    with pytest.raises(ValueError, match="same layers"):
+    with pytest.raises(FinetuneError, match="same layers"):
         compare(tiny, tiny_classifier_renamed(), images(), np.zeros(16, int), TINY)
 
 
@@ -300,9 +301,9 @@ def test_unfreeze_counts_follow_the_spec():
 
 
 def test_bad_advice_inputs():
-    with pytest.raises(ValueError, match="no named blocks"):
+    with pytest.raises(FinetuneError, match="no named blocks"):
         advise(42, 0.5, get_spec("hub_mobilenet_v2"))
-    with pytest.raises(ValueError, match="images per class"):
+    with pytest.raises(FinetuneError, match="images per class"):
         advise(0, 0.5, LITE0)
     with pytest.raises(ValueError, match="similarity"):
         advise(42, 1.5, LITE0)
@@ -322,5 +323,5 @@ def test_imagenet_similarity_tells_photos_from_shapes(lite0_classifier):
         < SIMILAR_CONFIDENCE
         < imagenet_similarity(photos, lite0_classifier)
     )
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(FinetuneError, match="at least one"):
         imagenet_similarity([], lite0_classifier)

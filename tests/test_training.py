@@ -18,7 +18,7 @@ from engine import jobs, runs
 from engine.config import AugmentConfig, DataConfig, HeadConfig, TrainConfig
 from engine.data import pipeline
 from engine.data.sources import open_dataset
-from engine.errors import ConvScopeError
+from engine.errors import ConfigError, ConvScopeError, TrainingError
 from engine.training import callbacks, feature_cache, fit, loop, models, presets
 from engine.training.features import FeatureExtractor
 
@@ -54,9 +54,9 @@ def test_configs_validate_and_round_trip():
     )
     assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
     for bad in ({"mode": "finetune"}, {"optimizer": "adagrad"}, {"epochs": 0}, {"learning_rate": 0}, {"batch_size": 0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             TrainConfig(**bad)
-    with pytest.raises(ValueError, match="sizes like 256"):
+    with pytest.raises(ConfigError, match="sizes like 256"):
         HeadConfig.parse("big")
 
 
@@ -116,9 +116,9 @@ def test_feature_classifier_summary_counts_frozen_backbone_and_head():
 
 
 def test_scratch_mode_refuses_pretrained_backbones_and_vice_versa():
-    with pytest.raises(ValueError, match="scratch mode"):
+    with pytest.raises(TrainingError, match="scratch mode"):
         models.build(TrainConfig(mode="scratch"), 3)
-    with pytest.raises(ValueError, match="feature mode"):
+    with pytest.raises(TrainingError, match="feature mode"):
         models.build(TrainConfig(backbone="small_cnn"), 3)
 
 
@@ -216,6 +216,24 @@ def test_missing_source_leaves_no_run_folder_but_a_failed_run_keeps_its_own(runs
     with pytest.raises(ConvScopeError):
         fit.train(config, run)
     assert (run.path / "notes.txt").is_file() and run.status()["status"] == "failed"
+
+
+def test_a_bug_is_not_bad_input(runs_dir, monkeypatch):
+    """A bare ValueError from inside training (NumPy's, say) is a bug: the run is kept, failed with the
+    error's type, and the ValueError reaches the caller as itself, not as bad input (its folder discarded)."""
+
+    def numpy_bug(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(loop, "_fit", numpy_bug)
+    config = feature_config()
+    run = new_run(config)
+    with pytest.raises(ValueError, match="broadcast") as caught:
+        fit.train(config, run)
+    assert not isinstance(caught.value, ConvScopeError)
+    assert run.path.is_dir(), "a bug must not be cleaned away like a typo in the options"
+    status = run.status()
+    assert status["status"] == "failed" and status["reason"].startswith("ValueError: operands could not")
 
 
 @pytest.mark.slow

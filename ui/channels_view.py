@@ -210,7 +210,7 @@ def _before_after(model: Explainable, parent: Path, layer: str, channel: int, pi
     try:
         before = cached.explainable_run(str(parent), (parent / "model.keras").stat().st_mtime)
         old = _pictures(before, layer, [channel], FULL, f"Optimising channel {channel} of the parent run")[0]
-    except (ConvScopeError, OSError, ValueError) as exc:
+    except (ConvScopeError, OSError) as exc:
         st.info(f"The parent run cannot be shown: {exc}")
         return
     change = channels.weight_change(before, model, layer, channel)

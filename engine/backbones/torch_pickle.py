@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from engine.errors import TorchPickleError
+
 _MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
@@ -33,10 +35,6 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
     "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
 }
-
-
-class TorchPickleError(ValueError):
-    """The file is not a legacy PyTorch state dict this reader understands."""
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         # holds only our JSON object.
         with contextlib.redirect_stdout(sys.stderr):
             result = args.run(args)
-    except (ConvScopeError, ValueError) as exc:
+    except ConvScopeError as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         else:

@@ -24,6 +24,7 @@ import numpy as np
 from engine import imaging
 from engine.config import AugmentConfig
 from engine.data.ingest import Dataset, Item
+from engine.errors import DatasetError
 
 
 def augmenter(config: AugmentConfig, seed: int | None = None):
@@ -153,7 +154,7 @@ def make_tf_dataset(
     import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     if not items:
-        raise ValueError("this split has no images; lower the validation/test fraction or add images")
+        raise DatasetError("this split has no images; lower the validation/test fraction or add images")
     images = DecodedImages([str(dataset.path(i)) for i in items], image_size, resize, keep=bool(cache))
     labels = tf.constant(np.array([i.label for i in items], dtype=np.int32))
 

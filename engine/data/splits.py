@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.config import check_fractions
 from engine.data.ingest import Item
 
 SPLITS = ("train", "validation", "test")
-
-
-def check_fractions(val_frac: float, test_frac: float) -> None:
-    """Raise ValueError unless both fractions are in [0, 1) and leave room for training."""
-    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise ValueError(
-            f"validation and test fractions must be in [0, 1) and sum below 1, got {val_frac} and {test_frac}"
-        )
 
 
 def split_items(

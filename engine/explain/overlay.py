@@ -8,13 +8,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from plotly.colors import get_colorscale, sample_colorscale
 
+from engine.errors import ExplainError
+
 COLORMAPS = ("Jet", "Viridis", "Inferno", "Hot", "Greys")
 
 
 def _lut(name: str) -> np.ndarray:
     """(256, 3) uint8 colour table from Plotly's named colour scales."""
     if name not in COLORMAPS:
-        raise ValueError(f"colour map must be one of {', '.join(COLORMAPS)}, got {name!r}")
+        raise ExplainError(f"colour map must be one of {', '.join(COLORMAPS)}, got {name!r}")
     colours = sample_colorscale(get_colorscale(name), list(np.linspace(0, 1, 256)), colortype="tuple")
     lut = np.array(colours, dtype=np.float64)
     if lut.max() <= 1.0:
@@ -31,7 +33,7 @@ def colourise(heat: np.ndarray, colormap: str = "Jet") -> np.ndarray:
 def overlay(rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5, colormap: str = "Jet") -> np.ndarray:
     """Blend a [0, 1] heatmap over an (H, W, 3) uint8 image; the heatmap is resized to the image."""
     if not 0 <= opacity <= 1:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+        raise ExplainError(f"opacity must be in [0, 1], got {opacity}")
     h, w = rgb.shape[:2]
     if heat.shape != (h, w):
         heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from engine import runs
-from engine.errors import ConvScopeError
+from engine.errors import ExportError, ExportUnavailable
 from engine.evaluate.evaluation import EvaluationError, labelled_set
 from engine.export import parity
 from engine.model.explainable import run_model
@@ -29,14 +29,6 @@ from engine.model.explainable import run_model
 CHECKS_FILE = "exports.json"
 LABELS_FILE = "labels.txt"  # beside every export: one class name per line, line k = output k
 CALIBRATION_IMAGES = 100  # representative images for int8: TFLite's guide suggests 100-500
-
-
-class ExportError(ConvScopeError):
-    """A run that cannot be exported (not finished, bad format or path)."""
-
-
-class ExportUnavailable(ExportError):
-    """A converter that cannot handle this model on this TensorFlow; the message is its reason."""
 
 
 # ---- the graph every format starts from ------------------------------------------------------

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from engine import runs
 from engine.config import TrainConfig
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, WorkerError
 from engine.model import latency
 from engine.training import changes, distribute, fit, lr_finder
 
@@ -43,10 +43,6 @@ TASKS = ("train", "lr_find", "latency")
 # Per-batch reports of a feature-mode fit come every few milliseconds: sending each would only
 # load the server; stage changes, epoch ends and the last of a pass always go.
 MIN_REPORT_INTERVAL_S = 0.2
-
-
-class WorkerError(ConvScopeError):
-    """A worker process that ended without a result (killed, crashed)."""
 
 
 # ---- the server's side -----------------------------------------------------------------

@@ -9,15 +9,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import ConvScopeError
-
-
-class RunError(ConvScopeError):
-    """A run folder that is missing, unreadable or in the wrong state."""
-
-
-class RunGone(RunError):
-    """The run folder was deleted while a command was using it."""
+from engine.errors import RunError, RunGone
 
 
 def gone_error(folder: Path, doing: str = "this command ran") -> RunGone:

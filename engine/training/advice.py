@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from engine.errors import FinetuneError
 from engine.model.classifier import ImageNetClassifier
 
 REGIMES = ("small-similar", "small-different", "large-different", "large-similar")
@@ -92,7 +93,7 @@ def imagenet_similarity(images_uint8: np.ndarray | Sequence[np.ndarray], classif
         Mean top-1 softmax probability in [0, 1].
     """
     if len(images_uint8) == 0:
-        raise ValueError("imagenet_similarity needs at least one image")
+        raise FinetuneError("imagenet_similarity needs at least one image")
     if classifier is None:
         classifier = ImageNetClassifier("efficientnet_lite0")
     predictions = classifier.predict([(str(i), np.asarray(img)) for i, img in enumerate(images_uint8)], top_k=1)
@@ -123,12 +124,12 @@ def advise(images_per_class: float, similarity: float, spec) -> Advice:
         An Advice.
     """
     if not (math.isfinite(images_per_class) and images_per_class > 0):
-        raise ValueError(f"images per class must be a positive number, got {images_per_class}")
+        raise FinetuneError(f"images per class must be a positive number, got {images_per_class}")
     if not 0.0 <= similarity <= 1.0:
         raise ValueError(f"similarity is a mean softmax probability in [0, 1], got {similarity}")
     n = len(spec.finetune_blocks)
     if n == 0:
-        raise ValueError(
+        raise FinetuneError(
             f"{spec.name} has no named blocks to unfreeze (an opaque model): fine-tune a bundled or keras backbone"
         )
     large = images_per_class > LARGE_PER_CLASS

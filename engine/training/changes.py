@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine import backbones, runs
+from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
@@ -67,10 +68,10 @@ def weight_changes(before, after, blocks: Sequence[Block]) -> list[dict]:
             old = [np.asarray(v) for v in layer_before._trainable_variables]
             new = [np.asarray(v) for v in layer_after._trainable_variables]
             if len(old) != len(new):
-                raise ValueError(f"layer {name!r} has {len(old)} weights before the fine-tune and {len(new)} after")
+                raise FinetuneError(f"layer {name!r} has {len(old)} weights before the fine-tune and {len(new)} after")
             for w0, w1 in zip(old, new, strict=True):
                 if w0.shape != w1.shape:
-                    raise ValueError(f"layer {name!r}: weight shape {w0.shape} before, {w1.shape} after")
+                    raise FinetuneError(f"layer {name!r}: weight shape {w0.shape} before, {w1.shape} after")
                 w0 = np.asarray(w0, np.float64)
                 diff_sq += float(np.sum(np.square(np.asarray(w1, np.float64) - w0)))
                 base_sq += float(np.sum(np.square(w0)))
@@ -88,7 +89,9 @@ def _layer(model, name: str):
     try:
         return model.get_layer(name)
     except ValueError as exc:
-        raise ValueError(f"the fine-tuned model has no layer {name!r}: compare a model with its own fine-tune") from exc
+        raise FinetuneError(
+            f"the fine-tuned model has no layer {name!r}: compare a model with its own fine-tune"
+        ) from exc
 
 
 # ---- representations -------------------------------------------------------
@@ -215,7 +218,7 @@ def feature_layer(model, spec=None) -> str:
         return FEATURE_LAYER
     if spec is not None and spec.last_conv_layer in names:
         return spec.last_conv_layer
-    raise ValueError(
+    raise FinetuneError(
         f"{model.name} has no {FEATURE_LAYER!r} layer"
         + (f" nor {spec.last_conv_layer!r}" if spec is not None else "")
         + ": name the layer that feeds the head"
@@ -287,7 +290,7 @@ def compare(before, after, images: np.ndarray, labels, spec, batch_size: int = B
     """
     blocks = for_spec(before, spec)
     if [layer.name for layer in after.layers] != [layer.name for layer in before.layers]:
-        raise ValueError(
+        raise FinetuneError(
             f"{before.name} and {after.name} do not have the same layers: compare a model with its own fine-tune"
         )
     labels = _labels(labels, len(images))

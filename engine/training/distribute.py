@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from engine.errors import ConvScopeError
+from engine.errors import DistributeError
 
 CPU_REPLICAS_ENV = "CONVSCOPE_CPU_REPLICAS"
 # The Keras 3 issue behind the multi-worker fixes in fitting() (open; seen on Keras 3.15.1).
@@ -47,10 +47,6 @@ KERAS_ISSUE = "https://github.com/keras-team/keras/issues/20585"
 
 _started = None
 _lock = threading.Lock()
-
-
-class DistributeError(ConvScopeError):
-    """A cluster description or device setup that cannot be used."""
 
 
 def cluster() -> dict | None:

@@ -27,16 +27,12 @@ from engine import backbones, runs
 from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, TrainingError
 from engine.model import latency
 from engine.runs import Run
 from engine.training import distribute
 from engine.training.batches import labels_of
 from engine.training.callbacks import HISTORY_KEYS, NanLoss, Report, Stopped, callbacks, noop
-
-
-class TrainingError(ConvScopeError):
-    """A run that cannot start or continue: bad data, bad options, an unusable run folder."""
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -184,7 +180,7 @@ def train(
             f"out of memory ({type(exc).__name__}); lower the batch size ({config.batch_size}) "
             f"or the image size ({config.data.image_size}) and try again"
         )
-    except (ConvScopeError, ValueError) as exc:
+    except ConvScopeError as exc:
         # Nothing was trained or written yet (missing or unusable data, bad options): a run
         # folder would only be litter in the runs list, so it goes.
         if not (fresh and not (run.path / "config.json").is_file() and runs.discard(run)):

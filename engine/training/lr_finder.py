@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import TrainConfig
-from engine.errors import ConvScopeError
+from engine.errors import LRFinderError
 from engine.training.callbacks import noop
 from engine.training.finetune.parent import open_data, parent_of
 from engine.training.finetune.setup import prepare
@@ -30,10 +30,6 @@ Progress = Callable[[int, int], None]  # progress(done, total) after every step
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 SKIP_END = 5  # points left out at the end: the loss there is already blowing up (fastai's skip_end)
 SLOPE_SPAN = 0.5  # decades of learning rate across which the slope of the loss is measured
-
-
-class LRFinderError(ConvScopeError):
-    """A sweep that cannot run: bad options, or nothing trainable."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from keras import layers
 from engine import backbones
 from engine.backbones import scratch
 from engine.config import HeadConfig, TrainConfig
+from engine.errors import TrainingError
 
 
 def build_head(feature_dim: int, num_classes: int, config: HeadConfig) -> keras.Model:
@@ -60,7 +61,7 @@ def scratch_classifier(name: str, image_size: int, num_classes: int) -> keras.Mo
     """AlexNet or the small CNN with logits, random (He) initial weights."""
     builders = {"alexnet": scratch.alexnet, "small_cnn": scratch.small_cnn}
     if name not in builders:
-        raise ValueError(f"scratch mode trains {' or '.join(builders)}, not {name!r}")
+        raise TrainingError(f"scratch mode trains {' or '.join(builders)}, not {name!r}")
     return builders[name](image_size, num_classes)
 
 
@@ -79,12 +80,12 @@ def build(config: TrainConfig, num_classes: int) -> Built:
     spec = backbones.get_spec(config.backbone)
     if config.mode == "scratch":
         if spec.source != "scratch":
-            raise ValueError(
+            raise TrainingError(
                 f"scratch mode trains alexnet or small_cnn; {config.backbone} is pretrained (use feature mode)"
             )
         return Built(scratch_classifier(config.backbone, size, num_classes))
     if spec.source == "scratch":
-        raise ValueError(f"{config.backbone} has random weights; train it in scratch mode, not feature mode")
+        raise TrainingError(f"{config.backbone} has random weights; train it in scratch mode, not feature mode")
     base = frozen_backbone(config.backbone, size)
     head = build_head(pooled_dim(base), num_classes, config.head)
     return Built(feature_classifier(base, head), base, head)

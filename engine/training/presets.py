@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from engine.config import AugmentConfig, HeadConfig, TrainConfig
+from engine.errors import ConfigError, FinetuneError
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ PRESETS: dict[str, Preset] = {
 
 def get(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -148,11 +149,11 @@ class FinetunePreset:
         """finetune_config() keyword arguments for fine-tuning `parent` (a Run) with this recipe.
 
         Raises:
-            ValueError: the parent was trained on another backbone than the recipe's.
+            FinetuneError: the parent was trained on another backbone than the recipe's.
         """
         backbone = parent.config().get("backbone")
         if backbone != self.backbone:
-            raise ValueError(
+            raise FinetuneError(
                 f"the {self.name} recipe fine-tunes {self.backbone}; {parent.name} was trained on {backbone}"
             )
         out: dict = {"unfreeze_from": self.unfreeze_from, "epochs": self.epochs}
@@ -199,5 +200,5 @@ FINETUNE_PRESETS: dict[str, FinetunePreset] = {
 
 def get_finetune(name: str) -> FinetunePreset:
     if name not in FINETUNE_PRESETS:
-        raise ValueError(f"unknown fine-tune preset {name!r}; choose one of: {', '.join(FINETUNE_PRESETS)}")
+        raise ConfigError(f"unknown fine-tune preset {name!r}; choose one of: {', '.join(FINETUNE_PRESETS)}")
     return FINETUNE_PRESETS[name]

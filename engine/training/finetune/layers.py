@@ -46,7 +46,7 @@ def first_trainable(model, backbone: str, ft: FinetuneConfig) -> int:
     where = ft.unfreeze_from.strip()
     if where == blocks_mod.HEAD:
         return head.first
-    if where.lstrip("-").isdigit():  # a layer index as the recipes count it; negative: from the backbone's end
+    if where.removeprefix("-").isdecimal():  # a layer index as the recipes count it; negative: from the backbone's end
         index = int(where) if not where.startswith("-") else head.first + int(where)
         if not 1 <= index <= head.first:
             raise FinetuneError(f"layer index {index} is outside the backbone (1..{head.first - 1})")

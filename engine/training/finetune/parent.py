@@ -13,15 +13,11 @@ from engine.data import sources
 from engine.data.pipeline import DecodedImages
 from engine.data.report import balanced_sample
 from engine.data.splits import split_items
-from engine.errors import ConvScopeError
+from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training.batches import labels_of
 from engine.training.callbacks import noop
 from engine.training.loop import TrainingError, open_checked
-
-
-class FinetuneError(ConvScopeError):
-    """A fine-tune that cannot start: an unusable parent run or unfreeze point."""
 
 
 def parent_of(name_or_path: str) -> Run:
