@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import ConfigError
+
 
 def cache_dir() -> Path:
     """The directory for converted backbones; created on first use."""
@@ -46,9 +48,9 @@ def _int_env(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
     if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ConfigError(f"{name} must be positive, got {value}")
     return value
 
 
@@ -98,10 +100,10 @@ def hub_models() -> list[HubEntry]:
     for item in filter(None, (part.strip() for part in raw.split(";"))):
         name, sep, handle = item.partition("=")
         if not sep or not name.strip() or not handle.strip():
-            raise ValueError(f"CONVSCOPE_HUB_MODELS entry {item!r} is not of the form name=handle[@size]")
+            raise ConfigError(f"CONVSCOPE_HUB_MODELS entry {item!r} is not of the form name=handle[@size]")
         handle, at, size = handle.strip().rpartition("@") if "@" in handle else (handle.strip(), "", "224")
         if at and not size.isdigit():
-            raise ValueError(f"CONVSCOPE_HUB_MODELS entry {item!r}: size after @ must be a number")
+            raise ConfigError(f"CONVSCOPE_HUB_MODELS entry {item!r}: size after @ must be a number")
         entries.append(HubEntry(name.strip(), handle, int(size)))
     return entries
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from engine import backbones
 from engine.backbones import hub
-from engine.errors import BackboneUnavailable
+from engine.errors import BackboneUnavailable, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_missing_local_savedmodel(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad", ["noequals", "x=/p@big", "efficientnet_lite0=/p"])
 def test_bad_operator_config_is_explained(bad, monkeypatch):
     monkeypatch.setenv("CONVSCOPE_HUB_MODELS", bad)
-    with pytest.raises(ValueError, match="CONVSCOPE_HUB_MODELS"):
+    with pytest.raises(ConfigError, match="CONVSCOPE_HUB_MODELS"):
         backbones.all_specs()
 
 

@@ -14,6 +14,7 @@ from engine import backbones
 from engine.backbones import registry
 from engine.backbones.keras_apps import KerasApp
 from engine.backbones.spec import SOURCES
+from engine.cli.main import main
 from engine.export import EXPORT_FORMATS, FORMATS, parity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,6 @@ def test_the_runs_page_and_the_cli_take_the_formats_from_the_table(capsys):
     titles = {f.title for f in EXPORT_FORMATS.values()}
     assert not (set(FORMATS) | titles) & strings, "pages/runs.py names formats itself instead of reading the table"
     assert "EXPORT_FORMATS" in {n.id for n in ast.walk(page) if isinstance(n, ast.Name)}
-
-    from engine.__main__ import main
 
     try:
         main(["export", "--help"])

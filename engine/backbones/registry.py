@@ -17,7 +17,7 @@ from engine.backbones.efficientnet_lite import preprocess as preprocess_lite
 from engine.backbones.keras_apps import KerasApp
 from engine.backbones.scratch import Scratch
 from engine.backbones.spec import BackboneSpec, caffe_bgr, identity, scale_0_1, scale_minus1_1
-from engine.errors import BackboneUnavailable, UnknownBackbone
+from engine.errors import BackboneUnavailable, ConfigError, UnknownBackbone
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -128,7 +128,7 @@ def all_specs() -> list[BackboneSpec]:
     taken = {s.name for s in specs}
     for extra in hub.operator_specs():
         if extra.name in taken:
-            raise ValueError(f"CONVSCOPE_HUB_MODELS: the name {extra.name!r} is already a built-in backbone")
+            raise ConfigError(f"CONVSCOPE_HUB_MODELS: the name {extra.name!r} is already a built-in backbone")
         specs.append(extra)
     return specs
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from engine.config import DataConfig, TrainConfig
 from engine.data.ingest import Dataset, Item
 from engine.data.splits import split_items
+from engine.errors import ConfigError, RunError
 from engine.runs import files
-from engine.runs.files import RunError
 
 STATUSES = ("queued", "running", "stopped", "failed", "finished")
 ACTIVE = ("queued", "running")
@@ -147,7 +147,7 @@ class Run:
             return None
         try:
             return TrainConfig.from_json(saved)
-        except (AttributeError, TypeError, ValueError) as exc:
+        except (ConfigError, AttributeError, TypeError, ValueError) as exc:  # ValueError: a bad number in the JSON
             raise RunError(f"{self.path / 'config.json'}: not a valid run configuration ({exc})") from exc
 
     @property

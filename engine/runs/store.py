@@ -132,7 +132,7 @@ def delete(run: Run) -> None:
     run = Run(path)
     try:
         status = run.status().get("status")
-    except (AttributeError, TypeError, ValueError):
+    except (RunError, AttributeError, TypeError):
         status = None  # an unreadable status.json is what deleting a broken run is for
     registry = _registry()
     if status in ACTIVE or (registry is not None and run.name in registry.active()):
