@@ -372,7 +372,7 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
         description="The dashboard's job registry runs each training, fine-tune, learning-rate sweep and latency "
         "measurement in its own `python -m engine worker --json` process: one JSON request on stdin, progress "
         "as JSON lines on stdout, then the result. A `stop` line on stdin (or its end) stops it within one batch. "
-        "See engine/training/worker.py.",
+        "See engine/jobs/worker.py.",
     )
     add_json(p, help="print one JSON object (the dashboard always asks for it)")
     p.set_defaults(run=cmd_worker, show=lambda result: print(json.dumps(result)))
