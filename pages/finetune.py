@@ -410,13 +410,13 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
             "Weight change: how far each block's weights moved, relative to their size. CKA: how similar the "
             "block's features are before and after on the same images (1 = the same)."
         )
-        proj = changed["projection"]
+        proj, names = changed["projection"], run.labels()
         st.plotly_chart(
             charts.projection_pair(
                 np.asarray(proj["before"]["xy"]),
                 np.asarray(proj["after"]["xy"]),
-                [run.labels()[i] for i in proj.get("labels", [])],  # class names; changes.json keeps indices
-                run.labels(),
+                [names[i] for i in proj.get("labels", [])],  # class names; changes.json keeps indices
+                names,
                 proj["before"]["knn"],
                 proj["after"]["knn"],
             ),
@@ -440,10 +440,10 @@ def _cams(parent_run: runs.Run, run: runs.Run) -> None:
     st.markdown("**Where it looked (Grad-CAM), before and after**")
     images, labels = cached.probe_images_of(str(run.path), 4)
     models = [cached.explainable_run(str(r.path), _mtime(r)) for r in (parent_run, run)]
-    cols = st.columns(len(images))
+    cols, names = st.columns(len(images)), run.labels()
     for col, rgb, label in zip(cols, images, labels, strict=True):
         for model, when in zip(models, ("before", "after"), strict=True):
-            target = model.labels.index(run.labels()[label])
+            target = model.labels.index(names[label])
             result = explain_image(model, rgb, "gradcam", target)
             col.image(
                 overlay(result.model_input, result.heatmap, 0.5),

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import ConvScopeError
+from engine.runs.files import atomic_write
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter quiet (its children's too)
 
@@ -154,8 +155,4 @@ def _features_progress(fields: dict) -> None:
 
 def write_png(path: str, data: bytes) -> None:
     """Write PNG bytes to `path` (folders made), never leaving a half-written file."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)  # never a half-written PNG
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))

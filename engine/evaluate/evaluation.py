@@ -85,7 +85,7 @@ def labelled_set(run: Run, source: str | None = None, split: str | None = None, 
         )
     items: list[Item] = dataset.items
     if split != "all":
-        items = run.splits(dataset)[split]
+        items = runs.splits_of(config, dataset)[split]
     if not items:
         raise EvaluationError(f"the {split} split of {source!r} has no images; pick another split")
     labels = np.array([index[dataset.classes[i.label]] for i in items], dtype=np.int64)
@@ -129,7 +129,7 @@ def cached_logits(run: Run, data: LabelledSet, model=None, progress: Progress | 
     """(logits (N, classes), True when read from the run's cache) for a labelled set."""
     config = run.config()
     size = int(config["data"]["image_size"])
-    policy = run.resize_policy
+    policy = runs.resize_policy_of(config)
     path = run.path / "evaluations" / f"{_cache_key(run, data, size, policy)}.npz"
     with _LOCKS_LOCK:
         lock = _LOCKS.setdefault(str(path), threading.Lock())

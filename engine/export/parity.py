@@ -17,6 +17,7 @@ import numpy as np
 from engine.data.pipeline import decoded_batches, load_resized
 from engine.evaluate.evaluation import labelled_set
 from engine.model.compiled import CompiledModel
+from engine.numerics import softmax
 
 LATENCY_REPEATS = 10
 
@@ -76,12 +77,6 @@ def run_onnx(path: Path, preprocess: Callable) -> Logits:
     return lambda x: session.run(None, {name: x.astype(np.float32)})[0]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _latency_ms(fn: Logits, image: np.ndarray) -> float:
     """Median milliseconds of one image, after one untimed call."""
     fn(image[None])
@@ -114,7 +109,7 @@ def compare(model, run_export: Logits, data, progress=None) -> dict:
         done += len(images)
         if progress:
             progress(done, len(data.paths))
-    p_keras, p_export = _softmax(np.concatenate(ours)), _softmax(np.concatenate(theirs))
+    p_keras, p_export = softmax(np.concatenate(ours)), softmax(np.concatenate(theirs))
     labels = np.asarray(data.labels)
     result = {
         "agreement": round(float((p_keras.argmax(1) == p_export.argmax(1)).mean()), 4),

@@ -111,7 +111,7 @@ class RunClassifier:
         self.labels = self.model.labels
         self.input_size = self.model.input_size
         config = run.config()
-        self.policy = (config.get("data") or {}).get("resize", "stretch")
+        self.policy = runs.resize_policy_of(config)
         self.backbone = config.get("backbone", "")
         saved = saved_temperature(run.path)
         self.temperature = float(temperature or saved or 1.0)

@@ -21,7 +21,7 @@ from engine.imagenet import imagenet_labels
 from engine.model.compiled import CompiledModel
 from engine.model.memo import Memo
 from engine.numerics import softmax
-from engine.runs import Run, keras_archive_problem
+from engine.runs import Run, keras_archive_problem, resize_policy_of
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Explainable:
             default = spec.last_conv_layer if _has_layer(model, spec.last_conv_layer) else None
         opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
         out = cls(model, preprocess, list(labels), run.name, default, opaque)
-        out.resize_policy = (config.get("data") or {}).get("resize", "stretch")  # as the run was trained
+        out.resize_policy = resize_policy_of(config)  # as the run was trained
         # a resumed or fine-tuned-again run rewrites model.keras: caches keyed by its stat then miss
         out.cache_folder = run / "channels"
         out.identity = f"run:{run.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"

@@ -31,7 +31,16 @@ rows (summary: one row of the Runs table).
 """
 
 from engine.runs.files import RunError, RunGone, atomic_write, gone_error, keras_archive_problem, read_json, write_json
-from engine.runs.folder import ACTIVE, CHECKPOINT_RECORD, INTERRUPTED, STATUSES, Run
+from engine.runs.folder import (
+    ACTIVE,
+    CHECKPOINT_RECORD,
+    INTERRUPTED,
+    STATUSES,
+    Run,
+    resize_policy_of,
+    split_seed_of,
+    splits_of,
+)
 from engine.runs.rows import summary
 from engine.runs.store import (
     DISPLAY_NAME_MAX,
@@ -64,8 +73,11 @@ __all__ = [
     "new_run_name",
     "open_run",
     "read_json",
+    "resize_policy_of",
     "rename",
     "runs_root",
+    "split_seed_of",
+    "splits_of",
     "summary",
     "write_json",
 ]

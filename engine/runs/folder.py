@@ -159,8 +159,9 @@ class Run:
     def parent(self) -> Run | None:
         """The run a fine-tune continued: the folder of that name beside this one, else where config.json
         says it was. None for a run that is no fine-tune, or when the parent's folder is gone."""
-        name = self.parent_name
-        recorded = str((self.config().get("finetune") or {}).get("parent") or "")
+        config = self.config()
+        name = str(config.get("parent") or "")
+        recorded = str((config.get("finetune") or {}).get("parent") or "")
         places = [self.path.parent / name] if RUN_NAME.match(name) else []
         if recorded:
             places.append(Path(recorded))
@@ -169,8 +170,7 @@ class Run:
     @property
     def resize_policy(self) -> str:
         """How images are fitted to the model's input size, as in training (engine.imaging.RESIZE_POLICIES)."""
-        config = self.train_config
-        return (config.data if config else DataConfig()).resize
+        return resize_policy_of(self.config())
 
     def parent_epochs(self) -> int:
         """Epochs of a fine-tune's history that are its parent's (0 for any other run)."""
@@ -184,15 +184,11 @@ class Run:
     @property
     def split_seed(self) -> int:
         """The seed that split this run's data: a fine-tune keeps its parent's (config.json "split_seed")."""
-        config = self.config()
-        return int(config.get("split_seed", config.get("seed", 0)))
+        return split_seed_of(self.config())
 
     def splits(self, dataset: Dataset) -> dict[str, list[Item]]:
         """This run's train/val/test items of `dataset`, split as in training (seed and fractions)."""
-        data = DataConfig(
-            **{k: v for k, v in (self.config().get("data") or {}).items() if k in ("val_frac", "test_frac")}
-        )
-        return split_items(dataset.items, self.split_seed, data.val_frac, data.test_frac)
+        return splits_of(self.config(), dataset)
 
     def train_seconds(self) -> float:
         """Training time recorded so far (every finished train() call of this run), 0 when none."""
@@ -246,7 +242,7 @@ class Run:
     def progress(self) -> dict:
         """The run as a job snapshot (engine.jobs' keys) read from its folder: a CLI run, or one from before
         a restart. No live progress: `progress` is empty and `on_disk` True."""
-        status = self.status()
+        status, config = self.status(), self.config()
         return {
             "id": self.name,
             "run_dir": str(self.path),
@@ -255,8 +251,8 @@ class Run:
             "position": None,
             "progress": {},
             "history": self.history(),
-            "epochs": self.planned_epochs() or 1,
-            "start_epoch": self.parent_epochs(),
+            "epochs": planned_epochs(config) or 1,
+            "start_epoch": int((config.get("finetune") or {}).get("parent_epochs") or 0),
             "result": None,
             "on_disk": True,
         }
@@ -285,3 +281,19 @@ def planned_epochs(config: dict) -> int | None:
     if not config.get("epochs"):
         return None
     return int(config["epochs"]) + int((config.get("finetune") or {}).get("parent_epochs", 0))
+
+
+def split_seed_of(config: dict) -> int:
+    """The seed a run split its data with, from its config.json: a fine-tune keeps its parent's ("split_seed")."""
+    return int(config.get("split_seed", config.get("seed", 0)))
+
+
+def splits_of(config: dict, dataset: Dataset) -> dict[str, list[Item]]:
+    """A run's train/val/test items of `dataset`, from its config.json: split as in training (seed, fractions)."""
+    data = DataConfig(**{k: v for k, v in (config.get("data") or {}).items() if k in ("val_frac", "test_frac")})
+    return split_items(dataset.items, split_seed_of(config), data.val_frac, data.test_frac)
+
+
+def resize_policy_of(config: dict) -> str:
+    """How a run fits images to its input size (engine.imaging.RESIZE_POLICIES), from its config.json."""
+    return str((config.get("data") or {}).get("resize") or DataConfig().resize)

@@ -38,7 +38,6 @@ from engine.training.finetune.parent import (
     parent_of,
     probe_set,
     settings_of,
-    split_seed,
 )
 from engine.training.finetune.schedule import decay_multipliers, make_optimizer
 
@@ -64,6 +63,5 @@ __all__ = [
     "probe_set",
     "settings_of",
     "split",
-    "split_seed",
     "unfreeze",
 ]

@@ -12,7 +12,6 @@ from engine.config import FinetuneConfig, TrainConfig
 from engine.data import sources
 from engine.data.pipeline import DecodedImages
 from engine.data.report import balanced_sample
-from engine.data.splits import split_items
 from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training.batches import labels_of
@@ -133,15 +132,6 @@ def check_data(parent: Run) -> None:
     open_data(TrainConfig.from_json(parent.config()), parent)
 
 
-def split_seed(config: dict) -> int:
-    """The seed a run split its data with (a fine-tune keeps its parent's), from its config.json.
-
-    Run.split_seed is the same for a run folder; this reads a config dict (probe_set, and until they
-    move to Run.splits, engine.evaluate.evaluation and ui.cached).
-    """
-    return int(config.get("split_seed", config.get("seed", 0)))
-
-
 PROBE_IMAGES = 64  # validation images (or test, or train) both models see for CKA and the projection
 
 
@@ -149,7 +139,7 @@ def probe_set(config: dict, n: int = PROBE_IMAGES):
     """A fixed set of labelled images of a run's data: (images (n, S, S, 3) float32 in [0, 255], labels (n,))."""
     train_config = TrainConfig.from_json(config)
     dataset = sources.open_dataset(train_config.data.source)
-    splits = split_items(dataset.items, split_seed(config), train_config.data.val_frac, train_config.data.test_frac)
+    splits = runs.splits_of(config, dataset)
     pool = splits["validation"] or splits["test"] or splits["train"]
     classes = max(len({i.label for i in pool}), 1)
     items = balanced_sample(pool, max(1, n // classes))[:n]

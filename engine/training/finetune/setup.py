@@ -188,10 +188,11 @@ class Finetune(Recipe):
 
         ft: FinetuneConfig = config.finetune
         # A resumed run keeps the precision its checkpoint (and its optimizer's loss scaling) was saved with.
-        setup = prepare(config, self.parent, dataset, splits, report, stop, run.config().get("mixed_precision"))
+        saved = run.config()
+        setup = prepare(config, self.parent, dataset, splits, report, stop, saved.get("mixed_precision"))
         if not resume:
-            runs.write_json(run.path / "config.json", {**run.config(), "mixed_precision": setup.mixed})
-        info.update(params=setup.params, parent=self.parent.name, boundary=setup.boundary, features=setup.features)
+            runs.write_json(run.path / "config.json", {**saved, "mixed_precision": setup.mixed})
+        info.update(params=setup.params, parent=self.parent.name, features=setup.features)
         info["boundary"] = {**setup.boundary, "mixed_precision": setup.mixed}
         fitted, mixed = setup.fitted, setup.mixed
 
