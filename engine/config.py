@@ -102,7 +102,7 @@ class DataConfig:
 
 
 TRAIN_MODES = ("feature", "scratch")  # what a new run from data can be; a fine-tune starts from a run
-MODES = (*TRAIN_MODES, "finetune")
+MODES = (*TRAIN_MODES, "finetune", "imported")  # "imported": a model brought from a file (engine.importing)
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 
@@ -196,6 +196,42 @@ class FinetuneConfig:
             raise ConfigError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")
 
 
+OUTPUT_KINDS = ("softmax", "logits", "binary_logit", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """How a model brought from a file became a run (engine.importing); a fine-tune of it keeps this.
+
+    Attributes:
+        file: the file's name as given (no folder).
+        sha256: of the file (of the zip, or of saved_model.pb for a SavedModel folder).
+        format: `keras` (a .keras archive or an allowed .h5) or `savedmodel` (opaque).
+        output: what the file's model ends in: `softmax` probabilities, raw `logits`, one
+            `binary_logit` or one `sigmoid` probability for two classes. The run's model.keras
+            gives logits whatever it was (engine.importing.model.as_logits).
+        preprocess: an engine.backbones.conventions name.
+        preprocess_reason: why that convention, in words.
+        channels: 1 (grayscale) or 3.
+    """
+
+    file: str
+    sha256: str
+    format: str = "keras"
+    output: str = "logits"
+    preprocess: str = "raw"
+    preprocess_reason: str = ""
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.format not in ("keras", "savedmodel"):
+            raise ConfigError(f"an imported model's format is keras or savedmodel, got {self.format!r}")
+        if self.output not in OUTPUT_KINDS:
+            raise ConfigError(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {self.output!r}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"a model takes 1 or 3 channels, got {self.channels}")
+
+
 # What a run gets when nobody says otherwise, per mode (TrainConfig(mode=...), the CLI, the Train page).
 # - feature: an epoch on cached features costs milliseconds, so the head trains to convergence: up to
 #   200 epochs at a rate that gets there in about a hundred, ended by early stopping 10 epochs after the
@@ -208,6 +244,8 @@ MODE_DEFAULTS: dict[str, dict] = {
     # a fine-tune: a few epochs at the parent's rate / 10 (engine.training.finetune sets it from the
     # parent), the whole schedule run (warm-up and cosine decay), as in the Keras guide.
     "finetune": {"epochs": 10, "learning_rate": 1e-3, "early_stopping": 0},
+    # an imported model never trains as such (a fine-tune of it does): these only fill the fields
+    "imported": {"epochs": 1, "learning_rate": 1e-3, "early_stopping": 0},
 }
 
 
@@ -251,12 +289,15 @@ class TrainConfig:
     seed: int = 0
     preset: str = ""
     finetune: FinetuneConfig | None = None
+    imported: ImportConfig | None = None  # an imported model and its fine-tunes: how it was brought in
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if (self.mode == "finetune") != (self.finetune is not None):
             raise ConfigError("a fine-tune needs its FinetuneConfig, and only a fine-tune has one")
+        if self.mode == "imported" and self.imported is None:
+            raise ConfigError("an imported run needs its ImportConfig")
         for name, value in MODE_DEFAULTS[self.mode].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -283,8 +324,9 @@ class TrainConfig:
     def to_json(self) -> dict:
         out = asdict(self)
         out["head"]["hidden"] = list(self.head.hidden)
-        if self.finetune is None:
-            out.pop("finetune")
+        for optional in ("finetune", "imported"):
+            if out[optional] is None:
+                out.pop(optional)
         return out
 
     @classmethod
@@ -294,4 +336,6 @@ class TrainConfig:
         data["head"] = HeadConfig(**{"l2": 0.0, **data.get("head", {})})  # saved before heads had a penalty
         if data.get("finetune") is not None:
             data["finetune"] = FinetuneConfig(**data["finetune"])
+        if data.get("imported") is not None:
+            data["imported"] = ImportConfig(**data["imported"])
         return cls(**data)

@@ -25,6 +25,7 @@ The hierarchy (each class is also importable from the module that raises it):
     ├── FinetuneError        engine.training.finetune
     ├── LRFinderError        engine.training.lr_finder
     ├── DistributeError      engine.training.distribute
+    ├── ImportModelError     engine.importing: a model file it cannot or should not load
     ├── ExportError          engine.export.formats
     │   └── ExportUnavailable
     └── WorkerError          engine.jobs.worker
@@ -101,6 +102,10 @@ class LRFinderError(ConvScopeError):
 
 class DistributeError(ConvScopeError):
     """A cluster description or device setup that cannot be used."""
+
+
+class ImportModelError(ConvScopeError):
+    """A model file that cannot or should not be imported (unsafe, damaged, not an image classifier)."""
 
 
 class ExportError(ConvScopeError):

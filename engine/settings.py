@@ -12,6 +12,10 @@
 - CONVSCOPE_MAX_ARCHIVE_MB: largest dataset archive upload (default 200).
 - CONVSCOPE_MAX_EXTRACT_MB: most bytes an archive may expand to (default 2000).
 - CONVSCOPE_MAX_ARCHIVE_ENTRIES: most members in an archive (default 50000).
+- CONVSCOPE_MAX_MODEL_MB: largest model file (or SavedModel) a user may import
+  (default 500); a .keras archive may not expand beyond twice that.
+- CONVSCOPE_ALLOW_H5: 1 lets users import legacy .h5 model files, which Keras
+  loads without safe mode (default: refused).
 - CONVSCOPE_DATA_ROOTS: server folders (separated by `:`) whose dataset
   subfolders the dashboard may open; unset means none. The CLI, run by the
   operator, opens any path.
@@ -72,6 +76,18 @@ def max_extract_bytes() -> int:
 
 def max_archive_entries() -> int:
     return _int_env("CONVSCOPE_MAX_ARCHIVE_ENTRIES", 50_000)
+
+
+def max_model_bytes() -> int:
+    return _int_env("CONVSCOPE_MAX_MODEL_MB", 500) * 1024 * 1024
+
+
+def allow_h5() -> bool:
+    """Whether the operator lets users import legacy .h5 files (RELIABILITY.md case 14)."""
+    raw = os.environ.get("CONVSCOPE_ALLOW_H5", "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"CONVSCOPE_ALLOW_H5 must be 1 or 0, got {raw!r}")
+    return raw in ("1", "true", "yes")
 
 
 def data_roots() -> list[Path]:

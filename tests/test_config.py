@@ -31,7 +31,7 @@ from engine.errors import ConfigError, ConvScopeError
             lambda: FinetuneConfig(parent="p", unfreeze_from="block5", bn="thaw"),
             "bn must be one of frozen, train, got 'thaw'",
         ),
-        (lambda: mode_defaults("magic"), "mode must be one of feature, scratch, finetune, got 'magic'"),
+        (lambda: mode_defaults("magic"), "mode must be one of feature, scratch, finetune, imported, got 'magic'"),
         (lambda: TrainConfig(optimizer="adagrad"), "optimizer must be one of adam, sgd, rmsprop, got 'adagrad'"),
         (lambda: TrainConfig(epochs=0), "epochs must be 1..1000, got 0"),
         (lambda: TrainConfig(mode="finetune"), "a fine-tune needs its FinetuneConfig, and only a fine-tune has one"),

@@ -20,6 +20,7 @@ from engine.cli.common import Parser, run
 COMMANDS = (
     models.add_backbones,
     models.add_predict,
+    models.add_import_model,
     data.add_make_shapes,
     data.add_inspect_data,
     inside.add_activations,

@@ -1,4 +1,4 @@
-"""Commands about models as they come: `backbones` (the registry) and `predict` (classify images)."""
+"""Commands about models as they come: `backbones` (the registry), `predict` (classify images), `import-model`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 
 from engine import imaging, runs
 from engine.backbones import DEFAULT_BACKBONE, all_specs, availability, get_spec
-from engine.cli.common import add_json
+from engine.cli.common import add_json, stderr_progress
 from engine.errors import ConvScopeError
+from engine.imaging import RESIZE_POLICIES
+from engine.importing import PREPROCESS_CHOICES, import_model
 from engine.model.classifier import ImageNetClassifier, RunClassifier
 
 
@@ -99,3 +101,60 @@ def _print_predictions(result: dict) -> None:
         print(f"skipped {len(result['skipped'])} file(s) that cannot be read:")
         for s in result["skipped"]:
             print(f"  {s['image']}: {s['reason']}")
+
+
+def add_import_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-model",
+        help="import your own Keras model (.keras) as a run: predict, evaluate, explain, fine-tune and export it",
+    )
+    p.add_argument("path", metavar="PATH", help="a .keras file (an .h5 only where the operator allows it)")
+    p.add_argument("--labels", metavar="FILE", help="class names: labels.txt (one per line) or a JSON list")
+    p.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=PREPROCESS_CHOICES,
+        help="the pixel convention the model expects (default auto: its own Rescaling layer, else the most "
+        "accurate on --source)",
+    )
+    p.add_argument(
+        "--source", metavar="LABELLED", help="a labelled dataset: class names, and the images auto compares on"
+    )
+    p.add_argument("--image-size", type=int, help="the input side for a model that accepts any size")
+    p.add_argument("--resize", default="stretch", choices=RESIZE_POLICIES, help="how images fit the input")
+    p.add_argument("--name", default="", help="the run's display name (default: the file's name)")
+    p.add_argument("--out", metavar="RUN_DIR", help="the run folder (default: a new one under the runs folder)")
+    add_json(p)
+    p.set_defaults(run=cmd_import_model, show=_print_import)
+
+
+def cmd_import_model(args: argparse.Namespace) -> dict:
+    return import_model(
+        args.path,
+        labels=args.labels,
+        preprocess=args.preprocess,
+        source=args.source,
+        image_size=args.image_size,
+        resize=args.resize,
+        name=args.name,
+        out=args.out,
+        progress=lambda stage, f: stderr_progress(stage, round(f * 100), 100),
+    )
+
+
+def _print_import(result: dict) -> None:
+    pre = result["preprocess"]
+    print(f"imported {result['file']} as {result['run_dir']}")
+    print(f"  input {result['input_size']}x{result['input_size']}x{result['channels']}, output {result['output']}")
+    print(f"  classes ({len(result['classes'])}, from {result['labels_from']}): {', '.join(result['classes'])}")
+    print(f"  preprocessing: {pre['name']} ({pre['reason']})")
+    for name, acc in pre["accuracy"].items():
+        flag = f"  <- {pre['flagged'][name]}" if name in pre["flagged"] else ""
+        print(f"    {name:10} {acc:6.1%}{flag}")
+    print(
+        f"  {len(result['layers'])} layers, {len(result['conv_layers'])} convolutions, {result['params']:,} parameters"
+    )
+    if result["augmentation"]:
+        print(f"  augmentation layers (inactive outside training): {', '.join(result['augmentation'])}")
+    for warning in result["warnings"]:
+        print(f"  warning: {warning}")

@@ -135,7 +135,8 @@ class Explainable:
             raise ExplainError(f"{run}: labels.json or config.json is missing or not valid JSON ({exc})") from exc
         backbone = config.get("backbone")
         spec = backbones.get_spec(backbone) if backbone else None
-        preprocess = spec.preprocess if spec else backbones.registry.identity
+        # an imported model's named convention (engine.backbones.conventions), else the backbone's
+        preprocess = backbones.preprocess_of(config) if spec or config.get("imported") else backbones.registry.identity
         default = None
         if spec and spec.last_conv_layer:
             default = spec.last_conv_layer if _has_layer(model, spec.last_conv_layer) else None
@@ -159,28 +160,7 @@ class Explainable:
     # ---- layers ---------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
         """Every layer, those inside a nested backbone included ("base/layer")."""
-        out = []
-        for layer in self.model.layers:
-            if _is_model(layer):
-                for inner in layer.layers:
-                    if type(inner).__name__ == "InputLayer":
-                        continue
-                    shape = _shape(inner)
-                    out.append(
-                        LayerInfo(
-                            f"{layer.name}/{inner.name}",
-                            type(inner).__name__,
-                            shape,
-                            inner.count_params(),
-                            len(shape) == 4,
-                        )
-                    )
-                continue
-            if type(layer).__name__ == "InputLayer":
-                continue
-            shape = _shape(layer)
-            out.append(LayerInfo(layer.name, type(layer).__name__, shape, layer.count_params(), len(shape) == 4))
-        return out
+        return layer_infos(self.model)
 
     def spatial_layers(self) -> list[str]:
         return [info.name for info in self.layers() if info.spatial]
@@ -224,6 +204,22 @@ class Explainable:
         """(N, S, S, 3) in [0, 255] -> the layer's output (N, h, w, C) float32."""
         self.check_layer(layer)
         return self.compiled.activations(images, layer).astype(np.float32, copy=False)
+
+
+def layer_infos(model) -> list[LayerInfo]:
+    """Every layer of a Keras model, those inside a nested model included ("base/layer"); no InputLayer."""
+    out = []
+    for layer in model.layers:
+        inner_layers = layer.layers if _is_model(layer) else [layer]
+        prefix = f"{layer.name}/" if _is_model(layer) else ""
+        for inner in inner_layers:
+            if type(inner).__name__ == "InputLayer":
+                continue
+            shape = _shape(inner)
+            out.append(
+                LayerInfo(prefix + inner.name, type(inner).__name__, shape, inner.count_params(), len(shape) == 4)
+            )
+    return out
 
 
 def _is_model(layer) -> bool:

@@ -1,0 +1,17 @@
+"""Bring your own model: a Keras file from a notebook imported as a run of mode `imported`.
+
+    files   the file as given: its kind (.keras, allowed .h5, SavedModel), size limit, archive members
+    model   loading it safely (safe_mode, Lambda and unknown classes refused first), checking it is an
+            image classifier, and rebuilding it to end in logits (whatever its head ended in)
+    run     labels, the pixel convention (chosen by accuracy on labelled data when asked), the run folder
+
+The run folder is like any other (engine.runs): model.keras (the rebuilt model: model input in,
+logits out), labels.json, config.json (mode "imported", the file's hash and the import settings
+under "imported"), status.json finished. Every page and command that takes a run takes it.
+"""
+
+from engine.importing.files import kind_of
+from engine.importing.model import Inspected, inspect, load_keras
+from engine.importing.run import PREPROCESS_CHOICES, import_model, read_labels
+
+__all__ = ["PREPROCESS_CHOICES", "Inspected", "import_model", "inspect", "kind_of", "load_keras", "read_labels"]

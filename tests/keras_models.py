@@ -1,0 +1,244 @@
+"""Small Keras models built in plain Keras, as users bring them (never downloaded, never through ConvScope).
+
+Each builder saves one model to `path` and returns the path. Weights are random unless trained with
+`fit_on_folder` (a few epochs of plain `model.fit` on a class-folder dataset).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _keras():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+def _conv_tower(keras, x, widths=(8, 16), prefix="conv"):
+    layers = keras.layers
+    for k, w in enumerate(widths, 1):
+        x = layers.Conv2D(w, 3, padding="same", activation="relu", name=f"{prefix}{k}")(x)
+        x = layers.MaxPooling2D(name=f"pool{k}")(x)
+    return x
+
+
+def softmax_rescaling(path: Path, size: int = 48, classes: int = 3) -> Path:
+    """A functional softmax CNN with Rescaling(1/255) inside: it takes raw pixels."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255, name="rescaling")(inputs)
+    x = _conv_tower(keras, x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    keras.Model(inputs, outputs, name="softmax_cnn").save(path)
+    return path
+
+
+def tutorial(path: Path, size: int = 64) -> Path:
+    """The TensorFlow transfer-learning tutorial's shape: augmentation, preprocess_input, a nested base
+    Model called with training=False, GAP, Dropout and a single logit (Dense(1), from_logits=True)."""
+    keras = _keras()
+    layers = keras.layers
+    base_in = keras.Input((size, size, 3))
+    b = layers.Conv2D(8, 3, padding="same", name="block1_conv")(base_in)
+    b = layers.BatchNormalization(name="block1_bn")(b)
+    b = layers.ReLU(name="block1_relu")(b)
+    b = layers.MaxPooling2D(name="block1_pool")(b)
+    b = layers.Conv2D(16, 3, padding="same", activation="relu", name="block2_conv")(b)
+    base = keras.Model(base_in, b, name="base_model")
+    augment = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.2)], name="data_augmentation")
+    inputs = keras.Input((size, size, 3))
+    x = augment(inputs)
+    x = keras.applications.mobilenet_v2.preprocess_input(x)  # x / 127.5 - 1: keras.ops in the graph
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
+    x = layers.Dropout(0.2, name="dropout")(x)
+    outputs = layers.Dense(1, name="prediction")(x)
+    model = keras.Model(inputs, outputs, name="tutorial")
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.save(path)
+    return path
+
+
+def unit_cnn(path: Path, size: int = 48, classes: int = 3, train_folder: Path | None = None) -> Path:
+    """A CNN with no preprocessing inside that wants [0, 1] pixels; trained on `train_folder` if given
+    (20 epochs of plain Keras on [0, 1] pixels: about 99% on shapes:per_class=30, 2 s)."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = _conv_tower(keras, inputs, (16, 32, 32))
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(classes, name="logits")(x)
+    model = keras.Model(inputs, outputs, name="unit_cnn")
+    if train_folder is not None:
+        fit_on_folder(model, train_folder, size, scale=1 / 255)
+    model.save(path)
+    return path
+
+
+def grayscale(path: Path, size: int = 32, classes: int = 3) -> Path:
+    """A one-channel (grayscale) softmax model with Rescaling inside."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = _conv_tower(keras, x, (8,))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    keras.Model(inputs, outputs, name="gray").save(path)
+    return path
+
+
+def sigmoid_head(path: Path, size: int = 32) -> Path:
+    """Two classes through one sigmoid probability (Dense(1, activation='sigmoid')), Rescaling inside."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = _conv_tower(keras, x, (8,))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def softmax_layer(path: Path, size: int = 32, classes: int = 3) -> Path:
+    """A Sequential model ending in a separate Softmax layer after a linear Dense."""
+    keras = _keras()
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            layers.Rescaling(1 / 127.5, offset=-1),
+            layers.Conv2D(8, 3, activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(classes),
+            layers.Softmax(),
+        ]
+    )
+    model.save(path)
+    return path
+
+
+def any_size(path: Path, classes: int = 3) -> Path:
+    """A fully convolutional model that accepts any image size (input (None, None, 3))."""
+    keras = _keras()
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes)(x)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def lambda_layer(path: Path, size: int = 32) -> Path:
+    """A model with a Lambda layer (Python code in the file): refused."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0, name="scale_by_lambda")(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path)
+    return path
+
+
+def custom_layer(path: Path, size: int = 32) -> Path:
+    """A model using a registered custom layer class that the loading process does not have."""
+    keras = _keras()
+
+    @keras.saving.register_keras_serializable(package="notebook")
+    class TimesTwo(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input((size, size, 3))
+    x = TimesTwo(name="times_two")(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path)
+    keras.saving.get_custom_objects().pop("notebook>TimesTwo", None)  # as in a fresh process
+    return path
+
+
+def two_inputs(path: Path, size: int = 32) -> Path:
+    keras = _keras()
+    a, b = keras.Input((size, size, 3)), keras.Input((size, size, 3))
+    x = keras.layers.Concatenate()([a, b])
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
+    keras.Model([a, b], keras.layers.Dense(2)(x)).save(path)
+    return path
+
+
+def two_outputs(path: Path, size: int = 32) -> Path:
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, [keras.layers.Dense(2)(x), keras.layers.Dense(3)(x)]).save(path)
+    return path
+
+
+def vector_input(path: Path) -> Path:
+    """A model on feature vectors (N, 10): not an image model."""
+    keras = _keras()
+    inputs = keras.Input((10,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(path)
+    return path
+
+
+def savedmodel(folder: Path, size: int = 32, classes: int = 3) -> Path:
+    """A SavedModel folder (model.export) of a softmax CNN with Rescaling inside."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = _conv_tower(keras, x, (8,))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    model.export(str(folder), verbose=False)
+    return folder
+
+
+def truncated(source: Path, path: Path) -> Path:
+    """The first half of a .keras file."""
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def not_keras_zip(path: Path) -> Path:
+    """A zip archive that is not a Keras archive (named .keras)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+        archive.writestr("weights.bin", b"\0" * 100)
+    return path
+
+
+def padded(source: Path, path: Path, megabytes: float) -> Path:
+    """A valid .keras archive grown to about `megabytes` by an extra member (assets/padding.bin)."""
+    data = np.random.default_rng(0).integers(0, 256, int(megabytes * 1024 * 1024), dtype=np.uint8).tobytes()
+    path.write_bytes(source.read_bytes())
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        archive.writestr("assets/padding.bin", data)
+    return path
+
+
+def fit_on_folder(model, folder: Path, size: int, scale: float, channels: int = 3, epochs: int = 20) -> None:
+    """Train `model` (logits out) on a class-folder dataset with plain Keras, inputs = pixels * scale."""
+    keras = _keras()
+    ds = keras.utils.image_dataset_from_directory(
+        folder,
+        image_size=(size, size),
+        batch_size=16,
+        color_mode="rgb" if channels == 3 else "grayscale",
+        seed=0,
+        verbose=False,
+    )
+    ds = ds.map(lambda x, y: (x * scale, y))
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(ds, epochs=epochs, verbose=0)
