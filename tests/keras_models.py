@@ -51,7 +51,10 @@ def tutorial(path: Path, size: int = 64) -> Path:
     b = layers.MaxPooling2D(name="block1_pool")(b)
     b = layers.Conv2D(16, 3, padding="same", activation="relu", name="block2_conv")(b)
     base = keras.Model(base_in, b, name="base_model")
-    augment = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.2)], name="data_augmentation")
+    augment = keras.Sequential(
+        [layers.RandomFlip("horizontal", name="random_flip"), layers.RandomRotation(0.2, name="random_rotation")],
+        name="data_augmentation",
+    )
     inputs = keras.Input((size, size, 3))
     x = augment(inputs)
     x = keras.applications.mobilenet_v2.preprocess_input(x)  # x / 127.5 - 1: keras.ops in the graph

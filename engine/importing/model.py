@@ -269,11 +269,10 @@ def _fixed_size(model, size: int, channels: int):
 
 
 def _walk(model):
-    """Layers and operations of `model` in graph order, those of nested models in place."""
+    """Layers and operations of `model` in graph order, those of nested models (Sequential too) in place."""
     ops = getattr(model, "operations", None) or getattr(model, "layers", [])
     for op in ops:
-        inner = getattr(op, "operations", None) if hasattr(op, "layers") else None
-        if inner is not None:
+        if hasattr(op, "layers") and op is not model:  # a nested Functional or Sequential model
             yield from _walk(op)
         else:
             yield op
