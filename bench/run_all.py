@@ -32,6 +32,7 @@ QUICK = {
     "export": ["--repeats", "10"],
     "feature_cache": ["--per-class", "40", "--seeds", "1", "--epochs", "5"],
     "finetune": ["--tops", "2", "--seeds", "0", "--epochs", "3", "--size", "160"],
+    "import_model": ["--repeats", "1"],
     "probe": ["--per-class", "30"],
     "watched": ["--repeats", "1"],
 }

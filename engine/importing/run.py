@@ -244,7 +244,6 @@ def import_model(
         "layers": layers,
         "conv_layers": [row["name"] for row in layers if "Conv" in row["type"] and row["spatial"]],
         "params": int(found.model.count_params()),
-        "max_diff": found.max_diff,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - t0, 2),
     }
