@@ -64,7 +64,7 @@ def scan_config(config: dict, file_name: str) -> None:
 
     for node in _configs(config):
         name = (node.get("config") or {}).get("name", "?") if isinstance(node.get("config"), dict) else "?"
-        if node["class_name"] == "Lambda":
+        if node["class_name"] in ("Lambda", "__lambda__"):  # a Lambda layer, or a lambda given as an activation
             raise ImportModelError(
                 f"{file_name} has a Lambda layer ({name!r}). A Lambda holds Python code, which loading would run "
                 "(arbitrary code), so ConvScope refuses it. Rebuild the model with a standard Keras layer in its "
