@@ -272,7 +272,8 @@ def _walk(model):
     """Layers and operations of `model` in graph order, those of nested models in place."""
     ops = getattr(model, "operations", None) or getattr(model, "layers", [])
     for op in ops:
-        inner = getattr(op, "operations", None) if hasattr(op, "layers") else None
+        # A loaded Sequential has no `operations` (None): its `layers` are its steps
+        inner = (getattr(op, "operations", None) or getattr(op, "layers", None)) if hasattr(op, "layers") else None
         if inner is not None:
             yield from _walk(op)
         else:
