@@ -9,7 +9,14 @@ from engine import charts, runs, settings
 from engine.backbones.conventions import TITLES
 from engine.errors import ConvScopeError
 from engine.importing import PREPROCESS_CHOICES, import_model
-from engine.importing.upload import ANY_SIZE, LABEL_SUFFIXES, MODEL_SUFFIXES, discard_upload, save_upload
+from engine.importing.upload import (
+    ANY_SIZE,
+    LABEL_SUFFIXES,
+    MAX_LABELS_BYTES,
+    MODEL_SUFFIXES,
+    discard_upload,
+    save_upload,
+)
 from ui import router, widgets
 
 router.ensure_routed()
@@ -60,6 +67,7 @@ def import_form() -> None:
         "Its class names (optional)",
         type=[s.lstrip(".") for s in LABEL_SUFFIXES],
         key="import_labels",
+        max_upload_size=max(1, MAX_LABELS_BYTES // 2**20),
         help="labels.txt with one class per line, or a JSON list, in the order of the model's outputs.",
     )
     c1, c2 = st.columns([3, 2])
@@ -123,6 +131,9 @@ def import_form() -> None:
         for path in saved:  # imported (the run has its own copy) or refused: the upload is not kept
             discard_upload(path)
     bar.empty()
+    if source:  # an uploaded archive's source is a server path: say it as the user knows it
+        result["labels_from"] = widgets.path_free(result["labels_from"], source)
+        result["warnings"] = [widgets.path_free(w, source) for w in result["warnings"]]
     st.session_state[RESULT] = result
     st.toast(f"Imported {upload.name}")
 
@@ -145,10 +156,22 @@ def summary(result: dict) -> None:
     st.success(f"Imported **{result['file']}** as the run **{runs.Run(Path(result['run_dir'])).title()}**.")
     c1, c2, c3, c4 = st.columns(4)
     size, channels = result["input_size"], result["channels"]
-    c1.metric("Input", f"{size} × {size} × {channels}", "RGB" if channels == 3 else "grayscale", delta_color="off")
+    c1.metric(
+        "Input",
+        f"{size} × {size} × {channels}",
+        "RGB" if channels == 3 else "grayscale",
+        delta_color="off",
+        delta_arrow="off",
+    )
     c2.metric("Classes", len(result["classes"]))
     c3.metric("Parameters", f"{result['params']:,}")
-    c4.metric("Layers", len(result["layers"]), f"{len(result['conv_layers'])} convolutional", delta_color="off")
+    c4.metric(
+        "Layers",
+        len(result["layers"]),
+        f"{len(result['conv_layers'])} convolutional",
+        delta_color="off",
+        delta_arrow="off",
+    )
     st.markdown(f"**Output:** {OUTPUT_WORDS.get(result['output'], result['output'])}")
     classes = ", ".join(result["classes"])
     st.markdown(f"**Classes** (from {result['labels_from']}): {classes}")
@@ -180,12 +203,18 @@ def summary(result: dict) -> None:
         layer_table(result["layers"]),
         hide_index=True,
         width="stretch",
-        height=min(400, 36 * (len(result["layers"]) + 1) + 2),
+        height=min(560, 35 * (len(result["layers"]) + 1) + 3),
+        column_config={"params": st.column_config.NumberColumn(format="localized")},
         key="import_layers",
     )
+    if result["output"] in ("binary_logit", "sigmoid"):
+        st.caption(
+            "`two_logits` is ConvScope's: a frozen layer that turns the single logit z into the two classes' "
+            "scores [-z/2, z/2], so softmax of them is sigmoid(z), as the file's model said."
+        )
     st.markdown("**Use it:**")
     links = st.columns(5)
-    if links[0].button("Predict", key="import_to_predict", icon="🔮"):
+    if links[0].button("Predict", key="import_to_predict", icon="🔮", type="tertiary"):
         st.session_state["predict_kind"] = "Trained run"  # Predict opens on its ImageNet backbone otherwise
         st.session_state["predict_run"] = name
         st.switch_page("pages/predict.py", query_params={"run": name})

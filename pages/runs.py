@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import charts, jobs, runs
+from engine.backbones.conventions import TITLES
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
 from engine.jobs import bakeoff
@@ -271,7 +272,14 @@ with tab_table:
         name = st.selectbox("Run", names, format_func=lambda n: title_of(by_name[n]), key="manage_run")
         row = by_name[name]
         run = runs.Run(all_runs[names.index(name)].path)
-        if row["reason"] or row["detail"]:
+        if row["imported"] and row["status"] == "finished":
+            found = row["imported"]
+            preprocess = TITLES.get(found.get("preprocess", ""), found.get("preprocess", "?"))
+            st.caption(
+                f"Imported from {found.get('file', '?')}: preprocessing {preprocess} "
+                f"({found.get('preprocess_reason', '')})"
+            )
+        elif row["reason"] or row["detail"]:
             st.caption(widgets.path_free(row["detail"] or row["reason"]))
         links = st.columns(4)
         if row["has_model"]:

@@ -71,6 +71,11 @@ def test_the_tutorial_model_is_imported_summarised_and_listed_on_runs(page, mode
     at.text_input(key=f"rename_{folder.name}").set_value("Cats vs dogs")
     at.button(key="rename").click().run()
     assert runs.Run(folder).display_name() == "Cats vs dogs"
+    assert any("Imported from tutorial.keras" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.checkbox(key=f"sure_{folder.name}").check().run()
+    at.button(key="delete").click().run()
+    assert not at.exception, at.exception
+    assert not folder.exists()
 
 
 def test_no_labels_is_warned_and_a_dataset_compares_the_conventions(page, models, runs_dir):

@@ -82,6 +82,7 @@ def summary(run: Run) -> dict:
         # an imported model has no backbone of ConvScope's: its file says what it is
         "backbone": config.get("backbone") or (f"imported: {imported.get('file', '?')}" if imported else ""),
         "mode": config.get("mode", ""),
+        "imported": imported,  # engine.config.ImportConfig's fields for an imported model, else {}
         "source": data.get("source", ""),
         "image_size": data.get("image_size"),
         "epochs_run": len(_list(history.get("loss"))),
