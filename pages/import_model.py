@@ -14,6 +14,7 @@ from engine.importing.upload import (
     LABEL_SUFFIXES,
     MAX_LABELS_BYTES,
     MODEL_SUFFIXES,
+    NO_RANGE,
     discard_upload,
     save_upload,
 )
@@ -125,6 +126,12 @@ def import_form() -> None:
         for path in saved:  # the server's copy has a safe name: say the user's own
             message = message.replace(path.name, upload.name if path == saved[0] else labels.name)
         st.error(f"Not imported: {widgets.path_free(message, source)}")
+        if NO_RANGE in message:
+            st.info(
+                "Choose its preprocessing above (how the notebook fed it: `/ 255` is [0, 1]), or turn on "
+                "**Check it on a labelled dataset** to choose it by accuracy.",
+                icon="👆",
+            )
         st.session_state.pop(RESULT, None)
         return
     finally:
@@ -134,7 +141,7 @@ def import_form() -> None:
     if source:  # an uploaded archive's source is a server path: say it as the user knows it
         result["labels_from"] = widgets.path_free(result["labels_from"], source)
         result["warnings"] = [widgets.path_free(w, source) for w in result["warnings"]]
-    st.session_state[RESULT] = result
+    st.session_state[RESULT] = {**result, "source": source or ""}
     st.toast(f"Imported {upload.name}")
 
 
@@ -222,6 +229,13 @@ def summary(result: dict) -> None:
     links[2].page_link("pages/inside.py", label="Inside the network", icon="🔍", query_params={"run": name})
     links[3].page_link("pages/finetune.py", label="Fine-tune", icon="🎚️", query_params={"run": name})
     links[4].page_link("pages/runs.py", label="Runs (rename, delete)", icon="🗃️", query_params={"run": name})
+    if not result.get("source"):
+        classes = result["classes"]
+        shown = ", ".join(classes[:5]) + (", …" if len(classes) > 5 else "")
+        st.caption(
+            "It came without data: to evaluate or fine-tune it, choose a labelled dataset there whose class "
+            f"folders are its classes ({shown})."
+        )
 
 
 import_form()

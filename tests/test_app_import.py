@@ -21,6 +21,7 @@ def models(tmp_path_factory):
         "lambda": keras_models.lambda_layer(folder / "lambda.keras"),
         "not_keras": keras_models.not_keras_zip(folder / "notes.keras"),
         "any_size": keras_models.any_size(folder / "any_size.keras"),
+        "unit": keras_models.unit_cnn(folder / "unit.keras"),
     }
 
 
@@ -120,3 +121,14 @@ def test_a_model_of_any_size_asks_for_one(page, models, runs_dir):
     assert not page.error, [e.value for e in page.error]
     assert page.metric[0].value == "40 × 40 × 3"
     assert len(run_folders(runs_dir)) == 1
+
+
+def test_a_model_without_rescaling_asks_for_its_preprocessing(page, models, runs_dir):
+    upload(page, models["unit"])
+    (error,) = page.error
+    assert "Rescaling" in error.value and not run_folders(runs_dir)
+    assert "Choose its preprocessing above" in texts(page, "info")  # the engine's words are what the page answers
+    page.selectbox(key="import_preprocess").set_value("unit").run()
+    page.button(key="import_go").click().run()
+    assert not page.error, [e.value for e in page.error]
+    assert "[0, 1] (pixels / 255): chosen by you" in texts(page, "markdown")
