@@ -46,19 +46,12 @@ def _preprocess_title(name: str) -> str:
     return TITLES[name]
 
 
-def _suffixes(names: tuple[str, ...]) -> list[str]:
-    allowed = [s.lstrip(".") for s in names]
-    if not settings.allow_h5():  # the engine refuses them with the reason; do not invite them
-        allowed = [s for s in allowed if s not in ("h5", "hdf5")]
-    return allowed
-
-
 def import_form() -> None:
     """The upload and the import settings; runs the import on a click and keeps its summary in the session."""
     limit = settings.max_model_bytes() // 2**20
     upload = st.file_uploader(
         "The model file",
-        type=_suffixes(MODEL_SUFFIXES),
+        type=[x.lstrip(".") for x in MODEL_SUFFIXES],  # .h5 too: the engine says why it is refused, and what to do
         key="import_file",
         max_upload_size=limit,
         help=f"A `.keras` file (`model.save('model.keras')`), up to {limit} MB. It is loaded in Keras's safe mode: "

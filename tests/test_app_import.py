@@ -132,3 +132,14 @@ def test_a_model_without_rescaling_asks_for_its_preprocessing(page, models, runs
     page.button(key="import_go").click().run()
     assert not page.error, [e.value for e in page.error]
     assert "[0, 1] (pixels / 255): chosen by you" in texts(page, "markdown")
+
+
+def test_a_legacy_h5_file_is_refused_with_what_to_do(page, runs_dir):
+    page.file_uploader(key="import_file").set_value(
+        ("model.h5", b"\x89HDF\r\n\x1a\n" + bytes(100), "application/x-hdf5")
+    )
+    page.run()
+    page.button(key="import_go").click().run()
+    (error,) = page.error
+    assert "legacy .h5" in error.value and "model.save('model.keras')" in error.value, error.value
+    assert not run_folders(runs_dir) and not list(uploads_dir().iterdir())
