@@ -174,7 +174,8 @@ def summary(result: dict) -> None:
     )
     st.markdown(f"**Output:** {OUTPUT_WORDS.get(result['output'], result['output'])}")
     classes = ", ".join(result["classes"])
-    st.markdown(f"**Classes** (from {result['labels_from']}): {classes}")
+    origin = "no labels given" if result["labels_from"] == "none given" else f"from {result['labels_from']}"
+    st.markdown(f"**Classes** ({origin}): {classes}")
     choice = result["preprocess"]
     st.markdown(f"**Preprocessing:** {choice['title']}: {choice['reason']}.")
     for warning in result["warnings"]:
@@ -213,7 +214,7 @@ def summary(result: dict) -> None:
             "scores [-z/2, z/2], so softmax of them is sigmoid(z), as the file's model said."
         )
     st.markdown("**Use it:**")
-    links = st.columns(5)
+    links = st.columns(5, vertical_alignment="center")
     if links[0].button("Predict", key="import_to_predict", icon="🔮", type="tertiary"):
         st.session_state["predict_kind"] = "Trained run"  # Predict opens on its ImageNet backbone otherwise
         st.session_state["predict_run"] = name
