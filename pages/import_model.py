@@ -75,21 +75,25 @@ def import_form() -> None:
         "Display name (optional)", key="import_name", max_chars=80, placeholder=upload.name if upload else ""
     )
     source = None
-    if st.toggle(
+    use_data = st.toggle(
         "Check it on a labelled dataset",
         key="import_use_data",
         help="Its class folders name the classes when no labels file is given, and the import measures the "
         "accuracy under each preprocessing on a sample, so `auto` picks the best and a wrong one is flagged.",
-    ):
+    )
+    if use_data:
         source = widgets.dataset_picker("import_data")
     image_size = None
     asked = upload is not None and st.session_state.get(NEEDS_SIZE) == (upload.name, upload.size)
     if asked:
         st.info("This model accepts images of any size: choose the size ConvScope should feed it.")
         image_size = st.number_input("Image size (pixels, square)", 16, 1024, 224, step=16, key="import_size")
-    if not st.button("Import", key="import_go", type="primary", icon="📥", disabled=upload is None):
+    waiting = upload is None or (use_data and source is None)  # a dataset asked for but not chosen yet
+    if not st.button("Import", key="import_go", type="primary", icon="📥", disabled=waiting):
         if upload is None:
             st.caption("Upload a model file to import it.")
+        elif waiting:
+            st.caption("Choose the labelled dataset to check it on, or turn the check off.")
         return
     bar = st.progress(0.0, text="Receiving the file…")
 
