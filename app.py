@@ -11,6 +11,7 @@ pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/datasets.py", title="Dataset Explorer", icon="🗂️"),
     st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/import_model.py", title="Import a model", icon="📥"),
     st.Page("pages/finetune.py", title="Fine-tune", icon="🎚️"),
     st.Page("pages/predict.py", title="Predict", icon="🔮"),
     st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),

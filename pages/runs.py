@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import charts, jobs, runs
+from engine.backbones.conventions import TITLES
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError
 from engine.jobs import bakeoff
@@ -13,13 +14,20 @@ from ui import router, state, widgets, wording
 
 router.ensure_routed()
 st.title("🗃️ Runs")
-st.caption("Every run with its numbers; compare runs side by side, or train several backbones on the same data.")
+c1, c2 = st.columns([4, 1], vertical_alignment="center")
+c1.caption("Every run with its numbers; compare runs side by side, or train several backbones on the same data.")
+c2.page_link("pages/import_model.py", label="Import a model", icon="📥", help="Bring a .keras file from a notebook")
 
 STATUS_ICONS = {"finished": "✅", "running": "🏃", "queued": "⏳", "stopped": "⏸️", "failed": "❌"}
 
 
 def title_of(row: dict) -> str:
     return row["display_name"] or row["name"]
+
+
+def epochs_text(row: dict) -> str:
+    """ "3/10" epochs run of those planned; "—" for an imported model (trained elsewhere)."""
+    return "—" if row["mode"] == "imported" else f"{row['epochs_run']}/{row['epochs'] or '?'}"
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -32,7 +40,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
             "mode": [r["mode"] for r in rows],
             "parent": [r["parent"] or "" for r in rows],
             "image px": [r["image_size"] for r in rows],
-            "epochs": [f"{r['epochs_run']}/{r['epochs'] or '?'}" for r in rows],
+            "epochs": [epochs_text(r) for r in rows],
             "val acc (kept model)": [r["kept_val_accuracy"] for r in rows],
             "best val acc": [r["best_val_accuracy"] for r in rows],
             "final val acc": [r["final_val_accuracy"] for r in rows],
@@ -60,13 +68,15 @@ def side_by_side(rows: list[dict]) -> pd.DataFrame:
         "mode": lambda r: r["mode"],
         "parent": lambda r: r["parent"] or "–",
         "image size": lambda r: num(r["image_size"], "px"),
-        "epochs": lambda r: f"{r['epochs_run']} of {r['epochs'] or '?'}",
+        "epochs": lambda r: "—" if r["mode"] == "imported" else f"{r['epochs_run']} of {r['epochs'] or '?'}",
         "validation accuracy (kept model)": lambda r: pct(r["kept_val_accuracy"]),
         "best validation accuracy": lambda r: pct(r["best_val_accuracy"]),
         "final validation accuracy": lambda r: pct(r["final_val_accuracy"]),
         "test accuracy": lambda r: pct(r["test_accuracy"]),
         "parameters": lambda r: num((r["params"] or {}).get("total", 0) / 1e6 or None, "M", 2),
-        "trainable parameters": lambda r: f"{(r['params'] or {}).get('trainable', 0):,}" if r["params"] else "–",
+        "trainable parameters": lambda r: (
+            f"{r['params']['trainable']:,}" if "trainable" in (r["params"] or {}) else "–"
+        ),
         "training time": lambda r: num(r["train_seconds"], "s"),
         "latency per image": lambda r: num(r["latency_ms"], "ms", 1),
     }
@@ -211,7 +221,7 @@ tab_table, tab_compare, tab_bake = st.tabs(["📋 All runs", "⚖️ Compare", "
 
 with tab_table:
     if not rows:
-        st.info("No runs yet: train one on the Train page, or start a bake-off.")
+        st.info("No runs yet: train one on the Train page, import a model of your own, or start a bake-off.")
     else:
         c1, c2, c3 = st.columns([2, 2, 2])
         text = c1.text_input("Filter", key="runs_filter", placeholder="name, backbone, mode…")
@@ -253,12 +263,23 @@ with tab_table:
 
         st.subheader("One run")
         names = [r["name"] for r in rows]
+        wanted = st.query_params.get("run")  # another page's link (Import a model) names a run: open it once
+        if wanted in names and st.session_state.get("manage_run_wanted") != wanted:
+            st.session_state["manage_run_wanted"] = wanted
+            st.session_state["manage_run"] = wanted
         if st.session_state.get("manage_run") not in names:
             st.session_state["manage_run"] = names[0]
         name = st.selectbox("Run", names, format_func=lambda n: title_of(by_name[n]), key="manage_run")
         row = by_name[name]
         run = runs.Run(all_runs[names.index(name)].path)
-        if row["reason"] or row["detail"]:
+        if row["imported"] and row["status"] == "finished":
+            found = row["imported"]
+            preprocess = TITLES.get(found.get("preprocess", ""), found.get("preprocess", "?"))
+            st.caption(
+                f"Imported from {found.get('file', '?')}: preprocessing {preprocess} "
+                f"({found.get('preprocess_reason', '')})"
+            )
+        elif row["reason"] or row["detail"]:
             st.caption(widgets.path_free(row["detail"] or row["reason"]))
         links = st.columns(4)
         if row["has_model"]:
@@ -266,7 +287,10 @@ with tab_table:
             links[1].page_link("pages/inside.py", label="Look inside", icon="🔍", query_params={"run": name})
             if row["status"] == "finished":
                 links[2].page_link("pages/finetune.py", label="Fine-tune", icon="🎚️", query_params={"run": name})
-        links[3].page_link("pages/train.py", label="Open in Train", icon="🏋️", query_params={"job": name})
+        if row["mode"] == "imported":  # not trained here: where it came from instead of the Train page
+            links[3].page_link("pages/import_model.py", label="Import another", icon="📥")
+        else:
+            links[3].page_link("pages/train.py", label="Open in Train", icon="🏋️", query_params={"job": name})
 
         # A form: the name and the click arrive together (a button disabled until the text box committed
         # its value took two clicks in a browser: the first only committed the text).

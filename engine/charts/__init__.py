@@ -13,6 +13,7 @@ from engine.charts.colours import (
 )
 from engine.charts.data import class_balance_bar, feature_scatter, read_knn, size_scatter
 from engine.charts.evaluation import confusion_grid, confusion_matrix, per_class_bars, reliability_diagram, topk_bar
+from engine.charts.imported import convention_accuracy
 from engine.charts.network import before_after_bars, faithfulness_curves, layer_map, projection_pair, what_changed
 from engine.charts.training import (
     accuracy_latency,
@@ -33,6 +34,7 @@ __all__ = [
     "class_balance_bar",
     "class_colours",
     "confusion_grid",
+    "convention_accuracy",
     "confusion_matrix",
     "curve_epochs",
     "faithfulness_curves",

@@ -61,10 +61,14 @@ def summary(run: Run) -> dict:
     finetune = config.get("finetune") if isinstance(config.get("finetune"), dict) else {}
     first = int(_number(finetune.get("parent_epochs")) or 0)  # a fine-tune's history starts with its parent's
     val_history = [v for v in _list(history.get("val_accuracy"))[first:] if _number(v) is not None]
+    imported = config.get("imported") if isinstance(config.get("imported"), dict) else {}
     try:
-        planned = planned_epochs(config)
+        planned = None if config.get("mode") == "imported" else planned_epochs(config)  # brought in, not trained
     except (TypeError, ValueError, AttributeError):
         planned = None
+    params = metrics.get("params")
+    if _number(params) is not None:  # an imported run's count (no trainable split measured)
+        params = {"total": int(params)}
     train_seconds = _number(metrics.get("train_seconds"))
     if train_seconds is None and not problems:
         train_seconds = _number(status.get("seconds"))  # a stopped or failed run: its time so far
@@ -75,8 +79,10 @@ def summary(run: Run) -> dict:
         "status": status.get("status"),
         "reason": status.get("reason", ""),
         "detail": status.get("detail", ""),
-        "backbone": config.get("backbone", ""),
+        # an imported model has no backbone of ConvScope's: its file says what it is
+        "backbone": config.get("backbone") or (f"imported: {imported.get('file', '?')}" if imported else ""),
         "mode": config.get("mode", ""),
+        "imported": imported,  # engine.config.ImportConfig's fields for an imported model, else {}
         "source": data.get("source", ""),
         "image_size": data.get("image_size"),
         "epochs_run": len(_list(history.get("loss"))),
@@ -89,7 +95,7 @@ def summary(run: Run) -> dict:
         "best_val_accuracy": max(val_history) if val_history else None,
         "final_val_accuracy": val_history[-1] if val_history else None,
         "test_accuracy": metrics.get("test_accuracy"),
-        "params": metrics.get("params") if isinstance(metrics.get("params"), dict) else None,
+        "params": params if isinstance(params, dict) else None,
         "train_seconds": train_seconds,
         "latency_ms": latency,
         "created": _number(config.get("created")) or mtime(run.path) or None,
