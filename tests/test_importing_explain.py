@@ -194,7 +194,7 @@ def test_grayscale_model_maps_and_feature_maps(imported, models):
     import keras
 
     from engine.backbones.conventions import LUMA
-    from engine.explain import explain_image
+    from engine.explain import activations, explain_image
 
     model = models["gray"]
     original = keras.models.load_model(imported["gray"][0], compile=False)
@@ -209,15 +209,22 @@ def test_grayscale_model_maps_and_feature_maps(imported, models):
     acts = model.activations(x, layer)
     expected = keras.Model(original.input, original.get_layer(layer).output)(luma, training=False)
     np.testing.assert_allclose(acts, np.asarray(expected), atol=1e-5)
+    name, tiles = activations.first_layer_filters(model, tile=16)  # one-channel kernels, drawn in gray
+    assert name == "conv1" and len(tiles) == 8 and tiles[0].shape == (16, 16, 3)
+    assert all(np.array_equal(t[..., 0], t[..., 1]) and np.array_equal(t[..., 0], t[..., 2]) for t in tiles)
 
 
 def test_nested_layers_are_listed_and_reachable(imported, models):
     import keras
 
+    from engine.explain import activations
+
     model = models["tutorial"]
     names = model.spatial_layers()
     assert {"base_model/block1_conv", "base_model/block2_conv"} <= set(names)
     assert model.default_layer() == "base_model/block2_conv"
+    walk = activations.depth_layers(model, 5)  # the walk through the network skips the (inactive) augmentation
+    assert walk[-1] == "base_model/block2_conv" and not any(n.startswith("data_augmentation/") for n in walk), walk
     original = keras.models.load_model(imported["tutorial"][0], compile=False)
     x = model.prepare(smooth_image(model.input_size, seed=4))[None]
     activations_of, _ = _tutorial_parts(original, "block1_conv")
