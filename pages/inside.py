@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import charts, settings
+from engine.backbones.conventions import TITLES
 from engine.data.report import draw_box
 from engine.errors import ConvScopeError
 from engine.explain import (
@@ -38,6 +39,36 @@ def run_config(name: str) -> dict:
         return {}
 
 
+def run_title(path) -> str:
+    """A run in the picker: its display name and folder, and whether it was imported."""
+    try:
+        run = open_run(path.name, allow_path=False)
+        imported = run.config().get("mode") == "imported"
+        return run.title() + (" · imported" if imported else "")
+    except RunError:
+        return path.name
+
+
+SCORES = {  # what CAMs and attributions differentiate, by the imported model's output (engine.importing)
+    "softmax": "the logit before its softmax",
+    "logits": "its logits",
+    "binary_logit": "its single logit z for class 1, and -z for class 0",
+    "sigmoid": "the logit z before its sigmoid for class 1, and -z for class 0",
+}
+
+
+def imported_text(config: dict) -> str:
+    """One line on an imported model: its file, its input and the score its maps use."""
+    imported = config.get("imported") or {}
+    output = str(imported.get("output", ""))
+    gray = " grayscale" if int(imported.get("channels", 3)) == 1 else ""
+    score = SCORES.get(output, "its class scores")
+    return (
+        f"Imported from {imported.get('file', 'a Keras file')}: a{gray} model whose maps use {score}; "
+        f"its input: {TITLES.get(str(imported.get('preprocess')), 'raw pixels')}."
+    )
+
+
 def seconds_text(s: float) -> str:
     return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
 
@@ -64,17 +95,22 @@ with st.sidebar:
         else:
             runs = list_runs(settings.runs_dir())
             if not runs:
-                st.info("No trained runs yet: train one on the Train page.")
+                st.info("No runs yet: train one on the Train page, or import your own Keras model.")
             else:
                 names = [p.name for p in runs]
                 if wanted in names and st.session_state.get("inside_run_for") != wanted:
                     st.session_state.update(inside_run=runs[names.index(wanted)], inside_run_for=wanted)
-                run = run_path = st.selectbox("Run", runs, format_func=lambda p: p.name, key="inside_run")
+                run = run_path = st.selectbox(
+                    "Run", runs, format_func=run_title, key="inside_run", help="trained here, or imported"
+                )
                 mtime = (run / "model.keras").stat().st_mtime
                 with st.spinner(f"Loading {run.name}…"):
                     model = cached.explainable_run(str(run), mtime)
                 model_key = f"run:{run.name}:{mtime}"
-                run_mode = str(run_config(run.name).get("mode", ""))
+                config = run_config(run.name)
+                run_mode = str(config.get("mode", ""))
+                if run_mode == "imported":
+                    st.caption(imported_text(config))
     except ConvScopeError as exc:
         st.error(str(exc))
 
@@ -129,12 +165,21 @@ tab_layers, tab_filters, tab_walk, tab_channels, tab_cam, tab_trust = st.tabs(
 with tab_layers:
     if tab_layers.open and not model.opaque_reason:
         infos = model.layers()
+        nested = sorted({i.name.rpartition("/")[0] for i in infos} - {""})
         with st.expander(f"All {len(infos)} layers", expanded=False):
-            st.dataframe(
-                pd.DataFrame([i.to_json() for i in infos]).assign(output_shape=lambda d: d.output_shape.astype(str)),
-                hide_index=True,
-                width="stretch",
+            table = pd.DataFrame([i.to_json() for i in infos]).assign(
+                inside=[i.name.rpartition("/")[0] or "(top level)" for i in infos],
+                output_shape=lambda d: d.output_shape.astype(str),
             )
+            st.dataframe(
+                table[["inside", *[c for c in table.columns if c != "inside"]]], hide_index=True, width="stretch"
+            )
+            if nested:
+                st.caption(
+                    f"Layers named `{nested[0]}/…` sit inside the nested model {nested[0]!r}"
+                    + (f" (and {', '.join(repr(n) for n in nested[1:])})" if nested[1:] else "")
+                    + ": every one of them has feature maps and can carry a CAM, as the top-level layers."
+                )
         spatial = model.spatial_layers()
         c1, c2, c3 = st.columns([3, 1, 1])
         layer = c1.selectbox("Layer", spatial, index=spatial.index(model.default_layer()), key="fm_layer")

@@ -309,3 +309,82 @@ def test_scores_that_cannot_separate_maps_say_why(page, monkeypatch, easy):
         assert len(notes) == 1 and "harder image" in notes[0] and "confident" in notes[0], notes
     else:
         assert not notes
+
+
+@pytest.fixture
+def imported_tutorial(tmp_path, monkeypatch):
+    """The tutorial-shaped model (nested base_model, augmentation, one logit) imported as a run without data."""
+    import keras_models
+
+    from engine.importing import import_model
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(runs))
+    found = import_model(keras_models.tutorial(tmp_path / "tutorial.keras"), out=runs / "tutorial-imported")
+    return found["run_dir"]
+
+
+@pytest.mark.slow
+def test_an_imported_model_inside(open_page, imported_tutorial, monkeypatch):
+    """An imported run is selectable, its nested layers are listed and reachable, maps and checks work,
+    and the Channels view lets the user choose a dataset for top examples since the run has none."""
+    from pathlib import Path
+
+    from engine.explain import featurevis
+    from ui import channels_view
+
+    monkeypatch.setattr(channels_view, "SKETCH", featurevis.Settings(steps=4, size=48))
+    monkeypatch.setattr(channels_view, "FULL", featurevis.Settings(steps=6, size=48))
+    monkeypatch.setattr(channels_view, "SCAN_LIMIT", 24)
+    state = {"inside_kind": "Trained run", "inside_img_source": "Shapes image"}
+    page = open_page("pages/inside.py", state=state)
+    assert not page.error, [e.value for e in page.error]
+    picker = page.selectbox(key="inside_run")
+    assert Path(picker.value) == Path(imported_tutorial)
+    assert "tutorial.keras" in picker.format_func(picker.value) and "imported" in picker.format_func(picker.value)
+    sidebar = " ".join(c.value for c in page.sidebar.caption)
+    assert "Imported from tutorial.keras" in sidebar and "-z for class 0" in sidebar, sidebar
+    assert set(page.dataframe[0].value["class"]) <= {"class 0", "class 1"}
+
+    open_tab(page, 0)
+    table = page.dataframe[1].value
+    assert "base_model" in set(table["inside"]) and "base_model/block1_conv" in set(table["name"])
+    assert "nested model 'base_model'" in " ".join(c.value for c in page.caption)
+    assert page.selectbox(key="fm_layer").value == "base_model/block2_conv"
+    page.selectbox(key="fm_layer").set_value("base_model/block1_conv").run()
+    assert not page.exception and not page.error
+    assert {m.label: m.value for m in page.metric}["Output"] == "64×64×8"
+
+    open_tab(page, 3)
+    page.multiselect(key="cam_methods").set_value(["gradcam", "cam", "occlusion"]).run()
+    page.selectbox(key="cam_class").set_value(0).run()  # the other class: -z
+    assert not page.exception and not page.error and not page.warning, [w.value for w in page.warning]
+    captions = " ".join(str(i.proto) for i in page.get("image"))
+    assert "CAM at base_model/block2_conv" in captions and "Occlusion sensitivity" in captions
+    page.multiselect(key="cam_methods").set_value(["gradcam"]).run()
+    page.selectbox(key="cam_layer").set_value("base_model/block1_conv").run()  # deeper inside the nested model
+    assert not page.exception and not page.error and not page.warning
+    assert "Grad-CAM at base_model/block1_conv" in " ".join(str(i.proto) for i in page.get("image"))
+
+    open_tab(page, 4)
+    text = " ".join(c.value for c in page.caption)
+    assert "block2_conv" in text and "two_logits" not in text  # ConvScope's adapter is never randomised
+    page.button(key="trust_go").click().run()
+    assert not page.exception and [e for e in page.error if not e.value.startswith("Sanity check")] == []
+    assert len(page.get("plotly_chart")) == 1
+
+    page.session_state["ch_layer"] = "base_model/block2_conv"
+    open_tab(page, 5)
+    assert "came without data of its own" in " ".join(c.value for c in page.caption)
+    box = page.selectbox(key="ch_source")
+    assert box.options[-1] == channels_view.OTHER_TITLE and box.value != channels_view.OTHER
+    assert {m.label for m in page.metric} >= {"Natural mean"}  # the first offered data scans at once
+    page.session_state["ch_data_per_class"] = 4  # a small built-in set for the chosen data
+    page.session_state["ch_data_classes"] = 2
+    page.session_state["ch_data_size"] = 64
+    box.set_value(channels_view.OTHER).run()
+    assert not page.exception and not page.error
+    assert page.radio(key="ch_data_kind").value == "Built-in shapes"
+    assert "8 images scanned" in " ".join(m.value for m in page.markdown) or any(
+        "never fires on these 8 images" in i.value for i in page.info
+    )

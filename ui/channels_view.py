@@ -19,13 +19,15 @@ from engine.errors import ConvScopeError
 from engine.explain import Explainable, channels, featurevis, image_digest, top_examples
 from engine.explain import activations as acts_mod
 from engine.explain.overlay import overlay
-from ui import cached, state, wording
+from ui import cached, state, widgets, wording
 
 PER_PAGE = 8
 SKETCH = featurevis.Settings(steps=128, size=96)  # grid thumbnails: a quarter of the full picture's work
 FULL = featurevis.Settings()  # 256 steps at 128 px, the enlarged picture
 EXAMPLES = 9
 SCAN_LIMIT = 600  # images scanned for top examples: spread over the classes
+OTHER = "<another>"  # the "Top examples from" choice that opens a dataset picker (never a source string)
+OTHER_TITLE = "another dataset…"
 
 
 def _pictures(model: Explainable, layer: str, chosen: list[int], settings: featurevis.Settings, what: str) -> list:
@@ -59,6 +61,10 @@ def _examples(model: Explainable, source: str, layer: str) -> top_examples.TopEx
     finally:
         if bar is not None:
             bar.empty()
+
+
+def _source_title(source: str, run_source: str | None) -> str:
+    return ("the run's data: " if source == run_source else "") + state.display_name(source)
 
 
 def _sources(run_source: str | None) -> list[str]:
@@ -172,18 +178,24 @@ def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: 
     d3.metric("Picture", f"{picture.activation:.2f}", help="the channel's mean activation on its own picture")
 
     run_source = runs.Run(run).config().get("data", {}).get("source") if run else None
-    sources = _sources(run_source)
-    source = st.selectbox(
+    if run and not run_source:
+        st.caption(
+            "This model came without data of its own (imported): choose a dataset for its channels' top examples, "
+            "best one like the data it was trained on."
+        )
+    choice = st.selectbox(
         "Top examples from",
-        sources,
-        format_func=lambda s: ("the run's data: " if s == run_source else "") + state.display_name(s),
+        [*_sources(run_source), OTHER],
+        format_func=lambda s: OTHER_TITLE if s == OTHER else _source_title(s, run_source),
         key="ch_source",
     )
-    try:
-        found = _examples(model, source, layer)
-    except ConvScopeError as exc:
-        st.warning(f"No top examples from this data: {exc}")
-        found = None
+    source = widgets.dataset_picker("ch_data") if choice == OTHER else choice
+    found = None
+    if source:
+        try:
+            found = _examples(model, source, layer)
+        except ConvScopeError as exc:
+            st.warning(f"No top examples from this data: {widgets.path_free(str(exc), source)}")
     if found is not None:
         natural = float(found.natural_mean[channel])
         ratio = f" ({picture.activation / natural:.1f}× on its picture)" if natural > 0 else ""

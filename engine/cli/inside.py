@@ -13,10 +13,10 @@ from engine.cli.common import add_json, fraction_progress, stage_progress, write
 from engine.cli.models import model_args
 from engine.data.sources import DEFAULT_SOURCE
 from engine.errors import ConvScopeError
-from engine.explain import METHODS, activations, explain_image, featurevis, top_examples
+from engine.explain import METHODS, activations, checks, explain_image, featurevis, top_examples
 from engine.explain.overlay import COLORMAPS, label_tile, overlay, to_png
 from engine.model.explainable import Explainable
-from engine.runs import Run
+from engine.runs import Run, atomic_write
 
 
 def _explainable(args: argparse.Namespace) -> Explainable:
@@ -99,6 +99,18 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class", dest="class_index", type=int, help="class index (default: the predicted class)")
     p.add_argument("--layer", help="convolutional layer (default: the last one)")
     p.add_argument("--out", metavar="PNG", help="write the heatmap overlay here")
+    p.add_argument(
+        "--npy",
+        metavar="FILE",
+        help="write the raw map here (np.save): float32 (S, S) in [0, 1] at the model's input size S, "
+        "before the overlay's contrast and resizing, to script and compare explanations",
+    )
+    p.add_argument(
+        "--checks",
+        action="store_true",
+        help="also run the trust checks on the map: the sanity check (the top 3 weighted layers randomised; "
+        "a faithful map changes) and the deletion / insertion areas",
+    )
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--colormap", choices=COLORMAPS, default="Jet")
     add_json(p)
@@ -110,11 +122,42 @@ def cmd_explain(args: argparse.Namespace) -> dict:
     rgb = imaging.load_rgb(args.image)
     result = explain_image(model, rgb, args.method, args.class_index, args.layer)
     out = result.to_json()
-    out["out"] = None
+    out.update(size=list(result.heatmap.shape), out=None, npy=None)
     if args.out:
         write_png(args.out, to_png(overlay(rgb, result.display, args.opacity, args.colormap)))
         out["out"] = args.out
+    if args.npy:
+        write_npy(args.npy, result.heatmap)
+        out["npy"] = args.npy
+    if args.checks:
+        out["checks"] = _checks(model, result)
     return out
+
+
+def write_npy(path: str, heatmap: np.ndarray) -> None:
+    """np.save a (S, S) map as float32 to `path` exactly (no .npy added), never leaving a half-written file."""
+    data = np.ascontiguousarray(heatmap, dtype=np.float32)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name without it
+            np.save(f, data, allow_pickle=False)
+
+    atomic_write(Path(path), write)
+
+
+def _checks(model: Explainable, result) -> dict:
+    """The sanity check and the deletion / insertion areas of one Explanation."""
+    x = result.model_input.astype(np.float32)
+    sanity = checks.sanity_check(model, result.method, x, result.class_index, result.layer)
+    curves = checks.faithfulness(model, result)
+    return {
+        "sanity_correlation": round(sanity.correlation, 6),
+        "sanity_passed": bool(sanity.passed),
+        "sanity_threshold": checks.SANITY_THRESHOLD,
+        "randomised_layers": checks.randomised_layers(model),
+        "deletion_auc": round(curves.deletion_auc, 6),
+        "insertion_auc": round(curves.insertion_auc, 6),
+    }
 
 
 def _print_explain(result: dict) -> None:
@@ -123,6 +166,16 @@ def _print_explain(result: dict) -> None:
     print(f"peak at row {result['peak'][0]}, column {result['peak'][1]} of the input image")
     if result["out"]:
         print(f"overlay written to {result['out']}")
+    if result["npy"]:
+        print(f"map ({result['size'][0]}x{result['size'][1]} float32 in [0, 1]) written to {result['npy']}")
+    if result.get("checks"):
+        c = result["checks"]
+        verdict = "passes" if c["sanity_passed"] else "FAILS"
+        print(
+            f"sanity check {verdict}: rank correlation {c['sanity_correlation']:.2f} with "
+            f"{', '.join(c['randomised_layers'])} randomised (threshold {c['sanity_threshold']})"
+        )
+        print(f"deletion area {c['deletion_auc']:.2f} (lower is better), insertion {c['insertion_auc']:.2f} (higher)")
 
 
 def add_visualize(sub: argparse._SubParsersAction) -> None:
@@ -146,13 +199,16 @@ def add_visualize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_visualize, show=_print_visualize)
 
 
+def _run_source(args: argparse.Namespace) -> str:
+    """The run's own data source; "" for a backbone or a run without data (an imported model may come without)."""
+    if not args.run_dir:
+        return ""
+    return str(Run(Path(args.run_dir)).config().get("data", {}).get("source") or "")
+
+
 def _natural_source(args: argparse.Namespace) -> str:
     """The data a channel's natural activation is measured on: --source, else the run's own, else the default."""
-    if args.source:
-        return args.source
-    if args.run_dir:
-        return Run(Path(args.run_dir)).config().get("data", {}).get("source", DEFAULT_SOURCE)
-    return DEFAULT_SOURCE
+    return args.source or _run_source(args) or DEFAULT_SOURCE
 
 
 def cmd_visualize(args: argparse.Namespace) -> dict:
@@ -208,9 +264,15 @@ def add_top_examples(sub: argparse._SubParsersAction) -> None:
         "top-examples",
         help="the dataset images (and the crop) that activate each channel of a layer most",
         description="One forward pass over SOURCE (as for inspect-data); per channel the k images with the "
-        "highest activation, where it peaks, and that position's receptive field in the image.",
+        "highest activation, where it peaks, and that position's receptive field in the image. Without SOURCE, "
+        "the run's own data; an imported model that came without data needs SOURCE.",
     )
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        nargs="?",
+        help="a dataset: a folder of class folders, shapes[:...], a .zip or tfds:NAME (default: the run's data)",
+    )
     model_args(p)
     p.add_argument("--layer", required=True, help="a spatial layer")
     p.add_argument("--k", type=int, default=9, help="images per channel (default 9)")
@@ -221,13 +283,19 @@ def add_top_examples(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_top_examples(args: argparse.Namespace) -> dict:
+    source = args.source or _run_source(args)
+    if not source:
+        whose = "this run has no data of its own (an imported model)" if args.run_dir else "a backbone has no data"
+        raise ConvScopeError(
+            f"give SOURCE, the images to scan: {whose}. A folder of class folders, shapes, a .zip or tfds:NAME"
+        )
     model = _explainable(args)
     layer = model.check_layer(args.layer)
     channels = _channel_list(args.channel) if args.channel else None
     if channels:
         featurevis.check_target(model, layer, channels)  # before a long scan, not after it
     found = top_examples.top_examples(
-        model, args.source, [layer], k=args.k, limit=args.limit, progress=stage_progress("scanning")
+        model, source, [layer], k=args.k, limit=args.limit, progress=stage_progress("scanning")
     )[layer]
     return found.to_json(channels)
 

@@ -75,7 +75,7 @@ def layer_stats(acts: np.ndarray) -> dict:
 
 
 def first_layer_filters(model: Explainable, tile: int = 32) -> tuple[str, list[np.ndarray]]:
-    """The first convolution's kernels as RGB tiles (each scaled to its own range).
+    """The first convolution's kernels as RGB tiles (each scaled to its own range; a grayscale model's in gray).
 
     Returns:
         (layer name, list of (tile, tile, 3) uint8).
@@ -87,20 +87,21 @@ def first_layer_filters(model: Explainable, tile: int = 32) -> tuple[str, list[n
         layer = model.model.get_layer(outer).get_layer(inner) if outer else model.model.get_layer(info.name)
         if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D):
             kernel = np.asarray(layer.kernel)  # (k, k, in, out)
-            if kernel.shape[2] != 3:
+            if kernel.shape[2] not in (1, 3):
                 break
             tiles = []
-            for f in np.moveaxis(kernel, -1, 0):
+            for f in np.moveaxis(np.repeat(kernel, 3 // kernel.shape[2], axis=2), -1, 0):  # one channel: gray
                 lo, hi = f.min(), f.max()
                 f8 = ((f - lo) / (hi - lo or 1) * 255).astype(np.uint8)
                 tiles.append(np.asarray(Image.fromarray(f8).resize((tile, tile), Image.Resampling.NEAREST)))
             return info.name, tiles
-    raise ExplainError(f"{model.name} has no first convolution on RGB input to show")
+    raise ExplainError(f"{model.name} has no first convolution on its RGB or grayscale input to show")
 
 
 def depth_layers(model: Explainable, count: int = 5) -> list[str]:
     """`count` spatial layers spread from input to output, for the walk through the network."""
-    infos = [i for i in model.layers() if i.spatial]
+    # Random* layers (an imported model's augmentation) pass the image through unchanged outside training
+    infos = [i for i in model.layers() if i.spatial and not i.type.startswith("Random")]
     if not infos:
         raise ExplainError(f"{model.name} has no spatial layers")
     # Prefer activation outputs: what the next layer actually sees.

@@ -22,6 +22,9 @@ from engine.explain.maps import image_digest, make, peak_in_original
 from engine.model.explainable import Explainable
 
 SANITY_THRESHOLD = 0.5  # rank correlation at or above this: the map ignores the model's weights
+# engine.importing's fixed Dense turning an imported model's single logit z into [-z/2, z/2]: not a layer the
+# model learned, so randomising it tests nothing (it would only flip or scale the score)
+ADAPTERS = ("two_logits",)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -35,7 +38,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def randomised_layers(model: Explainable, top_layers: int = 3) -> list[str]:
     """Names of the last `top_layers` layers with weights: the ones the sanity check randomises."""
-    return [layer.name for layer in _all_layers(model.model) if layer.weights][-top_layers:]
+    return [layer.name for layer in _learned_layers(model.model)][-top_layers:]
 
 
 def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> Explainable:
@@ -49,7 +52,7 @@ def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> E
     clone = keras.models.clone_model(model.model)
     clone.set_weights(model.model.get_weights())
     rng = np.random.default_rng(seed)
-    weighted = [layer for layer in _all_layers(clone) if layer.weights]
+    weighted = _learned_layers(clone)
     for layer in weighted[-top_layers:]:
         new = []
         for w in layer.get_weights():
@@ -59,6 +62,11 @@ def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> E
     return Explainable(
         clone, model.preprocess, model.labels, f"{model.name} (top {top_layers} randomised)", model._default_layer
     )
+
+
+def _learned_layers(model) -> list:
+    """The layers with weights, nested ones included, in order; without ConvScope's own ADAPTERS."""
+    return [layer for layer in _all_layers(model) if layer.weights and layer.name not in ADAPTERS]
 
 
 def _all_layers(model) -> list:
