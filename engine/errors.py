@@ -105,7 +105,15 @@ class DistributeError(ConvScopeError):
 
 
 class ImportModelError(ConvScopeError):
-    """A model file that cannot or should not be imported (unsafe, damaged, not an image classifier)."""
+    """A model file that cannot or should not be imported (unsafe, damaged, not an image classifier).
+
+    `reason` names the refusals a user answers with one more choice (engine.importing's NEEDS_SIZE,
+    NEEDS_PREPROCESS), so a page can ask for it; "" for every other.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ExportError(ConvScopeError):

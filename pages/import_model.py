@@ -8,16 +8,8 @@ import streamlit as st
 from engine import charts, runs, settings
 from engine.backbones.conventions import TITLES
 from engine.errors import ConvScopeError
-from engine.importing import PREPROCESS_CHOICES, import_model
-from engine.importing.upload import (
-    ANY_SIZE,
-    LABEL_SUFFIXES,
-    MAX_LABELS_BYTES,
-    MODEL_SUFFIXES,
-    NO_RANGE,
-    discard_upload,
-    save_upload,
-)
+from engine.importing import NEEDS_PREPROCESS, NEEDS_SIZE, PREPROCESS_CHOICES, import_model
+from engine.importing.upload import LABEL_SUFFIXES, MAX_LABELS_BYTES, MODEL_SUFFIXES, discard_upload, save_upload
 from ui import router, widgets
 
 router.ensure_routed()
@@ -28,7 +20,7 @@ st.caption(
 )
 
 RESULT = "import_result"  # the last import's summary (engine.importing.import_model's dict)
-NEEDS_SIZE = "import_needs_size"  # the upload (name, bytes) whose model takes any image size
+SIZE_ASKED = "import_needs_size"  # the upload (name, bytes) whose model takes any image size
 OUTPUT_WORDS = {
     "softmax": "softmax probabilities. Maps and attributions use the score before the softmax (the logit), "
     "as the Grad-CAM paper does.",
@@ -84,7 +76,7 @@ def import_form() -> None:
     if use_data:
         source = widgets.dataset_picker("import_data")
     image_size = None
-    asked = upload is not None and st.session_state.get(NEEDS_SIZE) == (upload.name, upload.size)
+    asked = upload is not None and st.session_state.get(SIZE_ASKED) == (upload.name, upload.size)
     if asked:
         st.info("This model accepts images of any size: choose the size ConvScope should feed it.")
         image_size = st.number_input("Image size (pixels, square)", 16, 1024, 224, step=16, key="import_size")
@@ -116,14 +108,15 @@ def import_form() -> None:
         )
     except ConvScopeError as exc:
         bar.empty()
-        if ANY_SIZE in str(exc) and not asked:
-            st.session_state[NEEDS_SIZE] = (upload.name, upload.size)
+        reason = getattr(exc, "reason", "")  # ImportModelError: a refusal answered with one more choice
+        if reason == NEEDS_SIZE and not asked:
+            st.session_state[SIZE_ASKED] = (upload.name, upload.size)
             st.rerun()  # show the size input (the finally below still removes the uploaded copy)
         message = str(exc)
         for path in saved:  # the server's copy has a safe name: say the user's own
             message = message.replace(path.name, upload.name if path == saved[0] else labels.name)
         st.error(f"Not imported: {widgets.path_free(message, source)}")
-        if NO_RANGE in message:
+        if reason == NEEDS_PREPROCESS:
             st.info(
                 "Choose its preprocessing above (how the notebook fed it: `/ 255` is [0, 1]), or turn on "
                 "**Check it on a labelled dataset** to choose it by accuracy.",

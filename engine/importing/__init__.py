@@ -11,7 +11,17 @@ under "imported"), status.json finished. Every page and command that takes a run
 """
 
 from engine.importing.files import kind_of
-from engine.importing.model import Inspected, inspect, load_keras
-from engine.importing.run import PREPROCESS_CHOICES, import_model, read_labels
+from engine.importing.model import NEEDS_SIZE, Inspected, inspect, load_keras
+from engine.importing.run import NEEDS_PREPROCESS, PREPROCESS_CHOICES, import_model, read_labels
 
-__all__ = ["PREPROCESS_CHOICES", "Inspected", "import_model", "inspect", "kind_of", "load_keras", "read_labels"]
+__all__ = [
+    "NEEDS_PREPROCESS",
+    "NEEDS_SIZE",
+    "PREPROCESS_CHOICES",
+    "Inspected",
+    "import_model",
+    "inspect",
+    "kind_of",
+    "load_keras",
+    "read_labels",
+]

@@ -54,6 +54,7 @@ AUGMENTATION = (
     "GaussianNoise",
     "GaussianDropout",
 )
+NEEDS_SIZE = "needs_size"  # ImportModelError.reason: the model takes any image size, one must be chosen
 RESCALERS = ("Rescaling", "Normalization")  # layers that mean the model takes raw pixels
 SCALING_OPS = ("TrueDivide", "Divide", "Subtract", "Multiply", "Add")  # keras.ops arithmetic on the input
 
@@ -163,7 +164,9 @@ def inspect(model, image_size: int | None = None) -> Inspected:
         raise ImportModelError(f"the model takes {height}x{width} images; ConvScope works with square inputs (H = W)")
     fixed = height or width
     if fixed is None and image_size is None:
-        raise ImportModelError("the model accepts images of any size: say which one to use (--image-size, e.g. 224)")
+        raise ImportModelError(
+            "the model accepts images of any size: say which one to use (--image-size, e.g. 224)", NEEDS_SIZE
+        )
     if fixed is not None and image_size is not None and int(image_size) != int(fixed):
         raise ImportModelError(f"the model takes {fixed}x{fixed} images, not {image_size}x{image_size}")
     size = int(fixed or image_size)

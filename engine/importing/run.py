@@ -27,6 +27,7 @@ from engine.model.compiled import CompiledModel
 from engine.model.explainable import layer_infos
 
 PREPROCESS_CHOICES = ("auto", *CONVENTIONS)
+NEEDS_PREPROCESS = "needs_preprocess"  # ImportModelError.reason: no rescaling inside and no data to choose by
 SAMPLE_IMAGES = 128  # labelled images the conventions are compared on (balanced over classes)
 CLEARLY_WRONG = 0.15  # a convention this far below the best one's accuracy is flagged
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -142,7 +143,8 @@ def choose(found: Inspected, asked: str, accuracy: dict[str, float]) -> Choice:
     else:
         raise ImportModelError(
             "the model has no Rescaling or Normalization layer, so ConvScope cannot tell which pixel range it "
-            f"expects: pick one ({', '.join(CONVENTIONS)}), or give labelled images to choose it by accuracy"
+            f"expects: pick one ({', '.join(CONVENTIONS)}), or give labelled images to choose it by accuracy",
+            NEEDS_PREPROCESS,
         )
     if name in flagged:
         reason += f"; warning: {flagged[name]}"

@@ -20,9 +20,6 @@ from engine.errors import ImportModelError
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".zip")  # what engine.importing.files.kind_of tells apart
 LABEL_SUFFIXES = (".txt", ".json")  # engine.importing.read_labels
 MAX_LABELS_BYTES = 1024 * 1024
-# Words of engine.importing's errors that a page answers with a widget (tests/test_app_import.py checks them)
-ANY_SIZE = "accepts images of any size"  # a model whose input has no fixed size: ask for one
-NO_RANGE = "cannot tell which pixel range"  # no rescaling inside and no data: ask for a convention
 
 
 def uploads_dir() -> Path:
