@@ -19,12 +19,12 @@ from PIL import Image, ImageFilter
 from engine.data.ingest import load_item
 from engine.errors import ExplainError
 from engine.explain.maps import image_digest, make, peak_in_original
-from engine.model.explainable import Explainable
+from engine.model.explainable import TWO_LOGITS, Explainable
 
 SANITY_THRESHOLD = 0.5  # rank correlation at or above this: the map ignores the model's weights
 # engine.importing's fixed Dense turning an imported model's single logit z into [-z/2, z/2]: not a layer the
 # model learned, so randomising it tests nothing (it would only flip or scale the score)
-ADAPTERS = ("two_logits",)
+ADAPTERS = (TWO_LOGITS,)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

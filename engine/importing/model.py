@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ImportModelError
+from engine.model.explainable import TWO_LOGITS
 
 AUGMENTATION = (
     "RandomFlip",
@@ -182,7 +183,7 @@ def inspect(model, image_size: int | None = None) -> Inspected:
         model = _fixed_size(model, size, channels)
     output, logits = _logits_tensor(model, int(out_shape[1]))
     if output in ("binary_logit", "sigmoid"):
-        pair = keras.layers.Dense(2, use_bias=False, trainable=False, name="two_logits")
+        pair = keras.layers.Dense(2, use_bias=False, trainable=False, name=TWO_LOGITS)
         logits = pair(logits)
         pair.set_weights([np.array([[-0.5, 0.5]], np.float32)])
     # No forward pass here: an eager one costs as much as the loading (tests/test_importing.py checks the

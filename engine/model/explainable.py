@@ -23,6 +23,9 @@ from engine.model.memo import Memo
 from engine.numerics import softmax
 from engine.runs import Run, keras_archive_problem, resize_policy_of
 
+# The frozen Dense an imported single-logit model ends in (engine.importing): z -> [-z/2, z/2].
+TWO_LOGITS = "two_logits"
+
 
 @dataclass(frozen=True)
 class LayerInfo:
