@@ -16,6 +16,11 @@ of the parent that trained further). Three views, per block of
 
 Activations are global-average-pooled inside one compiled multi-output
 function per model, so memory stays (N, C) per block whatever the image size.
+
+An imported model (engine.importing) has no backbone blocks: each layer with
+weights is a row ("base_model/block2_conv" inside a nested model), with its
+weight change; CKA is left out (None), and the projection is taken at the first
+top-level layer with (N, C) features (its global pooling).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
-from engine.training.finetune import probe_set
+from engine.training.finetune import probe_set, units
 
 BATCH = 32  # images per compiled call, as in engine.model.compiled
 FEATURE_LAYER = "avg_pool"  # the GlobalAveragePooling2D of engine.training.models.feature_classifier
@@ -62,7 +67,7 @@ def weight_changes(before, after, blocks: Sequence[Block]) -> list[dict]:
         diff_sq = base_sq = 0.0
         params = 0
         for name in block.layer_names:
-            layer_before, layer_after = before.get_layer(name), _layer(after, name)
+            layer_before, layer_after = _layer(before, name), _layer(after, name)
             params += sum(int(np.prod(w.shape)) for w in layer_before.weights)
             # _trainable_variables: what trains when the layer does, whatever its flag now.
             old = [np.asarray(v) for v in layer_before._trainable_variables]
@@ -86,9 +91,13 @@ def weight_changes(before, after, blocks: Sequence[Block]) -> list[dict]:
 
 
 def _layer(model, name: str):
+    """A layer by name, "outer/inner" inside a nested model."""
     try:
-        return model.get_layer(name)
-    except ValueError as exc:
+        layer = model
+        for part in name.split("/"):
+            layer = layer.get_layer(part)
+        return layer
+    except (ValueError, AttributeError) as exc:
         raise FinetuneError(
             f"the fine-tuned model has no layer {name!r}: compare a model with its own fine-tune"
         ) from exc
@@ -261,6 +270,45 @@ def penultimate(before, after, images: np.ndarray, labels, layer: str | None = N
     return {"layer": layer, "before": _projection(f0, labels), "after": _projection(f1, labels)}
 
 
+# ---- an imported model ------------------------------------------------------------
+def imported_blocks(model) -> list[Block]:
+    """An imported model's layers with weights, one block each, named as units() names them."""
+    return [Block(u.name, i, i, (u.name,)) for i, u in enumerate(units(model)) if u.layer.weights]
+
+
+def imported_feature_layer(model) -> str:
+    """The first top-level layer with (N, C) features: where an imported model's convolutions end (its pooling)."""
+    for layer in model.layers[1:]:
+        try:
+            if len(layer.output.shape) == 2:
+                return layer.name
+        except (AttributeError, ValueError):
+            continue
+    raise FinetuneError(f"{model.name} has no top-level layer with (N, C) features to project")
+
+
+def compare_imported(before, after, images: np.ndarray, labels, batch_size: int = BATCH) -> dict:
+    """compare() for an imported model: weight change per layer with weights, no CKA, the pooled features.
+
+    Args:
+        before: the imported parent (keras.Model, preprocessed images -> logits).
+        after: its fine-tuned child, the same layers.
+        images: (N, S, S, C) preprocessed float32 images.
+        labels: (N,) integer class of each image.
+    """
+    if [u.name for u in units(after)] != [u.name for u in units(before)]:
+        raise FinetuneError(
+            f"{before.name} and {after.name} do not have the same layers: compare a model with its own fine-tune"
+        )
+    labels = _labels(labels, len(images))
+    rows = [
+        {"block": w["block"], "params": w["params"], "weight_change": w["change"], "cka": None}
+        for w in weight_changes(before, after, imported_blocks(before))
+    ]
+    projection = penultimate(before, after, images, labels, imported_feature_layer(before), batch_size)
+    return {"blocks": rows, "projection": projection}
+
+
 # ---- all of it ---------------------------------------------------------------
 def compare(before, after, images: np.ndarray, labels, spec, batch_size: int = BATCH) -> dict:
     """Weights, representations and head features of a parent and its fine-tuned child.
@@ -361,12 +409,14 @@ def what_changed(parent: Run, child: Run) -> dict:
     if saved and "labels" in saved.get("projection", {}):
         return saved
     config = child.config()
-    spec = backbones.get_spec(config["backbone"])
     images, labels = probe_set(config)
-    x = np.asarray(spec.preprocess(images), dtype=np.float32)
+    x = np.asarray(backbones.preprocess_of(config)(images), dtype=np.float32)
     before = keras.models.load_model(parent.model_file, safe_mode=True)
     after = keras.models.load_model(child.model_file, safe_mode=True)
-    result = to_json(compare(before, after, x, labels, spec))
+    if config.get("imported"):
+        result = to_json(compare_imported(before, after, x, labels))
+    else:
+        result = to_json(compare(before, after, x, labels, backbones.get_spec(config["backbone"])))
     result["projection"]["labels"] = [int(v) for v in labels]
     runs.write_json(child.path / "changes.json", result)
     return result

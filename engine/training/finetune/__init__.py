@@ -9,6 +9,8 @@ chart shows both phases.
 The package, by what each module owns:
 - parent:   the fine-tune's config, its parent run and the parent's data and split;
 - layers:   what trains: the classifier's blocks, the first layer that trains, the layer map;
+- nested:   layers with nested models opened ("base_model/block2_conv"), where an imported model
+            (engine.importing: no backbone, so no blocks) starts training;
 - boundary: the classifier cut at the unfreeze point and the cache of the tensors crossing it;
 - schedule: warm-up + cosine decay, layer-wise rate decay;
 - setup:    a private copy of the parent's classifier, unfrozen, with its batches, handed to
@@ -29,6 +31,7 @@ from engine.training.finetune.layers import (
     model_blocks,
     unfreeze,
 )
+from engine.training.finetune.nested import Unit, base_of, units
 from engine.training.finetune.parent import (
     FinetuneError,
     check_data,
@@ -46,6 +49,8 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneError",
     "Split",
+    "Unit",
+    "base_of",
     "block_rows",
     "boundary_budget_bytes",
     "boundary_plan",
@@ -64,4 +69,5 @@ __all__ = [
     "settings_of",
     "split",
     "unfreeze",
+    "units",
 ]
