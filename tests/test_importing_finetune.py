@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import runs_dir_set
-from engine import runs
+from engine import jobs, runs
 from engine.backbones import convention
 from engine.config import FinetuneConfig
 from engine.training import changes, finetune, fit
@@ -194,6 +194,16 @@ def test_bn_train_and_a_fine_tune_of_the_fine_tune(world):
     assert saved["split_seed"] == world["child"].config()["split_seed"] and saved["imported"]["preprocess"] == "raw"
 
 
+def test_the_finder_and_the_settings_of_an_imported_fine_tune(world):
+    from engine.training import lr_finder
+
+    config = finetune.finetune_config(world["parent"], unfreeze_from=FROM, source=SHAPES)
+    found = lr_finder.lr_find(config, steps=4)
+    assert 1 <= len(found["lrs"]) <= 4 and found["boundary"]["mode"] == "full"
+    settings = finetune.settings_of(world["child"].config())
+    assert settings["trains from"] == FROM and settings["data"] == SHAPES
+
+
 def test_a_savedmodel_import_is_refused(world):
     run = runs.create(str(world["root"] / "opaque"), backbone="", mode="imported")
     saved = world["parent"].config()
@@ -223,3 +233,49 @@ def test_cli_finetune_of_an_imported_run(world):
     assert out["status"] == "finished" and out["boundary"]["mode"] == "full"
     assert out["trainable_params"] == 17 and out["parent"] == "imported"
     assert {c["block"] for c in out["changes"]} >= {FROM, "prediction"}
+
+
+# ---- the Fine-tune page ---------------------------------------------------------------
+
+
+def test_the_page_offers_an_imported_parent_and_asks_for_data(open_page):
+    at = open_page("pages/finetune.py", run="imported")
+    assert at.selectbox(key="ft_parent").value == "imported"
+    assert "imported (imported)" in at.selectbox(key="ft_parent").options
+    assert at.radio(key="ft_data_kind").value == "Built-in shapes"  # the Train page's dataset picker
+    # its default shapes have five classes, not the model's two: refused, Start off
+    assert any("square, circle" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="ft_start").disabled
+    at.number_input(key="ft_data_classes").set_value(2).run()
+    at.number_input(key="ft_data_per_class").set_value(12).run()
+    at.select_slider(key="ft_data_size").set_value(64).run()
+    assert not at.error, [e.value for e in at.error]
+    assert not at.button(key="ft_start").disabled
+    assert at.selectbox(key="ft_from_imported").value == FROM  # the base model's last layer with weights
+    assert "`base_model/block2_conv`" in " ".join(c.value for c in at.caption)
+    at.text_input(key="ft_layer_imported").set_value("2").run()  # base_model.layers[2:]
+    assert "`base_model/block1_bn`" in " ".join(c.value for c in at.caption)
+    at.text_input(key="ft_layer_imported").set_value("block9").run()
+    assert any("no layer named 'block9'" in e.value for e in at.error)
+    assert at.button(key="ft_start").disabled
+    # to the end, through the job registry as any fine-tune
+    at.text_input(key="ft_layer_imported").set_value("").run()
+    at.number_input(key="ft_epochs").set_value(1).run()
+    at.button(key="ft_start").click().run()
+    assert not at.exception, at.exception
+    job = at.query_params["job"]
+    snap = jobs.registry().wait(job[0] if isinstance(job, list) else job, 300)
+    assert snap["status"] == "finished", snap["reason"]
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = " ".join(str(e.value) for kind in ("markdown", "caption") for e in at.get(kind))
+    assert "What changed" in shown and "base_model/block2_conv" in shown
+
+
+def test_the_page_fine_tunes_a_fine_tune_of_an_imported_run_on_its_data(open_page):
+    at = open_page("pages/finetune.py", run="child")
+    assert at.selectbox(key="ft_parent").value == "child"
+    assert not at.error, [e.value for e in at.error]
+    assert not [r for r in at.radio if r.key == "ft_data_kind"]  # its data is its parent fine-tune's
+    assert "Imported model" in [m.label for m in at.metric]
+    assert not at.button(key="ft_start").disabled

@@ -143,6 +143,8 @@ def settings_of(config: dict) -> dict[str, str]:
         "layer-wise rate decay": "off" if float(ft.get("layer_decay", 1.0)) == 1.0 else f"{ft['layer_decay']:g}",
         "warm-up": f"{float(ft.get('warmup', 0.0)):.0%} of the steps",
     }
+    if config.get("imported"):
+        out["data"] = str((config.get("data") or {}).get("source", ""))  # chosen for a model that came without
     if config.get("early_stopping"):
         out["early stopping"] = f"after {config['early_stopping']} epochs without a better validation loss"
     if config.get("preset"):
