@@ -474,7 +474,12 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
     for col, key, label in shown:
         if after.get(key) is not None:
             delta = None if before.get(key) is None else wording.points(before[key], after[key])
-            col.metric(label, f"{after[key]:.1%}", delta, help=f"before fine-tuning: {before.get(key, 0):.1%}")
+            was = (
+                f"before fine-tuning: {before[key]:.1%}"
+                if before.get(key) is not None
+                else "not measured before fine-tuning (an imported model came without this data's splits)"
+            )
+            col.metric(label, f"{after[key]:.1%}", delta, help=was)
     with st.spinner("Measuring what changed in each block…"):
         try:
             changed = changes.what_changed(parent_run, run)

@@ -332,11 +332,12 @@ def _print_finetune(result: dict) -> None:
     if boundary:
         print(f"  boundary: {boundary['mode']} ({boundary['why']})")
     if result.get("changes"):
-        print("  what changed       weight change   CKA (1 = same features)")
+        width = max(16, *(len(row["block"]) for row in result["changes"]))  # an imported model's "base/layer"
+        print(f"  {'what changed':<{width + 2}} weight change   CKA (1 = same features)")
         for row in result["changes"]:
             cka = "" if row["cka"] is None else f"{row['cka']:.3f}"
             change = "" if row["weight_change"] is None else f"{row['weight_change']:.4f}"
-            print(f"    {row['block']:<16} {change:>13}   {cka:>7}")
+            print(f"    {row['block']:<{width}} {change:>13}   {cka:>7}")
 
 
 def add_lr_find(sub: argparse._SubParsersAction) -> None:
