@@ -178,6 +178,8 @@ def test_what_changed_per_layer(world):
     rows = {r["block"]: r for r in out["blocks"]}
     assert rows["base_model/block1_conv"]["weight_change"] == 0 and rows["two_logits"]["weight_change"] == 0
     assert rows[FROM]["weight_change"] > 0
+    assert rows["base_model/block1_conv"]["cka"] == pytest.approx(1.0)  # frozen: the same features
+    assert rows[FROM]["cka"] is not None and rows["prediction"]["cka"] is None  # the head has none
     assert out["projection"]["layer"] == "global_average_pooling2d"
 
 

@@ -19,8 +19,9 @@ function per model, so memory stays (N, C) per block whatever the image size.
 
 An imported model (engine.importing) has no backbone blocks: each layer with
 weights is a row ("base_model/block2_conv" inside a nested model), with its
-weight change; CKA is left out (None), and the projection is taken at the first
-top-level layer with (N, C) features (its global pooling).
+weight change, and CKA for the layers of its nested base model (None for the
+rest); the projection is taken at the first top-level layer with (N, C)
+features (its global pooling).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
-from engine.training.finetune import probe_set, units
+from engine.training.finetune import base_of, probe_set, units
 
 BATCH = 32  # images per compiled call, as in engine.model.compiled
 FEATURE_LAYER = "avg_pool"  # the GlobalAveragePooling2D of engine.training.models.feature_classifier
@@ -155,13 +156,12 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
     Args:
         model: a flat keras.Model taking preprocessed (N, S, S, 3) images.
         images: (N, S, S, 3) preprocessed float32 images.
-        layers: layer names of `model`.
+        layers: layer names of `model` (all top-level, or all "outer/inner" inside one nested model).
         batch_size: images per compiled call.
 
     Returns:
         One (N, C_layer) float32 array per layer, in the order asked.
     """
-    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
     import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     images = np.asarray(images, np.float32)
@@ -171,7 +171,7 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     unique = list(dict.fromkeys(layers))
-    multi = keras.Model(model.input, [model.get_layer(name).output for name in unique])
+    multi = _outputs_of(model, unique)
 
     # One trace for any batch size (the last batch is usually short).
     @tf.function(input_signature=[tf.TensorSpec((None, *size), tf.float32)])
@@ -186,6 +186,23 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
             part.append(np.asarray(a, np.float32))
     pooled = {name: np.concatenate(p) for name, p in zip(unique, parts, strict=True)}
     return [pooled[name] for name in layers]
+
+
+def _outputs_of(model, names: list[str]):
+    """A keras.Model from `model`'s input to the named layers' outputs: all top-level, or all "outer/inner"
+    inside the same nested model (reached through where the nested model sits in the outer graph)."""
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
+    outers = {name.split("/")[0] if "/" in name else "" for name in names}
+    if outers == {""}:
+        return keras.Model(model.input, [model.get_layer(name).output for name in names])
+    if len(outers) > 1 or "" in outers:
+        raise FinetuneError(f"layers {', '.join(names)} are not all top-level or all inside one nested model")
+    nested = model.get_layer(outers.pop())
+    below = keras.Model(model.input, nested._inbound_nodes[0].input_tensors[0])  # the outer call of the nested model
+    inside = keras.Model(nested.input, [nested.get_layer(name.split("/", 1)[1]).output for name in names])
+    x = keras.Input(model.input_shape[1:])
+    return keras.Model(x, inside(below(x)))
 
 
 def _compared_blocks(model, blocks: Sequence[Block]) -> list[Block]:
@@ -288,7 +305,7 @@ def imported_feature_layer(model) -> str:
 
 
 def compare_imported(before, after, images: np.ndarray, labels, batch_size: int = BATCH) -> dict:
-    """compare() for an imported model: weight change per layer with weights, no CKA, the pooled features.
+    """compare() for an imported model: weight change per layer with weights, CKA inside its base, the features.
 
     Args:
         before: the imported parent (keras.Model, preprocessed images -> logits).
@@ -301,9 +318,17 @@ def compare_imported(before, after, images: np.ndarray, labels, batch_size: int 
             f"{before.name} and {after.name} do not have the same layers: compare a model with its own fine-tune"
         )
     labels = _labels(labels, len(images))
+    changes = weight_changes(before, after, imported_blocks(before))
+    base = base_of(before)
+    inside = [w["block"] for w in changes if base is not None and w["block"].startswith(f"{base.name}/")]
+    cka = {}
+    if inside:
+        a = pooled_outputs(before, images, inside, batch_size)
+        b = pooled_outputs(after, images, inside, batch_size)
+        cka = {name: linear_cka(x, y) for name, x, y in zip(inside, a, b, strict=True)}
     rows = [
-        {"block": w["block"], "params": w["params"], "weight_change": w["change"], "cka": None}
-        for w in weight_changes(before, after, imported_blocks(before))
+        {"block": w["block"], "params": w["params"], "weight_change": w["change"], "cka": cka.get(w["block"])}
+        for w in changes
     ]
     projection = penultimate(before, after, images, labels, imported_feature_layer(before), batch_size)
     return {"blocks": rows, "projection": projection}
