@@ -1,7 +1,7 @@
 """Fine-tuning a finished run: unfreeze the backbone from a block boundary and train on.
 
-A fine-tune starts from its parent run's saved classifier (a feature-mode run or an earlier
-fine-tune): the same head and weights. Layers from the unfreeze point up train; everything
+A fine-tune starts from its parent run's saved classifier (a feature-mode run, an imported Keras
+model, or an earlier fine-tune): the same head and weights. Layers from the unfreeze point up train; everything
 below stays frozen, and BatchNormalization stays in inference mode unless asked (`bn="train"`).
 Epochs continue the parent's count, and the run's history starts with the parent's, so one
 chart shows both phases.
