@@ -4,6 +4,11 @@ The page picks a parent run, shows which layers will train (the layer map),
 advises where to unfreeze and at which rate, finds a learning rate, and
 submits the fine-tune to the engine's job registry like any training run;
 the job id is in the URL (?job=...), so a refreshed tab finds it again.
+
+An imported Keras model (the Import page) can be a parent too: it came without
+data, so the page asks for a labelled dataset (the Train page's picker), and it
+has no backbone blocks, so training starts at a layer (by name or index, those
+of its nested base model listed as "base_model/layer") or at its head.
 """
 
 from pathlib import Path
@@ -48,7 +53,19 @@ def _tunable(run: runs.Run) -> bool:
         config = run.train_config
     except ConvScopeError:
         return False  # a damaged config.json: nothing to continue from
-    return config is not None and config.mode in ("feature", "finetune")
+    if config is None or config.mode not in ("feature", "finetune", "imported"):
+        return False
+    return config.imported is None or config.imported.format == "keras"  # an imported SavedModel is opaque
+
+
+@st.cache_data(show_spinner="Checking the data's classes…", max_entries=16, ttl=300)
+def _imported_data_problem(path: str, mtime: float, source: str) -> str | None:
+    """Why `source` cannot serve a fine-tune of the imported run at `path` (its class names), or None."""
+    try:
+        finetune.check_data(runs.Run(Path(path)), source)
+    except ConvScopeError as exc:
+        return str(exc)
+    return None
 
 
 def _mtime(run: runs.Run) -> float:
@@ -73,7 +90,10 @@ if wanted and wanted not in names:
         except ConvScopeError as exc:
             st.error(widgets.path_free(str(exc)))
 if not candidates:
-    st.info("No finished run to fine-tune yet: train one on the Train page first (feature extraction).")
+    st.info(
+        "No finished run to fine-tune yet: train one on the Train page first (feature extraction), "
+        "or import a Keras model of your own."
+    )
     st.page_link("pages/train.py", label="Train a run", icon="🏋️")
     st.stop()
 
@@ -94,21 +114,52 @@ name = st.selectbox("Run to fine-tune", names, format_func=_label, key="ft_paren
 parent = next(r for r in candidates if r.name == name)
 config = parent.train_config
 backbone = config.backbone
+imported = config.imported is not None  # a model of the user's (or a fine-tune of one): no blocks, layers by name
 try:
     finetune.parent_of(str(parent.path))
     model = cached.run_classifier(str(parent.path), _mtime(parent))
 except ConvScopeError as exc:
     st.error(widgets.path_free(str(exc)))
     st.stop()
-data_problem = cached.parent_data_problem(str(parent.path), _mtime(parent))
-if data_problem:
+source = ""  # the labelled data an imported model is fine-tuned on ("": the parent's own)
+if config.mode == "imported":
+    st.subheader("Data")
+    st.caption(
+        f"This model came without its training data: choose a labelled dataset whose class folders are named as "
+        f"its classes ({', '.join(parent.labels())}), in any order. The fine-tune splits it into training, "
+        "validation and test images with its own seed."
+    )
+    use_import = bool(config.data.source) and st.toggle(
+        f"Use the data given at import ({widgets.path_free(config.data.source)})", True, key="ft_import_data"
+    )
+    source = config.data.source if use_import else (widgets.dataset_picker("ft_data") or "")
+    if source:
+        data_problem = _imported_data_problem(str(parent.path), _mtime(parent), source)
+    else:
+        data_problem = "choose a labelled dataset to fine-tune on"
+        st.info("Choose a labelled dataset above to fine-tune this model on.")
+else:
+    data_problem = cached.parent_data_problem(str(parent.path), _mtime(parent))
+if data_problem and (source or config.mode != "imported"):
     st.error(f"This run cannot be fine-tuned now: {widgets.path_free(data_problem)}")
 metrics = parent.metrics()
 parent_lr = config.learning_rate
-groups = finetune.model_blocks(model, backbone)
-trainable_blocks = [g.name for g in groups if g.name != blocks.STEM]  # the last is the head
+units = finetune.units(model)
+if imported:
+    # where training may start: the head, or any layer with weights (two_logits, a fixed map, never trains)
+    trainable_blocks = ["head", *(u.name for u in units if u.layer.weights and u.name != "two_logits")]
+    base = finetune.base_of(model)
+    inside = [u.name for u in units if base is not None and u.outer == base.name and u.layer.weights]
+    default_from = inside[-1] if inside else "head"
+else:
+    groups = finetune.model_blocks(model, backbone)
+    trainable_blocks = [g.name for g in groups if g.name != blocks.STEM]  # the last is the head
+    default_from = trainable_blocks[-3] if len(trainable_blocks) > 2 else trainable_blocks[0]
 c1, c2, c3 = st.columns(3)
-c1.metric("Backbone", backbone)
+if imported:
+    c1.metric("Imported model", config.imported.file)
+else:
+    c1.metric("Backbone", backbone)
 if metrics.get("val_accuracy") is not None:
     c2.metric("Validation accuracy now", f"{metrics['val_accuracy']:.1%}")
 if metrics.get("test_accuracy") is not None:
@@ -143,7 +194,7 @@ ours = job_config is not None and job_config.finetune is not None and child.pare
 if ours and st.session_state.get("ft_filled") != child.name:
     st.session_state["ft_filled"] = child.name  # once: the user may change the form for a next fine-tune
     _fill_from(job_config)
-st.session_state.setdefault("ft_from" + k, trainable_blocks[-3] if len(trainable_blocks) > 2 else trainable_blocks[0])
+st.session_state.setdefault("ft_from" + k, default_from)
 st.session_state.setdefault("ft_lr" + k, parent_lr / 10)
 
 st.subheader("Strategy")
@@ -152,11 +203,18 @@ if job_config and job_config.finetune:
         f"The form starts from the settings of fine-tune {child.name}; changing it sets up a new fine-tune. "
         "The settings that fine-tune uses are listed in its panel below."
     )
-try:
-    advice = cached.finetune_advice(str(parent.path), _mtime(parent))
-except ConvScopeError as exc:
-    advice = None
-    st.caption(f"No advice for this run: {widgets.path_free(str(exc))}")
+if imported:
+    advice = None  # the advice counts backbone blocks, which an imported model does not have
+    st.caption(
+        "An imported model has no backbone blocks: choose the first layer that trains below, as the TensorFlow "
+        "tutorial does (`base_model.layers[fine_tune_at:]`), or train only its head."
+    )
+else:
+    try:
+        advice = cached.finetune_advice(str(parent.path), _mtime(parent))
+    except ConvScopeError as exc:
+        advice = None
+        st.caption(f"No advice for this run: {widgets.path_free(str(exc))}")
 if advice is not None:
     top = max(1, min(advice["unfreeze_top"], len(trainable_blocks) - 1))
 
@@ -194,17 +252,32 @@ for preset in fits:
 st.subheader("What will train")
 left, right = st.columns([2, 3])
 with left:
-    start_block = st.select_slider(
-        "Train from this block up",
-        trainable_blocks,
-        key="ft_from" + k,
-        help="Everything below stays frozen, as it was pretrained. The head always trains.",
-    )
+    if imported:
+        start_block = st.selectbox(
+            "Train from this layer up",
+            trainable_blocks,
+            key="ft_from" + k,
+            help="Everything below stays frozen. Layers of a nested model are named `model/layer`; "
+            "`head` trains only what comes after the base model.",
+        )
+        index_help = (
+            f"An index into {base.name}.layers, as the tutorial's `{base.name}.layers[fine_tune_at:]`"
+            if base is not None
+            else "An index into the model's layers"
+        ) + "; negative counts from the end."
+    else:
+        start_block = st.select_slider(
+            "Train from this block up",
+            trainable_blocks,
+            key="ft_from" + k,
+            help="Everything below stays frozen, as it was pretrained. The head always trains.",
+        )
+        index_help = "As the Keras tutorial counts layers: 100 trains layers 100 and up; -15 the backbone's last 15."
     layer_text = st.text_input(
         "…or from a layer (name or index)",
         key="ft_layer" + k,
-        placeholder=f"e.g. {model.layers[len(model.layers) * 3 // 4].name} or 100",
-        help="As the Keras tutorial counts layers: 100 trains layers 100 and up; -15 the backbone's last 15.",
+        placeholder=f"e.g. {units[len(units) * 3 // 4].name} or 100",
+        help=index_help,
     )
     train_bn = st.toggle("Train BatchNorm statistics", key="ft_bn" + k)
     if train_bn:
@@ -216,7 +289,7 @@ try:
 except ConvScopeError as exc:
     # A typo in the layer box must not hide the rest of the page (a running fine-tune's live panel):
     # say so, and show the block slider's choice until it is fixed; Start stays off meanwhile.
-    st.error(f"{widgets.path_free(str(exc))}. Showing the slider's block, {start_block}, until it is fixed.")
+    st.error(f"{widgets.path_free(str(exc))}. Showing the choice above, {start_block}, until it is fixed.")
     where, bad_layer = start_block, True
     first = finetune.first_trainable(model, backbone, finetune.FinetuneConfig(parent="-", unfreeze_from=where))
 else:
@@ -227,10 +300,10 @@ with left:
     m1, m2 = st.columns(2)
     m1.metric("Trainable parameters", f"{counts['trainable']:,}")
     m2.metric("Frozen parameters", f"{counts['non_trainable']:,}")
-    st.caption(f"Training starts at layer {first}: `{model.layers[first].name}`.")
+    st.caption(f"Training starts at layer {first}: `{units[first].name}`.")
 with right:
     st.plotly_chart(charts.layer_map(finetune.block_rows(rows)), width="stretch", key="ft_layer_map")
-with st.expander(f"Every layer ({len(rows)}), grouped by block"):
+with st.expander(f"Every layer ({len(rows)}), grouped by {'nested model' if imported else 'block'}"):
     table = pd.DataFrame(rows)[["index", "block", "layer", "type", "output_shape", "params", "trainable"]]
     grey = "color: #9e9e9e"
     st.dataframe(
@@ -257,15 +330,19 @@ lr = c3.number_input(
 )
 with st.expander("Advanced"):
     a1, a2 = st.columns(2)
-    decay = a1.slider(
-        "Layer-wise rate decay",
-        0.5,
-        1.0,
-        1.0,
-        0.05,
-        key="ft_decay",
-        help="The head trains at the full rate, each block below at this factor of the one above. 1: off.",
-    )
+    if imported:
+        decay = 1.0
+        a1.caption("Layer-wise rate decay scales the rate per backbone block; an imported model has none.")
+    else:
+        decay = a1.slider(
+            "Layer-wise rate decay",
+            0.5,
+            1.0,
+            1.0,
+            0.05,
+            key="ft_decay",
+            help="The head trains at the full rate, each block below at this factor of the one above. 1: off.",
+        )
     warmup = a2.slider("Warm-up (share of the steps)", 0.0, 0.3, 0.1, 0.05, key="ft_warmup")
 
 
@@ -280,10 +357,11 @@ def _config():
         layer_decay=float(decay),
         warmup=float(warmup),
         preset=st.session_state.get("ft_preset" + k, ""),
+        source=source,
     )
 
 
-finder_key = (parent.name, first, bn, optimizer)
+finder_key = (parent.name, first, bn, optimizer, source)
 found = st.session_state.get("ft_finder")
 if st.button(
     "🔎 Find a learning rate",
@@ -396,7 +474,12 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
     for col, key, label in shown:
         if after.get(key) is not None:
             delta = None if before.get(key) is None else wording.points(before[key], after[key])
-            col.metric(label, f"{after[key]:.1%}", delta, help=f"before fine-tuning: {before.get(key, 0):.1%}")
+            was = (
+                f"before fine-tuning: {before[key]:.1%}"
+                if before.get(key) is not None
+                else "not measured before fine-tuning (an imported model came without this data's splits)"
+            )
+            col.metric(label, f"{after[key]:.1%}", delta, help=was)
     with st.spinner("Measuring what changed in each block…"):
         try:
             changed = changes.what_changed(parent_run, run)

@@ -214,8 +214,10 @@ def _add_finetune_parser(sub: argparse._SubParsersAction, name: str) -> argparse
         help="the learning-rate finder on a fine-tune setup (the parent's weights are not changed)"
         if finding
         else "fine-tune a finished run: unfreeze the backbone from a block and train on",
-        description="RUN_DIR is a finished feature-mode run or an earlier fine-tune (a folder, or a name "
-        "under CONVSCOPE_RUNS_DIR). Give where to unfreeze with --unfreeze-from or --unfreeze-top"
+        description="RUN_DIR is a finished feature-mode run, an imported Keras model (import-model) or an earlier "
+        "fine-tune (a folder, or a name under CONVSCOPE_RUNS_DIR). Give where to unfreeze with --unfreeze-from or "
+        "--unfreeze-top (an imported model: a layer name such as base_model/block2_conv, an index into its nested "
+        "base model's layers, or head)"
         + (" (default: the head alone)." if finding else ", or a --preset. " + DISTRIBUTED),
     )
     p.add_argument("parent", metavar="RUN_DIR")
@@ -226,6 +228,12 @@ def _add_finetune_parser(sub: argparse._SubParsersAction, name: str) -> argparse
         help="the first block or layer that trains (e.g. block5, a layer name, or a layer index such as 100)",
     )
     where.add_argument("--unfreeze-top", type=int, metavar="N", help="unfreeze the top N blocks of the backbone")
+    p.add_argument(
+        "--source",
+        metavar="LABELLED",
+        help="an imported run: the labelled data to fine-tune on, class folders named as its classes "
+        "(default: the data given at import)",
+    )
     p.add_argument("--bn", choices=("frozen", "train"), default="frozen", help="BatchNorm (default frozen)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the parent's")
     p.add_argument("--batch-size", type=int, help="default: the parent's")
@@ -283,7 +291,7 @@ def _finetune_setup(args: argparse.Namespace, default_from: str = "") -> tuple[r
         if value is not None and not (key in ("layer_decay", "warmup") and name in options):
             options[name] = value
     options["bn"] = args.bn
-    return parent, finetune.finetune_config(parent, preset=preset or "", **options)
+    return parent, finetune.finetune_config(parent, preset=preset or "", source=args.source or "", **options)
 
 
 def cmd_finetune(args: argparse.Namespace) -> dict:
@@ -324,11 +332,12 @@ def _print_finetune(result: dict) -> None:
     if boundary:
         print(f"  boundary: {boundary['mode']} ({boundary['why']})")
     if result.get("changes"):
-        print("  what changed       weight change   CKA (1 = same features)")
+        width = max(16, *(len(row["block"]) for row in result["changes"]))  # an imported model's "base/layer"
+        print(f"  {'what changed':<{width + 2}} weight change   CKA (1 = same features)")
         for row in result["changes"]:
             cka = "" if row["cka"] is None else f"{row['cka']:.3f}"
             change = "" if row["weight_change"] is None else f"{row['weight_change']:.4f}"
-            print(f"    {row['block']:<16} {change:>13}   {cka:>7}")
+            print(f"    {row['block']:<{width}} {change:>13}   {cka:>7}")
 
 
 def add_lr_find(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,12 @@ of the parent that trained further). Three views, per block of
 
 Activations are global-average-pooled inside one compiled multi-output
 function per model, so memory stays (N, C) per block whatever the image size.
+
+An imported model (engine.importing) has no backbone blocks: each layer with
+weights is a row ("base_model/block2_conv" inside a nested model), with its
+weight change, and CKA for the layers of its nested base model (None for the
+rest); the projection is taken at the first top-level layer with (N, C)
+features (its global pooling).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from engine.errors import FinetuneError
 from engine.runs import Run
 from engine.training.blocks import HEAD, Block, for_spec
 from engine.training.features import knn_accuracy, pca_2d
-from engine.training.finetune import probe_set
+from engine.training.finetune import base_of, probe_set, units
 
 BATCH = 32  # images per compiled call, as in engine.model.compiled
 FEATURE_LAYER = "avg_pool"  # the GlobalAveragePooling2D of engine.training.models.feature_classifier
@@ -62,7 +68,7 @@ def weight_changes(before, after, blocks: Sequence[Block]) -> list[dict]:
         diff_sq = base_sq = 0.0
         params = 0
         for name in block.layer_names:
-            layer_before, layer_after = before.get_layer(name), _layer(after, name)
+            layer_before, layer_after = _layer(before, name), _layer(after, name)
             params += sum(int(np.prod(w.shape)) for w in layer_before.weights)
             # _trainable_variables: what trains when the layer does, whatever its flag now.
             old = [np.asarray(v) for v in layer_before._trainable_variables]
@@ -86,9 +92,13 @@ def weight_changes(before, after, blocks: Sequence[Block]) -> list[dict]:
 
 
 def _layer(model, name: str):
+    """A layer by name, "outer/inner" inside a nested model."""
     try:
-        return model.get_layer(name)
-    except ValueError as exc:
+        layer = model
+        for part in name.split("/"):
+            layer = layer.get_layer(part)
+        return layer
+    except (ValueError, AttributeError) as exc:
         raise FinetuneError(
             f"the fine-tuned model has no layer {name!r}: compare a model with its own fine-tune"
         ) from exc
@@ -146,13 +156,12 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
     Args:
         model: a flat keras.Model taking preprocessed (N, S, S, 3) images.
         images: (N, S, S, 3) preprocessed float32 images.
-        layers: layer names of `model`.
+        layers: layer names of `model` (all top-level, or all "outer/inner" inside one nested model).
         batch_size: images per compiled call.
 
     Returns:
         One (N, C_layer) float32 array per layer, in the order asked.
     """
-    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
     import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     images = np.asarray(images, np.float32)
@@ -162,7 +171,7 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     unique = list(dict.fromkeys(layers))
-    multi = keras.Model(model.input, [model.get_layer(name).output for name in unique])
+    multi = _outputs_of(model, unique)
 
     # One trace for any batch size (the last batch is usually short).
     @tf.function(input_signature=[tf.TensorSpec((None, *size), tf.float32)])
@@ -177,6 +186,23 @@ def pooled_outputs(model, images: np.ndarray, layers: Sequence[str], batch_size:
             part.append(np.asarray(a, np.float32))
     pooled = {name: np.concatenate(p) for name, p in zip(unique, parts, strict=True)}
     return [pooled[name] for name in layers]
+
+
+def _outputs_of(model, names: list[str]):
+    """A keras.Model from `model`'s input to the named layers' outputs: all top-level, or all "outer/inner"
+    inside the same nested model (reached through where the nested model sits in the outer graph)."""
+    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
+    outers = {name.split("/")[0] if "/" in name else "" for name in names}
+    if outers == {""}:
+        return keras.Model(model.input, [model.get_layer(name).output for name in names])
+    if len(outers) > 1 or "" in outers:
+        raise FinetuneError(f"layers {', '.join(names)} are not all top-level or all inside one nested model")
+    nested = model.get_layer(outers.pop())
+    below = keras.Model(model.input, nested._inbound_nodes[0].input_tensors[0])  # the outer call of the nested model
+    inside = keras.Model(nested.input, [nested.get_layer(name.split("/", 1)[1]).output for name in names])
+    x = keras.Input(model.input_shape[1:])
+    return keras.Model(x, inside(below(x)))
 
 
 def _compared_blocks(model, blocks: Sequence[Block]) -> list[Block]:
@@ -259,6 +285,53 @@ def penultimate(before, after, images: np.ndarray, labels, layer: str | None = N
     (f0,) = pooled_outputs(before, images, [layer], batch_size)
     (f1,) = pooled_outputs(after, images, [layer], batch_size)
     return {"layer": layer, "before": _projection(f0, labels), "after": _projection(f1, labels)}
+
+
+# ---- an imported model ------------------------------------------------------------
+def imported_blocks(model) -> list[Block]:
+    """An imported model's layers with weights, one block each, named as units() names them."""
+    return [Block(u.name, i, i, (u.name,)) for i, u in enumerate(units(model)) if u.layer.weights]
+
+
+def imported_feature_layer(model) -> str:
+    """The first top-level layer with (N, C) features: where an imported model's convolutions end (its pooling)."""
+    for layer in model.layers[1:]:
+        try:
+            if len(layer.output.shape) == 2:
+                return layer.name
+        except (AttributeError, ValueError):
+            continue
+    raise FinetuneError(f"{model.name} has no top-level layer with (N, C) features to project")
+
+
+def compare_imported(before, after, images: np.ndarray, labels, batch_size: int = BATCH) -> dict:
+    """compare() for an imported model: weight change per layer with weights, CKA inside its base, the features.
+
+    Args:
+        before: the imported parent (keras.Model, preprocessed images -> logits).
+        after: its fine-tuned child, the same layers.
+        images: (N, S, S, C) preprocessed float32 images.
+        labels: (N,) integer class of each image.
+    """
+    if [u.name for u in units(after)] != [u.name for u in units(before)]:
+        raise FinetuneError(
+            f"{before.name} and {after.name} do not have the same layers: compare a model with its own fine-tune"
+        )
+    labels = _labels(labels, len(images))
+    changes = weight_changes(before, after, imported_blocks(before))
+    base = base_of(before)
+    inside = [w["block"] for w in changes if base is not None and w["block"].startswith(f"{base.name}/")]
+    cka = {}
+    if inside:
+        a = pooled_outputs(before, images, inside, batch_size)
+        b = pooled_outputs(after, images, inside, batch_size)
+        cka = {name: linear_cka(x, y) for name, x, y in zip(inside, a, b, strict=True)}
+    rows = [
+        {"block": w["block"], "params": w["params"], "weight_change": w["change"], "cka": cka.get(w["block"])}
+        for w in changes
+    ]
+    projection = penultimate(before, after, images, labels, imported_feature_layer(before), batch_size)
+    return {"blocks": rows, "projection": projection}
 
 
 # ---- all of it ---------------------------------------------------------------
@@ -361,12 +434,14 @@ def what_changed(parent: Run, child: Run) -> dict:
     if saved and "labels" in saved.get("projection", {}):
         return saved
     config = child.config()
-    spec = backbones.get_spec(config["backbone"])
     images, labels = probe_set(config)
-    x = np.asarray(spec.preprocess(images), dtype=np.float32)
+    x = np.asarray(backbones.preprocess_of(config)(images), dtype=np.float32)
     before = keras.models.load_model(parent.model_file, safe_mode=True)
     after = keras.models.load_model(child.model_file, safe_mode=True)
-    result = to_json(compare(before, after, x, labels, spec))
+    if config.get("imported"):
+        result = to_json(compare_imported(before, after, x, labels))
+    else:
+        result = to_json(compare(before, after, x, labels, backbones.get_spec(config["backbone"])))
     result["projection"]["labels"] = [int(v) for v in labels]
     runs.write_json(child.path / "changes.json", result)
     return result

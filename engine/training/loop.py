@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from engine import backbones, runs
+from engine import runs
+from engine.backbones import preprocess_of
 from engine.config import TrainConfig
 from engine.data import sources
 from engine.data.ingest import Dataset, Item
@@ -222,7 +223,7 @@ def train(
 def _record_latency(run: Run, classifier, config: TrainConfig) -> None:
     """The saved model's inference time per image on this machine, for the Runs page (latency.json)."""
     try:
-        preprocess = backbones.get_spec(config.backbone).preprocess
+        preprocess = preprocess_of(config.to_json())  # an imported model's convention, else its backbone's
         latency.save(run.path, latency.measure_model(classifier, preprocess, config.data.image_size))
     except Exception as exc:  # noqa: BLE001 - a timing that fails must not fail a finished run
         logging.getLogger(__name__).warning("%s: latency not measured (%s: %s)", run.name, type(exc).__name__, exc)

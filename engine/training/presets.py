@@ -153,9 +153,8 @@ class FinetunePreset:
         """
         backbone = parent.config().get("backbone")
         if backbone != self.backbone:
-            raise FinetuneError(
-                f"the {self.name} recipe fine-tunes {self.backbone}; {parent.name} was trained on {backbone}"
-            )
+            trained = f"was trained on {backbone}" if backbone else "is an imported model (no backbone)"
+            raise FinetuneError(f"the {self.name} recipe fine-tunes {self.backbone}; {parent.name} {trained}")
         out: dict = {"unfreeze_from": self.unfreeze_from, "epochs": self.epochs}
         if self.optimizer:
             out["optimizer"] = self.optimizer

@@ -1,7 +1,7 @@
 """Fine-tuning a finished run: unfreeze the backbone from a block boundary and train on.
 
-A fine-tune starts from its parent run's saved classifier (a feature-mode run or an earlier
-fine-tune): the same head and weights. Layers from the unfreeze point up train; everything
+A fine-tune starts from its parent run's saved classifier (a feature-mode run, an imported Keras
+model, or an earlier fine-tune): the same head and weights. Layers from the unfreeze point up train; everything
 below stays frozen, and BatchNormalization stays in inference mode unless asked (`bn="train"`).
 Epochs continue the parent's count, and the run's history starts with the parent's, so one
 chart shows both phases.
@@ -9,6 +9,8 @@ chart shows both phases.
 The package, by what each module owns:
 - parent:   the fine-tune's config, its parent run and the parent's data and split;
 - layers:   what trains: the classifier's blocks, the first layer that trains, the layer map;
+- nested:   layers with nested models opened ("base_model/block2_conv"), where an imported model
+            (engine.importing: no backbone, so no blocks) starts training;
 - boundary: the classifier cut at the unfreeze point and the cache of the tensors crossing it;
 - schedule: warm-up + cosine decay, layer-wise rate decay;
 - setup:    a private copy of the parent's classifier, unfrozen, with its batches, handed to
@@ -29,6 +31,7 @@ from engine.training.finetune.layers import (
     model_blocks,
     unfreeze,
 )
+from engine.training.finetune.nested import Unit, base_of, units
 from engine.training.finetune.parent import (
     FinetuneError,
     check_data,
@@ -46,6 +49,8 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneError",
     "Split",
+    "Unit",
+    "base_of",
     "block_rows",
     "boundary_budget_bytes",
     "boundary_plan",
@@ -64,4 +69,5 @@ __all__ = [
     "settings_of",
     "split",
     "unfreeze",
+    "units",
 ]

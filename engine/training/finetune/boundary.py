@@ -153,7 +153,7 @@ def boundary_plan(cut: Split, n_images: int, train_images: int, views: int) -> d
     return {"mode": mode, "why": why, "bytes": int(need), "budget": budget, "layers": layers}
 
 
-def cached_batches(config: TrainConfig, cut: Split, dataset, splits, y, spec, views: int, report, stop):
+def cached_batches(config: TrainConfig, cut: Split, dataset, splits, y, preprocess, views: int, report, stop):
     """The boundary tensors of every image (and augmented view), cached, served as batches for `cut.upper`.
 
     Returns:
@@ -162,7 +162,7 @@ def cached_batches(config: TrainConfig, cut: Split, dataset, splits, y, spec, vi
     Raises:
         BoundaryOverflow: a value does not fit float16.
     """
-    boundary = _Boundary(cut, spec.preprocess)
+    boundary = _Boundary(cut, preprocess)
     key = feature_cache.FeatureKey(config.backbone, config.data.image_size, config.data.resize)
     tag = json.dumps([_CACHE_VERSION, dataset.fingerprint, cut.crossing, weights_digest(cut.lower)])
     name = hashlib.sha256(tag.encode()).hexdigest()[:32]

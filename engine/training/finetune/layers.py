@@ -1,4 +1,8 @@
-"""What trains in a fine-tune: the classifier's blocks, the first layer that trains, the layer map and counts."""
+"""What trains in a fine-tune: the classifier's blocks, the first layer that trains, the layer map and counts.
+
+Indices count `nested.units(model)`: `model.layers` for a flat classifier, a nested model's layers in its
+place for an imported one. A model without a backbone (`backbone == ""`: imported) has no blocks.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import math
 from engine import backbones
 from engine.config import FinetuneConfig
 from engine.training import blocks as blocks_mod
+from engine.training.finetune.nested import TWO_LOGITS, block_of, first_unit, units
 from engine.training.finetune.parent import FinetuneError
+
+NO_BLOCKS = "an imported model has no backbone blocks; unfreeze it from a layer name, a layer index, or head"
 
 
 def block_rows(rows: list[dict]) -> list[dict]:
@@ -22,17 +29,25 @@ def block_rows(rows: list[dict]) -> list[dict]:
 
 
 def model_blocks(model, backbone: str) -> list[blocks_mod.Block]:
-    """The classifier's layers grouped: stem, the backbone's blocks, head."""
+    """The classifier's layers grouped: stem, the backbone's blocks, head.
+
+    Raises:
+        FinetuneError: an imported model (no backbone, so no blocks).
+    """
+    if not backbone:
+        raise FinetuneError(NO_BLOCKS)
     spec = backbones.get_spec(backbone)
     return blocks_mod.for_spec(model, spec)
 
 
 def first_trainable(model, backbone: str, ft: FinetuneConfig) -> int:
-    """Index into model.layers of the first layer that trains.
+    """Index into nested.units(model) (model.layers for a flat classifier) of the first layer that trains.
 
     Raises:
         FinetuneError: an unknown block or layer, or more blocks than the backbone has.
     """
+    if not backbone:
+        return first_unit(model, ft)
     groups = model_blocks(model, backbone)
     backbone_blocks = [b for b in groups if b.name not in (blocks_mod.STEM, blocks_mod.HEAD)]
     head = next(b for b in groups if b.name == blocks_mod.HEAD)
@@ -69,7 +84,8 @@ def _is_bn(layer) -> bool:
 
 
 def _would_train(layer, index: int, first: int, bn: str) -> bool:
-    return index >= first and not (bn == "frozen" and _is_bn(layer))
+    # an imported single logit's two_logits layer is a fixed map, never trained
+    return index >= first and not (bn == "frozen" and _is_bn(layer)) and layer.name != TWO_LOGITS
 
 
 def _potential(layer) -> tuple[int, int]:
@@ -84,7 +100,7 @@ def _potential(layer) -> tuple[int, int]:
 def counts(model, first: int, bn: str = "frozen") -> dict:
     """{"trainable", "non_trainable", "total"} parameters if the layers from `first` up trained (no mutation)."""
     trainable = non_trainable = 0
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(u.layer for u in units(model)):
         train, fixed = _potential(layer)
         if _would_train(layer, i, first, bn):
             trainable += train
@@ -95,16 +111,23 @@ def counts(model, first: int, bn: str = "frozen") -> dict:
 
 
 def layer_map(model, backbone: str, first: int, bn: str = "frozen") -> list[dict]:
-    """Every layer with its block, type, output shape, parameters and whether it would train (no mutation)."""
-    spec = backbones.get_spec(backbone)
-    names = blocks_mod.block_names(model, spec.finetune_blocks, spec.last_conv_layer, spec.blocks_end)
+    """Every layer with its block, type, output shape, parameters and whether it would train (no mutation).
+
+    An imported model's nested layers are named "outer/inner" and grouped by their nested model.
+    """
+    if backbone:
+        spec = backbones.get_spec(backbone)
+        names = blocks_mod.block_names(model, spec.finetune_blocks, spec.last_conv_layer, spec.blocks_end)
+    else:
+        names = block_of(model)
     rows = []
-    for i, layer in enumerate(model.layers):
+    for i, unit in enumerate(units(model)):
+        layer = unit.layer
         train, fixed = _potential(layer)
         rows.append(
             {
                 "index": i,
-                "layer": layer.name,
+                "layer": unit.name,
                 "block": names[i],
                 "type": type(layer).__name__,
                 "output_shape": str(tuple(layer.output.shape)),
@@ -116,6 +139,11 @@ def layer_map(model, backbone: str, first: int, bn: str = "frozen") -> list[dict
 
 
 def unfreeze(model, first: int, bn: str = "frozen") -> None:
-    """Set the trainable flags of `model` (a private copy): layers from `first` up train, BN per `bn`."""
-    for i, layer in enumerate(model.layers):
-        layer.trainable = _would_train(layer, i, first, bn)
+    """Set the trainable flags of `model` (a private copy): layers from `first` up train, BN per `bn`.
+
+    A nested model stays trainable itself (Keras collects its layers' weights only then); its layers
+    get their own flags. A BatchNormalization layer with trainable=False runs in inference mode (Keras 3).
+    """
+    model.trainable = True  # sets every layer, nested ones included; each is then set below
+    for i, unit in enumerate(units(model)):
+        unit.layer.trainable = _would_train(unit.layer, i, first, bn)

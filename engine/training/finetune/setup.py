@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import backbones, runs
+from engine import runs
+from engine.backbones import preprocess_of
 from engine.config import FinetuneConfig, TrainConfig
 from engine.data.pipeline import DecodedImages, augmenter, make_tf_dataset
 from engine.runs import Run
@@ -29,7 +30,7 @@ from engine.training.finetune.schedule import decay_multipliers, make_optimizer
 from engine.training.loop import Prepared, Recipe
 
 
-def _image_fetch(dataset, items, config: TrainConfig, spec, train: bool, keep: bool):
+def _image_fetch(dataset, items, config: TrainConfig, preprocess, train: bool, keep: bool):
     """fetch(view, indices) -> preprocessed image batch (augmented when `train`) for full forward passes."""
     decoded = DecodedImages([str(dataset.path(i)) for i in items], config.data.image_size, config.data.resize, keep)
     aug = augmenter(config.data.augment, config.seed) if train and config.data.augment.enabled else None
@@ -38,7 +39,7 @@ def _image_fetch(dataset, items, config: TrainConfig, spec, train: bool, keep: b
         x = decoded.batch(indices).astype(np.float32)
         if aug is not None:
             x = np.asarray(aug(x, training=True))
-        return np.asarray(spec.preprocess(x), dtype=np.float32)
+        return np.asarray(preprocess(x), dtype=np.float32)
 
     return fetch
 
@@ -50,7 +51,7 @@ class Setup:
     classifier: object  # the whole classifier (a private copy of the parent's), flags set
     fitted: object  # what fit() trains: the part above the boundary, or a model sharing all layers
     first: int
-    cut: Split
+    cut: Split | None  # None for an imported model (always full forward passes)
     boundary: dict  # boundary_plan(): cached or full, and why
     params: dict
     train_data: object  # a PyDataset of shuffled batches
@@ -73,16 +74,20 @@ def prepare(
     import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
     ft: FinetuneConfig = config.finetune
-    spec = backbones.get_spec(config.backbone)
+    preprocess = preprocess_of(config.to_json())
     y = {k: labels_of(v) for k, v in splits.items()}
     classifier = keras.models.load_model(parent.model_file, safe_mode=True)  # the parent's file is only read
     first = first_trainable(classifier, config.backbone, ft)
     unfreeze(classifier, first, ft.bn)
     params = counts(classifier, first, ft.bn)
-    cut = split(classifier, first)
     views = config.aug_views if config.data.augment.enabled else 0
-    plan = boundary_plan(cut, len(dataset.items), len(splits["train"]), views)
-    mixed = mixed_precision() if mixed is None else mixed
+    if config.imported is None:
+        cut = split(classifier, first)
+        plan = boundary_plan(cut, len(dataset.items), len(splits["train"]), views)
+        mixed = mixed_precision() if mixed is None else mixed
+    else:
+        cut, plan = None, imported_plan(first)
+        mixed = False  # its layers keep the dtype policies they were saved with (mixed_copy would rebuild them)
     # Each worker opened its own data and parent, and decided these alone (its budget, its GPUs).
     if distribute.multi_worker(distribute.current()):
         setup = f"data {dataset.fingerprint[:16]}, parent weights {weights_digest(classifier)}"
@@ -90,7 +95,7 @@ def prepare(
     features: dict = {}
     if plan["mode"] == "cached":
         try:
-            cached_data = cached_batches(config, cut, dataset, splits, y, spec, views, report, stop)
+            cached_data = cached_batches(config, cut, dataset, splits, y, preprocess, views, report, stop)
         except BoundaryOverflow as exc:
             plan = {**plan, "mode": "full", "why": f"{exc}, so every step runs the whole model on image batches"}
         else:
@@ -99,7 +104,7 @@ def prepare(
     if plan["mode"] == "full":
         keep = len(dataset.items) * config.data.image_size**2 * 3 <= boundary_budget_bytes()
         fitted = keras.Model(classifier.input, classifier.output, name="trainer")  # shares the layers
-        fetch = _image_fetch(dataset, splits["train"], config, spec, True, keep)
+        fetch = _image_fetch(dataset, splits["train"], config, preprocess, True, keep)
         train_data = index_batches(len(y["train"]), 1, y["train"], config.batch_size, config.seed, fetch)
 
         def images(split_name: str):
@@ -110,7 +115,7 @@ def prepare(
                 resize=config.data.resize,
                 batch_size=config.batch_size,
             )
-            return ds.map(lambda a, b: (spec.preprocess(a), b))
+            return ds.map(lambda a, b: (preprocess(a), b))
 
         val_data = images("validation") if len(y["validation"]) else None
 
@@ -122,6 +127,15 @@ def prepare(
     return Setup(
         classifier, fitted, first, cut, plan, params, train_data, val_data, predict, y, dataset, splits, features, mixed
     )
+
+
+def imported_plan(first: int) -> dict:
+    """The boundary plan of an imported model: full forward passes, and why."""
+    why = (
+        "an imported model: its own layers (augmentation, a nested base model) are not cut at a boundary, "
+        "so every step runs the whole model on image batches"
+    )
+    return {"mode": "full", "why": why, "bytes": 0, "budget": boundary_budget_bytes(), "layers": []}
 
 
 def mixed_precision() -> bool:
@@ -166,14 +180,18 @@ class Finetune(Recipe):
 
     parent: Run
     ft: FinetuneConfig
+    seed: int
 
     def open_data(self, config: TrainConfig, report, stop):
         self.ft = config.finetune
+        self.seed = config.seed
         self.parent = parent_of(self.ft.parent)
         return open_data(config, self.parent, report, stop)
 
     def config_fields(self) -> dict:
-        return {"parent": self.parent.name, "split_seed": self.parent.split_seed}
+        # an imported parent was split by nothing: the fine-tune's own seed splits its data, and its children keep it
+        seed = self.seed if self.parent.config().get("mode") == "imported" else self.parent.split_seed
+        return {"parent": self.parent.name, "split_seed": seed}
 
     def begin(self, run: Run, history: dict) -> None:
         # The fine-tune's history starts with its parent's: epochs continue the count.
@@ -219,7 +237,7 @@ class Finetune(Recipe):
             optimizer,
             restore if resume and run.checkpoint.is_file() else None,
             # predict() after the fit goes through the classifier or the cut's upper part: fixed for the strategy too
-            predicts_later=(setup.classifier, setup.cut.upper),
+            predicts_later=(setup.classifier,) + ((setup.cut.upper,) if setup.cut is not None else ()),
             callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: follow())] if mixed else [],
             after_fit=follow if mixed else None,  # after EarlyStopping put the best weights back
         )
