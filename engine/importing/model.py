@@ -127,6 +127,7 @@ class Inspected:
         takes_raw: why the model takes raw pixels (a Rescaling layer ...), "" when it cannot tell.
         augmentation: its augmentation layers (inactive outside training).
         max_diff: largest gap between the file's outputs and those of `model` on random images.
+        opaque: an imported SavedModel: its layers cannot be seen (engine.model.savedmodel).
     """
 
     model: object
@@ -136,6 +137,7 @@ class Inspected:
     takes_raw: str
     augmentation: list[str] = field(default_factory=list)
     max_diff: float = 0.0
+    opaque: bool = False
 
     @property
     def classes(self) -> int:
@@ -163,16 +165,8 @@ def inspect(model, image_size: int | None = None) -> Inspected:
     if len(shape) != 4 or shape[-1] not in (1, 3):
         raise ImportModelError(f"the model's input is {shape}: not an image batch (N, H, W, 1 or 3)")
     height, width, channels = shape[1], shape[2], int(shape[3])
-    if height is not None and width is not None and height != width:
-        raise ImportModelError(f"the model takes {height}x{width} images; ConvScope works with square inputs (H = W)")
+    size = image_side(height, width, image_size)
     fixed = height or width
-    if fixed is None and image_size is None:
-        raise ImportModelError("the model accepts images of any size: say which one to use (--image-size, e.g. 224)")
-    if fixed is not None and image_size is not None and int(image_size) != int(fixed):
-        raise ImportModelError(f"the model takes {fixed}x{fixed} images, not {image_size}x{image_size}")
-    size = int(fixed or image_size)
-    if not 16 <= size <= 1024:
-        raise ImportModelError(f"image size must be 16..1024 pixels, got {size}")
     if len(outputs) != 1:
         shapes = ", ".join(str(tuple(t.shape)) for t in outputs)
         raise ImportModelError(f"the model has {len(outputs)} outputs ({shapes}); ConvScope takes one of class scores")
@@ -191,13 +185,28 @@ def inspect(model, image_size: int | None = None) -> Inspected:
         pair.set_weights([np.array([[-0.5, 0.5]], np.float32)])
     rebuilt = keras.Model(model.inputs[0], logits, name=model.name)  # one input, not a list of one
     after = np.asarray(rebuilt(probe, training=False), dtype=np.float64)
-    diff = _gap(output, before, after)
+    diff = output_gap(output, before, after)
     if diff > MAX_DIFF:
         raise ImportModelError(f"ConvScope could not reproduce the model's {output} output (off by {diff:.2g})")
     return Inspected(rebuilt, output, size, channels, takes_raw(model), augmentation_layers(model), diff)
 
 
-def _gap(output: str, before: np.ndarray, after: np.ndarray) -> float:
+def image_side(height: int | None, width: int | None, image_size: int | None) -> int:
+    """The side S images are given at: the model's fixed one, else `image_size` (a None size asks for one)."""
+    if height is not None and width is not None and height != width:
+        raise ImportModelError(f"the model takes {height}x{width} images; ConvScope works with square inputs (H = W)")
+    fixed = height or width
+    if fixed is None and image_size is None:
+        raise ImportModelError("the model accepts images of any size: say which one to use (--image-size, e.g. 224)")
+    if fixed is not None and image_size is not None and int(image_size) != int(fixed):
+        raise ImportModelError(f"the model takes {fixed}x{fixed} images, not {image_size}x{image_size}")
+    size = int(fixed or image_size)
+    if not 16 <= size <= 1024:
+        raise ImportModelError(f"image size must be 16..1024 pixels, got {size}")
+    return size
+
+
+def output_gap(output: str, before: np.ndarray, after: np.ndarray) -> float:
     """The file's outputs against the rebuilt logits', in the file's terms."""
     z = after[:, 1] - after[:, 0]
     again = {
