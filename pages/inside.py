@@ -70,7 +70,7 @@ with st.sidebar:
                 if wanted in names and st.session_state.get("inside_run_for") != wanted:
                     st.session_state.update(inside_run=runs[names.index(wanted)], inside_run_for=wanted)
                 run = run_path = st.selectbox("Run", runs, format_func=lambda p: p.name, key="inside_run")
-                mtime = (run / "model.keras").stat().st_mtime
+                mtime = open_run(run).model_path.stat().st_mtime
                 with st.spinner(f"Loading {run.name}…"):
                     model = cached.explainable_run(str(run), mtime)
                 model_key = f"run:{run.name}:{mtime}"

@@ -242,3 +242,29 @@ def fit_on_folder(model, folder: Path, size: int, scale: float, channels: int = 
         metrics=["accuracy"],
     )
     model.fit(ds, epochs=epochs, verbose=0)
+
+
+def export_savedmodel(keras_file: Path, folder: Path) -> Path:
+    """The model of a .keras file exported as a SavedModel folder (model.export: the `serve` endpoint)."""
+    keras = _keras()
+    keras.models.load_model(keras_file).export(str(folder), verbose=False)
+    return folder
+
+
+def zipped(folder: Path, path: Path, inside: str = "") -> Path:
+    """A zip of `folder`'s files, under `inside/` when given (as a zip of the folder itself would be)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(file, f"{inside}/{file.relative_to(folder)}" if inside else str(file.relative_to(folder)))
+    return path
+
+
+def with_member(source: Path, path: Path, name: str, data: bytes = b"x", link: bool = False) -> Path:
+    """A copy of the zip `source` with one more member `name` (a symbolic link to `data` when `link`)."""
+    path.write_bytes(source.read_bytes())
+    with zipfile.ZipFile(path, "a") as archive:
+        info = zipfile.ZipInfo(name)
+        if link:
+            info.external_attr = (0o120777 << 16) | 0x20  # S_IFLNK: unzip would make a link
+        archive.writestr(info, data)
+    return path
