@@ -126,13 +126,14 @@ class Explainable:
         if not model_file.is_file():
             raise ExplainError(f"{run}: no model.keras in this run folder (was the run finished?)")
         stat = model_file.stat()  # before loading: a rewrite meanwhile must not lend its identity to old weights
+        opaque = model_file.name == "saved_model.pb"  # an imported SavedModel: wrapped once its config is read
+        model = None if opaque else _load_keras(model_file, run)
         try:
             labels = json.loads((run / "labels.json").read_text())
             config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
         except (OSError, ValueError) as exc:
             raise ExplainError(f"{run}: labels.json or config.json is missing or not valid JSON ({exc})") from exc
-        opaque = model_file.name == "saved_model.pb"
-        model = _load_savedmodel(model_file.parent, config) if opaque else _load_keras(model_file, run)
+        model = _load_savedmodel(model_file.parent, config) if opaque else model
         backbone = config.get("backbone")
         spec = backbones.get_spec(backbone) if backbone else None
         # an imported model's named convention (engine.backbones.conventions), else the backbone's
