@@ -230,3 +230,22 @@ def test_a_folder_without_saved_model_pb_is_refused(root, runs_root):
     (folder / "variables" / "variables.index").write_bytes(b"\0" * 10)
     with pytest.raises(ImportModelError, match="without saved_model.pb"):
         _import(runs_root, folder, preprocess="raw")
+
+
+def test_a_tf_saved_model_with_serving_default_imports_and_one_that_reads_files_is_refused(root, runs_root):
+    import keras
+
+    from engine.errors import ImportModelError
+    from engine.model.explainable import Explainable
+
+    folder = km.tf_module_savedmodel(root / "tf_module", size=SIZE, classes=2)
+    result = _import(runs_root, folder, preprocess="raw", out=runs_root / "tf-module")
+    assert (result["output"], len(result["classes"])) == ("softmax", 2)
+    images = np.random.default_rng(5).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    own = keras.layers.TFSMLayer(str(folder), call_endpoint="serving_default")(images)["probabilities"]
+    np.testing.assert_allclose(Explainable.from_run(result["run_dir"]).probabilities(images), own, atol=1e-5)
+
+    reader = km.tf_module_savedmodel(root / "reads_files", size=SIZE, read_file=True)
+    with pytest.raises(ImportModelError, match="ReadFile"):
+        _import(runs_root, reader, preprocess="raw", out=runs_root / "reads-files")
+    assert not (runs_root / "reads-files").exists()

@@ -26,8 +26,8 @@ from engine.importing import files
 from engine.importing.model import Inspected, inspect, load_keras
 from engine.importing.savedmodel import inspect_savedmodel, unpack
 from engine.model.compiled import CompiledModel
-from engine.model.explainable import OPAQUE_REASON, layer_infos
-from engine.model.savedmodel import SCORES_NOTE
+from engine.model.explainable import layer_infos
+from engine.model.savedmodel import OPAQUE_REASON, SCORES_NOTE
 
 PREPROCESS_CHOICES = ("auto", *CONVENTIONS)
 SAMPLE_IMAGES = 128  # labelled images the conventions are compared on (balanced over classes)

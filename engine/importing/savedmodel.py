@@ -1,7 +1,8 @@
 """A SavedModel folder (or a zip of one) as given: unpacked safely, checked to be an image classifier, opaque.
 
-Its layers cannot be seen, so its input is read from the serving signature and its output kind from
-the scores it gives on probe images (engine.model.savedmodel, which also wraps it to end in logits).
+Its graph is checked for ops that touch files or call Python before it is loaded (scan_ops). Its layers
+cannot be seen, so its input is read from the serving signature and its output kind from the scores it
+gives on probe images (engine.model.savedmodel, which also wraps it to end in logits).
 """
 
 from __future__ import annotations
@@ -16,6 +17,24 @@ from engine.data.layout import UNSAFE
 from engine.errors import ArchiveError, ImportModelError
 from engine.importing.model import MAX_DIFF, Inspected, image_side, output_gap
 from engine.model import savedmodel
+
+# Graph ops that touch files or call Python: refused in an imported SavedModel (scan_ops).
+UNSAFE_OPS = {
+    "ReadFile",
+    "WriteFile",
+    "MatchingFiles",
+    "ImmutableConst",
+    "PyFunc",
+    "PyFuncStateless",
+    "EagerPyFunc",
+    "FixedLengthRecordDataset",
+    "FixedLengthRecordDatasetV2",
+    "TextLineDataset",
+    "TFRecordDataset",
+    "TFRecordDatasetV2",
+    "SaveDataset",
+    "SaveDatasetV2",
+}
 
 
 def unpack(zip_path: Path, dest: Path) -> Path:
@@ -43,12 +62,40 @@ def unpack(zip_path: Path, dest: Path) -> Path:
     return found[0]
 
 
+def scan_ops(folder: Path) -> None:
+    """Refuse, before it is loaded, a SavedModel whose graph reads or writes files or calls Python.
+
+    Loading a SavedModel runs no Python, but calling it runs its graph, and a graph can hold ops that
+    read or write any file the server can (ReadFile, WriteFile ...). A classifier never needs them; the
+    checkpoint ops every SavedModel carries (SaveV2, RestoreV2) run only when it is saved or restored.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2  # heavy: TensorFlow; only a SavedModel import pays
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError, OSError for the file
+        raise ImportModelError(f"{folder.name}/saved_model.pb is damaged or not a SavedModel ({exc})") from exc
+    found = set()
+    for graph in proto.meta_graphs:
+        found |= {node.op for node in graph.graph_def.node}
+        for function in graph.graph_def.library.function:
+            found |= {node.op for node in function.node_def}
+    refused = sorted(found & UNSAFE_OPS)
+    if refused:
+        raise ImportModelError(
+            f"{folder.name} runs {', '.join(refused)}: a graph op that reads or writes files or calls Python, "
+            "which a classifier never needs; ConvScope refuses it. Export the model again without it."
+        )
+
+
 def inspect_savedmodel(folder: Path, image_size: int | None = None) -> Inspected:
     """The SavedModel at `folder` checked (one image input, one (N, K) output) and wrapped to end in logits.
 
     Raises:
         ImportModelError: not one image input and one (N, K) output, or a size that does not fit.
     """
+    scan_ops(folder)
     layer = savedmodel.serving_layer(folder)
     specs = savedmodel.input_specs(layer)
     if len(specs) != 1:

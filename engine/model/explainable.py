@@ -45,11 +45,6 @@ class LayerInfo:
         }
 
 
-OPAQUE_REASON = (  # said where CAMs or layers are asked for; callers add which input attributions apply
-    "an imported SavedModel is opaque: ConvScope cannot see its layers, so feature maps and CAMs are not offered"
-)
-
-
 def _shape(layer) -> tuple:
     try:
         out = layer.output
@@ -141,7 +136,7 @@ class Explainable:
         default = None
         if spec and spec.last_conv_layer:
             default = spec.last_conv_layer if _has_layer(model, spec.last_conv_layer) else None
-        reason = OPAQUE_REASON if opaque else ""
+        reason = savedmodel.OPAQUE_REASON if opaque else ""
         if spec and spec.source == "hub":
             reason = f"{spec.title} is an opaque TF Hub module: no inner layers"
         out = cls(model, preprocess, list(labels), run.name, default, reason)
@@ -247,7 +242,7 @@ def _load_savedmodel(folder: Path, config: dict):
     imported = config.get("imported") or {}
     try:
         size = int(config["data"]["image_size"])
-        return savedmodel.opaque_model(folder, size, int(imported.get("channels", 3)), imported.get("output", ""))
+        return savedmodel.opaque_model(folder, size, int(imported.get("channels", 3)), imported["output"])
     except ImportModelError as exc:
         raise ExplainError(f"{folder.parent}: its imported SavedModel cannot be used ({exc})") from exc
     except (KeyError, TypeError, ValueError) as exc:

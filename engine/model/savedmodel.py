@@ -23,6 +23,9 @@ from engine.errors import ImportModelError
 ENDPOINTS = ("serve", "serving_default")  # tried in this order
 TINY = 1e-30  # a probability of 0 becomes log(1e-30) = -69, not -inf
 SIGMOID_EPS = 1e-7  # a sigmoid's p kept in [eps, 1 - eps] (float32 can tell 1 - 1e-7 from 1): |z| <= 16
+OPAQUE_REASON = (  # said where CAMs or layers are asked for; callers add which input attributions apply
+    "an imported SavedModel is opaque: ConvScope cannot see its layers, so feature maps and CAMs are not offered"
+)
 SCORES_NOTE = (
     "the SavedModel is opaque: its class scores are log-probabilities (softmax of them gives its probabilities), "
     "not the pre-softmax logits it hides"
