@@ -249,3 +249,13 @@ def test_a_tf_saved_model_with_serving_default_imports_and_one_that_reads_files_
     with pytest.raises(ImportModelError, match="ReadFile"):
         _import(runs_root, reader, preprocess="raw", out=runs_root / "reads-files")
     assert not (runs_root / "reads-files").exists()
+
+
+def test_the_pages_open_an_imported_savedmodel(from_folder, runs_root, open_page):
+    name = Path(from_folder["run_dir"]).name
+    with runs_dir_set(runs_root):
+        for page in ("pages/predict.py", "pages/evaluate.py", "pages/inside.py"):
+            at = open_page(page, run=name)
+            assert not at.error, (page, [e.value for e in at.error])
+        warned = " ".join(w.value for w in at.warning)
+        assert "imported SavedModel is opaque" in warned  # Inside says why it offers no layers nor CAMs
