@@ -37,7 +37,7 @@ split = st.sidebar.selectbox(
     "Split", SPLITS, index=SPLITS.index(default_split), key=f"eval_split_{data_kind}", help="'all': every image"
 )
 
-model_file = run.model_file
+model_file = run.model_path
 key = (run.name, model_file.stat().st_mtime, source, split)
 kept = st.session_state.setdefault("evaluations", {})
 if key not in kept:

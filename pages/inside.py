@@ -103,7 +103,7 @@ with st.sidebar:
                 run = run_path = st.selectbox(
                     "Run", runs, format_func=run_title, key="inside_run", help="trained here, or imported"
                 )
-                mtime = (run / "model.keras").stat().st_mtime
+                mtime = open_run(run).model_path.stat().st_mtime
                 with st.spinner(f"Loading {run.name}…"):
                     model = cached.explainable_run(str(run), mtime)
                 model_key = f"run:{run.name}:{mtime}"

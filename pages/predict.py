@@ -109,7 +109,7 @@ try:
         from engine.model.classifier import RunClassifier
 
         with st.spinner(f"Loading {widgets.run_title(run)}…"):
-            model = cached.explainable_run(str(run.path), run.model_file.stat().st_mtime)
+            model = cached.explainable_run(str(run.path), run.model_path.stat().st_mtime)
         classifier = RunClassifier(run.path, model=model)
         model_name = widgets.run_title(run)
     else:

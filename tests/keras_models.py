@@ -245,3 +245,54 @@ def fit_on_folder(model, folder: Path, size: int, scale: float, channels: int = 
         metrics=["accuracy"],
     )
     model.fit(ds, epochs=epochs, verbose=0)
+
+
+def export_savedmodel(keras_file: Path, folder: Path) -> Path:
+    """The model of a .keras file exported as a SavedModel folder (model.export: the `serve` endpoint)."""
+    keras = _keras()
+    keras.models.load_model(keras_file).export(str(folder), verbose=False)
+    return folder
+
+
+def zipped(folder: Path, path: Path, inside: str = "") -> Path:
+    """A zip of `folder`'s files, under `inside/` when given (as a zip of the folder itself would be)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(file, f"{inside}/{file.relative_to(folder)}" if inside else str(file.relative_to(folder)))
+    return path
+
+
+def with_member(source: Path, path: Path, name: str, data: bytes = b"x", link: bool = False) -> Path:
+    """A copy of the zip `source` with one more member `name` (a symbolic link to `data` when `link`)."""
+    path.write_bytes(source.read_bytes())
+    with zipfile.ZipFile(path, "a") as archive:
+        info = zipfile.ZipInfo(name)
+        if link:
+            info.external_attr = (0o120777 << 16) | 0x20  # S_IFLNK: unzip would make a link
+        archive.writestr(info, data)
+    return path
+
+
+def tf_module_savedmodel(folder: Path, size: int = 32, classes: int = 2, read_file: bool = False) -> Path:
+    """A SavedModel written by tf.saved_model.save, not Keras: a `serving_default` signature that returns a dict
+    {"probabilities": (N, classes)} (softmax of a linear map of the mean colour, pixels 0-255). With `read_file`
+    its graph also reads a file, as a malicious model could (refused)."""
+    import tensorflow as tf
+
+    weights = np.random.default_rng(0).normal(size=(3, classes)).astype(np.float32) / 50
+
+    class Classifier(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(weights)
+
+        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")])
+        def __call__(self, x):
+            z = tf.reduce_mean(x, [1, 2]) @ self.w
+            if read_file:
+                z += 0.0 * tf.cast(tf.strings.length(tf.io.read_file(str(folder / "saved_model.pb"))), tf.float32)
+            return {"probabilities": tf.nn.softmax(z)}
+
+    module = Classifier()
+    tf.saved_model.save(module, str(folder), signatures=module.__call__)
+    return folder

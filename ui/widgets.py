@@ -340,7 +340,7 @@ def run_picker(key: str, label: str = "Trained run") -> runs.Run | None:
 
     `?run=NAME` in the URL (another page's link) preselects that run once.
     """
-    found = [r for r in runs.list_runs() if r.model_file.is_file()]
+    found = [r for r in runs.list_runs() if r.model_path.is_file()]
     if not found:
         st.info("No trained runs yet: train one on the Train page.")
         return None

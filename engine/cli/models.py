@@ -108,7 +108,7 @@ def add_import_model(sub: argparse._SubParsersAction) -> None:
         "import-model",
         help="import your own Keras model (.keras) as a run: predict, evaluate, explain, fine-tune and export it",
     )
-    p.add_argument("path", metavar="PATH", help="a .keras file (an .h5 only where the operator allows it)")
+    p.add_argument("path", metavar="PATH", help="a .keras file, a SavedModel folder or .zip (opaque), an allowed .h5")
     p.add_argument("--labels", metavar="FILE", help="class names: labels.txt (one per line) or a JSON list")
     p.add_argument(
         "--preprocess",

@@ -117,7 +117,7 @@ _LOCKS_LOCK = threading.Lock()
 
 def _cache_key(run: Run, data: LabelledSet, size: int, policy: str) -> str:
     try:
-        stat = run.model_file.stat()
+        stat = run.model_path.stat()
     except FileNotFoundError:  # removed since it was checked
         require_model(run)
         raise

@@ -165,6 +165,10 @@ Writer = Callable[[runs.Run, Any, Path, Path], None]  # (run, model: an Explaina
 
 
 def _write_keras(run: runs.Run, model, out: Path, tmp: Path) -> None:
+    if not run.model_file.is_file():  # an imported SavedModel (run.model_path) is kept as given, not as Keras
+        raise ExportUnavailable(
+            "keras: an imported SavedModel is opaque and has no .keras file; export it as savedmodel, tflite or onnx"
+        )
     shutil.copyfile(run.model_file, out)
 
 
@@ -262,7 +266,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     run = runs.Run(Path(run_dir))
     if not run.path.is_dir():
         raise ExportError(f"no run folder at {run.path}")
-    if not run.model_file.is_file():
+    if not run.model_path.is_file():
         raise ExportError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be exported")
     if (runs.read_json(run.path / "status.json", {}) or {}).get("status") in runs.ACTIVE:
         raise ExportError(f"{run.name} is still queued or training: export it once it has finished")
@@ -308,7 +312,7 @@ def _export(run: runs.Run, fmt: ExportFormat, out: str | Path | None, check: boo
                 f"(below {fmt.min_agreement:.0%}): check the accuracy before deploying it"
             )
         result["split"] = data.split
-        stat = run.model_file.stat()
+        stat = run.model_path.stat()
         result["model"] = f"{stat.st_mtime_ns}:{stat.st_size}"  # the report shows only checks of this model
         with _CHECKS_LOCK:
             checked = runs.read_json(run.path / CHECKS_FILE, {}) or {}

@@ -204,7 +204,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     else:
         parts["Most confident mistakes"] = "<p>No mistakes on the test split.</p>"
 
-    stat = run.model_file.stat()
+    stat = run.model_path.stat()
     exports = {
         f: e for f, e in checked_exports(run.path).items() if e.get("model") == f"{stat.st_mtime_ns}:{stat.st_size}"
     }

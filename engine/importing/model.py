@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.errors import ImportModelError
 from engine.model.explainable import TWO_LOGITS
+from engine.numerics import softmax
 
 AUGMENTATION = (
     "RandomFlip",
@@ -126,6 +127,9 @@ class Inspected:
         input_size: S; channels: C (1 or 3).
         takes_raw: why the model takes raw pixels (a Rescaling layer ...), "" when it cannot tell.
         augmentation: its augmentation layers (inactive outside training).
+        max_diff: (a SavedModel) the largest gap between its outputs and those of `model` on probe images; a
+            .keras rebuild is exact by construction (tests/test_importing.py checks every kind of head).
+        opaque: an imported SavedModel: its layers cannot be seen (engine.model.savedmodel).
     """
 
     model: object
@@ -134,6 +138,8 @@ class Inspected:
     channels: int
     takes_raw: str
     augmentation: list[str] = field(default_factory=list)
+    max_diff: float = 0.0
+    opaque: bool = False
 
     @property
     def classes(self) -> int:
@@ -161,18 +167,8 @@ def inspect(model, image_size: int | None = None) -> Inspected:
     if len(shape) != 4 or shape[-1] not in (1, 3):
         raise ImportModelError(f"the model's input is {shape}: not an image batch (N, H, W, 1 or 3)")
     height, width, channels = shape[1], shape[2], int(shape[3])
-    if height is not None and width is not None and height != width:
-        raise ImportModelError(f"the model takes {height}x{width} images; ConvScope works with square inputs (H = W)")
+    size = image_side(height, width, image_size)
     fixed = height or width
-    if fixed is None and image_size is None:
-        raise ImportModelError(
-            "the model accepts images of any size: say which one to use (--image-size, e.g. 224)", NEEDS_SIZE
-        )
-    if fixed is not None and image_size is not None and int(image_size) != int(fixed):
-        raise ImportModelError(f"the model takes {fixed}x{fixed} images, not {image_size}x{image_size}")
-    size = int(fixed or image_size)
-    if not 16 <= size <= 1024:
-        raise ImportModelError(f"image size must be 16..1024 pixels, got {size}")
     if len(outputs) != 1:
         shapes = ", ".join(str(tuple(t.shape)) for t in outputs)
         raise ImportModelError(f"the model has {len(outputs)} outputs ({shapes}); ConvScope takes one of class scores")
@@ -190,6 +186,36 @@ def inspect(model, image_size: int | None = None) -> Inspected:
     # rebuilt model gives the file's probabilities back, for every kind of head).
     rebuilt = keras.Model(model.inputs[0], logits, name=model.name)  # one input, not a list of one
     return Inspected(rebuilt, output, size, channels, takes_raw(model), augmentation_layers(model))
+
+
+def image_side(height: int | None, width: int | None, image_size: int | None) -> int:
+    """The side S images are given at: the model's fixed one, else `image_size` (a None size asks for one)."""
+    if height is not None and width is not None and height != width:
+        raise ImportModelError(f"the model takes {height}x{width} images; ConvScope works with square inputs (H = W)")
+    fixed = height or width
+    if fixed is None and image_size is None:
+        raise ImportModelError(
+            "the model accepts images of any size: say which one to use (--image-size, e.g. 224)", NEEDS_SIZE
+        )
+    if fixed is not None and image_size is not None and int(image_size) != int(fixed):
+        raise ImportModelError(f"the model takes {fixed}x{fixed} images, not {image_size}x{image_size}")
+    size = int(fixed or image_size)
+    if not 16 <= size <= 1024:
+        raise ImportModelError(f"image size must be 16..1024 pixels, got {size}")
+    return size
+
+
+MAX_DIFF = 1e-4  # a wrapped SavedModel's probabilities against its own outputs, on probe images
+
+
+def output_gap(output: str, before: np.ndarray, after: np.ndarray) -> float:
+    """The file's outputs against the rebuilt logits', in the file's terms."""
+    if output in ("softmax", "logits"):
+        again = softmax(after) if output == "softmax" else after
+    else:  # two logits [-z/2, z/2]: z back, or sigmoid(z) (as tanh, which never overflows)
+        z = (after[:, 1] - after[:, 0])[:, None]
+        again = z if output == "binary_logit" else 0.5 * (1.0 + np.tanh(z / 2))
+    return float(np.max(np.abs(again - before))) if before.size else 0.0
 
 
 def _activation_name(op) -> str:

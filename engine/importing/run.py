@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from engine.errors import ConfigError, ConvScopeError, ImportModelError
 from engine.imaging import RESIZE_POLICIES
 from engine.importing import files
 from engine.importing.model import Inspected, inspect, load_keras
+from engine.importing.savedmodel import inspect_savedmodel, unpack
 from engine.model.compiled import CompiledModel
 from engine.model.explainable import layer_infos
+from engine.model.savedmodel import OPAQUE_REASON, SCORES_NOTE
 
 PREPROCESS_CHOICES = ("auto", *CONVENTIONS)
 NEEDS_PREPROCESS = "needs_preprocess"  # ImportModelError.reason: no rescaling inside and no data to choose by
@@ -141,9 +144,14 @@ def choose(found: Inspected, asked: str, accuracy: dict[str, float]) -> Choice:
         name = best
         reason = f"the most accurate on a labelled sample: {accuracy[best]:.0%} top-1"
     else:
+        why = (
+            "a SavedModel is opaque (its layers cannot be read)"
+            if found.opaque
+            else "the model has no Rescaling or Normalization layer"
+        )
         raise ImportModelError(
-            "the model has no Rescaling or Normalization layer, so ConvScope cannot tell which pixel range it "
-            f"expects: pick one ({', '.join(CONVENTIONS)}), or give labelled images to choose it by accuracy",
+            f"{why}, so ConvScope cannot tell which pixel range it expects: pick one "
+            f"({', '.join(CONVENTIONS)}), or give labelled images to choose it by accuracy",
             NEEDS_PREPROCESS,
         )
     if name in flagged:
@@ -183,7 +191,9 @@ def import_model(
 
     Returns:
         {"run_dir", "name", "file", "sha256", "format", "input_size", "channels", "classes", "labels_from",
-         "output", "preprocess", "augmentation", "layers", "conv_layers", "params", "warnings", "seconds"}.
+         "output", "preprocess", "augmentation", "layers", "conv_layers", "params", "max_diff", "opaque" (why
+         an imported SavedModel shows no layers, else ""), "scores" (for an opaque softmax model: its scores are
+         log-probabilities, else ""), "warnings", "seconds"}.
     """
     t0 = time.perf_counter()
     path = Path(path).expanduser()
@@ -191,45 +201,43 @@ def import_model(
         raise ConfigError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
     progress("Checking the file", 0.0)
     kind = files.kind_of(path)
-    if kind.startswith("savedmodel"):
-        raise ImportModelError(f"{path.name} is a SavedModel: ConvScope imports .keras files (and allowed .h5)")
     given = read_labels(labels) if labels else None
     dataset = sources.open_dataset(source) if source else None
-    progress("Loading the model (safe mode)", 0.1)
-    found = inspect(load_keras(path, kind), image_size)
-    names, origin, warning = labels_for(found.classes, given, dataset)
-    accuracy: dict[str, float] = {}
-    if dataset is not None:
-        progress("Reading a labelled sample", 0.3)
-        images, truth = _sample(dataset, names, found.input_size, resize)
-        accuracy = accuracy_by_convention(found, images, truth, lambda s, f: progress(s, 0.3 + 0.6 * f))
-    choice = choose(found, preprocess, accuracy)
-    warnings = [w for w in (warning,) if w]
-    if choice.name in choice.flagged:
-        warnings.append(f"the chosen preprocessing ({choice.name}) is {choice.flagged[choice.name]}")
-    progress("Writing the run", 0.9)
-    imported = ImportConfig(
-        file=path.name,
-        sha256=files.sha256_of(path),
-        format="keras",
-        output=found.output,
-        preprocess=choice.name,
-        preprocess_reason=choice.reason,
-        channels=found.channels,
-    )
-    config = TrainConfig(
-        data=DataConfig(source=source or "", image_size=found.input_size, resize=resize),
-        backbone="",
-        mode="imported",
-        imported=imported,
-    )
-    run = runs.create(str(out) if out else _folder_name(path.name))
-    try:
-        _write_run(run, found, config, names, dataset, name or path.name, choice)
-    except (ConvScopeError, OSError) as exc:
-        shutil.rmtree(run.path, ignore_errors=True)  # the folder made just now: nothing of the user's is in it
-        raise ImportModelError(f"the run folder could not be written: {exc}") from exc
-    layers = _layers(found.model)
+    with tempfile.TemporaryDirectory(prefix="convscope-import-") as tmp:  # a zipped SavedModel, unpacked
+        found, folder = _load(path, kind, Path(tmp), image_size, progress)
+        names, origin, warning = labels_for(found.classes, given, dataset)
+        accuracy: dict[str, float] = {}
+        if dataset is not None:
+            progress("Reading a labelled sample", 0.3)
+            images, truth = _sample(dataset, names, found.input_size, resize)
+            accuracy = accuracy_by_convention(found, images, truth, lambda s, f: progress(s, 0.3 + 0.6 * f))
+        choice = choose(found, preprocess, accuracy)
+        warnings = [w for w in (warning,) if w]
+        if choice.name in choice.flagged:
+            warnings.append(f"the chosen preprocessing ({choice.name}) is {choice.flagged[choice.name]}")
+        progress("Writing the run", 0.9)
+        imported = ImportConfig(
+            file=path.name,
+            sha256=files.sha256_of(path),
+            format="savedmodel" if found.opaque else "keras",
+            output=found.output,
+            preprocess=choice.name,
+            preprocess_reason=choice.reason,
+            channels=found.channels,
+        )
+        config = TrainConfig(
+            data=DataConfig(source=source or "", image_size=found.input_size, resize=resize),
+            backbone="",
+            mode="imported",
+            imported=imported,
+        )
+        run = runs.create(str(out) if out else _folder_name(path.name))
+        try:
+            _write_run(run, found, config, names, dataset, name or path.name, choice, folder)
+        except (ConvScopeError, OSError) as exc:
+            shutil.rmtree(run.path, ignore_errors=True)  # the folder made just now: nothing of the user's is in it
+            raise ImportModelError(f"the run folder could not be written: {exc}") from exc
+    layers = [] if found.opaque else _layers(found.model)
     return {
         "run_dir": str(run.path),
         "name": run.name,
@@ -246,18 +254,44 @@ def import_model(
         "layers": layers,
         "conv_layers": [row["name"] for row in layers if "Conv" in row["type"] and row["spatial"]],
         "params": int(found.model.count_params()),
+        "max_diff": found.max_diff,
+        "opaque": OPAQUE_REASON if found.opaque else "",
+        "scores": SCORES_NOTE if found.opaque and found.output == "softmax" else "",
         "warnings": warnings,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
+def _load(path: Path, kind: str, tmp: Path, image_size: int | None, progress: Progress) -> tuple[Inspected, Path]:
+    """(the model checked and ending in logits, the SavedModel's folder or `path`) for a file of `kind`."""
+    if kind in ("keras", "h5"):
+        progress("Loading the model (safe mode)", 0.1)
+        return inspect(load_keras(path, kind), image_size), path
+    folder = path
+    if kind == "savedmodel-zip":
+        progress("Unpacking the SavedModel", 0.05)
+        folder = unpack(path, tmp / "unpacked")
+    progress("Loading the SavedModel", 0.1)
+    return inspect_savedmodel(folder, image_size), folder
+
+
 def _write_run(
-    run: runs.Run, found: Inspected, config: TrainConfig, labels: list[str], dataset, title: str, choice: Choice
+    run: runs.Run,
+    found: Inspected,
+    config: TrainConfig,
+    labels: list[str],
+    dataset,
+    title: str,
+    choice: Choice,
+    folder: Path,
 ) -> None:
     extra = {"labels": labels}
     if dataset is not None:
         extra["fingerprint"] = dataset.fingerprint
-    runs.atomic_write(run.model_file, lambda tmp: found.model.save(tmp), inside=run.path)
+    if found.opaque:  # kept as given (its regular files only: a link could point anywhere)
+        shutil.copytree(folder, run.path / runs.SAVEDMODEL, ignore=_links)
+    else:
+        runs.atomic_write(run.model_file, lambda tmp: found.model.save(tmp), inside=run.path)
     runs.write_json(run.path / "labels.json", labels, inside=run.path)
     runs.write_json(run.path / "config.json", {**config.to_json(), **extra}, inside=run.path)
     runs.write_json(run.path / "history.json", {}, inside=run.path)
@@ -267,6 +301,10 @@ def _write_run(
     runs.write_json(run.path / "metrics.json", metrics, inside=run.path)
     runs.write_json(run.path / "meta.json", {"display_name": title[:80]}, inside=run.path)
     run.set_status("finished", "imported")
+
+
+def _links(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if (Path(folder) / n).is_symlink()]
 
 
 def _layers(model) -> list[dict]:

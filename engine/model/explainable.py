@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from engine import backbones, imaging, settings
-from engine.errors import EvaluationError, ExplainError
+from engine.errors import EvaluationError, ExplainError, ImportModelError
 from engine.imagenet import imagenet_labels
+from engine.model import savedmodel
 from engine.model.compiled import CompiledModel
 from engine.model.memo import Memo
 from engine.numerics import softmax
@@ -114,28 +115,23 @@ class Explainable:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Explainable:
-        """A trained run: `model.keras` (loaded with safe_mode), `labels.json`, `config.json`."""
-        import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
+        """A trained run: `model.keras` (loaded with safe_mode), `labels.json`, `config.json`.
 
+        An imported SavedModel (no model.keras) is wrapped as engine.model.savedmodel says: opaque.
+        """
         run = Path(run_dir)
-        model_file = run / "model.keras"
+        model_file = Run(run).model_path
         if not model_file.is_file():
             raise ExplainError(f"{run}: no model.keras in this run folder (was the run finished?)")
         stat = model_file.stat()  # before loading: a rewrite meanwhile must not lend its identity to old weights
-        broken = keras_archive_problem(model_file)  # Keras would call a damaged archive "File not found"
-        if broken:
-            raise ExplainError(f"{run}: {broken}; train or resume the run again to write a new one")
-        try:
-            model = keras.models.load_model(model_file, safe_mode=True, compile=False)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for bad files
-            raise ExplainError(
-                f"{model_file}: cannot be loaded safely; it may be corrupted ({type(exc).__name__}: {exc})"
-            ) from exc
+        opaque = model_file.name == "saved_model.pb"  # an imported SavedModel: wrapped once its config is read
+        model = None if opaque else _load_keras(model_file, run)
         try:
             labels = json.loads((run / "labels.json").read_text())
             config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
         except (OSError, ValueError) as exc:
             raise ExplainError(f"{run}: labels.json or config.json is missing or not valid JSON ({exc})") from exc
+        model = _load_savedmodel(model_file.parent, config) if opaque else model
         backbone = config.get("backbone")
         spec = backbones.get_spec(backbone) if backbone else None
         # an imported model's named convention (engine.backbones.conventions), else the backbone's
@@ -143,8 +139,10 @@ class Explainable:
         default = None
         if spec and spec.last_conv_layer:
             default = spec.last_conv_layer if _has_layer(model, spec.last_conv_layer) else None
-        opaque = f"{spec.title} is an opaque TF Hub module: no inner layers" if spec and spec.source == "hub" else ""
-        out = cls(model, preprocess, list(labels), run.name, default, opaque)
+        reason = savedmodel.OPAQUE_REASON if opaque else ""
+        if spec and spec.source == "hub":
+            reason = f"{spec.title} is an opaque TF Hub module: no inner layers"
+        out = cls(model, preprocess, list(labels), run.name, default, reason)
         out.resize_policy = resize_policy_of(config)  # as the run was trained
         # a resumed or fine-tuned-again run rewrites model.keras: caches keyed by its stat then miss
         out.cache_folder = run / "channels"
@@ -180,6 +178,8 @@ class Explainable:
         return names[-1]
 
     def check_layer(self, name: str) -> str:
+        if self.opaque_reason:
+            raise ExplainError(self.opaque_reason)
         known = {info.name: info for info in self.layers()}
         if name not in known:
             close = [n for n in known if name.split("/")[-1] in n][:5]
@@ -225,6 +225,33 @@ def layer_infos(model) -> list[LayerInfo]:
     return out
 
 
+def _load_keras(model_file: Path, run: Path):
+    """A run's model.keras, loaded with safe_mode (a damaged archive named as such, not "File not found")."""
+    import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
+
+    broken = keras_archive_problem(model_file)  # Keras would call a damaged archive "File not found"
+    if broken:
+        raise ExplainError(f"{run}: {broken}; train or resume the run again to write a new one")
+    try:
+        return keras.models.load_model(model_file, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for bad files
+        raise ExplainError(
+            f"{model_file}: cannot be loaded safely; it may be corrupted ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _load_savedmodel(folder: Path, config: dict):
+    """An imported SavedModel wrapped to end in logits, at the size and channels of its import."""
+    imported = config.get("imported") or {}
+    try:
+        size = int(config["data"]["image_size"])
+        return savedmodel.opaque_model(folder, size, int(imported.get("channels", 3)), imported["output"])
+    except ImportModelError as exc:
+        raise ExplainError(f"{folder.parent}: its imported SavedModel cannot be used ({exc})") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExplainError(f"{folder.parent}: config.json does not say how the SavedModel was imported") from exc
+
+
 def _is_model(layer) -> bool:
     import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
@@ -241,7 +268,7 @@ def _has_layer(model, name: str) -> bool:
 
 def require_model(run: Run) -> None:
     """Raise EvaluationError while the run has no model.keras yet (still training, or killed before writing it)."""
-    if not run.model_file.is_file():
+    if not run.model_path.is_file():
         raise EvaluationError(f"{run.name} has no model.keras yet: only a finished (or stopped) run can be evaluated")
 
 
@@ -252,8 +279,8 @@ def run_model(run: Run) -> Explainable:
 
 
 def list_runs(folder: Path) -> list[Path]:
-    """Run folders (those holding a model.keras) under `folder`, newest first."""
+    """Run folders (those holding a model: Run.model_path) under `folder`, newest first."""
     if not folder.is_dir():
         return []
-    runs = [p for p in folder.iterdir() if (p / "model.keras").is_file()]
-    return sorted(runs, key=lambda p: (p / "model.keras").stat().st_mtime, reverse=True)
+    runs = [Run(p) for p in folder.iterdir() if Run(p).model_path.is_file()]
+    return [r.path for r in sorted(runs, key=lambda r: r.model_path.stat().st_mtime, reverse=True)]

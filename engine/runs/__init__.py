@@ -11,6 +11,8 @@ A run folder holds:
     meta.json       what users may change after the run: {"display_name": ...}
     latency.json    measured inference speed {"ms_per_image": ...} (written by evaluation)
     model.keras     the whole classifier (preprocessed images in, logits out)
+    savedmodel/     instead of model.keras, an imported SavedModel as given (opaque: engine.model.savedmodel);
+                    Run.model_path is the file of either that says the run has a model
     checkpoints/    epoch-NNNN.keras (what is trained, with optimizer state) + last.json, the record
                     {"epoch": N, "file": "epoch-NNNN.keras"} that makes it the checkpoint
     logs/           TensorBoard event files
@@ -35,6 +37,7 @@ from engine.runs.folder import (
     ACTIVE,
     CHECKPOINT_RECORD,
     INTERRUPTED,
+    SAVEDMODEL,
     STATUSES,
     Run,
     resize_policy_of,
@@ -59,6 +62,7 @@ __all__ = [
     "CHECKPOINT_RECORD",
     "DISPLAY_NAME_MAX",
     "INTERRUPTED",
+    "SAVEDMODEL",
     "STATUSES",
     "Run",
     "RunError",

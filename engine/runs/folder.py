@@ -27,6 +27,7 @@ _TEMPORARY = re.compile(r"^\.(?P<stem>.+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)
 _TRAINING_FILES = {"status", "config", "labels", "history", "metrics", "model", "last", "epoch", "latency", "changes"}
 _STALE_S = 600
 CHECKPOINT_RECORD = "last.json"
+SAVEDMODEL = "savedmodel"  # an imported SavedModel's folder in its run (it has no model.keras)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a run folder's name: no path, no hidden file
 
 
@@ -105,6 +106,13 @@ class Run:
     @property
     def model_file(self) -> Path:
         return self.path / "model.keras"
+
+    @property
+    def model_path(self) -> Path:
+        """The file that says the run has a model, and whose stat keys caches of its results: model.keras,
+        or for an imported SavedModel (opaque, kept as given in SAVEDMODEL/) its saved_model.pb."""
+        saved = self.path / SAVEDMODEL / "saved_model.pb"
+        return saved if saved.is_file() else self.model_file
 
     @property
     def logs(self) -> Path:

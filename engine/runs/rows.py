@@ -42,8 +42,8 @@ def summary(run: Run) -> dict:
     except (RunError, AttributeError, TypeError, ValueError) as exc:
         problems.append(str(exc))
         status = {}
-    has_model = run.model_file.is_file()
-    broken = keras_archive_problem(run.model_file) if has_model else ""
+    has_model = run.model_path.is_file()
+    broken = keras_archive_problem(run.model_file) if run.model_file.is_file() else ""
     if broken:  # a model that cannot load: the run is not finished, whatever its status says
         problems.append(f"{run.path / 'model.keras'}: {broken}")
         has_model = False
