@@ -61,6 +61,11 @@ class Dataset:
     def path(self, item: Item) -> Path:
         return self.root / item.rel
 
+    def unknown_to(self, names: list[str]) -> list[str]:
+        """The classes holding images that `names` (a model's classes) does not name; [] when it names them all."""
+        known, counts = set(names), self.counts()
+        return [c for c in self.classes if c not in known and counts.get(c)]
+
     def counts(self) -> dict[str, int]:
         """Usable images per class, every class listed (0 for an empty one)."""
         c = Counter(self.classes[i.label] for i in self.items)

@@ -77,7 +77,7 @@ def labelled_set(run: Run, source: str | None = None, split: str | None = None, 
         )
     names = run.labels() or config.get("labels", [])
     index = {name: k for k, name in enumerate(names)}
-    unknown = [c for c in dataset.classes if c not in index and dataset.counts().get(c)]
+    unknown = dataset.unknown_to(names)
     if unknown:
         raise EvaluationError(
             f"{source!r} has classes the run does not know: {', '.join(unknown)}; "

@@ -98,7 +98,7 @@ def labels_for(classes: int, given: list[str] | None, dataset: Dataset | None) -
 def _sample(dataset: Dataset, labels: list[str], size: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
     """A balanced sample of `dataset` as ((n, S, S, 3) float32 in [0, 255], (n,) indices into `labels`)."""
     index = {name: k for k, name in enumerate(labels)}
-    unknown = [c for c in dataset.classes if c not in index and dataset.counts().get(c)]
+    unknown = dataset.unknown_to(labels)
     if unknown:
         raise ImportModelError(
             f"{dataset.source!r} has classes the model's labels do not name: {', '.join(unknown)} "
