@@ -85,6 +85,8 @@ def cmd_predict(args: argparse.Namespace) -> dict:
         classifier = RunClassifier(args.run_dir)
         results = classifier.predict(images, top_k=args.top)
         head = {"run": classifier.run, "backbone": classifier.backbone, "temperature": classifier.temperature}
+        if classifier.imported:  # a model from a file: which one, and what its output was
+            head["imported"] = {k: classifier.imported.get(k) for k in ("file", "output", "preprocess")}
     else:
         classifier = ImageNetClassifier(args.backbone)
         results = classifier.predict(images, top_k=args.top)

@@ -22,7 +22,7 @@ import numpy as np
 
 from engine import runs
 from engine.errors import ExportError, ExportUnavailable
-from engine.evaluate.evaluation import EvaluationError, labelled_set
+from engine.evaluate.evaluation import EvaluationError, is_imported, labelled_set
 from engine.export import parity
 from engine.model.explainable import run_model
 
@@ -177,7 +177,10 @@ def _write_tflite(kind: str, run: runs.Run, model, out: Path, tmp: Path) -> None
     saved = write_savedmodel(model.model, model.preprocess, size, policy, tmp / "savedmodel")
     calibration = None
     if kind == "tflite-int8":
-        calibration = parity.training_images(run, size, policy, CALIBRATION_IMAGES)
+        try:
+            calibration = parity.training_images(run, size, policy, CALIBRATION_IMAGES)
+        except EvaluationError as exc:  # an imported run without data, a source gone: nothing to calibrate on
+            raise ExportError(f"tflite-int8 is calibrated on the run's images, and they cannot be read: {exc}") from exc
     write_tflite(saved, out, kind, calibration)
 
 
@@ -278,7 +281,8 @@ def _export(run: runs.Run, fmt: ExportFormat, out: str | Path | None, check: boo
     target = _target(run, fmt, out)
     data, unchecked = None, ""
     if check:  # before converting: a run that cannot be checked says so at once
-        for split in ("test", "validation"):
+        # an imported model's data was never split here: it is checked on all of the source given at import
+        for split in ("all",) if is_imported(run.config()) else ("test", "validation"):
             try:
                 data = labelled_set(run, split=split)
                 break
