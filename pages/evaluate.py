@@ -53,7 +53,7 @@ split = st.sidebar.selectbox(
     "Split",
     SPLITS,
     index=SPLITS.index(default_split),
-    key=f"eval_split_{data_kind}_{imported}",
+    key=f"eval_split_{data_kind}",
     help="'all': every image" + ("; the other splits are ConvScope's own split of the data" if imported else ""),
 )
 

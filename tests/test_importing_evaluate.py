@@ -248,6 +248,7 @@ def test_report_says_it_is_an_imported_model(made, runs_root, tmp_path):
     for text in ("an imported model (soft.keras", "Imported model", facts["sha256"][:16], "softmax probabilities"):
         assert text in page, text
     assert html.escape(facts["preprocess_reason"]) in page and "Rescaling" in facts["preprocess_reason"]
+    assert f"{json.loads((made.runs['soft'] / 'metrics.json').read_text())['params']:,}" in page
     for absent in ("best validation accuracy", "Training curves", "learning_rate"):
         assert absent not in page, absent
 
@@ -271,7 +272,7 @@ def test_evaluate_page_on_imported_runs(made, runs_root, open_page):
     small = {"eval_src_per_class": 4, "eval_src_classes": 3, "eval_src_size": 64}  # the picker's shapes, if shown
     at = open_page("pages/evaluate.py", state={"eval_run": "soft", **small})
     assert at.radio(key="eval_data_kind_imported").value == "The data given at import"
-    assert at.selectbox(key="eval_split_The data given at import_True").value == "all"
+    assert at.selectbox(key="eval_split_The data given at import").value == "all"
     shown = _texts(at)
     assert "An imported model" in shown and "36 images" in shown, shown
     assert any(m.label == "Accuracy" for m in at.metric)
@@ -279,3 +280,14 @@ def test_evaluate_page_on_imported_runs(made, runs_root, open_page):
     assert not at.exception, at.exception
     assert "imported without labelled data" in _texts(at)
     assert at.radio(key="eval_src_kind") is not None
+
+
+def test_predict_page_on_the_data_given_at_import(made, runs_root, open_page):
+    at = open_page("pages/predict.py", state={"predict_kind": "Trained run", "predict_run": "tutorial"})
+    at.radio(key="image_source").set_value("Data given at import").run()
+    assert not at.exception, at.exception
+    shown = _texts(at)
+    assert "24 image(s)" in shown and "of 24 right" in shown, shown
+    at.selectbox(key="predict_run").set_value("unit").run()  # imported without data: no such choice
+    assert not at.exception, at.exception
+    assert "Data given at import" not in at.radio(key="image_source").options

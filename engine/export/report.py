@@ -178,7 +178,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         else []
     )
     parts["Configuration"] = _table(_flatten(shown) + trained_on, ["setting", "value"])
-    parts["Imported model"] = _table(_imported_rows(config, row.get("params")), ["fact", "value"]) if imported else ""
+    params = row.get("params") or run.metrics().get("params")  # an import counts them as one number
+    parts["Imported model"] = _table(_imported_rows(config, params), ["fact", "value"]) if imported else ""
     parent_epochs = (config.get("finetune") or {}).get("parent_epochs", 0)
     if parent_epochs:
         before = {k: v[:parent_epochs] for k, v in history.items()}
@@ -194,8 +195,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
             [f"top-{m['top_k']} accuracy", _pct(m["top_k_accuracy"])],
             *([] if imported else [["best validation accuracy", _pct(row.get("best_val_accuracy"))]]),
             ["expected calibration error", f"{result.ece:.3f}"],
-            ["parameters", _params(row.get("params"))],
-            ["latency per image", f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") else ""],
+            ["parameters", _params(params)],
+            *(
+                []
+                if imported
+                else [["latency per image", f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") else ""]]
+            ),
         ]
     )
     per_class = m["per_class"]
