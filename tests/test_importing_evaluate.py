@@ -148,7 +148,10 @@ def test_imported_without_data_asks_for_a_source(made, runs_root, capsys):
     assert "imported without labelled data" in out["error"] and "labelled source" in out["error"]
 
 
-def test_another_source_needs_the_models_class_names(made, runs_root):
+def test_another_source_with_a_subset_of_the_classes(made, runs_root):
+    result = evaluate.evaluate(runs.open_run(made.runs["soft"]), TWO)  # circle and square of its three
+    assert result.data.split == "all" and result.metrics["count"] == 24
+    assert result.class_names == ["circle", "square", "triangle"] and set(result.labels) == {0, 1}
     with pytest.raises(EvaluationError, match="classes the run does not know: triangle"):
         evaluate.evaluate(runs.open_run(made.runs["tutorial"]), THREE)
 

@@ -95,6 +95,9 @@ def cmd_predict(args: argparse.Namespace) -> dict:
 
 
 def _print_predictions(result: dict) -> None:
+    if result.get("imported"):
+        facts = result["imported"]
+        print(f"imported model {facts['file']} (output {facts['output']}, preprocessing {facts['preprocess']})")
     for p in result["predictions"]:
         print(f"{p['image']}  ({p['seconds'] * 1000:.0f} ms)")
         for t in p["top"]:

@@ -74,8 +74,8 @@ def labelled_set(run: Run, source: str | None = None, split: str | None = None, 
     source = source or own
     if not source:  # an imported run given no labelled data at import
         raise EvaluationError(
-            f"{run.name} was imported without labelled data: name a labelled source (a folder with one subfolder "
-            "per class, named as the model's classes) to evaluate it on"
+            f"{run.name} was imported without labelled data, so there are no images to score: give a labelled "
+            "source (--source: a folder with one subfolder per class, named as the model's classes)"
         )
     is_own = source == own and not imported
     split = split or ("test" if is_own else "all")
