@@ -265,11 +265,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     title = html.escape(run.display_name() or run.name)
     sections = IMPORTED_SECTIONS if imported else SECTIONS
     body = "".join(f"<section id='{s.lower().replace(' ', '-')}'><h2>{s}</h2>{parts[s]}</section>" for s in sections)
-    what = (
-        f"an imported model ({(config.get('imported') or {}).get('file', '')}, trained outside ConvScope)"
-        if imported
-        else f"{config.get('backbone', '')} · {config.get('mode', '')}"
-    )
+    file = (config.get("imported") or {}).get("file", "")
+    if imported:
+        what = f"an imported model ({file}, trained outside ConvScope)"
+    elif file:  # a fine-tune of an imported model: no backbone of ConvScope's
+        what = f"{config.get('mode', '')} of an imported model ({file})"
+    else:
+        what = f"{config.get('backbone', '')} · {config.get('mode', '')}"
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>ConvScope report: {title}</title>"
         f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
