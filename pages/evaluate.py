@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine import charts
 from engine.errors import ConvScopeError
-from engine.evaluate import SPLITS, save_temperature
+from engine.evaluate import SPLITS, is_imported, save_temperature
 from engine.explain import heatmaps
 from engine.explain.overlay import overlay
 from ui import cached, router, widgets, wording
@@ -20,21 +20,41 @@ st.caption(
 
 PAGE = 8  # images per gallery page: each needs two Grad-CAMs
 
+OTHER = "Other labelled data"
 with st.sidebar:
     run = widgets.run_picker("eval_run")
-    data_kind = st.radio("Data", ["The run's own data", "Other labelled data"], key="eval_data_kind")
 if run is None:
     st.stop()
+# An imported model was trained elsewhere: ConvScope never split its data, so it scores all of any source.
+imported = is_imported(run.config())
+has_data = bool((run.config().get("data") or {}).get("source"))
+with st.sidebar:
+    if imported and not has_data:
+        data_kind = OTHER
+        st.caption("This model was imported without labelled data: pick a labelled dataset to evaluate it on.")
+    elif imported:
+        data_kind = st.radio("Data", ["The data given at import", OTHER], key="eval_data_kind_imported")
+    else:
+        data_kind = st.radio("Data", ["The run's own data", OTHER], key="eval_data_kind")
 
 source = None
-if data_kind == "Other labelled data":
+if data_kind == OTHER:
     st.caption("Class folders named as the run's classes (a subset is fine); all their images are scored.")
     source = widgets.dataset_picker("eval_src")
     if source is None:
         st.stop()
-default_split = "test" if source is None else "all"
+default_split = "all" if imported or source is not None else "test"
+if imported:
+    st.caption(
+        "An imported model: ConvScope cannot tell which images it was trained on, so all the images are "
+        "scored by default; an accuracy on images it learned from says little about new ones."
+    )
 split = st.sidebar.selectbox(
-    "Split", SPLITS, index=SPLITS.index(default_split), key=f"eval_split_{data_kind}", help="'all': every image"
+    "Split",
+    SPLITS,
+    index=SPLITS.index(default_split),
+    key=f"eval_split_{data_kind}",
+    help="'all': every image" + ("; the other splits are ConvScope's own split of the data" if imported else ""),
 )
 
 model_file = run.model_path
@@ -227,12 +247,13 @@ with tab_cal:
                 "figure; more test images make both steadier."
             )
         if result.temperature is None:
-            st.info("This run has no validation split, so no temperature can be fitted.")
+            st.info("These data have no validation split, so no temperature can be fitted.")
         else:
             from engine.model.classifier import saved_temperature
 
+            fitted_on = "a validation split ConvScope made of these data" if imported else "the validation split"
             st.markdown(
-                f"**Temperature scaling** (fitted on the validation split): dividing the logits by "
+                f"**Temperature scaling** (fitted on {fitted_on}): dividing the logits by "
                 f"**{result.temperature:.2f}** changes the ECE here from {result.ece:.3f} "
                 f"to {result.ece_calibrated:.3f}. "
                 "It never changes which class wins, only how sure the model says it is."
@@ -241,15 +262,15 @@ with tab_cal:
             if saved:
                 st.caption(f"Saved with the run: temperature {saved:.2f}; Predict uses it.")
             helps = result.ece_calibrated < result.ece and 0.05 < result.temperature < 20
-        if not helps:
-            st.caption(
-                "Not worth saving here: it does not lower the calibration error on these images "
-                "(or the validation split was too easy or too small to fit it)."
-            )
-        if st.button("Save this temperature with the run", key="save_temperature", icon="💾", disabled=not helps):
-            save_temperature(run, result.temperature, ece=result.ece, ece_calibrated=result.ece_calibrated)
-            st.toast(f"Saved: Predict now divides {widgets.run_title(run)}'s logits by {result.temperature:.2f}")
-            st.rerun()
+            if not helps:
+                st.caption(
+                    "Not worth saving here: it does not lower the calibration error on these images "
+                    "(or the validation split was too easy or too small to fit it)."
+                )
+            if st.button("Save this temperature with the run", key="save_temperature", icon="💾", disabled=not helps):
+                save_temperature(run, result.temperature, ece=result.ece, ece_calibrated=result.ece_calibrated)
+                st.toast(f"Saved: Predict now divides {widgets.run_title(run)}'s logits by {result.temperature:.2f}")
+                st.rerun()
 
 with tab_mistakes:
     if tab_mistakes.open:

@@ -5,7 +5,7 @@ import streamlit as st
 from engine import imaging
 from engine.charts import topk_bar
 from engine.errors import ConvScopeError
-from engine.evaluate import labelled_set
+from engine.evaluate import is_imported, labelled_set
 from engine.samples import SAMPLE_PHOTOS
 from engine.settings import max_upload_bytes
 from ui import cached, router, widgets, wording
@@ -36,7 +36,11 @@ with st.sidebar:
         help="A prediction whose probability is below this shows as 'unsure' instead of as an answer.",
     )
 
-choices = ["Sample photos", "Upload", "Camera", "Server folder"] + (["Test split"] if run else [])
+# A run's own labelled images: its test split, or all the data an imported model was given at import (none without).
+RUN_DATA = "Test split"
+if run is not None and is_imported(run.config()):
+    RUN_DATA = "Data given at import" if (run.config().get("data") or {}).get("source") else ""
+choices = ["Sample photos", "Upload", "Camera", "Server folder"] + ([RUN_DATA] if run and RUN_DATA else [])
 source = st.radio("Images", choices, horizontal=True, key="image_source")
 images: list[tuple[str, object]] = []
 truth: list[str | None] = []  # the true class of each image, where the source knows it
@@ -75,7 +79,7 @@ elif source == "Server folder":
             for item in dataset.items[:MAX_IMAGES]:
                 images.append((item.rel, dataset.path(item)))
                 truth.append(dataset.classes[item.label])
-elif source == "Test split" and run is not None:
+elif source == RUN_DATA and run is not None:
     try:
         test = labelled_set(run)
     except ConvScopeError as exc:

@@ -132,10 +132,16 @@ def run_classifier(path: str, mtime: float):
 def finetune_advice(path: str, mtime: float) -> dict:
     """The strategy advice for fine-tuning a run: its data's images per class and ImageNet-likeness."""
     from engine import backbones, runs
+    from engine.errors import FinetuneError
     from engine.training import advice, finetune
 
     run = runs.Run(Path(path))
     config = run.config()
+    if not config.get("backbone"):  # an imported model (and its fine-tunes): no spec whose blocks the advice counts
+        raise FinetuneError(
+            "the advice counts the blocks of one of ConvScope's backbones, and this model was imported: "
+            "pick the layer to unfreeze from yourself"
+        )
     images, _ = finetune.probe_set(config, 32)
     similarity = advice.imagenet_similarity(images.astype(np.uint8), imagenet_classifier("efficientnet_lite0"))
     per_class = config.get("split_sizes", {}).get("train", 0) / max(len(run.labels()), 1)

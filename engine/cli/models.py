@@ -85,6 +85,8 @@ def cmd_predict(args: argparse.Namespace) -> dict:
         classifier = RunClassifier(args.run_dir)
         results = classifier.predict(images, top_k=args.top)
         head = {"run": classifier.run, "backbone": classifier.backbone, "temperature": classifier.temperature}
+        if classifier.imported:  # a model from a file: which one, and what its output was
+            head["imported"] = {k: classifier.imported.get(k) for k in ("file", "output", "preprocess")}
     else:
         classifier = ImageNetClassifier(args.backbone)
         results = classifier.predict(images, top_k=args.top)
@@ -93,6 +95,9 @@ def cmd_predict(args: argparse.Namespace) -> dict:
 
 
 def _print_predictions(result: dict) -> None:
+    if result.get("imported"):
+        facts = result["imported"]
+        print(f"imported model {facts['file']} (output {facts['output']}, preprocessing {facts['preprocess']})")
     for p in result["predictions"]:
         print(f"{p['image']}  ({p['seconds'] * 1000:.0f} ms)")
         for t in p["top"]:

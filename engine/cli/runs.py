@@ -15,7 +15,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a finished run (.keras, SavedModel, TFLite float/fp16/int8, ONNX), checked against Keras",
-        description="The export is reloaded and compared with the Keras model on the run's test split: top-1 "
+        description="The export is reloaded and compared with the Keras model on the run's test split (an imported "
+        "model: all of the labelled source given at import; without one it is unchecked): top-1 "
         "agreement, largest probability difference, accuracy, latency per image. Exit code 2 when the "
         "format's converter cannot handle this model here (the reason is printed).",
     )
@@ -54,12 +55,18 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="HTML", help="where to write it (default RUN_DIR/report.html)")
+    p.add_argument(
+        "--source",
+        metavar="SOURCE",
+        help="a labelled source to score (default: the run's own test split; an imported model: all of the source "
+        "given at import, and this is needed when none was given)",
+    )
     add_json(p)
     p.set_defaults(run=cmd_report, show=_print_report)
 
 
 def cmd_report(args: argparse.Namespace) -> dict:
-    return write_report(args.run_dir, args.out, progress=stderr_progress)
+    return write_report(args.run_dir, args.out, progress=stderr_progress, source=args.source)
 
 
 def _print_report(result: dict) -> None:
@@ -71,7 +78,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="accuracy, per-class metrics, confusion, calibration and mistakes of a trained run",
         description="SOURCE defaults to the run's own data (its test split); another labelled source "
-        "(class folders named as the run's classes) defaults to all its images.",
+        "(class folders named as the run's classes) defaults to all its images. An imported model defaults to all "
+        "the images of any source, the one given at import too (ConvScope cannot tell what it was trained on); "
+        "imported without one, it needs --source.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--source", metavar="SOURCE", help="a labelled source (default: the run's own)")

@@ -52,19 +52,32 @@ class LabelledSet:
         return [str(self.root / rel) for rel in self.rels]
 
 
+def is_imported(config: dict) -> bool:
+    """A model imported from a file (engine.importing), not trained here: ConvScope never split its data."""
+    return config.get("mode") == "imported"
+
+
 def labelled_set(run: Run, source: str | None = None, split: str | None = None, progress=None) -> LabelledSet:
     """The images of `split` of `source` (default: the run's own data and its test split), labelled for the run.
 
     The run's own source is split as it was in training (same seed and fractions), and must
     not have changed since. Another source's class folders must carry the run's class names
-    (a subset is fine); its default split is "all": none of it was trained on.
+    (a subset is fine); its default split is "all": none of it was trained on. An imported run
+    (a model trained elsewhere) defaults to "all" on any source, the one given at import too:
+    ConvScope cannot tell which images it was trained on.
     """
     config = run.config()
     if not config:
         raise EvaluationError(f"{run.name} has no config.json: not a finished run")
+    imported = is_imported(config)
     own = config["data"]["source"]
     source = source or own
-    is_own = source == own
+    if not source:  # an imported run given no labelled data at import
+        raise EvaluationError(
+            f"{run.name} was imported without labelled data, so there are no images to score: give a labelled "
+            "source (--source: a folder with one subfolder per class, named as the model's classes)"
+        )
+    is_own = source == own and not imported
     split = split or ("test" if is_own else "all")
     if split not in SPLITS:
         raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -243,10 +256,17 @@ class Evaluation:
         }
 
 
-def fit_run_temperature(run: Run, model=None, progress: Progress | None = None) -> float | None:
-    """The temperature that calibrates the run on its own validation split (None when it has none)."""
+def fit_run_temperature(
+    run: Run, model=None, progress: Progress | None = None, source: str | None = None
+) -> float | None:
+    """The temperature that calibrates the run on its own validation split (None when it has none).
+
+    An imported run has no validation split of its own: its temperature is fitted on the validation
+    split ConvScope makes of `source` (the data being evaluated; the run's seed and fractions), which
+    the model may have seen in training elsewhere.
+    """
     try:
-        val = labelled_set(run, None, "validation")
+        val = labelled_set(run, source if is_imported(run.config()) else None, "validation")
     except ConvScopeError:  # no validation split, or the run's own data is gone or changed
         return None
     logits, _ = cached_logits(run, val, model, progress)
@@ -280,7 +300,7 @@ def evaluate(
     try:
         data = labelled_set(run, source, split, (lambda s, d, t: progress("data", d, t)) if progress else None)
         logits, cached = cached_logits(run, data, model, stage("scoring"))
-        temperature = fit_run_temperature(run, model, stage("calibrating"))
+        temperature = fit_run_temperature(run, model, stage("calibrating"), data.source)
         names = run.labels() or run.config().get("labels", [])
         result = Evaluation(run.name, data, list(names), logits, top_k, temperature, cached=cached)
     except Exception as exc:

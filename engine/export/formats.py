@@ -22,7 +22,7 @@ import numpy as np
 
 from engine import runs
 from engine.errors import ExportError, ExportUnavailable
-from engine.evaluate.evaluation import EvaluationError, labelled_set
+from engine.evaluate.evaluation import EvaluationError, is_imported, labelled_set
 from engine.export import parity
 from engine.model.explainable import run_model
 
@@ -181,7 +181,11 @@ def _write_tflite(kind: str, run: runs.Run, model, out: Path, tmp: Path) -> None
     saved = write_savedmodel(model.model, model.preprocess, size, policy, tmp / "savedmodel")
     calibration = None
     if kind == "tflite-int8":
-        calibration = parity.training_images(run, size, policy, CALIBRATION_IMAGES)
+        try:
+            calibration = parity.training_images(run, size, policy, CALIBRATION_IMAGES)
+        except EvaluationError as exc:  # an imported run without data, a source gone: nothing to calibrate on
+            why = _no_data(run) or str(exc)
+            raise ExportError(f"tflite-int8 is calibrated on the run's images, and there are none: {why}") from exc
     write_tflite(saved, out, kind, calibration)
 
 
@@ -280,9 +284,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
 
 def _export(run: runs.Run, fmt: ExportFormat, out: str | Path | None, check: bool, progress) -> dict:
     target = _target(run, fmt, out)
-    data, unchecked = None, ""
-    if check:  # before converting: a run that cannot be checked says so at once
-        for split in ("test", "validation"):
+    data, unchecked = None, _no_data(run)
+    if check and not unchecked:  # before converting: a run that cannot be checked says so at once
+        # an imported model's data was never split here: it is checked on all of the source given at import
+        for split in ("all",) if is_imported(run.config()) else ("test", "validation"):
             try:
                 data = labelled_set(run, split=split)
                 break
@@ -321,6 +326,14 @@ def _export(run: runs.Run, fmt: ExportFormat, out: str | Path | None, check: boo
 
 
 _CHECKS_LOCK = threading.Lock()
+
+
+def _no_data(run: runs.Run) -> str:
+    """Why the run has no images to check (or calibrate) an export on: an import without labelled data; else ""."""
+    config = run.config()
+    if is_imported(config) and not (config.get("data") or {}).get("source"):
+        return f"{run.name} was imported without labelled data (import it again with a labelled source to check it)"
+    return ""
 
 
 def _target(run: runs.Run, fmt: ExportFormat, out: str | Path | None) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.pipeline import decoded_batches, load_resized
-from engine.evaluate.evaluation import labelled_set
+from engine.evaluate.evaluation import is_imported, labelled_set
 from engine.model.compiled import CompiledModel
 from engine.numerics import softmax
 
@@ -25,8 +25,9 @@ Logits = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 in [0, 255] 
 
 
 def training_images(run, size: int, policy: str, n: int) -> np.ndarray:
-    """Up to `n` images of the run's training split, spread over it: (n, S, S, 3) float32 in [0, 255]."""
-    data = labelled_set(run, split="train")
+    """Up to `n` images of the run's training split (an imported run's: all of its source), spread over it:
+    (n, S, S, 3) float32 in [0, 255]."""
+    data = labelled_set(run, split="all" if is_imported(run.config()) else "train")
     paths = data.paths[:: max(1, len(data.paths) // n)][:n]
     return np.stack([load_resized(p, size, policy) for p in paths]).astype(np.float32)
 

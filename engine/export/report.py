@@ -16,10 +16,11 @@ from PIL import Image
 from plotly.offline import get_plotlyjs
 
 from engine import charts
+from engine.backbones.conventions import TITLES
 from engine.data.pipeline import load_resized
 from engine.data.sources import source_title
 from engine.errors import ConvScopeError
-from engine.evaluate.evaluation import evaluate
+from engine.evaluate.evaluation import evaluate, is_imported
 from engine.explain import heatmaps
 from engine.explain.overlay import overlay
 from engine.export.formats import ExportError, checked_exports
@@ -37,6 +38,14 @@ SECTIONS = (
     "Most confident mistakes",
     "Exports",
 )
+# An imported model was trained elsewhere: no configuration or curves of ConvScope's, the file's facts instead.
+IMPORTED_SECTIONS = tuple("Imported model" if s == "Configuration" else s for s in SECTIONS if s != "Training curves")
+OUTPUT_WORDS = {  # engine.config.OUTPUT_KINDS, as the report says them
+    "softmax": "softmax probabilities (the scores before the softmax are used as logits)",
+    "logits": "raw logits (probabilities are their softmax)",
+    "binary_logit": "one logit z for two classes (probability of the second class: sigmoid(z))",
+    "sigmoid": "one sigmoid probability for two classes (the logit before it is used)",
+}
 MISTAKES = 8
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem}
@@ -103,38 +112,60 @@ def _shown(config: dict) -> dict:
     return shown
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None) -> dict:
+def _imported_rows(config: dict, params) -> list[list]:
+    """What an imported run is: the file, its hash, what its output was, the preprocessing and why."""
+    facts = config.get("imported") or {}
+    return [
+        ["file", facts.get("file", "")],
+        ["sha256", f"{str(facts.get('sha256', ''))[:16]}…"],
+        ["format", facts.get("format", "")],
+        ["output", OUTPUT_WORDS.get(str(facts.get("output")), str(facts.get("output", "")))],
+        ["preprocessing", TITLES.get(str(facts.get("preprocess")), str(facts.get("preprocess", "")))],
+        ["why this preprocessing", facts.get("preprocess_reason", "")],
+        ["channels", "1 (grayscale: images are converted to luma first)" if facts.get("channels") == 1 else "3 (RGB)"],
+        ["parameters", _params(params)],
+        ["trained", "outside ConvScope: no training configuration or curves here"],
+    ]
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None, source: str | None = None) -> dict:
     """Write the report of a finished run; returns {"path", "bytes", "sections", "seconds"}.
 
     Sections (SECTIONS): the data, the configuration, the curves of every phase (a fine-tune
     after its parent's epochs), the test metrics, per-class precision/recall/F1, the confusion
     matrix, calibration (reliability before and after temperature scaling), the most confident
     mistakes with Grad-CAM for the predicted and the true class, and the checked exports.
+    An imported run (IMPORTED_SECTIONS) has no configuration or curves of its own: the report
+    says what the file was instead, and scores all of `source` (default: the source given at import).
     """
     t0 = time.perf_counter()
     run = Run(Path(run_dir))
     config, history, row = run.config(), run.history(), summary(run)
+    imported = is_imported(config)
     shown = _shown(config)
     model = run_model(run)
     target = Path(out).expanduser() if out else run.path / "report.html"
     if target.is_dir():
         raise ExportError(f"{target} is a folder; give the report a file name, such as report.html")
     result = None
-    for split in ("test", "validation"):  # a run trained without a test split is reported on validation
+    # a run trained without a test split is reported on validation; an imported one on all of its data
+    for split in (None,) if imported or source else ("test", "validation"):
         try:
-            result = evaluate(run, split=split, model=model, progress=progress)
+            result = evaluate(run, source, split=split, model=model, progress=progress)
             break
         except ConvScopeError as exc:
             why = str(exc)
     if result is None:
         raise ExportError(f"{run.name} cannot be reported: {why}")
+    data_source = source_title(result.data.source)
     names, m = result.class_names, result.metrics
     parts: dict[str, str] = {}
 
     sizes = config.get("split_sizes", {})
     parts["Data"] = _table(
         [
-            ["source", shown.get("data", {}).get("source", "")],
+            ["source", data_source],
+            *([["images scored", f"{m['count']} ({result.data.split})"]] if imported else []),
             ["classes", ", ".join(names)],
             *[[f"{split} images", n] for split, n in sizes.items()],
             ["image size", f"{model.input_size} px ({model.resize_policy})"],
@@ -147,6 +178,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         else []
     )
     parts["Configuration"] = _table(_flatten(shown) + trained_on, ["setting", "value"])
+    params = row.get("params") or run.metrics().get("params")  # an import counts them as one number
+    parts["Imported model"] = _table(_imported_rows(config, params), ["fact", "value"]) if imported else ""
     parent_epochs = (config.get("finetune") or {}).get("parent_epochs", 0)
     if parent_epochs:
         before = {k: v[:parent_epochs] for k, v in history.items()}
@@ -160,10 +193,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
             [f"{result.data.split} images", m["count"]],
             ["accuracy", _pct(m["accuracy"])],
             [f"top-{m['top_k']} accuracy", _pct(m["top_k_accuracy"])],
-            ["best validation accuracy", _pct(row.get("best_val_accuracy"))],
+            *([] if imported else [["best validation accuracy", _pct(row.get("best_val_accuracy"))]]),
             ["expected calibration error", f"{result.ece:.3f}"],
-            ["parameters", _params(row.get("params"))],
-            ["latency per image", f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") else ""],
+            ["parameters", _params(params)],
+            *(
+                []
+                if imported
+                else [["latency per image", f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") else ""]]
+            ),
         ]
     )
     per_class = m["per_class"]
@@ -177,9 +214,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     parts["Confusion matrix"] = _figure(
         charts.confusion_matrix(m["confusion_matrix"], names, f"{result.data.split.capitalize()} split")
     )
+    fitted_on = "a validation split ConvScope made of the data" if imported else "the validation split"
     parts["Calibration"] = _figure(
         charts.reliability_diagram(result.reliability, result.reliability_calibrated, result.temperature)
-    ) + (f"<p>Temperature fitted on the validation split: {result.temperature:.2f}; "
+    ) + (f"<p>Temperature fitted on {fitted_on}: {result.temperature:.2f}; "
          f"ECE {result.ece:.3f} → {result.ece_calibrated:.3f}.</p>" if result.temperature else "")  # fmt: skip
 
     worst = result.mistake_indices()[:MISTAKES]
@@ -202,7 +240,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
             )
         parts["Most confident mistakes"] = "<div class='grid'>" + "".join(cards) + "</div>"
     else:
-        parts["Most confident mistakes"] = "<p>No mistakes on the test split.</p>"
+        parts["Most confident mistakes"] = f"<p>No mistakes on the {result.data.split} images.</p>"
 
     stat = run.model_path.stat()
     exports = {
@@ -225,17 +263,24 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         )
 
     title = html.escape(run.display_name() or run.name)
-    body = "".join(f"<section id='{s.lower().replace(' ', '-')}'><h2>{s}</h2>{parts[s]}</section>" for s in SECTIONS)
+    sections = IMPORTED_SECTIONS if imported else SECTIONS
+    body = "".join(f"<section id='{s.lower().replace(' ', '-')}'><h2>{s}</h2>{parts[s]}</section>" for s in sections)
+    file = (config.get("imported") or {}).get("file", "")
+    if imported:
+        what = f"an imported model ({file}, trained outside ConvScope)"
+    elif file:  # a fine-tune of an imported model: no backbone of ConvScope's
+        what = f"{config.get('mode', '')} of an imported model ({file})"
+    else:
+        what = f"{config.get('backbone', '')} · {config.get('mode', '')}"
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>ConvScope report: {title}</title>"
         f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
-        f"<h1>{title}</h1><p class='muted'>{html.escape(str(config.get('backbone', '')))} · "
-        f"{html.escape(str(config.get('mode', '')))}"
+        f"<h1>{title}</h1><p class='muted'>{html.escape(what)}"
         f" · written {time.strftime('%Y-%m-%d %H:%M')} by ConvScope</p>{body}</body></html>"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(target)  # never a half-written report
-    return {"path": str(target), "bytes": target.stat().st_size, "sections": list(SECTIONS),
+    return {"path": str(target), "bytes": target.stat().st_size, "sections": list(sections),
             "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip

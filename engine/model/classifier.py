@@ -100,6 +100,9 @@ def classify(
 class RunClassifier:
     """A trained run's classifier with its labels, resize policy and saved temperature (read-only, shareable).
 
+    An imported run's model.keras ends in logits (engine.importing), so the probabilities are the file's own:
+    softmax of a softmax head's scores, sigmoid(z) for a single logit z (two logits [-z/2, z/2]).
+
     `model` is the run's engine.model.explainable.Explainable when the caller holds one already (the
     dashboard shares one copy for predictions and maps); otherwise it is loaded from the run.
     """
@@ -112,7 +115,8 @@ class RunClassifier:
         self.input_size = self.model.input_size
         config = run.config()
         self.policy = runs.resize_policy_of(config)
-        self.backbone = config.get("backbone", "")
+        self.backbone = config.get("backbone", "")  # "" for an imported model
+        self.imported = dict(config.get("imported") or {}) if config.get("mode") == "imported" else {}
         saved = saved_temperature(run.path)
         self.temperature = float(temperature or saved or 1.0)
         self.calibrated = temperature is None and saved is not None
