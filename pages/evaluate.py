@@ -6,9 +6,10 @@ import streamlit as st
 
 from engine import charts
 from engine.errors import ConvScopeError
-from engine.evaluate import SPLITS, is_imported, save_temperature
+from engine.evaluate import SPLITS, save_temperature
 from engine.explain import heatmaps
 from engine.explain.overlay import overlay
+from engine.runs import is_imported
 from ui import cached, router, widgets, wording
 
 router.ensure_routed()

@@ -23,7 +23,7 @@ from engine.explain import (
 from engine.explain import activations as acts_mod
 from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
 from engine.model.explainable import list_runs
-from engine.runs import RunError, open_run
+from engine.runs import RunError, is_imported, open_run
 from ui import cached, channels_view, router, widgets
 
 router.ensure_routed()
@@ -43,7 +43,7 @@ def run_title(path) -> str:
     """A run in the picker: its display name and folder, and whether it was imported."""
     try:
         run = open_run(path.name, allow_path=False)
-        imported = run.config().get("mode") == "imported"
+        imported = is_imported(run.config())
         return run.title() + (" · imported" if imported else "")
     except RunError:
         return path.name

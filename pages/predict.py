@@ -5,7 +5,8 @@ import streamlit as st
 from engine import imaging
 from engine.charts import topk_bar
 from engine.errors import ConvScopeError
-from engine.evaluate import is_imported, labelled_set
+from engine.evaluate import labelled_set
+from engine.runs import is_imported
 from engine.samples import SAMPLE_PHOTOS
 from engine.settings import max_upload_bytes
 from ui import cached, router, widgets, wording

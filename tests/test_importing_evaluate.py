@@ -251,7 +251,7 @@ def test_report_says_it_is_an_imported_model(made, runs_root, tmp_path):
     for text in ("an imported model (soft.keras", "Imported model", facts["sha256"][:16], "softmax probabilities"):
         assert text in page, text
     assert html.escape(facts["preprocess_reason"]) in page and "Rescaling" in facts["preprocess_reason"]
-    assert f"{json.loads((made.runs['soft'] / 'metrics.json').read_text())['params']:,}" in page
+    assert f"{json.loads((made.runs['soft'] / 'metrics.json').read_text())['params']['total']:,}" in page
     for absent in ("best validation accuracy", "Training curves", "learning_rate"):
         assert absent not in page, absent
 

@@ -29,7 +29,7 @@ from engine.evaluate import calibration, metrics
 from engine.model.classifier import CALIBRATION_FILE
 from engine.model.explainable import require_model, run_model
 from engine.numerics import softmax
-from engine.runs import Run
+from engine.runs import Run, is_imported
 
 SPLITS = ("test", "validation", "train", "all")
 BATCH = 32
@@ -50,11 +50,6 @@ class LabelledSet:
     @property
     def paths(self) -> list[str]:
         return [str(self.root / rel) for rel in self.rels]
-
-
-def is_imported(config: dict) -> bool:
-    """A model imported from a file (engine.importing), not trained here: ConvScope never split its data."""
-    return config.get("mode") == "imported"
 
 
 def labelled_set(run: Run, source: str | None = None, split: str | None = None, progress=None) -> LabelledSet:

@@ -22,9 +22,10 @@ import numpy as np
 
 from engine import runs
 from engine.errors import ExportError, ExportUnavailable
-from engine.evaluate.evaluation import EvaluationError, is_imported, labelled_set
+from engine.evaluate.evaluation import EvaluationError, labelled_set
 from engine.export import parity
 from engine.model.explainable import run_model
+from engine.runs import is_imported
 
 CHECKS_FILE = "exports.json"
 LABELS_FILE = "labels.txt"  # beside every export: one class name per line, line k = output k

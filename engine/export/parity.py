@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.pipeline import decoded_batches, load_resized
-from engine.evaluate.evaluation import is_imported, labelled_set
+from engine.evaluate.evaluation import labelled_set
 from engine.model.compiled import CompiledModel
 from engine.numerics import softmax
+from engine.runs import is_imported
 
 LATENCY_REPEATS = 10
 

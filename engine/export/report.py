@@ -20,12 +20,12 @@ from engine.backbones.conventions import TITLES
 from engine.data.pipeline import load_resized
 from engine.data.sources import source_title
 from engine.errors import ConvScopeError
-from engine.evaluate.evaluation import evaluate, is_imported
+from engine.evaluate.evaluation import evaluate
 from engine.explain import heatmaps
 from engine.explain.overlay import overlay
 from engine.export.formats import ExportError, checked_exports
 from engine.model.explainable import run_model
-from engine.runs import Run, summary
+from engine.runs import Run, is_imported, summary
 
 SECTIONS = (
     "Data",
@@ -178,7 +178,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         else []
     )
     parts["Configuration"] = _table(_flatten(shown) + trained_on, ["setting", "value"])
-    params = row.get("params") or run.metrics().get("params")  # an import counts them as one number
+    params = row.get("params")
     parts["Imported model"] = _table(_imported_rows(config, params), ["fact", "value"]) if imported else ""
     parent_epochs = (config.get("finetune") or {}).get("parent_epochs", 0)
     if parent_epochs:

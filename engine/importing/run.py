@@ -295,7 +295,7 @@ def _write_run(
     runs.write_json(run.path / "labels.json", labels, inside=run.path)
     runs.write_json(run.path / "config.json", {**config.to_json(), **extra}, inside=run.path)
     runs.write_json(run.path / "history.json", {}, inside=run.path)
-    metrics = {"params": int(found.model.count_params()), "imported": True}
+    metrics = {"params": param_counts(found.model), "imported": True}
     if choice.accuracy:
         metrics["preprocess_accuracy"] = choice.accuracy
     runs.write_json(run.path / "metrics.json", metrics, inside=run.path)
@@ -305,6 +305,13 @@ def _write_run(
 
 def _links(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if (Path(folder) / n).is_symlink()]
+
+
+def param_counts(model) -> dict[str, int]:
+    """{"total", "trainable", "non_trainable"} parameters, as a training run's metrics.json has them."""
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(model.count_params())
+    return {"total": total, "trainable": trainable, "non_trainable": total - trainable}
 
 
 def _layers(model) -> list[dict]:

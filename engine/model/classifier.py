@@ -116,7 +116,7 @@ class RunClassifier:
         config = run.config()
         self.policy = runs.resize_policy_of(config)
         self.backbone = config.get("backbone", "")  # "" for an imported model
-        self.imported = dict(config.get("imported") or {}) if config.get("mode") == "imported" else {}
+        self.imported = dict(config.get("imported") or {}) if runs.is_imported(config) else {}
         saved = saved_temperature(run.path)
         self.temperature = float(temperature or saved or 1.0)
         self.calibrated = temperature is None and saved is not None

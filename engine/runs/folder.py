@@ -302,6 +302,11 @@ def splits_of(config: dict, dataset: Dataset) -> dict[str, list[Item]]:
     return split_items(dataset.items, split_seed_of(config), data.val_frac, data.test_frac)
 
 
+def is_imported(config: dict) -> bool:
+    """A model imported from a file (engine.importing), not trained here: ConvScope never split its data."""
+    return config.get("mode") == "imported"
+
+
 def resize_policy_of(config: dict) -> str:
     """How a run fits images to its input size (engine.imaging.RESIZE_POLICIES), from its config.json."""
     return str((config.get("data") or {}).get("resize") or DataConfig().resize)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.runs.files import RunError, keras_archive_problem, mtime, read_json
-from engine.runs.folder import Run, planned_epochs
+from engine.runs.folder import Run, is_imported, planned_epochs
 
 
 def _number(value) -> float | None:
@@ -63,12 +63,10 @@ def summary(run: Run) -> dict:
     val_history = [v for v in _list(history.get("val_accuracy"))[first:] if _number(v) is not None]
     imported = config.get("imported") if isinstance(config.get("imported"), dict) else {}
     try:
-        planned = None if config.get("mode") == "imported" else planned_epochs(config)  # brought in, not trained
+        planned = None if is_imported(config) else planned_epochs(config)  # brought in, not trained
     except (TypeError, ValueError, AttributeError):
         planned = None
     params = metrics.get("params")
-    if _number(params) is not None:  # an imported run's count (no trainable split measured)
-        params = {"total": int(params)}
     train_seconds = _number(metrics.get("train_seconds"))
     if train_seconds is None and not problems:
         train_seconds = _number(status.get("seconds"))  # a stopped or failed run: its time so far

@@ -94,7 +94,7 @@ def finetune_config(
             "do not apply: unfreeze it from a layer name, a layer index, or head"
         )
     if source and source != base.data.source:
-        if saved.get("mode") != "imported":
+        if not runs.is_imported(saved):
             raise FinetuneError(
                 f"{parent.name} trained on {base.data.source!r}: a fine-tune continues on its parent's data"
             )
@@ -161,7 +161,7 @@ def open_data(config: TrainConfig, parent: Run, report=noop, stop=None):
     fractions, and no fingerprint is compared.
     """
     dataset = open_checked(config, report, stop)
-    if parent.config().get("mode") == "imported":
+    if runs.is_imported(parent.config()):
         splits = runs.splits_of(config.to_json(), dataset)
     else:
         if parent.config().get("fingerprint") != dataset.fingerprint:

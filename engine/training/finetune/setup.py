@@ -190,7 +190,7 @@ class Finetune(Recipe):
 
     def config_fields(self) -> dict:
         # an imported parent was split by nothing: the fine-tune's own seed splits its data, and its children keep it
-        seed = self.seed if self.parent.config().get("mode") == "imported" else self.parent.split_seed
+        seed = self.seed if runs.is_imported(self.parent.config()) else self.parent.split_seed
         return {"parent": self.parent.name, "split_seed": seed}
 
     def begin(self, run: Run, history: dict) -> None:
