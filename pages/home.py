@@ -29,6 +29,10 @@ networks, in the browser.
 - **Evaluate**: how good a trained model is per class, which classes it
   confuses and why (a click on a confusion cell shows those images with their
   Grad-CAMs), and whether its confidence can be trusted (calibration).
+- **Import a model**: bring the `.keras` file from your own notebook (the
+  transfer-learning tutorial's model, say) with its labels; ConvScope checks
+  it, loads it safely, tells which preprocessing it expects, and then every
+  page works on it like on a run trained here.
 - **Runs**: every run in one table; rename, delete, compare side by side, and
   a bake-off of several backbones on the same data.
 - **Inside the network**: every layer's feature maps, the first layer's
@@ -45,5 +49,6 @@ st.page_link("pages/datasets.py", label="Explore a dataset", icon="🗂️")
 st.page_link("pages/train.py", label="Train a classifier", icon="🏋️")
 st.page_link("pages/predict.py", label="Classify an image", icon="🔮")
 st.page_link("pages/evaluate.py", label="Evaluate a trained model", icon="📊")
+st.page_link("pages/import_model.py", label="Import your own Keras model", icon="📥")
 st.page_link("pages/runs.py", label="Compare runs", icon="🗃️")
 st.page_link("pages/inside.py", label="Look inside the network", icon="🔍")
