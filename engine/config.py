@@ -209,7 +209,7 @@ class ImportConfig:
         format: `keras` (a .keras archive or an allowed .h5) or `savedmodel` (opaque).
         output: what the file's model ends in: `softmax` probabilities, raw `logits`, one
             `binary_logit` or one `sigmoid` probability for two classes. The run's model.keras
-            gives logits whatever it was (engine.importing.model.as_logits).
+            gives logits whatever it was (engine.importing.model.inspect).
         preprocess: an engine.backbones.conventions name.
         preprocess_reason: why that convention, in words.
         channels: 1 (grayscale) or 3.

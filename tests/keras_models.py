@@ -125,6 +125,32 @@ def softmax_layer(path: Path, size: int = 32, classes: int = 3) -> Path:
     return path
 
 
+def nested_head(path: Path, size: int = 32, classes: int = 3, separate_softmax: bool = False) -> Path:
+    """A model whose last layer is a nested Sequential head ending in a softmax (its Dense's own, or a
+    separate Softmax layer)."""
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input((size, size, 3))
+    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, activation="relu", name="conv")(x))
+    if separate_softmax:
+        head = keras.Sequential([keras.Input((8,)), layers.Dense(classes), layers.Softmax()], name="head")
+    else:
+        head = keras.Sequential([keras.Input((8,)), layers.Dense(classes, activation="softmax")], name="head")
+    keras.Model(inputs, head(x)).save(path)
+    return path
+
+
+def half_open(path: Path, size: int = 32) -> Path:
+    """A model whose input fixes the width only: (None, size, 3)."""
+    keras = _keras()
+    inputs = keras.Input((None, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(x))
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path)
+    return path
+
+
 def any_size(path: Path, classes: int = 3) -> Path:
     """A fully convolutional model that accepts any image size (input (None, None, 3))."""
     keras = _keras()
@@ -273,10 +299,18 @@ def with_member(source: Path, path: Path, name: str, data: bytes = b"x", link: b
     return path
 
 
-def tf_module_savedmodel(folder: Path, size: int = 32, classes: int = 2, read_file: bool = False) -> Path:
+def tf_module_savedmodel(
+    folder: Path,
+    size: int = 32,
+    classes: int = 2,
+    read_file: bool = False,
+    print_to: str = "",
+    save_in_call: bool = False,
+) -> Path:
     """A SavedModel written by tf.saved_model.save, not Keras: a `serving_default` signature that returns a dict
     {"probabilities": (N, classes)} (softmax of a linear map of the mean colour, pixels 0-255). With `read_file`
-    its graph also reads a file, as a malicious model could (refused)."""
+    its graph also reads a file, as a malicious model could (refused); with `print_to` it tf.prints to that file,
+    with `save_in_call` it writes a checkpoint (SaveV2) whenever it is called (both refused too)."""
     import tensorflow as tf
 
     weights = np.random.default_rng(0).normal(size=(3, classes)).astype(np.float32) / 50
@@ -291,6 +325,12 @@ def tf_module_savedmodel(folder: Path, size: int = 32, classes: int = 2, read_fi
             z = tf.reduce_mean(x, [1, 2]) @ self.w
             if read_file:
                 z += 0.0 * tf.cast(tf.strings.length(tf.io.read_file(str(folder / "saved_model.pb"))), tf.float32)
+            if print_to:
+                tf.print(z, output_stream=f"file://{print_to}")
+            if save_in_call:
+                tf.raw_ops.SaveV2(
+                    prefix=str(folder.parent / "written"), tensor_names=["w"], shape_and_slices=[""], tensors=[self.w]
+                )
             return {"probabilities": tf.nn.softmax(z)}
 
     module = Classifier()

@@ -107,6 +107,19 @@ def test_labels_come_from_a_text_file_or_a_json_list_and_must_fit_the_output(tmp
     assert names == ["class 0", "class 1", "class 2"] and "no labels given" in warning
 
 
+def test_data_that_contradicts_the_rescaling_guess_wins(tmp_path):
+    """A model whose first op looks like rescaling but is not (x * 2 - 1 on [0, 1] input): auto follows the data."""
+    from engine.importing.model import Inspected
+    from engine.importing.run import choose
+
+    found = Inspected(model=None, output="logits", input_size=32, channels=3, takes_raw="it scales its input itself")
+    accuracy = {"raw": 0.3, "unit": 0.95, "symmetric": 0.6, "caffe": 0.3, "torch": 0.5}
+    chosen = choose(found, "auto", accuracy)
+    assert chosen.name == "unit" and "although it scales its input itself" in chosen.reason
+    assert choose(found, "auto", {"raw": 0.9, "unit": 0.95}).name == "raw"  # within 15 points: the layers win
+    assert choose(found, "auto", {}).name == "raw"
+
+
 # ---- models built in plain Keras (slow) ------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -168,6 +181,34 @@ def test_the_output_kind_is_read_and_the_run_gives_the_files_probabilities(
             z = np.asarray(original(fed, training=False), np.float64)[:, 0]
             theirs = np.stack([1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))], axis=1)
     np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_softmax_inside_a_nested_head_is_found_and_a_separate_one_there_refused(tmp_path, runs_dir):
+    import keras
+
+    from engine.model.explainable import Explainable
+
+    path = km.nested_head(tmp_path / "head.keras")
+    result = import_model(path)
+    assert result["output"] == "softmax" and result["max_diff"] < 1e-5
+    images = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    original = keras.models.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(
+        Explainable.from_run(result["run_dir"]).probabilities(images), original(images), atol=1e-5
+    )
+    with pytest.raises(ImportModelError, match="nested model 'head' whose last layer is a separate Softmax"):
+        import_model(km.nested_head(tmp_path / "separate.keras", separate_softmax=True))
+
+
+@pytest.mark.slow
+def test_an_input_with_one_free_side_is_fixed_square(tmp_path, runs_dir):
+    from engine.model.explainable import Explainable
+
+    result = import_model(km.half_open(tmp_path / "half.keras"))
+    assert result["input_size"] == 32
+    model = Explainable.from_run(result["run_dir"])
+    assert model.logits(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 2)
 
 
 @pytest.mark.slow

@@ -250,6 +250,21 @@ def test_a_tf_saved_model_with_serving_default_imports_and_one_that_reads_files_
         _import(runs_root, reader, preprocess="raw", out=runs_root / "reads-files")
     assert not (runs_root / "reads-files").exists()
 
+    # Writing files from the serving function: a tf.print to a file, a checkpoint write in the call itself.
+    printer = km.tf_module_savedmodel(root / "prints", size=SIZE, print_to=str(root / "leak.txt"))
+    with pytest.raises(ImportModelError, match="PrintV2 to a file"):
+        _import(runs_root, printer, preprocess="raw", out=runs_root / "prints")
+    saver = km.tf_module_savedmodel(root / "saves", size=SIZE, save_in_call=True)
+    with pytest.raises(ImportModelError, match="SaveV2"):
+        _import(runs_root, saver, preprocess="raw", out=runs_root / "saves")
+    assert not (root / "leak.txt").exists() and not list(root.glob("written*"))
+
+
+def test_the_sanity_check_of_an_opaque_model_says_why_it_cannot_run(from_folder, shapes, capsys):
+    image = sorted(shapes.rglob("*.png"))[0]
+    code, out = _cli(capsys, "explain", str(image), "--run", from_folder["run_dir"], "--method", "saliency", "--checks")
+    assert code == 2 and "cannot do here" in out["error"] and "opaque" in out["error"], out
+
 
 def test_the_pages_open_an_imported_savedmodel(from_folder, runs_root, open_page):
     name = Path(from_folder["run_dir"]).name

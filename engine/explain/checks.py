@@ -49,6 +49,10 @@ def randomised_copy(model: Explainable, top_layers: int = 3, seed: int = 0) -> E
     """
     import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
+    if model.opaque_reason:  # a Hub module or an imported SavedModel: its weights cannot be reached
+        raise ExplainError(
+            f"the sanity check randomises the model's top layers, which it cannot do here: {model.opaque_reason}"
+        )
     clone = keras.models.clone_model(model.model)
     clone.set_weights(model.model.get_weights())
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """A user's Keras model: loaded safely, checked to be an image classifier, its output made logits.
 
 What ConvScope needs of a model: one image input (N, S, S, 1 or 3) and one output of class
-scores (N, K). Its last layer tells what the scores are (OUTPUT_KINDS); `as_logits` rebuilds the
+scores (N, K). Its last layer tells what the scores are (OUTPUT_KINDS); `inspect` rebuilds the
 same layers so the model ends in logits, the score CAMs and attributions differentiate (the
 pre-softmax score, as in the Grad-CAM paper and tf-keras-vis's ReplaceToLinear):
 
@@ -168,15 +168,19 @@ def inspect(model, image_size: int | None = None) -> Inspected:
         raise ImportModelError(f"the model's input is {shape}: not an image batch (N, H, W, 1 or 3)")
     height, width, channels = shape[1], shape[2], int(shape[3])
     size = image_side(height, width, image_size)
-    fixed = height or width
     if len(outputs) != 1:
         shapes = ", ".join(str(tuple(t.shape)) for t in outputs)
         raise ImportModelError(f"the model has {len(outputs)} outputs ({shapes}); ConvScope takes one of class scores")
     out_shape = tuple(outputs[0].shape)
     if len(out_shape) != 2 or not out_shape[1]:
         raise ImportModelError(f"the model's output is {out_shape}, not class scores (N, K)")
-    if fixed is None:
+    if height is None or width is None:
         model = _fixed_size(model, size, channels)
+    # A head that is itself a nested model is rebuilt through layers shared with it: checked on probe images
+    # (what a last Dense, Activation or Softmax becomes is exact by construction and needs no pass).
+    last = model.outputs[0]._keras_history[0]
+    probe = np.random.default_rng(0).uniform(0, 255, (2, size, size, channels)).astype(np.float32)
+    before = np.asarray(model(probe, training=False), np.float64) if hasattr(last, "layers") else None
     output, logits = _logits_tensor(model, int(out_shape[1]))
     if output in ("binary_logit", "sigmoid"):
         pair = keras.layers.Dense(2, use_bias=False, trainable=False, name=TWO_LOGITS)
@@ -185,7 +189,10 @@ def inspect(model, image_size: int | None = None) -> Inspected:
     # No forward pass here: an eager one costs as much as the loading (tests/test_importing.py checks the
     # rebuilt model gives the file's probabilities back, for every kind of head).
     rebuilt = keras.Model(model.inputs[0], logits, name=model.name)  # one input, not a list of one
-    return Inspected(rebuilt, output, size, channels, takes_raw(model), augmentation_layers(model))
+    diff = 0.0 if before is None else output_gap(output, before, np.asarray(rebuilt(probe, training=False)))
+    if diff > MAX_DIFF:
+        raise ImportModelError(f"ConvScope could not reproduce the model's {output} output (off by {diff:.2g})")
+    return Inspected(rebuilt, output, size, channels, takes_raw(model), augmentation_layers(model), diff)
 
 
 def image_side(height: int | None, width: int | None, image_size: int | None) -> int:
@@ -227,6 +234,8 @@ def _logits_tensor(model, k: int) -> tuple[str, object]:
     """(output kind, the tensor of the scores before any softmax/sigmoid) of a built model."""
     tensor = model.outputs[0]
     op, node_index, _ = tensor._keras_history
+    if hasattr(op, "layers") and getattr(op, "outputs", None):  # the last layer is a nested model (a head)
+        return _nested_head(op, k, tensor)
     kind = type(op).__name__
     squash = ""  # "softmax" or "sigmoid": what the last operation applies
     if kind in ("Softmax", "Sigmoid"):
@@ -255,6 +264,34 @@ def _logits_tensor(model, k: int) -> tuple[str, object]:
     return ("binary_logit" if k == 1 else "logits"), logits
 
 
+def _nested_head(head, k: int, tensor) -> tuple[str, object]:
+    """(output kind, logits tensor) of a model whose last layer is a nested model `head`.
+
+    A Dense/Conv activation inside it is made linear (the layer object is shared, so the outer graph
+    changes with it); a separate softmax/sigmoid layer inside cannot be cut from outside: refused.
+    """
+    import keras  # heavy: TensorFlow loads in seconds; only an import pays
+
+    op = head
+    while hasattr(op, "layers") and getattr(op, "outputs", None):
+        op = op.outputs[0]._keras_history[0]
+    kind, activation = type(op).__name__, _activation_name(op)
+    if kind in ("Softmax", "Sigmoid") or (kind == "Activation" and activation in ("softmax", "sigmoid")):
+        raise ImportModelError(
+            f"the model ends in a nested model {head.name!r} whose last layer is a separate {kind} layer; "
+            "ConvScope needs the scores before it: save the model with that layer outside the nested model"
+        )
+    if activation in ("softmax", "sigmoid"):
+        op.activation = keras.activations.get("linear")
+    squash = activation if activation in ("softmax", "sigmoid") else ""
+    if squash == "softmax" and k < 2:
+        raise ImportModelError("the model ends in a softmax over one class, which is always 1: nothing to classify")
+    if squash == "sigmoid" and k > 1:
+        raise ImportModelError(f"the model ends in {k} sigmoids: a multi-label model; ConvScope classifies one class")
+    kind_out = squash or ("binary_logit" if k == 1 else "logits")
+    return kind_out, tensor
+
+
 def _fixed_size(model, size: int, channels: int):
     """The same model (same weights) with its any-size input fixed to (size, size, channels)."""
     import keras  # heavy: TensorFlow loads in seconds; only an import pays
@@ -264,7 +301,7 @@ def _fixed_size(model, size: int, channels: int):
         if node["class_name"] == "InputLayer":
             inner = node["config"]
             shape = inner.get("batch_shape") or inner.get("batch_input_shape")
-            if shape and len(shape) == 4 and shape[1] is None and shape[2] is None:
+            if shape and len(shape) == 4 and (shape[1] is None or shape[2] is None):
                 inner["batch_shape"] = [shape[0], size, size, shape[3]]
                 inner.pop("batch_input_shape", None)
     try:

@@ -20,7 +20,7 @@ from engine.data import sources
 from engine.data.ingest import Dataset
 from engine.data.pipeline import DecodedImages
 from engine.data.report import balanced_sample
-from engine.errors import ConfigError, ConvScopeError, ImportModelError
+from engine.errors import ConfigError, ImportModelError
 from engine.imaging import RESIZE_POLICIES
 from engine.importing import files
 from engine.importing.model import Inspected, inspect, load_keras
@@ -138,8 +138,14 @@ def choose(found: Inspected, asked: str, accuracy: dict[str, float]) -> Choice:
     if asked != "auto":
         name, reason = asked, "chosen by you"
         convention(name, found.channels)  # a colour convention for a grayscale model is refused here
-    elif found.takes_raw:
+    elif found.takes_raw and "raw" not in flagged:
         name, reason = "raw", found.takes_raw
+    elif found.takes_raw:  # the guess from its layers is contradicted by the data: the data wins
+        name = best
+        reason = (
+            f"the most accurate on a labelled sample ({accuracy[best]:.0%} top-1), although {found.takes_raw}: "
+            f"raw pixels were {flagged['raw']}"
+        )
     elif accuracy:
         name = best
         reason = f"the most accurate on a labelled sample: {accuracy[best]:.0%} top-1"
@@ -231,12 +237,16 @@ def import_model(
             mode="imported",
             imported=imported,
         )
+        existed = bool(out) and Path(out).expanduser().is_dir()  # an empty folder given as --out stays
         run = runs.create(str(out) if out else _folder_name(path.name))
         try:
             _write_run(run, found, config, names, dataset, name or path.name, choice, folder)
-        except (ConvScopeError, OSError) as exc:
-            shutil.rmtree(run.path, ignore_errors=True)  # the folder made just now: nothing of the user's is in it
-            raise ImportModelError(f"the run folder could not be written: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - Keras's save raises many kinds; none may leave a half run
+            for child in run.path.iterdir() if existed else ():
+                shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+            if not existed:
+                shutil.rmtree(run.path, ignore_errors=True)  # the folder made just now: nothing of the user's
+            raise ImportModelError(f"the run folder could not be written: {type(exc).__name__}: {exc}") from exc
     layers = [] if found.opaque else _layers(found.model)
     return {
         "run_dir": str(run.path),

@@ -34,7 +34,36 @@ UNSAFE_OPS = {
     "TFRecordDatasetV2",
     "SaveDataset",
     "SaveDatasetV2",
+    "CSVDataset",
+    "CSVDatasetV2",
+    "SqlDataset",
+    "LMDBDataset",
+    "SnapshotDataset",
+    "SnapshotDatasetV2",
+    "DatasetToTFRecord",
+    "LoadDataset",
+    "WholeFileReader",
+    "WholeFileReaderV2",
+    "InitializeTableFromTextFile",
+    "InitializeTableFromTextFileV2",
+    "CreateSummaryFileWriter",
+    "CreateSummaryDbWriter",
+    "WriteSummary",
+    "WriteScalarSummary",
+    "WriteHistogramSummary",
+    "WriteImageSummary",
+    "WriteAudioSummary",
+    "WriteRawProtoSummary",
+    "WriteGraphSummary",
+    "ImportEvent",
+    "DebugIdentity",
+    "DebugIdentityV2",
+    "DebugIdentityV3",
 }
+# Checkpoint ops: every SavedModel carries them in its saving and restoring functions (and its top-level
+# saver graph), where they only run when the model is saved or restored; anywhere else they write files.
+CHECKPOINT_OPS = {"SaveV2", "Save", "SaveSlices", "MergeV2Checkpoints", "RestoreV2", "Restore", "RestoreSlice"}
+CHECKPOINT_FUNCTIONS = ("_traced_save", "_traced_restore")
 
 
 def unpack(zip_path: Path, dest: Path) -> Path:
@@ -78,10 +107,15 @@ def scan_ops(folder: Path) -> None:
         raise ImportModelError(f"{folder.name}/saved_model.pb is damaged or not a SavedModel ({exc})") from exc
     found = set()
     for graph in proto.meta_graphs:
-        found |= {node.op for node in graph.graph_def.node}
+        found |= {node.op for node in graph.graph_def.node} & UNSAFE_OPS
         for function in graph.graph_def.library.function:
-            found |= {node.op for node in function.node_def}
-    refused = sorted(found & UNSAFE_OPS)
+            saver = any(part in function.signature.name for part in CHECKPOINT_FUNCTIONS)
+            for node in function.node_def:
+                if node.op in UNSAFE_OPS or (node.op in CHECKPOINT_OPS and not saver):
+                    found.add(node.op)
+                elif node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://"):
+                    found.add("PrintV2 to a file")
+    refused = sorted(found)
     if refused:
         raise ImportModelError(
             f"{folder.name} runs {', '.join(refused)}: a graph op that reads or writes files or calls Python, "

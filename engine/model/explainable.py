@@ -213,8 +213,8 @@ def layer_infos(model) -> list[LayerInfo]:
     """Every layer of a Keras model, those inside a nested model included ("base/layer"); no InputLayer."""
     out = []
     for layer in model.layers:
-        inner_layers = layer.layers if _is_model(layer) else [layer]
-        prefix = f"{layer.name}/" if _is_model(layer) else ""
+        inner_layers = layer.layers if is_model(layer) else [layer]
+        prefix = f"{layer.name}/" if is_model(layer) else ""
         for inner in inner_layers:
             if type(inner).__name__ == "InputLayer":
                 continue
@@ -252,7 +252,8 @@ def _load_savedmodel(folder: Path, config: dict):
         raise ExplainError(f"{folder.parent}: config.json does not say how the SavedModel was imported") from exc
 
 
-def _is_model(layer) -> bool:
+def is_model(layer) -> bool:
+    """Whether a layer is itself a Keras model (a nested base or head)."""
     import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
     return isinstance(layer, keras.Model)

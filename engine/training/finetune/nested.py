@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from engine.config import FinetuneConfig
 from engine.errors import FinetuneError
+from engine.model.explainable import TWO_LOGITS, is_model
 
-TWO_LOGITS = "two_logits"  # engine.importing's frozen Dense that turns one logit z into [-z/2, z/2]
 SHOWN_NAMES = 12  # layer names an error lists
 
 
@@ -31,12 +31,6 @@ class Unit:
     outer: str  # the nested model holding it, "" for a top-level layer
 
 
-def _is_model(layer) -> bool:
-    import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
-
-    return isinstance(layer, keras.Model)
-
-
 def _is_input(layer) -> bool:
     return type(layer).__name__ == "InputLayer"
 
@@ -45,7 +39,7 @@ def units(model) -> list[Unit]:
     """Every layer in order, a nested model's layers (its InputLayer left out) in the nested model's place."""
     out = []
     for layer in model.layers:
-        if _is_model(layer):
+        if is_model(layer):
             inner = [x for x in layer.layers if not _is_input(x)]
             out += [Unit(f"{layer.name}/{x.name}", x, layer.name) for x in inner]
         else:
@@ -55,7 +49,7 @@ def units(model) -> list[Unit]:
 
 def base_of(model):
     """The nested model holding the weights (the tutorial's `base_model`), or None (none, or several)."""
-    nested = [layer for layer in model.layers if _is_model(layer) and layer.weights]
+    nested = [layer for layer in model.layers if is_model(layer) and layer.weights]
     return nested[0] if len(nested) == 1 else None
 
 
@@ -123,7 +117,7 @@ def _by_index(model, rows: list[Unit], index: int) -> int:
         if _is_input(layer):
             return next(i for i, u in enumerate(rows) if u.outer == base.name)
         return next(i for i, u in enumerate(rows) if u.outer == base.name and u.layer is layer)
-    if _is_model(layer):
+    if is_model(layer):
         return next(i for i, u in enumerate(rows) if u.outer == layer.name)
     if layer.name == TWO_LOGITS:
         raise FinetuneError(f"{TWO_LOGITS} turns the model's one logit into two and stays frozen")
