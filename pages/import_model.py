@@ -184,9 +184,13 @@ def summary(result: dict) -> None:
             width="stretch",
             key="import_conventions",
         )
-        for convention, why in choice["flagged"].items():
-            if convention != choice["name"]:  # the chosen one's flag is among the warnings above
-                st.warning(f"{TITLES.get(convention, convention)}: {why}", icon="⚠️")
+        wrong = [  # the chosen one's flag is among the warnings above
+            f"- {TITLES.get(convention, convention)}: {why}"
+            for convention, why in choice["flagged"].items()
+            if convention != choice["name"]
+        ]
+        if wrong:
+            st.warning("Clearly wrong for this model (red in the chart):\n" + "\n".join(wrong), icon="⚠️")
     if result["augmentation"]:
         st.info(
             f"Augmentation layers ({', '.join(result['augmentation'])}): inactive outside training, so predictions "
