@@ -86,6 +86,7 @@ def test_a_watched_dashboard_run_equals_its_cli_twin_and_takes_as_long(server, t
     measures the same with repeats.
     """
     import json
+    import statistics
 
     from playwright.sync_api import sync_playwright
 
@@ -99,7 +100,7 @@ def test_a_watched_dashboard_run_equals_its_cli_twin_and_takes_as_long(server, t
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1400})
         watched.browser_aside()  # a user's browser renders on their own machine, not on the server's cores
-        for k in range(3):  # three pairs, each side's fastest compared: a timing on 2 shared cores is noisy
+        for k in range(3):  # three pairs, each side's median compared (as bench/watched.py): 2 shared cores are noisy
             twins.append(watched.cli_train(tmp_path / f"twin-{k}"))
             ours.append(watched.watch_one(page, server, Path(RUNS["dir"]))[0])
         browser.close()
@@ -110,8 +111,10 @@ def test_a_watched_dashboard_run_equals_its_cli_twin_and_takes_as_long(server, t
         assert watched.same_weights(run, theirs), "the dashboard run's weights differ from its CLI twin's"
     seconds = [json.loads((run / "metrics.json").read_text())["train_seconds"] for run in ours]
     cli = [twin["train_seconds"] for twin in twins]
-    ratio = min(seconds) / min(cli)
-    print(f"watched dashboard runs {seconds} s, CLI twins {cli} s: {ratio:.2f}x (fastest of each)")
+    # Medians, not minima: CI once had CLI twins [8.45, 8.37, 6.27] s against watched [10.35, 8.5, 8.22] s,
+    # one lucky CLI sample read as 1.31x where the medians are 1.02x.
+    ratio = statistics.median(seconds) / statistics.median(cli)
+    print(f"watched dashboard runs {seconds} s, CLI twins {cli} s: {ratio:.2f}x (median of each)")
     assert ratio <= 1.2, f"the watched run took {ratio:.2f}x its CLI twin"
 
 
