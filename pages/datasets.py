@@ -12,7 +12,7 @@ from engine.config import FLIP_MODES, AugmentConfig, DataConfig
 from engine.data import pipeline, report
 from engine.data.ingest import load_item
 from engine.data.layout import DUPLICATE
-from engine.data.splits import SPLITS, split_items
+from engine.data.splits import SPLITS, split_dataset
 from engine.errors import ConvScopeError
 from engine.training.features import knn_accuracy, pca_2d
 from ui import cached, router, state, widgets
@@ -68,7 +68,7 @@ with st.sidebar:
     if dataset.has_splits:
         st.caption("This source has its own splits; only missing ones are carved from its training part.")
 
-splits = split_items(dataset.items, int(seed), val_pct / 100, test_pct / 100)
+splits = split_dataset(dataset, int(seed), val_pct / 100, test_pct / 100)
 split_of = {i.rel: s for s, items in splits.items() for i in items}
 counts = dataset.counts()
 duplicates = [s for s in dataset.skipped if s.reason == DUPLICATE]

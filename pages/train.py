@@ -23,7 +23,7 @@ from engine.config import (
     mode_defaults,
 )
 from engine.data import sources
-from engine.data.splits import split_items
+from engine.data.splits import split_dataset
 from engine.errors import ConvScopeError
 from engine.training import fit, presets
 from ui import cached, router, state, widgets
@@ -218,7 +218,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
         st.error(str(exc))
         return None
     if mode == "scratch":  # say what to expect before the user spends minutes on it
-        train_images = len(split_items(dataset.items, config.seed, data.val_frac, data.test_frac)["train"])
+        train_images = len(split_dataset(dataset, config.seed, data.val_frac, data.test_frac)["train"])
         outlook = fit.scratch_outlook(train_images, len(dataset.classes))
         if outlook:
             st.warning(outlook, icon="⚠️")

@@ -83,6 +83,11 @@ def _print_inspect(result: dict) -> None:
         for item in result["skipped"]:
             detail = f" - {item['detail']}" if item.get("detail") else ""
             print(f"  {item['path']}: {item['reason']}{detail}")
+    c = result.get("corrections")
+    if c and (c["relabelled"] or c["excluded"] or c["stale"]):
+        print(f"corrections applied: {c['relabelled']} relabelled, {c['excluded']} excluded (engine data-fix)")
+        for path in c["stale"]:
+            print(f"  not applied to {path}: the file changed or is gone since it was corrected")
     for w in result["warnings"]:
         print(f"warning: {w}")
     for p in result["problems"]:

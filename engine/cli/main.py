@@ -4,7 +4,7 @@ With --json, exactly one JSON object goes to stdout; logs go to stderr.
 Exit codes: 0 success, 1 a training run that failed (its JSON says why),
 2 bad input (with {"error": "..."} under --json).
 
-One module per group of commands (data, models, inside, train, runs); each adds its commands'
+One module per group of commands (data, health, models, inside, train, runs); each adds its commands'
 arguments next to the code that runs them. Here they are put together in the order of the help.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from engine.cli import data, inside, models, runs, train
+from engine.cli import data, health, inside, models, runs, train
 from engine.cli.common import Parser, run
 
 COMMANDS = (
@@ -23,6 +23,8 @@ COMMANDS = (
     models.add_import_model,
     data.add_make_shapes,
     data.add_inspect_data,
+    health.add_data_issues,
+    health.add_data_fix,
     inside.add_activations,
     inside.add_explain,
     inside.add_visualize,

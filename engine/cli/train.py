@@ -43,6 +43,8 @@ class _TrainProgress:
             h = fields["history"]
             parts = [f"{k} {h[k][-1]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if h.get(k)]
             print(f"epoch {len(h['loss'])}/{fields['epochs']}: " + ", ".join(parts), file=sys.__stderr__, flush=True)
+        elif stage == "data" and fields.get("message", "").startswith("Corrections"):
+            print(fields["message"], file=sys.__stderr__, flush=True)
         elif stage in ("evaluating", "saving"):
             print(f"{stage}…", file=sys.__stderr__, flush=True)
 
@@ -195,6 +197,9 @@ def _print_train(result: dict) -> None:
         if result.get(key) is not None:
             print(f"  {key.replace('_', ' ')}: {result[key]:.3f}")
     print(f"  {result['epochs_run']} epochs in {result['seconds']:.1f} s")
+    if result.get("corrections"):
+        c = result["corrections"]
+        print(f"  on corrected data: {c['relabelled']} relabelled, {c['excluded']} excluded (engine data-fix)")
     strategy = result.get("strategy") or {}
     if strategy.get("replicas", 1) > 1:
         print(

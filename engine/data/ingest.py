@@ -43,6 +43,30 @@ class Item:
     sha256: str
     width: int
     height: int
+    given: int | None = None  # the folder's label, when a correction relabelled the image (engine.data.corrections)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What corrections (engine.data.corrections) did to a dataset: counts, and changes that no longer match a file."""
+
+    relabelled: int = 0
+    excluded: int = 0
+    kept: int = 0
+    stale: tuple[str, ...] = ()  # paths gone or changed since they were corrected
+
+    @property
+    def changes_data(self) -> bool:
+        return bool(self.relabelled or self.excluded)
+
+    def to_json(self) -> dict:
+        return {"relabelled": self.relabelled, "excluded": self.excluded, "kept": self.kept, "stale": list(self.stale)}
+
+    def sentence(self) -> str:
+        """`2 relabelled, 1 excluded` (for the CLI and the pages); '' when nothing applies."""
+        parts = [f"{self.relabelled} relabelled"] * bool(self.relabelled)
+        parts += [f"{self.excluded} excluded"] * bool(self.excluded)
+        return ", ".join(parts)
 
 
 @dataclass
@@ -56,6 +80,9 @@ class Dataset:
     skipped: list[Skipped]
     has_splits: bool = False
     boxes: dict[str, list[int]] | None = None
+    # With corrections applied: every usable image as on disk (excluded ones too) and what was done.
+    raw_items: list[Item] | None = None
+    corrections: Summary | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     def path(self, item: Item) -> Path:
@@ -118,11 +145,31 @@ class Dataset:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over classes and (path, label, content hash): equal data, equal key."""
+        """SHA-256 over classes and (path, label, content hash): equal data, equal key.
+
+        A relabelled or excluded image changes it; undoing the correction restores it.
+        """
         if self._fingerprint is None:
-            payload = json.dumps([self.classes, [(i.rel, i.label, i.sha256) for i in self.items]])
-            self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+            self._fingerprint = _fingerprint(self.classes, self.items)
         return self._fingerprint
+
+    @property
+    def files_fingerprint(self) -> str:
+        """The fingerprint of the data as on disk, before corrections (what pixel caches are keyed by)."""
+        return self.fingerprint if self.raw_items is None else _fingerprint(self.classes, self.raw_items)
+
+    @property
+    def excluded(self) -> list[Item]:
+        """Images a correction excluded (as on disk)."""
+        if self.raw_items is None:
+            return []
+        kept = {i.rel for i in self.items}
+        return [i for i in self.raw_items if i.rel not in kept]
+
+
+def _fingerprint(classes: list[str], items: list[Item]) -> str:
+    payload = json.dumps([classes, [(i.rel, i.label, i.sha256) for i in items]])
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from PIL import Image, ImageDraw
 from engine import imaging
 from engine.data.ingest import Dataset, Item
 from engine.data.layout import Skipped
-from engine.data.splits import SPLITS, split_items
+from engine.data.splits import SPLITS, split_dataset
 
 
 def inspect_report(dataset: Dataset, seed: int = 0, val_frac: float = 0.15, test_frac: float = 0.15) -> dict:
     """The `inspect-data --json` object: classes, counts, splits, skipped files, problems."""
-    splits = split_items(dataset.items, seed, val_frac, test_frac)
+    splits = split_dataset(dataset, seed, val_frac, test_frac)
     return {
         "source": dataset.source,
         "root": str(dataset.root),
@@ -33,12 +33,13 @@ def inspect_report(dataset: Dataset, seed: int = 0, val_frac: float = 0.15, test
         "warnings": dataset.warnings(),
         "fingerprint": dataset.fingerprint,
         "has_boxes": dataset.boxes is not None,
+        "corrections": dataset.corrections.to_json() if dataset.corrections else None,
     }
 
 
 def split_of(dataset: Dataset, seed: int = 0, val_frac: float = 0.15, test_frac: float = 0.15) -> dict[str, str]:
     """item.rel -> split name."""
-    return {i.rel: s for s, items in split_items(dataset.items, seed, val_frac, test_frac).items() for i in items}
+    return {i.rel: s for s, items in split_dataset(dataset, seed, val_frac, test_frac).items() for i in items}
 
 
 def thumbnail(rgb: np.ndarray, px: int = 64) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from engine import settings
-from engine.data import archive, shapes, tfds_source
+from engine.data import archive, corrections, shapes, tfds_source
 from engine.data.ingest import Dataset, ingest
 from engine.data.layout import Skipped, scan
 from engine.errors import DatasetError
@@ -142,12 +142,19 @@ def resolve(source: str, progress: StageProgress | None = None) -> tuple[Path, l
     return path, []
 
 
-def open_dataset(source: str = DEFAULT_SOURCE, progress: StageProgress | None = None) -> Dataset:
-    """Resolve and ingest a source: every file decoded once, the rest reported."""
+def open_dataset(
+    source: str = DEFAULT_SOURCE, progress: StageProgress | None = None, corrected: bool = True
+) -> Dataset:
+    """Resolve and ingest a source: every file decoded once, the rest reported.
+
+    `corrected`: apply the dataset's corrections record (engine.data.corrections), as every
+    loader does; False gives the data exactly as on disk.
+    """
     root, skipped = resolve(source, progress)
     layout = scan(root)
     checking = (lambda d, t: progress("Checking images", d, t)) if progress else None
-    return ingest(layout, source, checking, extra_skipped=skipped)
+    dataset = ingest(layout, source, checking, extra_skipped=skipped)
+    return corrections.apply(dataset) if corrected else dataset
 
 
 def server_folders() -> list[Path]:

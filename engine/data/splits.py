@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import check_fractions
-from engine.data.ingest import Item
+from engine.data.ingest import Dataset, Item
 
 SPLITS = ("train", "validation", "test")
 
@@ -32,8 +32,8 @@ def split_items(
     for item in items:
         if item.split in ("validation", "test"):
             out[item.split].append(item)
-        else:
-            pool.setdefault(item.label, []).append(item)
+        else:  # pooled by the folder's label: relabelling an image moves no image to another split
+            pool.setdefault(item.label if item.given is None else item.given, []).append(item)
     for label in sorted(pool):
         group = sorted(pool[label], key=lambda i: i.rel)
         order = np.random.default_rng([seed, label]).permutation(len(group))
@@ -50,3 +50,18 @@ def split_items(
         out["test"].extend(group[n_val : n_val + n_test])
         out["train"].extend(group[n_val + n_test :])
     return out
+
+
+def split_dataset(
+    dataset: Dataset, seed: int = 0, val_frac: float = 0.15, test_frac: float = 0.15
+) -> dict[str, list[Item]]:
+    """`split_items` of the data as on disk, less the images a correction excluded.
+
+    So a correction moves no other image to another split: a run on corrected data is
+    tested on the same images as the run before it (less the excluded ones).
+    """
+    if dataset.raw_items is None:
+        return split_items(dataset.items, seed, val_frac, test_frac)
+    current = {i.rel: i for i in dataset.items}  # with their corrected labels
+    raw = split_items(dataset.raw_items, seed, val_frac, test_frac)
+    return {s: [current[i.rel] for i in items if i.rel in current] for s, items in raw.items()}

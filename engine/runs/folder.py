@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.config import DataConfig, TrainConfig
 from engine.data.ingest import Dataset, Item
-from engine.data.splits import split_items
+from engine.data.splits import split_dataset
 from engine.errors import ConfigError, RunError
 from engine.runs import files
 
@@ -299,7 +299,7 @@ def split_seed_of(config: dict) -> int:
 def splits_of(config: dict, dataset: Dataset) -> dict[str, list[Item]]:
     """A run's train/val/test items of `dataset`, from its config.json: split as in training (seed, fractions)."""
     data = DataConfig(**{k: v for k, v in (config.get("data") or {}).items() if k in ("val_frac", "test_frac")})
-    return split_items(dataset.items, split_seed_of(config), data.val_frac, data.test_frac)
+    return split_dataset(dataset, split_seed_of(config), data.val_frac, data.test_frac)
 
 
 def is_imported(config: dict) -> bool:

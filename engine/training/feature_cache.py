@@ -119,16 +119,24 @@ def clean_features(
 ) -> tuple[np.ndarray, bool]:
     """Features of every item of the dataset, in `dataset.items` order.
 
+    Features depend on pixels only, so they are kept for the data as on disk: relabelling or
+    excluding images (engine.data.corrections) reuses them.
+
     Returns:
         ((N, D) float32, whether they came from the cache).
     """
-    n = len(dataset.items)
-    return cached_array(
-        key.folder / f"{dataset.fingerprint[:32]}.npy",
+    every = dataset.items if dataset.raw_items is None else dataset.raw_items
+    n = len(every)
+    features, cached = cached_array(
+        key.folder / f"{dataset.files_fingerprint[:32]}.npy",
         (n,),
-        lambda: compute_batches(extractor, dataset, dataset.items, key, batch_size, None, 0, progress, 0, n),
+        lambda: compute_batches(extractor, dataset, every, key, batch_size, None, 0, progress, 0, n),
         progress,
     )
+    if every is not dataset.items:
+        row = {item.rel: k for k, item in enumerate(every)}
+        features = features[[row[item.rel] for item in dataset.items]]
+    return features, cached
 
 
 def augmented_features(

@@ -24,7 +24,7 @@ from engine import backbones, runs
 from engine.config import TrainConfig
 from engine.data.ingest import Dataset, Item
 from engine.data.pipeline import make_tf_dataset
-from engine.data.splits import split_items
+from engine.data.splits import split_dataset
 from engine.runs import Run
 from engine.training import distribute, feature_cache, loop, models
 from engine.training.batches import index_batches
@@ -120,7 +120,7 @@ class NewModel(Recipe):
         dataset = loop.open_checked(config, report, stop)
         distribute.agree(dataset.fingerprint, "their data")
         # A feature or scratch run splits with its own seed (as Run.splits reads it back from config.json).
-        return dataset, split_items(dataset.items, config.seed, config.data.val_frac, config.data.test_frac)
+        return dataset, split_dataset(dataset, config.seed, config.data.val_frac, config.data.test_frac)
 
     def prepare(self, config, run, dataset, splits, y, report, stop, resume, info) -> Prepared:
         import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay

@@ -75,7 +75,13 @@ def open_checked(config: TrainConfig, report: Report = noop, stop: threading.Eve
 
     dataset = sources.open_dataset(config.data.source, data_progress)
     dataset.check()
+    if _corrected(dataset):
+        report(stage="data", message=f"Corrections applied: {dataset.corrections.sentence()}")
     return dataset
+
+
+def _corrected(dataset: Dataset) -> bool:
+    return dataset.corrections is not None and dataset.corrections.changes_data
 
 
 # ---- what a mode hands over --------------------------------------------------------
@@ -216,6 +222,7 @@ def train(
         "features": info["features"],
         "params": info.get("params"),
         "strategy": strategy,
+        "corrections": run.config().get("corrections"),
         **({"parent": info["parent"], "boundary": info.get("boundary")} if "parent" in info else {}),
     }
 
@@ -255,6 +262,8 @@ def _fit(config: TrainConfig, run: Run, recipe: Recipe, stop, report, resume, st
                 **recipe.config_fields(),
                 "labels": dataset.classes,
                 "fingerprint": dataset.fingerprint,
+                # a run on corrected data says so (the Runs page and the report show it)
+                **({"corrections": dataset.corrections.to_json()} if _corrected(dataset) else {}),
                 "split_sizes": {k: len(v) for k, v in splits.items()},
                 "created": time.time(),
             },

@@ -1,0 +1,361 @@
+"""Find what is wrong with a labelled dataset: label mistakes, outliers, near-duplicates, leaks.
+
+1. Backbone features of every image (engine.training.feature_cache: computed once per data).
+2. Out-of-fold probabilities: K stratified folds, a linear head (scikit-learn's logistic
+   regression, the same model as a feature run's head without hidden layers) trained on
+   K-1 folds scores the K-th, so no image is scored by a head that saw it.
+3. cleanlab on those probabilities: `filter.find_label_issues` (confident learning) and
+   `rank.get_label_quality_scores`; `outlier.OutOfDistribution` scores how far each image
+   lies from its neighbours in feature space.
+4. Near-duplicates and leaks by hand: cleanlab's near-duplicate check lives in `Datalab`,
+   which needs the Hugging Face `datasets` package (pyarrow and more) for one rule; the rule
+   (a neighbour much closer than the typical neighbour) is a few lines here, confirmed by a
+   perceptual hash (imagehash's pHash), so a resized or re-compressed copy counts and two
+   different photos that a backbone finds alike do not.
+
+The report is a JSON-ready dict, cached per (data fingerprint, backbone, size, folds, split):
+asking again costs a file read. A full-data head is kept beside it (`head_file`) for
+where the model looked (engine.health.explain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from engine import backbones, imaging, settings
+from engine.data import corrections
+from engine.data.ingest import Dataset, Item
+from engine.data.sources import StageProgress, open_dataset
+from engine.data.splits import split_dataset
+from engine.errors import ConvScopeError, DatasetError
+from engine.evaluate.evaluation import cached_logits, labelled_set
+from engine.runs import Run, atomic_write, splits_of
+from engine.training import feature_cache
+from engine.training.features import FeatureExtractor
+
+_VERSION = 1  # bump when the analysis changes: cached reports are then recomputed
+NEIGHBOURS = 10  # as cleanlab's Datalab
+# Datalab's outlier rule on features: mean distance to the k nearest > Q3 + (1/t - 1) * IQR.
+OUTLIER_T = 0.37037
+# A pair is a near-duplicate candidate when its feature distance is under this share of the
+# median nearest-neighbour distance (Datalab uses 0.13 for exact-ish copies; a resized, re-saved
+# JPEG moves further, so the perceptual hash decides).
+DUPLICATE_SHARE = 0.5
+PHASH_BITS = 12  # of 64: a copy resized to 60% and saved as JPEG at quality 50 stays within 8 (tests)
+SHOWN_NEIGHBOURS = 4
+
+
+def analyse(
+    source: str,
+    backbone: str = backbones.DEFAULT_BACKBONE,
+    image_size: int | None = None,
+    folds: int = 5,
+    run: Run | None = None,
+    progress: StageProgress | None = None,
+    extractor: FeatureExtractor | None = None,
+) -> dict:
+    """The health report of `source` (corrections applied: what a run would train on).
+
+    Args:
+        run: whose split the leaks are measured against (else the default split: seed 0, 15%/15%),
+            and whose test accuracy they may inflate.
+        extractor: an already loaded FeatureExtractor of `backbone` (the dashboard shares one).
+
+    Returns:
+        The JSON-ready report: `label_issues` (worst first), `outliers`, `near_duplicates`,
+        `leaks`, `inflation`, `counts`, `score`, `seconds`, `corrections`.
+    """
+    t0 = time.monotonic()
+    dataset = open_dataset(source, progress)
+    dataset.check()
+    spec = backbones.get_spec(backbone)
+    size = int(image_size or spec.input_size)
+    splits, split_name = _splits(dataset, run)
+    key = _key(dataset, backbone, size, folds, split_name)
+    folder = settings.cache_dir() / "health"
+    cached = _read(folder / f"{key}.json")
+    if cached is not None:
+        return _fresh(cached, dataset, cached=True)
+
+    extractor = extractor or FeatureExtractor(backbone, size)
+    t = time.monotonic()
+    features, _ = feature_cache.clean_features(
+        extractor,
+        dataset,
+        feature_cache.FeatureKey(backbone, extractor.input_size, "stretch"),
+        progress=(lambda d, n: progress("Computing features", d, n)) if progress else None,
+    )
+    seconds = {"features": time.monotonic() - t}
+    labels = np.array([i.label for i in dataset.items])
+
+    t = time.monotonic()
+    k = _folds(labels, folds)
+    probs, head = out_of_fold(features, labels, len(dataset.classes), k, progress)
+    seconds["folds"] = time.monotonic() - t
+
+    t = time.monotonic()
+    if progress:
+        progress("Finding issues", 0, 1)
+    report = _issues(dataset, features, labels, probs, splits)
+    seconds["issues"] = time.monotonic() - t
+    report.update(
+        source=source,
+        fingerprint=dataset.fingerprint,
+        backbone=backbone,
+        image_size=extractor.input_size,
+        folds=k,
+        split=split_name,
+        classes=dataset.classes,
+        num_images=len(dataset.items),
+        oof_accuracy=float((probs.argmax(1) == labels).mean()),
+        head_file=str(folder / f"{key}.npz"),
+        version=_VERSION,
+    )
+    if run is not None:
+        report["inflation"].update(_run_accuracy(run, source, report["leaks"]))
+    seconds["total"] = time.monotonic() - t0
+    report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / f"{key}.npz", lambda tmp: np.savez(tmp, **head))
+    atomic_write(folder / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(report)))
+    if progress:
+        progress("Finding issues", 1, 1)
+    return _fresh(report, dataset, cached=False)
+
+
+def out_of_fold(
+    features: np.ndarray, labels: np.ndarray, classes: int, folds: int, progress: StageProgress | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Probabilities of every image from a head that did not see it, and a head fitted on all.
+
+    Args:
+        features: (N, D) float32; labels: (N,) int in [0, classes).
+
+    Returns:
+        ((N, classes) float32 out-of-fold probabilities, {"kernel": (D, classes), "bias": (classes,)}
+        of the head trained on every image).
+    """
+    from sklearn.exceptions import ConvergenceWarning  # heavy: scikit-learn loads in a second; only this pays
+    from sklearn.linear_model import LogisticRegression  # heavy: as above
+    from sklearn.model_selection import StratifiedKFold  # heavy: as above
+
+    def fit(idx: np.ndarray) -> LogisticRegression:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # 300 steps are plenty for a ranking
+            return LogisticRegression(max_iter=300).fit(features[idx], labels[idx])
+
+    probs = np.zeros((len(labels), classes), np.float32)
+    split = StratifiedKFold(folds, shuffle=True, random_state=0).split(features, labels)
+    for n, (train, held) in enumerate(split):
+        if progress:
+            progress("Training the heads", n, folds + 1)
+        head = fit(train)
+        probs[np.ix_(held, head.classes_)] = head.predict_proba(features[held])
+    if progress:
+        progress("Training the heads", folds, folds + 1)
+    full = fit(np.arange(len(labels)))
+    kernel = np.zeros((features.shape[1], classes), np.float32)
+    bias = np.full(classes, -1e4, np.float32)  # a class the head never saw (cannot happen after check())
+    kernel[:, full.classes_] = full.coef_.T if classes > 2 else np.c_[-full.coef_[0] / 2, full.coef_[0] / 2]
+    bias[full.classes_] = full.intercept_ if classes > 2 else [-full.intercept_[0] / 2, full.intercept_[0] / 2]
+    return probs, {"kernel": kernel, "bias": bias}
+
+
+def _folds(labels: np.ndarray, wanted: int) -> int:
+    """As many folds as asked, at most the smallest class's size (each fold holds every class)."""
+    if wanted < 2:
+        raise DatasetError(f"--folds {wanted}: give 2 or more (5 is the default)")
+    smallest = int(np.bincount(labels).min())
+    if smallest < 2:
+        raise DatasetError("every class needs at least 2 images for out-of-fold scores")
+    return min(wanted, smallest)
+
+
+def _issues(
+    dataset: Dataset, features: np.ndarray, labels: np.ndarray, probs: np.ndarray, splits: dict[str, list[Item]]
+) -> dict:
+    from cleanlab.filter import find_label_issues  # heavy: cleanlab loads in a second; only this pays
+    from cleanlab.outlier import OutOfDistribution  # heavy: as above
+    from cleanlab.rank import get_label_quality_scores  # heavy: as above
+    from scipy.stats import iqr  # heavy: SciPy's stats load in a second
+
+    items, classes = dataset.items, dataset.classes
+    n = len(items)
+    quality = get_label_quality_scores(labels, probs)
+    flagged = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    k = min(NEIGHBOURS, n - 1)
+    ood = OutOfDistribution({"k": k})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Fitting OOD estimator..." is printed, not warned; others are noise here
+        outlier_score = ood.fit_score(features=features, verbose=False)
+    distances, neighbours = ood.params["knn"].kneighbors(features, n_neighbors=k + 1)
+    distances, neighbours = _drop_self(distances, neighbours)
+    mean_distance = distances.mean(axis=1)
+    limit = np.percentile(mean_distance, 75) + (1 / OUTLIER_T - 1) * iqr(mean_distance)
+    outliers = np.flatnonzero(mean_distance > limit)
+    outliers = outliers[np.argsort(outlier_score[outliers])]
+
+    def near(i: int) -> list[dict]:
+        return [
+            {"path": items[j].rel, "label": classes[labels[j]], "similarity": round(1 - float(d), 4)}
+            for d, j in zip(distances[i][:SHOWN_NEIGHBOURS], neighbours[i][:SHOWN_NEIGHBOURS], strict=True)
+        ]
+
+    label_issues = [
+        {
+            "path": items[i].rel,
+            "given": classes[labels[i]],
+            "suggested": classes[int(probs[i].argmax())],
+            "score": round(float(quality[i]), 4),
+            "p_given": round(float(probs[i, labels[i]]), 4),
+            "p_suggested": round(float(probs[i].max()), 4),
+            "neighbours": near(i),
+        }
+        for i in flagged
+    ]
+    outlier_rows = [
+        {
+            "path": items[i].rel,
+            "label": classes[labels[i]],
+            "score": round(float(outlier_score[i]), 4),
+            "neighbours": near(i),
+        }
+        for i in outliers
+    ]
+    split_of = {i.rel: s for s, part in splits.items() for i in part}
+    groups = near_duplicate_groups(dataset, distances, neighbours)
+    duplicates = [
+        {
+            "paths": [items[i].rel for i in g],
+            "labels": [classes[labels[i]] for i in g],
+            "splits": [split_of.get(items[i].rel, "") for i in g],
+        }
+        for g in groups
+    ]
+    leaks = [d for d in duplicates if len(set(d["splits"]) - {""}) > 1]
+    test = [s for s in split_of.values() if s == "test"]
+    leaked_test = sum(
+        sum(s == "test" for s in d["splits"]) for d in leaks if {"train", "validation"} & set(d["splits"])
+    )
+    flagged_paths = (
+        {r["path"] for r in label_issues}
+        | {r["path"] for r in outlier_rows}
+        | {p for d in duplicates for p in d["paths"][1:]}  # the first of a group is the one to keep
+    )
+    return {
+        "label_issues": label_issues,
+        "label_ranking": [items[i].rel for i in np.argsort(quality, kind="stable")],
+        "outliers": outlier_rows,
+        "near_duplicates": duplicates,
+        "leaks": leaks,
+        "inflation": {
+            "test_images": len(test),
+            "leaked_test_images": leaked_test,
+            # each leaked test image may be right only because its copy was trained on
+            "at_most_points": round(100 * leaked_test / len(test), 2) if test else 0.0,
+        },
+        "counts": {
+            "label_issues": len(label_issues),
+            "outliers": len(outlier_rows),
+            "near_duplicate_groups": len(duplicates),
+            "leaks": len(leaks),
+            "images_flagged": len(flagged_paths),
+        },
+        # share of images nothing is wrong with, in percent
+        "score": round(100 * (1 - len(flagged_paths) / n), 1),
+    }
+
+
+def _drop_self(distances: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest others: (N, k+1) with the image itself (somewhere) -> (N, k)."""
+    keep = neighbours != np.arange(len(neighbours))[:, None]
+    rows = np.array([np.flatnonzero(r)[: keep.shape[1] - 1] for r in keep])
+    return np.take_along_axis(distances, rows, 1), np.take_along_axis(neighbours, rows, 1)
+
+
+def near_duplicate_groups(dataset: Dataset, distances: np.ndarray, neighbours: np.ndarray) -> list[list[int]]:
+    """Groups (item indices, sorted) of images that are the same picture: close features and close pHash.
+
+    Args:
+        distances, neighbours: (N, k) cosine distances to and indices of each image's k nearest others.
+    """
+    from scipy.sparse import coo_matrix  # heavy: as SciPy's stats
+    from scipy.sparse.csgraph import connected_components  # heavy: as above
+
+    median = max(float(np.median(distances[:, 0])), 1e-6)
+    rows, cols = np.nonzero(distances < DUPLICATE_SHARE * median)
+    pairs = {(min(i, j), max(i, j)) for i, j in zip(rows.tolist(), neighbours[rows, cols].tolist(), strict=True)}
+    hashes: dict[int, object] = {}
+
+    def phash(i: int):
+        if i not in hashes:
+            import imagehash  # heavy: brings PyWavelets and SciPy; only a near-duplicate check pays
+
+            hashes[i] = imagehash.phash(PILImage.fromarray(imaging.load_rgb(dataset.path(dataset.items[i]))))
+        return hashes[i]
+
+    same = [(i, j) for i, j in sorted(pairs) if phash(i) - phash(j) <= PHASH_BITS]
+    if not same:
+        return []
+    n = len(dataset.items)
+    a, b = np.array(same).T
+    graph = coo_matrix((np.ones(len(same)), (a, b)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    members: dict[int, list[int]] = {}
+    for i in sorted(set(a) | set(b)):
+        members.setdefault(int(component[i]), []).append(int(i))
+    return sorted(members.values(), key=lambda g: (-len(g), g))
+
+
+def _splits(dataset: Dataset, run: Run | None) -> tuple[dict[str, list[Item]], str]:
+    if run is None:
+        own = "the source's own splits" if dataset.has_splits else "the default split"
+        return split_dataset(dataset), f"{own} (seed 0, 15% validation, 15% test where carved)"
+    return splits_of(run.config(), dataset), f"run {run.name}"
+
+
+def _run_accuracy(run: Run, source: str, leaks: list[dict]) -> dict:
+    """The run's test accuracy with and without its leaked test images (what the leaks can be worth)."""
+    try:
+        data = labelled_set(run, source, "test")
+        logits, _ = cached_logits(run, data)
+    except ConvScopeError as exc:  # e.g. the data changed since the run: only the bound is known
+        return {"run": run.name, "accuracy_note": str(exc)}
+    right = logits.argmax(1) == data.labels
+    leaked = {p for d in leaks for p, s in zip(d["paths"], d["splits"], strict=True) if s == "test"}
+    clean = np.array([rel not in leaked for rel in data.rels])
+    return {
+        "run": run.name,
+        "accuracy": round(float(right.mean()), 4),
+        "accuracy_without_leaked": round(float(right[clean].mean()), 4) if clean.any() else None,
+    }
+
+
+def _key(dataset: Dataset, backbone: str, size: int, folds: int, split: str) -> str:
+    payload = json.dumps([_VERSION, dataset.fingerprint, backbone, size, folds, split])
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("version") == _VERSION and Path(report.get("head_file", "")).is_file() else None
+
+
+def _fresh(report: dict, dataset: Dataset, cached: bool) -> dict:
+    """The report with what may have changed since it was cached: reviewed images, the corrections."""
+    kept = corrections.kept_paths(dataset)
+    for kind in ("label_issues", "outliers"):
+        for row in report[kind]:
+            row["reviewed"] = row["path"] in kept
+    summary = dataset.corrections
+    return {**report, "cached": cached, "corrections": summary.to_json() if summary else None}
