@@ -14,8 +14,8 @@
    different photos that a backbone finds alike do not.
 
 The report is a JSON-ready dict, cached per (data fingerprint, backbone, size, folds, split):
-asking again costs a file read. A full-data head is kept beside it (`head_file`) for
-where the model looked (engine.health.explain).
+asking again costs a file read. The K heads are kept beside it (`head_file`), so where the
+model looked at an image is asked of the head that never saw it (engine.health.explain).
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def analyse(
     seconds["total"] = time.monotonic() - t0
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / f"{key}.npz", lambda tmp: np.savez(tmp, **head))
+    rels = np.array([i.rel for i in dataset.items])
+    atomic_write(folder / f"{key}.npz", lambda tmp: np.savez(tmp, rels=rels, **head))
     atomic_write(folder / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(report)))
     if progress:
         progress("Finding issues", 1, 1)
@@ -133,39 +134,39 @@ def analyse(
 def out_of_fold(
     features: np.ndarray, labels: np.ndarray, classes: int, folds: int, progress: StageProgress | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Probabilities of every image from a head that did not see it, and a head fitted on all.
+    """Probabilities of every image from a head that did not see it.
 
     Args:
         features: (N, D) float32; labels: (N,) int in [0, classes).
 
     Returns:
-        ((N, classes) float32 out-of-fold probabilities, {"kernel": (D, classes), "bias": (classes,)}
-        of the head trained on every image).
+        ((N, classes) float32 out-of-fold probabilities, the heads: "kernels" (K, D, classes),
+        "biases" (K, classes) of logits, and "fold" (N,): which head held each image out).
     """
     from sklearn.exceptions import ConvergenceWarning  # heavy: scikit-learn loads in a second; only this pays
     from sklearn.linear_model import LogisticRegression  # heavy: as above
     from sklearn.model_selection import StratifiedKFold  # heavy: as above
 
-    def fit(idx: np.ndarray) -> LogisticRegression:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # 300 steps are plenty for a ranking
-            return LogisticRegression(max_iter=300).fit(features[idx], labels[idx])
-
     probs = np.zeros((len(labels), classes), np.float32)
+    kernels = np.zeros((folds, features.shape[1], classes), np.float32)
+    biases = np.zeros((folds, classes), np.float32)
+    fold = np.zeros(len(labels), np.int32)
     split = StratifiedKFold(folds, shuffle=True, random_state=0).split(features, labels)
     for n, (train, held) in enumerate(split):
         if progress:
-            progress("Training the heads", n, folds + 1)
-        head = fit(train)
-        probs[np.ix_(held, head.classes_)] = head.predict_proba(features[held])
+            progress("Training the heads", n, folds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # 300 steps are plenty for a ranking
+            head = LogisticRegression(max_iter=300).fit(features[train], labels[train])
+        # every class is in every training part (folds <= the smallest class), so classes_ is 0..C-1
+        probs[held] = head.predict_proba(features[held])
+        coef, intercept = head.coef_, head.intercept_
+        if classes == 2:  # one logit z for class 1: the pair [-z/2, z/2] has the same softmax
+            coef, intercept = np.r_[-coef / 2, coef / 2], np.r_[-intercept / 2, intercept / 2]
+        kernels[n], biases[n], fold[held] = coef.T, intercept, n
     if progress:
-        progress("Training the heads", folds, folds + 1)
-    full = fit(np.arange(len(labels)))
-    kernel = np.zeros((features.shape[1], classes), np.float32)
-    bias = np.full(classes, -1e4, np.float32)  # a class the head never saw (cannot happen after check())
-    kernel[:, full.classes_] = full.coef_.T if classes > 2 else np.c_[-full.coef_[0] / 2, full.coef_[0] / 2]
-    bias[full.classes_] = full.intercept_ if classes > 2 else [-full.intercept_[0] / 2, full.intercept_[0] / 2]
-    return probs, {"kernel": kernel, "bias": bias}
+        progress("Training the heads", folds, folds)
+    return probs, {"kernels": kernels, "biases": biases, "fold": fold}
 
 
 def _folds(labels: np.ndarray, wanted: int) -> int:
