@@ -17,7 +17,9 @@ the corrected data; relabelled and excluded images change the data fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -80,6 +82,19 @@ def _save(root: Path, changes: list[Change]) -> None:
     os.replace(tmp, path)  # a reader never sees half a record
 
 
+@contextlib.contextmanager
+def _locked(root: Path):
+    """One writer at a time per record: two sessions editing at once both keep their edits."""
+    path = record_path(root).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def current(changes: list[Change]) -> dict[str, Change]:
     """path -> the change that holds for it now (cleared paths left out)."""
     out: dict[str, Change] = {}
@@ -97,6 +112,11 @@ def edit(dataset: Dataset, changes: list[tuple[str, str, str]]) -> int:
     Raises:
         DatasetError: an unknown path, action or class; nothing is recorded then.
     """
+    with _locked(dataset.root):
+        return _edit(dataset, changes)
+
+
+def _edit(dataset: Dataset, changes: list[tuple[str, str, str]]) -> int:
     by_rel = {i.rel: i for i in _all_items(dataset)}
     made = []
     old = load(dataset.root)
@@ -121,20 +141,22 @@ def edit(dataset: Dataset, changes: list[tuple[str, str, str]]) -> int:
 
 def undo(root: Path) -> list[Change]:
     """Drop the last edit; returns its changes ([] when there is nothing to undo)."""
-    changes = load(root)
-    if not changes:
-        return []
-    last = max(c.edit for c in changes)
-    _save(root, [c for c in changes if c.edit != last])
-    return [c for c in changes if c.edit == last]
+    with _locked(root):
+        changes = load(root)
+        if not changes:
+            return []
+        last = max(c.edit for c in changes)
+        _save(root, [c for c in changes if c.edit != last])
+        return [c for c in changes if c.edit == last]
 
 
 def reset(root: Path) -> int:
     """Forget every correction; returns how many changes there were."""
-    changes = load(root)
-    if changes:
-        _save(root, [])
-    return len(changes)
+    with _locked(root):
+        changes = load(root)
+        if changes:
+            _save(root, [])
+        return len(changes)
 
 
 def _given(item: Item) -> int:
