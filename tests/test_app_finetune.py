@@ -26,7 +26,9 @@ def runs_root(tmp_path_factory):
         changed = root / "changed-run"  # the same run, as if its data had changed since it trained
         shutil.copytree(root / "parent-run", changed)
         saved = json.loads((changed / "config.json").read_text())
-        (changed / "config.json").write_text(json.dumps({**saved, "fingerprint": "0" * 64}))
+        (changed / "config.json").write_text(
+            json.dumps({**saved, "fingerprint": "0" * 64, "files_fingerprint": "0" * 64})
+        )
     return root
 
 

@@ -77,7 +77,8 @@ def labelled_set(run: Run, source: str | None = None, split: str | None = None, 
     if split not in SPLITS:
         raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     dataset: Dataset = sources.open_dataset(source, progress)
-    changed = config.get("fingerprint") and dataset.fingerprint != config["fingerprint"]
+    # relabelled or excluded since (engine.data.corrections) is not changed: the split is the same
+    changed = config.get("fingerprint") and not runs.same_files(config, dataset)
     if is_own and changed and split != "all":
         raise EvaluationError(
             f"the data of {source!r} changed since {run.name} was trained, so its {split} split is gone; "

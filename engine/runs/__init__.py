@@ -42,6 +42,7 @@ from engine.runs.folder import (
     Run,
     is_imported,
     resize_policy_of,
+    same_files,
     split_seed_of,
     splits_of,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "open_run",
     "read_json",
     "resize_policy_of",
+    "same_files",
     "rename",
     "runs_root",
     "split_seed_of",

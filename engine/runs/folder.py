@@ -302,6 +302,15 @@ def splits_of(config: dict, dataset: Dataset) -> dict[str, list[Item]]:
     return split_dataset(dataset, split_seed_of(config), data.val_frac, data.test_frac)
 
 
+def same_files(config: dict, dataset: Dataset) -> bool:
+    """True when `dataset`'s files are those the run trained on (corrections since aside).
+
+    Corrections move no image between splits (engine.data.splits.split_dataset), so the run's
+    split of these files is the split it had, whatever was relabelled or excluded since.
+    """
+    return config.get("files_fingerprint", config.get("fingerprint")) == dataset.files_fingerprint
+
+
 def is_imported(config: dict) -> bool:
     """A model imported from a file (engine.importing), not trained here: ConvScope never split its data."""
     return config.get("mode") == "imported"

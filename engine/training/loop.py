@@ -262,6 +262,7 @@ def _fit(config: TrainConfig, run: Run, recipe: Recipe, stop, report, resume, st
                 **recipe.config_fields(),
                 "labels": dataset.classes,
                 "fingerprint": dataset.fingerprint,
+                "files_fingerprint": dataset.files_fingerprint,
                 # a run on corrected data says so (the Runs page and the report show it)
                 **({"corrections": dataset.corrections.to_json()} if _corrected(dataset) else {}),
                 "split_sizes": {k: len(v) for k, v in splits.items()},

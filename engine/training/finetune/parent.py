@@ -164,7 +164,7 @@ def open_data(config: TrainConfig, parent: Run, report=noop, stop=None):
     if runs.is_imported(parent.config()):
         splits = runs.splits_of(config.to_json(), dataset)
     else:
-        if parent.config().get("fingerprint") != dataset.fingerprint:
+        if not runs.same_files(parent.config(), dataset):  # corrections since are fine: the split is the same
             raise TrainingError(
                 f"the data of {config.data.source!r} changed since {parent.name} was trained; "
                 "fine-tune on the same data, or train a new run first"
