@@ -18,7 +18,7 @@ from PIL import Image
 from engine.config import DataConfig, TrainConfig
 from engine.data import corrections, shapes
 from engine.data.sources import open_dataset, shapes_config
-from engine.data.splits import split_dataset
+from engine.data.splits import split_dataset, split_items
 from engine.errors import DatasetError
 from engine.training import feature_cache
 
@@ -134,6 +134,11 @@ def test_a_correction_moves_no_other_image_to_another_split(folder):
     assert excluded not in after
     assert after == {r: s for r, s in before.items() if r != excluded}
     assert label_of(corrected, relabelled) == plain.classes[1]
+    # split_items itself pools a relabelled image by its folder's label (Item.given): nothing moves
+    corrections.undo(folder)
+    corrections.edit(plain, [(relabelled, corrections.RELABEL, plain.classes[1])])
+    items = open_dataset(str(folder)).items
+    assert {i.rel: s for s, part in split_items(items, seed=1).items() for i in part} == before
 
 
 def test_a_changed_file_makes_its_correction_stale(folder):
