@@ -309,3 +309,43 @@ def test_data_fix_on_a_bad_path_exits_2_with_an_error(tmp_path, cache_dir):
     assert "circle/nope.png" in error and "no such image" in error
     assert "Traceback" not in proc.stderr
     assert corrections.load(folder) == []
+
+
+def test_data_fix_in_process_csv_out_and_in_reset_and_refusals(folder, tmp_path, capsys):
+    from engine.cli.main import main
+
+    plain = open_dataset(str(folder))
+    a, b = rels_of(plain)[:2]
+    csv = tmp_path / "fixes.csv"
+
+    def fix(*args: str) -> tuple[int, dict]:
+        code = main(["data-fix", *args, "--json"])
+        return code, json.loads(capsys.readouterr().out)
+
+    code, out = fix(str(folder), "--relabel", f"{a}={other_class(plain, a)}", "--exclude", b, "--csv-out", str(csv))
+    assert code == 0 and out["edit"] == 1 and out["num_images"] == len(plain.items) - 1
+    assert csv.read_bytes().decode() == corrections.to_csv(open_dataset(str(folder)))
+    fingerprint = out["fingerprint"]
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    code, out = fix(str(copy), "--csv-in", str(csv))
+    assert code == 0 and out["skipped"] == [] and out["fingerprint"] == fingerprint
+
+    for bad, words in (
+        (["--relabel", a], "give PATH=CLASS"),
+        (["--exclude", a, "--undo"], "one of"),
+        (["--relabel", f"{a}=dragon"], "no class 'dragon'"),
+    ):
+        code, out = fix(str(folder), *bad)
+        assert code == 2 and words in out["error"], out
+    assert len(corrections.history(folder)) == 1  # the refusals recorded nothing
+
+    code, out = fix(str(folder), "--reset")
+    assert code == 0 and out["forgotten"] == 2 and out["fingerprint"] == plain.fingerprint
+    code, out = fix(str(folder), "--undo")
+    assert code == 0 and out["undone"] == []
+
+    assert main(["data-fix", str(copy), "--keep", rels_of(plain)[2]]) == 0  # the words a user reads
+    text = capsys.readouterr().out
+    assert "edit 2 recorded" in text and "1 relabelled, 1 excluded, 1 reviewed (your files are unchanged)" in text
