@@ -249,3 +249,17 @@ def test_data_issues_measures_leaks_against_the_runs_split(tmp_path, runs_dir):
     assert inflation["test_images"] == len(split_dataset(dataset, seed)["test"])
     assert inflation["run"] == "leaky" and 0 <= inflation["accuracy"] <= 1
     assert inflation["accuracy_without_leaked"] is not None
+
+
+@pytest.mark.slow
+def test_data_issues_text_names_the_worst_and_how_to_fix(health, capsys):
+    from engine.cli.health import _print_issues
+
+    _, known, report, _ = health
+    _print_issues(report)
+    text = capsys.readouterr().out
+    c = report["counts"]
+    assert f"{c['label_issues']} likely label mistakes, {c['outliers']} outliers" in text
+    row = report["label_issues"][0]
+    assert f"{row['path']}: given {row['given']}, suggested {row['suggested']}" in text
+    assert known["noise"] in text and "data-fix" in text
