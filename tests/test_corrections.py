@@ -210,6 +210,21 @@ def test_an_unknown_path_class_or_action_raises_and_records_nothing(folder, chan
     assert open_dataset(str(folder)).fingerprint == plain.fingerprint
 
 
+def test_two_sessions_editing_at_once_both_keep_their_edits(folder):
+    import threading
+
+    dataset = open_dataset(str(folder))
+    rels = rels_of(dataset)[:12]
+    threads = [threading.Thread(target=corrections.edit, args=(dataset, [(rel, corrections.KEEP, "")])) for rel in rels]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    changes = corrections.load(folder)
+    assert sorted(c.rel for c in changes) == sorted(rels)
+    assert sorted(c.edit for c in changes) == list(range(1, len(rels) + 1))
+
+
 def test_a_damaged_record_says_so_clearly(folder):
     plain = open_dataset(str(folder))
     corrections.edit(plain, [(rels_of(plain)[0], corrections.EXCLUDE, "")])
@@ -263,6 +278,11 @@ def test_training_applies_corrections_and_reuses_the_cached_features(tmp_path, c
     # features key on the files as on disk: the corrected run read them, computed none
     assert features.stat().st_mtime_ns == stamp
     assert {p for p in set(key.folder.iterdir()) - before if not p.name.startswith("aug-")} == set()
+    # the run before the fixes is still evaluated on its own test split: the same images less the excluded
+    from engine.evaluate.evaluation import labelled_set
+
+    old_test = labelled_set(runs.open_run("plain"), split="test")
+    assert len(old_test.rels) == sizes["test"] - 1 and out not in old_test.rels
 
     out = str(runs_dir / "cli")
     proc = run_cli("train", str(folder), "--image-size", "96", "--epochs", "1", "--out", out, "--json")
