@@ -125,11 +125,6 @@ def test_noise_is_the_first_outlier(health):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="analysis bug: the 60% JPEG copy is 0.147 from its original in cosine distance, over the "
-    "0.5 x median nearest-neighbour (0.277) cut, so the pHash (distance 0) is never asked",
-)
 def test_a_resized_jpeg_copy_across_splits_is_one_group_and_a_leak(health):
     _, known, report, _ = health
     pair = {known["original"], known["copy"]}

@@ -8,10 +8,10 @@
    `rank.get_label_quality_scores`; `outlier.OutOfDistribution` scores how far each image
    lies from its neighbours in feature space.
 4. Near-duplicates and leaks by hand: cleanlab's near-duplicate check lives in `Datalab`,
-   which needs the Hugging Face `datasets` package (pyarrow and more) for one rule; the rule
-   (a neighbour much closer than the typical neighbour) is a few lines here, confirmed by a
-   perceptual hash (imagehash's pHash), so a resized or re-compressed copy counts and two
-   different photos that a backbone finds alike do not.
+   which needs the Hugging Face `datasets` package (pyarrow and more) for one rule. Here a
+   perceptual hash (imagehash's pHash, 256 bits) finds the pairs, so a resized or re-compressed
+   copy counts, and their features must be close too, so two different images that hash alike
+   (flat, tiny) do not.
 
 The report is a JSON-ready dict, cached per (data fingerprint, backbone, size, folds, split):
 asking again costs a file read. The K heads are kept beside it (`head_file`), so where the
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from engine.runs import Run, atomic_write, splits_of
 from engine.training import feature_cache
 from engine.training.features import FeatureExtractor
 
-_VERSION = 2  # bump when the analysis changes: cached reports are then recomputed
+_VERSION = 3  # bump when the analysis changes: cached reports are then recomputed
 # The heads' inverse L2 strength on standardised features (scikit-learn's C: the data term is summed,
 # so the penalty weighs less as images add up). On the digits of bench/data_health.py (8% flipped),
 # C=1 finds as many flipped labels but flags more than twice as many good images (precision 0.69
@@ -49,11 +51,14 @@ HEAD_C = 0.01
 NEIGHBOURS = 10  # as cleanlab's Datalab
 # Datalab's outlier rule on features: mean distance to the k nearest > Q3 + (1/t - 1) * IQR.
 OUTLIER_T = 0.37037
-# A pair is a near-duplicate candidate when its feature distance is under this share of the
-# median nearest-neighbour distance (Datalab uses 0.13 for exact-ish copies; a resized, re-saved
-# JPEG moves further, so the perceptual hash decides).
-DUPLICATE_SHARE = 0.5
-PHASH_BITS = 12  # of 64: a copy resized to 60% and saved as JPEG at quality 50 stays within 8 (tests)
+# Near-duplicates: a 256-bit pHash (16 x 16 DCT signs) within PHASH_BITS, and features closer than
+# DUPLICATE_SHARE x the median nearest-neighbour distance. A copy resized to 60% and saved as JPEG
+# quality 50 is 5-8 bits away and 1.1-1.3x the median in features (shapes, 96 and 224 px); among the
+# 1,797 distinct digits of bench/data_health.py no two are within 16 bits (the 64-bit pHash put
+# 374 pairs within 6 of 64: on tiny images it is too coarse).
+PHASH_SIZE = 16
+PHASH_BITS = 16
+DUPLICATE_SHARE = 2.0
 SHOWN_NEIGHBOURS = 4
 
 
@@ -98,6 +103,10 @@ def analyse(
         progress=(lambda d, n: progress("Computing features", d, n)) if progress else None,
     )
     seconds = {"features": time.monotonic() - t}
+    t = time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
+    hashes = perceptual_hashes(dataset, folder, progress)
+    seconds["hashes"] = time.monotonic() - t
     labels = np.array([i.label for i in dataset.items])
 
     t = time.monotonic()
@@ -108,7 +117,7 @@ def analyse(
     t = time.monotonic()
     if progress:
         progress("Finding issues", 0, 1)
-    report = _issues(dataset, features, labels, probs, splits)
+    report = _issues(dataset, features, hashes, labels, probs, splits)
     seconds["issues"] = time.monotonic() - t
     report.update(
         source=source,
@@ -127,7 +136,6 @@ def analyse(
         report["inflation"].update(_run_accuracy(run, source, report["leaks"]))
     seconds["total"] = time.monotonic() - t0
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    folder.mkdir(parents=True, exist_ok=True)
     rels = np.array([i.rel for i in dataset.items])
     atomic_write(folder / f"{key}.npz", lambda tmp: np.savez(tmp, rels=rels, **head))
     atomic_write(folder / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(report)))
@@ -196,7 +204,12 @@ def _folds(labels: np.ndarray, wanted: int) -> int:
 
 
 def _issues(
-    dataset: Dataset, features: np.ndarray, labels: np.ndarray, probs: np.ndarray, splits: dict[str, list[Item]]
+    dataset: Dataset,
+    features: np.ndarray,
+    hashes: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    splits: dict[str, list[Item]],
 ) -> dict:
     from cleanlab.filter import find_label_issues  # heavy: cleanlab loads in a second; only this pays
     from cleanlab.outlier import OutOfDistribution  # heavy: as above
@@ -248,7 +261,7 @@ def _issues(
         for i in outliers
     ]
     split_of = {i.rel: s for s, part in splits.items() for i in part}
-    groups = near_duplicate_groups(dataset, distances, neighbours)
+    groups = near_duplicate_groups(features, hashes, float(np.median(distances[:, 0])))
     duplicates = [
         {
             "paths": [items[i].rel for i in g],
@@ -298,36 +311,56 @@ def _drop_self(distances: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarra
     return np.take_along_axis(distances, rows, 1), np.take_along_axis(neighbours, rows, 1)
 
 
-def near_duplicate_groups(dataset: Dataset, distances: np.ndarray, neighbours: np.ndarray) -> list[list[int]]:
-    """Groups (item indices, sorted) of images that are the same picture: close features and close pHash.
+def perceptual_hashes(dataset: Dataset, folder: Path, progress: StageProgress | None = None) -> np.ndarray:
+    """(N, PHASH_SIZE**2) bool pHash of every image, in `dataset.items` order; kept per files in `folder`."""
+
+    def one(item: Item) -> np.ndarray:
+        import imagehash  # heavy: brings PyWavelets; only the health check pays
+
+        rgb = imaging.load_rgb(dataset.path(item), name=item.rel)
+        return imagehash.phash(PILImage.fromarray(rgb), hash_size=PHASH_SIZE).hash.reshape(-1)
+
+    def compute(every: list[Item]) -> np.ndarray:
+        out = []
+        # decoding dominates and Pillow releases the GIL, so threads help (as at ingest)
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            for n, h in enumerate(pool.map(one, every), start=1):
+                out.append(h)
+                if progress and (n % 50 == 0 or n == len(every)):
+                    progress("Hashing images", n, len(every))
+        return np.array(out, dtype=bool).reshape(len(every), PHASH_SIZE**2)
+
+    path = folder / f"phash{PHASH_SIZE}-{dataset.files_fingerprint[:32]}.npy"
+    return feature_cache.per_file(dataset, path, compute)[0]
+
+
+def near_duplicate_groups(features: np.ndarray, hashes: np.ndarray, median_nn: float) -> list[list[int]]:
+    """Groups (item indices, sorted) of images that are the same picture: close pHash and close features.
 
     Args:
-        distances, neighbours: (N, k) cosine distances to and indices of each image's k nearest others.
+        features: (N, D); hashes: (N, B) bool; median_nn: the median cosine distance to the nearest other image.
     """
     from scipy.sparse import coo_matrix  # heavy: as SciPy's stats
     from scipy.sparse.csgraph import connected_components  # heavy: as above
 
-    median = max(float(np.median(distances[:, 0])), 1e-6)
-    rows, cols = np.nonzero(distances < DUPLICATE_SHARE * median)
-    pairs = {(min(i, j), max(i, j)) for i, j in zip(rows.tolist(), neighbours[rows, cols].tolist(), strict=True)}
-    hashes: dict[int, object] = {}
-
-    def phash(i: int):
-        if i not in hashes:
-            import imagehash  # heavy: brings PyWavelets and SciPy; only a near-duplicate check pays
-
-            hashes[i] = imagehash.phash(PILImage.fromarray(imaging.load_rgb(dataset.path(dataset.items[i]))))
-        return hashes[i]
-
-    same = [(i, j) for i, j in sorted(pairs) if phash(i) - phash(j) <= PHASH_BITS]
+    n = len(hashes)
+    bits = hashes.astype(np.float32)
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    pairs = []
+    for start in range(0, n, 2048):  # (2048, N) blocks: memory stays small on large sets
+        block = bits[start : start + 2048]
+        differ = bits.shape[1] - (block @ bits.T + (1 - block) @ (1 - bits).T)  # Hamming distances
+        rows, cols = np.nonzero(differ <= PHASH_BITS)
+        rows += start
+        keep = cols > rows
+        pairs += list(zip(rows[keep].tolist(), cols[keep].tolist(), strict=True))
+    same = [(i, j) for i, j in pairs if 1 - float(unit[i] @ unit[j]) < DUPLICATE_SHARE * max(median_nn, 1e-6)]
     if not same:
         return []
-    n = len(dataset.items)
     a, b = np.array(same).T
-    graph = coo_matrix((np.ones(len(same)), (a, b)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
+    _, component = connected_components(coo_matrix((np.ones(len(same)), (a, b)), shape=(n, n)), directed=False)
     members: dict[int, list[int]] = {}
-    for i in sorted(set(a) | set(b)):
+    for i in sorted(set(a.tolist()) | set(b.tolist())):
         members.setdefault(int(component[i]), []).append(int(i))
     return sorted(members.values(), key=lambda g: (-len(g), g))
 

@@ -110,6 +110,25 @@ def compute_batches(
     return np.concatenate(chunks)
 
 
+def per_file(
+    dataset: Dataset, path: Path, compute: Callable[[list[Item]], np.ndarray], progress: Progress | None = None
+) -> tuple[np.ndarray, bool]:
+    """An array of one row per image, kept at `path` for the data as on disk; rows in `dataset.items` order.
+
+    Rows depend on pixels only (features, hashes), so relabelling or excluding images
+    (engine.data.corrections) reuses them: `compute` runs over every file, corrected or not.
+
+    Returns:
+        ((N, ...) array, whether it came from the cache).
+    """
+    every = dataset.items if dataset.raw_items is None else dataset.raw_items
+    arr, cached = cached_array(path, (len(every),), lambda: compute(every), progress)
+    if every is not dataset.items:
+        row = {item.rel: k for k, item in enumerate(every)}
+        arr = arr[[row[item.rel] for item in dataset.items]]
+    return arr, cached
+
+
 def clean_features(
     extractor: FeatureExtractor,
     dataset: Dataset,
@@ -117,26 +136,17 @@ def clean_features(
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """Features of every item of the dataset, in `dataset.items` order.
-
-    Features depend on pixels only, so they are kept for the data as on disk: relabelling or
-    excluding images (engine.data.corrections) reuses them.
+    """Features of every item of the dataset, in `dataset.items` order (kept per files: `per_file`).
 
     Returns:
         ((N, D) float32, whether they came from the cache).
     """
-    every = dataset.items if dataset.raw_items is None else dataset.raw_items
-    n = len(every)
-    features, cached = cached_array(
+    return per_file(
+        dataset,
         key.folder / f"{dataset.files_fingerprint[:32]}.npy",
-        (n,),
-        lambda: compute_batches(extractor, dataset, every, key, batch_size, None, 0, progress, 0, n),
+        lambda every: compute_batches(extractor, dataset, every, key, batch_size, None, 0, progress, 0, len(every)),
         progress,
     )
-    if every is not dataset.items:
-        row = {item.rel: k for k, item in enumerate(every)}
-        features = features[[row[item.rel] for item in dataset.items]]
-    return features, cached
 
 
 def augmented_features(
