@@ -1,0 +1,77 @@
+"""The Dataset Explorer's Health tab through AppTest: analyse, relabel, exclude, undo (the files never change)."""
+
+import shutil
+
+import pytest
+
+import datafactory as f
+from conftest import TINY
+from engine.data import corrections, sources
+
+
+def _flipped_folder(tmp_path, monkeypatch):
+    """TINY as a server folder with two circles filed under square: (the folder, the flipped paths)."""
+    tiny = sources.open_dataset(TINY)
+    folder = f.copy_tree(tiny.root, tmp_path / "root" / "shapes")
+    flipped = []
+    for name in sorted(p.name for p in (folder / "circle").iterdir())[:2]:
+        shutil.move(folder / "circle" / name, folder / "square" / name)
+        flipped.append(f"square/{name}")
+    monkeypatch.setenv("CONVSCOPE_DATA_ROOTS", str(tmp_path / "root"))
+    return folder, flipped
+
+
+def _dataset(at):
+    (dataset,) = at.session_state["opened_datasets"].values()
+    return dataset
+
+
+def _click(at, key: str):
+    at.button(key=key).click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.slow
+def test_relabel_exclude_and_undo_on_the_health_tab(open_page, cache_dir, tmp_path, monkeypatch):
+    folder, flipped = _flipped_folder(tmp_path, monkeypatch)
+    on_disk = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    at = open_page("pages/datasets.py")
+    at.radio(key="data_kind").set_value("Server folder").run()
+    at.selectbox(key="data_folder").set_value(folder).run()
+    at.session_state["explorer_tab"] = "🩺 Health"
+    at.run()
+    assert not at.exception, at.exception
+    _click(at, "health_go")
+    shown = {m.label: m.value for m in at.metric}
+    assert int(shown["Likely label mistakes"]) >= 1 and "/ 100" in shown["Health score"]
+    report = at.session_state["health_report"]["report"]
+    assert set(flipped) <= set(report["label_ranking"])  # the analysis is of the folder as filed
+    first = report["label_issues"][0]
+    before = _dataset(at).counts()
+    usable = int({m.label: m.value for m in at.metric}["Usable images"])
+
+    # Relabel the worst image as suggested: the record says so, the reloaded dataset's counts move.
+    _click(at, "health_relabel_label_issues_0")
+    assert [(c.rel, c.action, c.label) for c in corrections.load(folder)] == [
+        (first["path"], "relabel", first["suggested"])
+    ]
+    after = _dataset(at).counts()
+    assert after[first["suggested"]] == before[first["suggested"]] + 1
+    assert after[first["given"]] == before[first["given"]] - 1
+    assert any(f"{first['path']} relabelled {first['given']} → {first['suggested']}" in s.value for s in at.success)
+
+    # Exclude an image: one usable image fewer.
+    rel = at.session_state["health_report"]["report"]["label_issues"][0]["path"]
+    _click(at, "health_exclude_label_issues_0")
+    assert {"Usable images": str(usable - 1)}.items() <= {m.label: m.value for m in at.metric}.items()
+    assert corrections.load(folder)[-1].action == "exclude" and corrections.load(folder)[-1].rel == rel
+
+    # Undo twice: the record is empty and the data as on disk again.
+    _click(at, "health_undo")
+    assert [c.action for c in corrections.load(folder)] == ["relabel"]
+    _click(at, "health_undo")
+    assert corrections.load(folder) == []
+    assert _dataset(at).counts() == before
+    assert {m.label: m.value for m in at.metric}["Usable images"] == str(usable)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file()) == on_disk  # files untouched
