@@ -43,14 +43,14 @@ def show(dataset: Dataset, source: str, data_config: DataConfig) -> None:
         "**your files never change**, and every page and training run sees the corrected data."
     )
     _flash(dataset, source)
-    c1, c2, c3 = st.columns([3, 3, 1], vertical_alignment="bottom")
+    c1, c2 = st.columns(2)
     with c1:
         backbone = widgets.pretrained_backbone_picker("health_backbone")
     run = _run_choice(c2, source)
     if backbone is None:
         return
     wanted = (backbone, run.name if run else None)
-    if c3.button("Analyse", type="primary", key="health_go", help="Seconds once the features are cached"):
+    if st.button("🩺 Analyse", type="primary", key="health_go", help="Seconds once the features are cached"):
         st.session_state[WANTED] = wanted
     if st.session_state.get(WANTED) != wanted:
         st.info("Press **Analyse** to score every image (the features are computed once per dataset and backbone).")
@@ -134,15 +134,15 @@ def _summary(report: dict) -> None:
 
 def _inflation_sentence(report: dict) -> str:
     inf = report["inflation"]
-    split = report["split"]
+    split = f"Split: {report['split']}."
     if not inf["test_images"]:
-        text = f"No test split to leak into ({split})."
+        text = f"No test split to leak into. {split}"
     elif not inf["leaked_test_images"]:
-        text = f"No test image has a copy in training or validation ({split})."
+        text = f"No test image has a copy in training or validation, so no leak inflates the test accuracy. {split}"
     else:
         text = (
             f"**{inf['leaked_test_images']} of {inf['test_images']} test images** have a copy in training or "
-            f"validation ({split}): the test accuracy may be up to **{inf['at_most_points']:.1f} points** too high."
+            f"validation: the test accuracy may be up to **{inf['at_most_points']:.1f} points** too high. {split}"
         )
     if inf.get("accuracy") is not None:
         without = inf.get("accuracy_without_leaked")
@@ -259,17 +259,17 @@ def _image_card(dataset: Dataset, source: str, kind: str, n: int, row: dict, mod
             right.markdown(f"**{given}**, unlike its neighbours")
             right.caption(f"Outlier score {row['score']:.2f} (0 most unusual)" + (" · reviewed" if reviewed else ""))
         _neighbours(dataset, right, row)
-        _actions(dataset, source, right, f"{kind}_{n}", rel, given, suggested or given)
+        _actions(dataset, source, f"{kind}_{n}", rel, given, suggested or given)
 
 
-def _actions(dataset: Dataset, source: str, col, key: str, rel: str, given: str, default: str) -> None:
-    a, b, c, d = col.columns([2, 1, 1, 1], vertical_alignment="bottom")
+def _actions(dataset: Dataset, source: str, key: str, rel: str, given: str, default: str) -> None:
+    a, b, c, d, _ = st.columns([2, 1, 1, 2, 1], vertical_alignment="bottom")
     new = a.selectbox("Relabel as", dataset.classes, index=dataset.classes.index(default), key=f"health_label_{key}")
-    if b.button("Relabel", key=f"health_relabel_{key}", disabled=new == given, type="primary"):
+    if b.button("✏️ Relabel", key=f"health_relabel_{key}", disabled=new == given, type="primary"):
         _fix(dataset, source, [(rel, corrections.RELABEL, new)], f"{rel} relabelled {given} → {new}.")
-    if c.button("Exclude", key=f"health_exclude_{key}", help="Leave it out of training and evaluation"):
+    if c.button("🚫 Exclude", key=f"health_exclude_{key}", help="Leave it out of training and evaluation"):
         _fix(dataset, source, [(rel, corrections.EXCLUDE, "")], f"{rel} excluded.")
-    if d.button("Keep", key=f"health_keep_{key}", help="It is right as it is: stop showing it"):
+    if d.button(f"✅ Keep as {given}", key=f"health_keep_{key}", help="It is right as it is: stop showing it"):
         _fix(dataset, source, [(rel, corrections.KEEP, "")], f"{rel} kept as {given} (reviewed).")
 
 
@@ -364,7 +364,14 @@ def _corrections_panel(dataset: Dataset, source: str, data_config: DataConfig, r
         disabled=not made,
         help="Apply them to another copy of this data (upload below there).",
     )
-    if c3.button("🏋️ Train on the corrected data", key="health_train", type="primary"):
+    changed = bool(summary and summary.changes_data)
+    if c3.button(
+        "🏋️ Train on the corrected data",
+        key="health_train",
+        type="primary",
+        disabled=not changed,
+        help="Opens Train with these data settings" if changed else "Relabel or exclude an image first",
+    ):
         _train(data_config, run)
     if made:
         with st.expander(f"Fixes made ({len(made)})"):
