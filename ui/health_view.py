@@ -147,7 +147,8 @@ def _inflation_sentence(report: dict) -> str:
     if inf.get("accuracy") is not None:
         without = inf.get("accuracy_without_leaked")
         text += f" Run {inf['run']}: test accuracy {inf['accuracy']:.1%}"
-        text += f", {without:.1%} without the leaked images." if without is not None else "."
+        leaked = inf["leaked_test_images"] and without is not None
+        text += f", {without:.1%} without the leaked images." if leaked else "."
     elif inf.get("accuracy_note"):
         text += f" (The run's accuracy could not be measured: {widgets.path_free(inf['accuracy_note'])}.)"
     return text
@@ -180,7 +181,11 @@ def _gallery(dataset: Dataset, source: str, report: dict, run: runs.Run | None) 
     shown = st.session_state.setdefault(f"health_n_{kind}", PER_PAGE)
     model = _explainer(report, run)
     if kind in ("label_issues", "outliers"):
-        st.caption("Worst first. The maps show where the model looked for each label (red: most).")
+        who = f"run {run.name}" if run else "the held-out head that scored the image"
+        st.caption(
+            f"Worst first. The maps show where {who} looked for each label (red: most), with its probability; "
+            "the scores beside them come from the held-out heads."
+        )
         for n, row in enumerate(rows[:shown]):
             _image_card(dataset, source, kind, n, row, model, row["path"] in kept)
     else:
@@ -264,7 +269,7 @@ def _image_card(dataset: Dataset, source: str, kind: str, n: int, row: dict, mod
 
 def _actions(dataset: Dataset, source: str, key: str, rel: str, given: str, default: str) -> None:
     a, b, c, d, _ = st.columns([2, 1, 1, 2, 1], vertical_alignment="bottom")
-    new = a.selectbox("Relabel as", dataset.classes, index=dataset.classes.index(default), key=f"health_label_{key}")
+    new = a.selectbox("Relabel as", dataset.classes, index=dataset.classes.index(default), key=f"health_label_{rel}")
     if b.button("✏️ Relabel", key=f"health_relabel_{key}", disabled=new == given, type="primary"):
         _fix(dataset, source, [(rel, corrections.RELABEL, new)], f"{rel} relabelled {given} → {new}.")
     if c.button("🚫 Exclude", key=f"health_exclude_{key}", help="Leave it out of training and evaluation"):
@@ -277,7 +282,8 @@ def _group_card(dataset: Dataset, source: str, kind: str, n: int, group: dict) -
     paths = group["paths"]
     with st.container(border=True):
         cells = st.columns(max(len(paths), 4))
-        for cell, rel, label, split in zip(cells, paths, group["labels"], group["splits"], strict=True):
+        shown = zip(cells, paths, group["labels"], group["splits"], strict=False)  # 4 cells or more
+        for cell, rel, label, split in shown:
             cell.image(_image(dataset, rel, 160), caption=f"{rel} · {label} · {split or 'no split'}", width="stretch")
         splits = sorted(set(group["splits"]) - {""})
         note = f"{len(paths)} copies of one picture"
@@ -285,10 +291,10 @@ def _group_card(dataset: Dataset, source: str, kind: str, n: int, group: dict) -
             note += f", in {' and '.join(splits)}: a model tested on one has trained on the other"
         if len(set(group["labels"])) > 1:
             note += "; **with different labels**"
-        st.markdown(note + ".")
-        c1, c2, _ = st.columns([2, 2, 3])
+        st.markdown(note + f". Excluding keeps {paths[0]}.")
+        c1, c2, _ = st.columns([3, 1, 2])
         copies = paths[1:]
-        label = f"Exclude the {len(copies)} cop{'y' if len(copies) == 1 else 'ies'}"
+        label = f"🚫 Exclude {copies[0]}" if len(copies) == 1 else f"🚫 Exclude the {len(copies)} copies"
         if c1.button(label, key=f"health_dups_{kind}_{n}"):
             _fix(
                 dataset,
@@ -296,7 +302,7 @@ def _group_card(dataset: Dataset, source: str, kind: str, n: int, group: dict) -
                 [(p, corrections.EXCLUDE, "") for p in copies],
                 f"{', '.join(copies)} excluded (copies of {paths[0]}).",
             )
-        if c2.button("Keep all", key=f"health_keepall_{kind}_{n}", help="They are different pictures: stop showing"):
+        if c2.button("✅ Keep all", key=f"health_keepall_{kind}_{n}", help="They are different pictures: stop showing"):
             _fix(dataset, source, [(p, corrections.KEEP, "") for p in paths], f"{len(paths)} images kept (reviewed).")
 
 
