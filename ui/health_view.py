@@ -149,8 +149,9 @@ def _inflation_sentence(report: dict) -> str:
         text += f" Run {inf['run']}: test accuracy {inf['accuracy']:.1%}"
         leaked = inf["leaked_test_images"] and without is not None
         text += f", {without:.1%} without the leaked images." if leaked else "."
-    elif inf.get("accuracy_note"):
-        text += f" (The run's accuracy could not be measured: {widgets.path_free(inf['accuracy_note'])}.)"
+    elif inf.get("accuracy_note"):  # the engine's reason ends with what to do on the command line: keep the reason
+        reason = widgets.path_free(inf["accuracy_note"]).split(";")[0]
+        text += f" (Run {inf['run']}'s test accuracy is not shown: {reason}.)"
     return text
 
 
@@ -300,7 +301,7 @@ def _group_card(dataset: Dataset, source: str, kind: str, n: int, group: dict) -
                 dataset,
                 source,
                 [(p, corrections.EXCLUDE, "") for p in copies],
-                f"{', '.join(copies)} excluded (copies of {paths[0]}).",
+                f"{', '.join(copies)} excluded (a copy of {paths[0]}).",
             )
         if c2.button("✅ Keep all", key=f"health_keepall_{kind}_{n}", help="They are different pictures: stop showing"):
             _fix(dataset, source, [(p, corrections.KEEP, "") for p in paths], f"{len(paths)} images kept (reviewed).")
