@@ -114,6 +114,19 @@ def test_keep_hides_an_image_and_a_copy_is_excluded_then_train_gets_the_data(
     _click(at, f"health_dups_near_duplicates_{report['near_duplicates'].index(group)}")
     assert {c.rel for c in corrections.load(folder) if c.action == "exclude"} == set(group["paths"][1:])
 
+    # The record as CSV, reset (with its confirmation), then the CSV applied again: the same corrections.
+    dataset = _dataset(at)
+    text, holding = corrections.to_csv(dataset), corrections.current(corrections.load(folder))
+    assert at.button(key="health_reset").disabled  # not before the box is ticked
+    at.checkbox(key="health_reset_sure").check().run()
+    _click(at, "health_reset")
+    assert corrections.current(corrections.load(folder)) == {}
+    at.file_uploader(key="health_csv_in").set_value(("corrections.csv", text.encode(), "text/csv")).run()
+    _click(at, "health_csv_apply")
+    assert {r: (c.action, c.label) for r, c in corrections.current(corrections.load(folder)).items()} == {
+        r: (c.action, c.label) for r, c in holding.items()
+    }
+
     _click(at, "health_train")  # opens Train on this data, which says it is corrected
     assert at.session_state["data_config"].source == str(folder)
     assert any("Training on corrected data: 1 excluded" in i.value for i in at.info), [i.value for i in at.info]
