@@ -73,9 +73,10 @@ def test_relabel_exclude_and_undo_on_the_health_tab(open_page, cache_dir, tmp_pa
     assert {"Usable images": str(usable - 1)}.items() <= {m.label: m.value for m in at.metric}.items()
     assert corrections.load(folder)[-1].action == "exclude" and corrections.load(folder)[-1].rel == rel
 
-    # Undo twice: the record is empty and the data as on disk again.
-    _click(at, "health_undo")
+    # Undo twice (the button beside the message, then the one below): the record is empty, the data as on disk.
+    _click(at, "health_undo_flash")
     assert [c.action for c in corrections.load(folder)] == ["relabel"]
+    assert any(s.value.startswith(f"Undone: {rel} excluded") for s in at.success)
     _click(at, "health_undo")
     assert corrections.load(folder) == []
     assert _dataset(at).counts() == before

@@ -326,10 +326,12 @@ def _fix(dataset: Dataset, source: str, changes: list[tuple[str, str, str]], mes
     _reload(source, message)
 
 
-def _undo(dataset: Dataset, source: str) -> None:
-    undone = corrections.undo(dataset.root)
+def _undo(root, source: str) -> None:
+    """An Undo button's callback: it runs before the next run, so it works where that run draws no button."""
+    undone = corrections.undo(root)
     if undone:
-        _reload(source, "Undone: " + "; ".join(_change_text(c.to_json()) for c in undone) + ".")
+        st.session_state[FLASH] = "Undone: " + "; ".join(_change_text(c.to_json()) for c in undone) + "."
+        st.session_state.get(state.DATASETS, {}).pop(source, None)
 
 
 def _change_text(c: dict) -> str:
@@ -343,8 +345,8 @@ def _flash(dataset: Dataset, source: str) -> None:
         return
     c1, c2 = st.columns([5, 1], vertical_alignment="center")
     c1.success(message)
-    if not message.startswith("Undone") and c2.button("↩️ Undo", key="health_undo_flash"):
-        _undo(dataset, source)
+    if not message.startswith("Undone"):  # the message is said once: the click is handled by the callback
+        c2.button("↩️ Undo", key="health_undo_flash", on_click=_undo, args=(dataset.root, source))
 
 
 def _corrections_panel(dataset: Dataset, source: str, data_config: DataConfig, run: runs.Run | None) -> None:
@@ -360,8 +362,7 @@ def _corrections_panel(dataset: Dataset, source: str, data_config: DataConfig, r
             + ", ".join(summary.stale[:5])
         )
     c1, c2, c3 = st.columns(3)
-    if c1.button("↩️ Undo the last fix", key="health_undo", disabled=not made):
-        _undo(dataset, source)
+    c1.button("↩️ Undo the last fix", key="health_undo", disabled=not made, on_click=_undo, args=(dataset.root, source))
     c2.download_button(
         "⬇️ Corrections as CSV",
         corrections.to_csv(dataset),
