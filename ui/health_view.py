@@ -22,6 +22,7 @@ from engine.health.explain import where_it_looked
 from ui import cached, state, widgets
 
 PER_PAGE = 5  # cards per kind before "show more"
+GROUP_SHOWN = 6  # images drawn of one near-duplicate group (a big group would draw them tiny)
 KINDS = {
     "label_issues": "🏷️ Likely label mistakes",
     "outliers": "👽 Outliers",
@@ -282,10 +283,12 @@ def _actions(dataset: Dataset, source: str, key: str, rel: str, given: str, defa
 def _group_card(dataset: Dataset, source: str, kind: str, n: int, group: dict) -> None:
     paths = group["paths"]
     with st.container(border=True):
-        cells = st.columns(max(len(paths), 4))
-        shown = zip(cells, paths, group["labels"], group["splits"], strict=False)  # 4 cells or more
+        cells = st.columns(min(max(len(paths), 4), GROUP_SHOWN))
+        shown = zip(cells, paths, group["labels"], group["splits"], strict=False)  # at most GROUP_SHOWN
         for cell, rel, label, split in shown:
             cell.image(_image(dataset, rel, 160), caption=f"{rel} · {label} · {split or 'no split'}", width="stretch")
+        if len(paths) > GROUP_SHOWN:
+            st.caption(f"… and {len(paths) - GROUP_SHOWN} more copies.")
         splits = sorted(set(group["splits"]) - {""})
         note = f"{len(paths)} copies of one picture"
         if len(splits) > 1:
