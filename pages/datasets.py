@@ -15,7 +15,7 @@ from engine.data.layout import DUPLICATE
 from engine.data.splits import SPLITS, split_dataset
 from engine.errors import ConvScopeError
 from engine.training.features import knn_accuracy, pca_2d
-from ui import cached, router, state, widgets
+from ui import cached, health_view, router, state, widgets
 
 # Augmentation sliders in the units people think in; AugmentConfig keeps the Keras factors.
 # key: (label, widget units per factor unit, slider maximum, format, help)
@@ -79,6 +79,8 @@ c1.metric("Classes", len(dataset.classes))
 c2.metric("Usable images", f"{len(dataset.items):,}")
 c3.metric("Skipped files", len(dataset.skipped))
 c4.metric("Duplicates", len(duplicates))
+if dataset.corrections and dataset.corrections.sentence():
+    st.caption(f"Corrected in 🩺 Health: {dataset.corrections.sentence()} (your files are unchanged).")
 problems = dataset.problems()
 for p in problems:
     st.error(f"Not ready for training: {p}")
@@ -90,8 +92,8 @@ if not problems:
         f"test {len(splits['test'])} images."
     )
 
-tab_overview, tab_samples, tab_report, tab_aug, tab_space = st.tabs(
-    ["📊 Balance & sizes", "🖼️ Samples", "🧾 Ingest report", "🎲 Augmentation", "🧭 Feature space"],
+tab_overview, tab_samples, tab_report, tab_aug, tab_space, tab_health = st.tabs(
+    ["📊 Balance & sizes", "🖼️ Samples", "🧾 Ingest report", "🎲 Augmentation", "🧭 Feature space", "🩺 Health"],
     key="explorer_tab",
     on_change="rerun",  # only the open tab runs, and a rerun keeps it open
 )
@@ -309,7 +311,15 @@ with tab_space:
                 width="stretch",
             )
 
+
+def _data_config() -> DataConfig:
+    """The Explorer's choices, as the Train page takes them."""
+    return DataConfig(source=source, val_frac=val_pct / 100, test_frac=test_pct / 100, seed=int(seed), augment=augment)
+
+
+with tab_health:
+    if tab_health.open:
+        health_view.show(dataset, source, _data_config())
+
 # Remember the choices for the Train page.
-state.set_data_config(
-    DataConfig(source=source, val_frac=val_pct / 100, test_frac=test_pct / 100, seed=int(seed), augment=augment)
-)
+state.set_data_config(_data_config())

@@ -8,6 +8,7 @@ import streamlit as st
 from engine import charts, jobs, runs
 from engine.backbones.conventions import TITLES
 from engine.config import TrainConfig
+from engine.data.ingest import Summary
 from engine.errors import ConvScopeError
 from engine.jobs import bakeoff
 from ui import router, state, widgets, wording
@@ -30,6 +31,12 @@ def epochs_text(row: dict) -> str:
     return "—" if row["mode"] == "imported" else f"{row['epochs_run']}/{row['epochs'] or '?'}"
 
 
+def fixes_text(row: dict) -> str:
+    """What the Health tab's corrections changed in the run's data: "2 relabelled, 1 excluded", or "none"."""
+    c = row.get("corrections") or {}
+    return Summary(int(c.get("relabelled", 0)), int(c.get("excluded", 0))).sentence() or "none"
+
+
 def frame(rows: list[dict]) -> pd.DataFrame:
     """Summary rows as the table users read: their words, percentages, no server paths."""
     return pd.DataFrame(
@@ -40,6 +47,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
             "mode": [r["mode"] for r in rows],
             "parent": [r["parent"] or "" for r in rows],
             "image px": [r["image_size"] for r in rows],
+            "data fixes": [fixes_text(r) for r in rows],
             "epochs": [epochs_text(r) for r in rows],
             "val acc (kept model)": [r["kept_val_accuracy"] for r in rows],
             "best val acc": [r["best_val_accuracy"] for r in rows],
@@ -68,6 +76,7 @@ def side_by_side(rows: list[dict]) -> pd.DataFrame:
         "mode": lambda r: r["mode"],
         "parent": lambda r: r["parent"] or "–",
         "image size": lambda r: num(r["image_size"], "px"),
+        "data corrections": fixes_text,
         "epochs": lambda r: "—" if r["mode"] == "imported" else f"{r['epochs_run']} of {r['epochs'] or '?'}",
         "validation accuracy (kept model)": lambda r: pct(r["kept_val_accuracy"]),
         "best validation accuracy": lambda r: pct(r["best_val_accuracy"]),
@@ -87,6 +96,9 @@ SMALL = st.column_config.Column(width="small")
 COLUMNS = {
     "run": st.column_config.Column(width="medium"),
     **{c: SMALL for c in ("status", "mode", "parent", "image px", "epochs")},
+    "data fixes": st.column_config.Column(
+        help="Corrections made in the Dataset Explorer's Health tab to the data this run trained on"
+    ),
     "val acc (kept model)": st.column_config.Column(
         help="The saved model's validation accuracy: early stopping keeps the epoch with the lowest validation loss"
     ),

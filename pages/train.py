@@ -93,6 +93,11 @@ def setup_form() -> tuple[TrainConfig, int] | None:
     dataset = widgets.open_dataset(source)
     if dataset is None:
         return None
+    if dataset.corrections and dataset.corrections.changes_data:
+        st.info(
+            f"Training on corrected data: {dataset.corrections.sentence()} "
+            "(fixed in the Dataset Explorer's Health tab; your files are unchanged)."
+        )
     for p in dataset.problems():
         st.error(f"Not ready for training: {p}")
     for w in dataset.warnings():

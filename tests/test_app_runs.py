@@ -96,3 +96,23 @@ def test_the_table_shows_the_kept_models_accuracy_and_no_none(root, open_runs):
     assert not [v for v in shown.astype(str).to_numpy().ravel() if v in ("None", "nan", "NaN")], shown
     # The grid draws a missing cell as "None" whatever the Styler's text: no cell may be missing.
     assert not values.isna().to_numpy().any(), values
+
+
+def test_a_run_on_corrected_data_says_so_in_the_table_and_in_compare(root, open_runs):
+    fixed = {"relabelled": 2, "excluded": 1, "kept": 3, "stale": []}
+    fake_run(
+        "fixed-run",
+        config={"corrections": fixed},
+        history={"loss": [1.0, 0.6], "val_loss": [1.0, 0.7], "val_accuracy": [0.6, 0.75]},
+        metrics={"val_accuracy": 0.75, "test_accuracy": 0.7},
+    )
+    at = open_runs()
+    values, shown = shown_table(at)
+    fixes = dict(zip(values["folder"], shown["data fixes"], strict=True))
+    assert fixes["fixed-run"] == "2 relabelled, 1 excluded" and fixes["parent-run"] == "none"
+    at.session_state["runs_tab"] = "⚖️ Compare"
+    at.run()
+    at.multiselect(key="compare_runs").set_value(["parent-run", "fixed-run"]).run()
+    assert not at.exception, at.exception
+    table = next(d for d in at.dataframe if "data corrections" in d.value.index).value
+    assert list(table.loc["data corrections"]) == ["none", "2 relabelled, 1 excluded"]

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from browserkit import CHROMIUM, FLAGS, ROOT, streamlit_server
+from browserkit import CHROMIUM, FLAGS, ROOT, settle, streamlit_server
 from PIL import Image
 from skimage import data
 
@@ -179,4 +179,40 @@ def test_fine_tune_a_run_from_the_page(server, tmp_path, monkeypatch):
         page.get_by_text("before:", exact=False).first.wait_for(timeout=120_000)  # Grad-CAM before and after
         page.get_by_role("link", name="Look inside the fine-tuned model").wait_for(timeout=120_000)
         page.screenshot(path=str(tmp_path / "finetune.png"), full_page=True)
+        browser.close()
+
+
+def test_the_health_tab_shows_suspect_images_with_their_maps(server, tmp_path):
+    """Dataset Explorer → Health on a small shapes set: analyse, then the gallery has images and Grad-CAM maps."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 2400})
+        page.goto(server + "/datasets")
+        page.get_by_text("Usable images").wait_for(timeout=120_000)
+        for name, value in (("Images per class", "12"), ("Classes", "3")):
+            box = page.get_by_role("spinbutton", name=name)
+            box.fill(value)
+            box.press("Enter")
+            settle(page)
+        slider = page.get_by_role("slider", name="Image size")
+        slider.focus()
+        for _ in range(3):  # 160 -> 64 px
+            slider.press("ArrowLeft")
+        settle(page)
+        page.get_by_text("train 24, validation 6, test 6").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="🩺 Health").click()
+        page.get_by_role("button", name="🩺 Analyse").click()
+        page.get_by_text("Out-of-fold accuracy").wait_for(timeout=240_000)
+        settle(page)
+        page.screenshot(path=str(tmp_path / "health.png"), full_page=True)
+        assert page.get_by_text("Likely label mistakes", exact=True).count() == 1
+        cards = page.get_by_text("Filed as ")
+        assert cards.count() >= 1, "no label issue shown on the shapes set"
+        maps = page.locator('[data-testid="stImage"]').filter(has_text="looked for")
+        assert maps.count() >= 2 * min(cards.count(), 5)  # the given and the suggested label's maps
+        images = page.locator('[data-testid="stImage"] img')
+        assert all(images.nth(k).evaluate("img => img.naturalWidth > 0") for k in range(images.count()))
+        assert page.get_by_role("button", name="✏️ Relabel").count() == min(cards.count(), 5)
         browser.close()

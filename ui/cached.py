@@ -75,6 +75,14 @@ def explainable_run(path: str, mtime: float) -> Explainable:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
+def health_model(head_file: str, _report: dict):
+    """The health report's backbone with its held-out heads, for the maps (keyed by its heads' file)."""
+    from engine.health.explain import head_model
+
+    return head_model(_report)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
 def randomised(_model: Explainable, key: str, top_layers: int = 3) -> Explainable:
     """The model with its top layers randomised, for the sanity check (a copy: the shared model is untouched)."""
     return checks.randomised_copy(_model, top_layers)

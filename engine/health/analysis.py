@@ -219,7 +219,8 @@ def _issues(
     items, classes = dataset.items, dataset.classes
     n = len(items)
     quality = get_label_quality_scores(labels, probs)
-    # one process: results are the same (cleanlab says so), and forking one that holds TensorFlow can hang
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork of a threaded process (the dashboard's
+    # server, TensorFlow loaded) can deadlock in the child: the Health tab hung on "Finding issues" for minutes.
     flagged = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     k = min(NEIGHBOURS, n - 1)
     ood = OutOfDistribution({"k": k})

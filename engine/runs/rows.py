@@ -97,6 +97,8 @@ def summary(run: Run) -> dict:
         "train_seconds": train_seconds,
         "latency_ms": latency,
         "created": _number(config.get("created")) or mtime(run.path) or None,
+        # what engine.data.corrections changed in the data it trained on (relabelled, excluded...), else None
+        "corrections": config.get("corrections") if isinstance(config.get("corrections"), dict) else None,
         "has_model": has_model,
         "resumable": not problems and status.get("status") in ("failed", "stopped") and run.checkpoint.is_file(),
     }
