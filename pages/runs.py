@@ -365,7 +365,7 @@ with tab_compare:
             st.dataframe(facts, width="stretch", height=36 * (len(facts) + 1) + 2, key="compare_table")
             scatter = [
                 {
-                    "title": r["display_name"] or f"{r['backbone']} ({r['name'][-4:]})",
+                    "title": title_of(r),  # as the curves name it (a name suffix can be the same for two runs)
                     "accuracy": r["test_accuracy"] if r["test_accuracy"] is not None else r["val_accuracy"],
                     "latency_ms": r["latency_ms"],
                     "backbone": r["backbone"],
