@@ -363,6 +363,12 @@ with tab_compare:
             st.plotly_chart(charts.runs_curves(histories, starts), width="stretch", key="compare_curves")
             facts = side_by_side(chosen)
             st.dataframe(facts, width="stretch", height=36 * (len(facts) + 1) + 2, key="compare_table")
+            if len({fixes_text(r) for r in chosen}) > 1:
+                st.caption(
+                    "These runs trained on differently corrected data, so each test accuracy was measured on its "
+                    "own labels (and an excluded image left its test split). For a like-for-like figure, evaluate "
+                    "each run on the data as it is now on the Predict & evaluate page: the test images are the same."
+                )
             scatter = [
                 {
                     "title": title_of(r),  # as the curves name it (a name suffix can be the same for two runs)

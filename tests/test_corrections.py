@@ -72,7 +72,7 @@ def test_relabel_and_exclude_change_the_fingerprint_not_the_files_and_undo_resto
 
     assert corrections.edit(relabelled, [(b, corrections.EXCLUDE, "")]) == 2
     excluded = open_dataset(str(folder))
-    assert b not in rels_of(excluded) and [i.rel for i in excluded.excluded] == [b]
+    assert b not in rels_of(excluded) and b in [i.rel for i in excluded.raw_items]
     assert len(excluded.items) == len(plain.items) - 1
     assert excluded.fingerprint not in (fp, relabelled.fingerprint)
     assert excluded.files_fingerprint == fp
@@ -369,3 +369,24 @@ def test_data_fix_in_process_csv_out_and_in_reset_and_refusals(folder, tmp_path,
     assert main(["data-fix", str(copy), "--keep", rels_of(plain)[2]]) == 0  # the words a user reads
     text = capsys.readouterr().out
     assert "edit 2 recorded" in text and "1 relabelled, 1 excluded, 1 reviewed (your files are unchanged)" in text
+
+
+def test_an_edit_that_leaves_a_class_too_small_to_train_on_is_refused(folder):
+    dataset = open_dataset(str(folder))
+    cls = dataset.classes[0]
+    mine = [i.rel for i in dataset.items if dataset.classes[i.label] == cls]
+    with pytest.raises(DatasetError, match=f"leave '{cls}' 1 image"):
+        corrections.edit(dataset, [(rel, corrections.EXCLUDE, "") for rel in mine[:-1]])
+    assert corrections.load(folder) == []
+    corrections.edit(dataset, [(rel, corrections.EXCLUDE, "") for rel in mine[:-2]])  # two left: fine
+    assert open_dataset(str(folder)).counts()[cls] == 2
+
+
+def test_a_csv_row_with_a_class_unknown_here_is_skipped_not_the_whole_csv(folder):
+    dataset = open_dataset(str(folder))
+    a, b = rels_of(dataset)[:2]
+    sha = {i.rel: i.sha256 for i in dataset.items}
+    text = f"path,sha256,action,label\n{a},{sha[a]},relabel,nosuch\n{b},{sha[b]},exclude,\n"
+    edit, skipped = corrections.from_csv(dataset, text)
+    assert edit == 1 and skipped == [a]
+    assert open_dataset(str(folder)).corrections.excluded == 1

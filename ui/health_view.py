@@ -47,7 +47,7 @@ def show(dataset: Dataset, source: str, data_config: DataConfig) -> None:
     c1, c2 = st.columns(2)
     with c1:
         backbone = widgets.pretrained_backbone_picker("health_backbone")
-    run = _run_choice(c2, source)
+    run = _run_choice(c2, dataset, source)
     if backbone is None:
         return
     wanted = (backbone, run.name if run else None)
@@ -57,7 +57,7 @@ def show(dataset: Dataset, source: str, data_config: DataConfig) -> None:
         st.info("Press **Analyse** to score every image (the features are computed once per dataset and backbone).")
         _corrections_panel(dataset, source, data_config, run)
         return
-    report = _report(dataset, source, backbone, run)
+    report = _report(dataset, source, backbone, run, data_config)
     if report is None:
         _corrections_panel(dataset, source, data_config, run)
         return
@@ -69,15 +69,19 @@ def show(dataset: Dataset, source: str, data_config: DataConfig) -> None:
 # ---- choosing and running the analysis --------------------------------------------------
 
 
-def _runs_on(source: str) -> list[runs.Run]:
-    """Trained runs (with a saved model) on this data, newest first."""
+def _runs_on(dataset: Dataset, source: str) -> list[runs.Run]:
+    """Trained runs (with a saved model) on these files, newest first (corrections since are fine)."""
     return [
-        r for r in runs.list_runs() if r.model_path.is_file() and (r.config().get("data") or {}).get("source") == source
+        r
+        for r in runs.list_runs()
+        if r.model_path.is_file()
+        and (r.config().get("data") or {}).get("source") == source
+        and runs.same_files(r.config(), dataset)
     ]
 
 
-def _run_choice(col, source: str) -> runs.Run | None:
-    found = {r.name: r for r in _runs_on(source)}
+def _run_choice(col, dataset: Dataset, source: str) -> runs.Run | None:
+    found = {r.name: r for r in _runs_on(dataset, source)}
     with col:
         name = st.selectbox(
             "Explain with a trained run (optional)",
@@ -90,9 +94,10 @@ def _run_choice(col, source: str) -> runs.Run | None:
     return found.get(name)
 
 
-def _report(dataset: Dataset, source: str, backbone: str, run: runs.Run | None) -> dict | None:
+def _report(dataset: Dataset, source: str, backbone: str, run: runs.Run | None, data_config: DataConfig) -> dict | None:
     """The analysis for the data as it is now; computed with a progress bar, kept in the session until a fix."""
-    key = (dataset.fingerprint, backbone, run.name if run else None)
+    split = (data_config.seed, data_config.val_frac, data_config.test_frac)
+    key = (dataset.fingerprint, backbone, run.name if run else None, split)
     held = st.session_state.get(REPORT)
     if held and held["key"] == key:
         return held["report"]
@@ -102,7 +107,17 @@ def _report(dataset: Dataset, source: str, backbone: str, run: runs.Run | None) 
         bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done:,} of {total:,}")
 
     try:
-        report = analyse(source, backbone, run=run, progress=progress, extractor=cached.feature_extractor(backbone))
+        report = analyse(
+            source,
+            backbone,
+            run=run,
+            progress=progress,
+            extractor=cached.feature_extractor(backbone),
+            # without a run, leaks are checked on the split Train will use (the Explorer's settings)
+            seed=data_config.seed,
+            val_frac=data_config.val_frac,
+            test_frac=data_config.test_frac,
+        )
     except ConvScopeError as exc:
         bar.empty()
         st.error(widgets.path_free(str(exc), source))

@@ -39,7 +39,17 @@ def add_data_issues(sub: argparse._SubParsersAction) -> None:
 
 def cmd_data_issues(args: argparse.Namespace) -> dict:
     run = runs.open_run(args.run_dir) if args.run_dir else None
-    return analyse(args.source, args.backbone, args.image_size, args.folds, run, stderr_progress)
+    return analyse(
+        args.source,
+        args.backbone,
+        args.image_size,
+        args.folds,
+        run,
+        stderr_progress,
+        seed=args.seed,
+        val_frac=args.val,
+        test_frac=args.test,
+    )
 
 
 def _print_issues(result: dict) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine import settings
-from engine.data.ingest import Dataset, Item, Summary
+from engine.data.ingest import MIN_PER_CLASS, Dataset, Item, Summary
 from engine.errors import DatasetError
 
 RELABEL, EXCLUDE, KEEP, CLEAR = "relabel", "exclude", "keep", "clear"
@@ -135,8 +135,21 @@ def _edit(dataset: Dataset, changes: list[tuple[str, str, str]]) -> int:
                 action, label = CLEAR, ""  # back to the folder's own label
         made.append(Change(rel, item.sha256, action, label if action == RELABEL else "", number))
     if made:
+        _check_trainable(dataset, old, made)
         _save(dataset.root, old + made)
     return number
+
+
+def _check_trainable(dataset: Dataset, old: list[Change], made: list[Change]) -> None:
+    """Refuse an edit that leaves a class with too few images to train on (it had enough before)."""
+    before, after = _applied(dataset, old).counts(), _applied(dataset, old + made).counts()
+    short = {c: n for c, n in after.items() if n < MIN_PER_CLASS <= before[c]}
+    if short:
+        left = ", ".join(f"{c!r} {n} image{'s' * (n != 1)}" for c, n in short.items())
+        raise DatasetError(
+            f"that would leave {left}; every class needs at least {MIN_PER_CLASS} to train on: "
+            "relabel or exclude fewer of it (nothing was recorded)"
+        )
 
 
 def undo(root: Path) -> list[Change]:
@@ -174,9 +187,24 @@ def apply(dataset: Dataset) -> Dataset:
     Relabelled items keep their folder's label in `Item.given`, so splits stay where they were
     (engine.data.splits); excluded items leave `items` and stay in `raw_items`.
     """
-    holding = current(load(dataset.root))
-    if not holding:
-        return dataset
+    return _applied(dataset, load(dataset.root))
+
+
+def _applied(dataset: Dataset, changes: list[Change]) -> Dataset:
+    holding = current(changes)
+    if not holding:  # the files as they are
+        return (
+            dataset
+            if dataset.raw_items is None
+            else replace(
+                dataset,
+                items=dataset.raw_items,
+                raw_items=None,
+                corrections=None,
+                _fingerprint=None,
+                _files_fingerprint=None,
+            )
+        )
     items, stale = [], []
     relabelled = excluded = kept = 0
     raw = _all_items(dataset)
@@ -198,7 +226,7 @@ def apply(dataset: Dataset) -> Dataset:
             items.append(item)
     stale += sorted(holding)  # files gone since
     summary = Summary(relabelled, excluded, kept, tuple(stale))
-    return replace(dataset, items=items, raw_items=raw, corrections=summary, _fingerprint=None)
+    return replace(dataset, items=items, raw_items=raw, corrections=summary, _fingerprint=None, _files_fingerprint=None)
 
 
 def kept_paths(dataset: Dataset) -> set[str]:
@@ -220,7 +248,8 @@ def to_csv(dataset: Dataset) -> str:
 def from_csv(dataset: Dataset, text: str) -> tuple[int, list[str]]:
     """Apply a CSV from `to_csv` (maybe of another copy of the data) as one edit.
 
-    Rows whose path is missing here, or whose file has other content, are skipped and returned.
+    Rows whose path is missing here, whose file has other content, or whose class or action is not
+    known here are skipped and returned.
 
     Returns:
         (the edit's number, or 0 when no row applied; the skipped rows' paths).
@@ -236,7 +265,8 @@ def from_csv(dataset: Dataset, text: str) -> tuple[int, list[str]]:
     sha = {i.rel: i.sha256 for i in _all_items(dataset)}
     todo, skipped = [], []
     for row in rows:
-        if sha.get(row["path"]) != row["sha256"]:
+        unknown = row["action"] not in ACTIONS or (row["action"] == RELABEL and row.get("label") not in dataset.classes)
+        if sha.get(row["path"]) != row["sha256"] or unknown:  # another copy, or other class folders
             skipped.append(row["path"])
         else:
             todo.append((row["path"], row["action"], row.get("label") or ""))

@@ -64,8 +64,11 @@ class Summary:
 
     def sentence(self) -> str:
         """`2 relabelled, 1 excluded` (for the CLI and the pages); '' when nothing applies."""
-        parts = [f"{self.relabelled} relabelled"] * bool(self.relabelled)
-        parts += [f"{self.excluded} excluded"] * bool(self.excluded)
+        parts = []
+        if self.relabelled:
+            parts.append(f"{self.relabelled} relabelled")
+        if self.excluded:
+            parts.append(f"{self.excluded} excluded")
         return ", ".join(parts)
 
 
@@ -84,6 +87,7 @@ class Dataset:
     raw_items: list[Item] | None = None
     corrections: Summary | None = None
     _fingerprint: str | None = field(default=None, repr=False)
+    _files_fingerprint: str | None = field(default=None, repr=False)
 
     def path(self, item: Item) -> Path:
         return self.root / item.rel
@@ -156,15 +160,11 @@ class Dataset:
     @property
     def files_fingerprint(self) -> str:
         """The fingerprint of the data as on disk, before corrections (what pixel caches are keyed by)."""
-        return self.fingerprint if self.raw_items is None else _fingerprint(self.classes, self.raw_items)
-
-    @property
-    def excluded(self) -> list[Item]:
-        """Images a correction excluded (as on disk)."""
-        if self.raw_items is None:
-            return []
-        kept = {i.rel for i in self.items}
-        return [i for i in self.raw_items if i.rel not in kept]
+        if self._files_fingerprint is None:
+            self._files_fingerprint = (
+                self.fingerprint if self.raw_items is None else _fingerprint(self.classes, self.raw_items)
+            )
+        return self._files_fingerprint
 
 
 def _fingerprint(classes: list[str], items: list[Item]) -> str:

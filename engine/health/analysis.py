@@ -34,11 +34,11 @@ from PIL import Image as PILImage
 from engine import backbones, imaging, settings
 from engine.data import corrections
 from engine.data.ingest import Dataset, Item
-from engine.data.sources import StageProgress, open_dataset
+from engine.data.sources import StageProgress, open_dataset, source_title
 from engine.data.splits import split_dataset
 from engine.errors import ConvScopeError, DatasetError
 from engine.evaluate.evaluation import cached_logits, labelled_set
-from engine.runs import Run, atomic_write, splits_of
+from engine.runs import Run, atomic_write, same_files, splits_of
 from engine.training import feature_cache
 from engine.training.features import FeatureExtractor
 
@@ -70,12 +70,17 @@ def analyse(
     run: Run | None = None,
     progress: StageProgress | None = None,
     extractor: FeatureExtractor | None = None,
+    seed: int = 0,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
 ) -> dict:
     """The health report of `source` (corrections applied: what a run would train on).
 
     Args:
-        run: whose split the leaks are measured against (else the default split: seed 0, 15%/15%),
-            and whose test accuracy they may inflate.
+        run: whose split the leaks are measured against, and whose test accuracy they may inflate;
+            it must have trained on these files (corrections since are fine).
+        seed, val_frac, test_frac: without a run, the split the leaks are measured against: the one
+            a run with these settings would train on.
         extractor: an already loaded FeatureExtractor of `backbone` (the dashboard shares one).
 
     Returns:
@@ -87,7 +92,7 @@ def analyse(
     dataset.check()
     spec = backbones.get_spec(backbone)
     size = int(image_size or spec.input_size)
-    splits, split_name = _splits(dataset, run)
+    splits, split_name = _splits(dataset, source, run, seed, val_frac, test_frac)
     key = _key(dataset, backbone, size, folds, split_name)
     folder = settings.cache_dir() / "health"
     cached = _read(folder / f"{key}.json")
@@ -273,9 +278,8 @@ def _issues(
     ]
     leaks = [d for d in duplicates if len(set(d["splits"]) - {""}) > 1]
     test = [s for s in split_of.values() if s == "test"]
-    leaked_test = sum(
-        sum(s == "test" for s in d["splits"]) for d in leaks if {"train", "validation"} & set(d["splits"])
-    )
+    # a test image may be right only because its copy was trained on; a copy in validation was not
+    leaked_test = sum(sum(s == "test" for s in d["splits"]) for d in leaks if "train" in d["splits"])
     flagged_paths = (
         {r["path"] for r in label_issues}
         | {r["path"] for r in outlier_rows}
@@ -366,11 +370,21 @@ def near_duplicate_groups(features: np.ndarray, hashes: np.ndarray, median_nn: f
     return sorted(members.values(), key=lambda g: (-len(g), g))
 
 
-def _splits(dataset: Dataset, run: Run | None) -> tuple[dict[str, list[Item]], str]:
+def _splits(
+    dataset: Dataset, source: str, run: Run | None, seed: int, val_frac: float, test_frac: float
+) -> tuple[dict[str, list[Item]], str]:
     if run is None:
-        own = "the source's own splits" if dataset.has_splits else "the default split"
-        return split_dataset(dataset), f"{own} (seed 0, 15% validation, 15% test where carved)"
-    return splits_of(run.config(), dataset), f"run {run.name}"
+        own = "the source's own splits, " if dataset.has_splits else ""
+        carved = f"seed {seed}, {val_frac:.0%} validation, {test_frac:.0%} test where carved"
+        return split_dataset(dataset, seed, val_frac, test_frac), f"{own}{carved}"
+    config = run.config()
+    if (config.get("data") or {}).get("source") != source or not same_files(config, dataset):
+        raise DatasetError(
+            f"{run.name} was not trained on these files (its data: "
+            f"{source_title(str((config.get('data') or {}).get('source', '')))!r}), so it has no split of them: "
+            "leave the run out, or pick one trained on this data"
+        )
+    return splits_of(config, dataset), f"run {run.name}"
 
 
 def _run_accuracy(run: Run, source: str, leaks: list[dict]) -> dict:
@@ -381,7 +395,9 @@ def _run_accuracy(run: Run, source: str, leaks: list[dict]) -> dict:
     except ConvScopeError as exc:  # e.g. the data changed since the run: only the bound is known
         return {"run": run.name, "accuracy_note": str(exc)}
     right = logits.argmax(1) == data.labels
-    leaked = {p for d in leaks for p, s in zip(d["paths"], d["splits"], strict=True) if s == "test"}
+    leaked = {
+        p for d in leaks if "train" in d["splits"] for p, s in zip(d["paths"], d["splits"], strict=True) if s == "test"
+    }
     clean = np.array([rel not in leaked for rel in data.rels])
     return {
         "run": run.name,

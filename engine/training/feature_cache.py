@@ -166,7 +166,8 @@ def augmented_features(
     Returns:
         ((views, n, D) float32, whether they came from the cache).
     """
-    tag = json.dumps([dataset.fingerprint, [i.sha256 for i in items], augment.__dict__, views, seed])
+    # the files, not their labels: a relabelled image keeps its views (engine.data.corrections)
+    tag = json.dumps([dataset.files_fingerprint, [i.sha256 for i in items], augment.__dict__, views, seed])
     path = key.folder / f"{prefix}{hashlib.sha256(tag.encode()).hexdigest()[:32]}.npy"
     n = len(items)
 

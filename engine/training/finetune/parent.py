@@ -194,7 +194,13 @@ def relabel(dataset, splits: dict, labels: list[str], who: str):
     index = [labels.index(name) for name in dataset.classes]
     items = {i.rel: replace(i, label=index[i.label]) for i in dataset.items}
     # the fingerprint stays the data's own: a fine-tune of this fine-tune compares it with the data as it opens
-    out = replace(dataset, classes=list(labels), items=list(items.values()), _fingerprint=dataset.fingerprint)
+    out = replace(
+        dataset,
+        classes=list(labels),
+        items=list(items.values()),
+        _fingerprint=dataset.fingerprint,
+        _files_fingerprint=dataset.files_fingerprint,
+    )
     return out, {name: [items[i.rel] for i in part] for name, part in splits.items()}
 
 
