@@ -21,6 +21,7 @@ from PIL import Image
 from engine.data import corrections, shapes
 from engine.data.sources import open_dataset, shapes_config
 from engine.data.splits import split_dataset
+from engine.errors import DatasetError
 from engine.health.analysis import analyse, out_of_fold
 from engine.numerics import softmax
 
@@ -244,6 +245,16 @@ def test_data_issues_measures_leaks_against_the_runs_split(tmp_path, runs_dir):
     assert inflation["test_images"] == len(split_dataset(dataset, seed)["test"])
     assert inflation["run"] == "leaky" and 0 <= inflation["accuracy"] <= 1
     assert inflation["accuracy_without_leaked"] is not None
+
+    # without a run: the split of the settings given (as the Explorer passes Train's), default seed 0 has no leak
+    same = analyse(str(folder), image_size=SIZE, seed=seed)
+    assert same["leaks"] == report["leaks"] and same["split"].startswith(f"seed {seed}")
+    assert analyse(str(folder), image_size=SIZE)["leaks"] == []
+    # a run of other files lends no split
+    other = tmp_path / "other"
+    shapes.generate(other, shapes_config("per_class=12,classes=3,size=64,seed=5"))
+    with pytest.raises(DatasetError, match="not trained on these files"):
+        analyse(str(other), image_size=SIZE, run=run)
 
 
 @pytest.mark.slow

@@ -30,6 +30,9 @@ def add_data_issues(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
     p.add_argument("--folds", type=int, default=5, help="out-of-fold heads (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="split seed of the leak check without --run (default 0)")
+    p.add_argument("--val", type=float, default=0.15, help="validation fraction carved (default 0.15)")
+    p.add_argument("--test", type=float, default=0.15, help="test fraction carved (default 0.15)")
     p.add_argument(
         "--run", dest="run_dir", metavar="RUN_DIR", help="measure leaks against this run's split and test accuracy"
     )
