@@ -67,8 +67,11 @@ def test_relabel_exclude_and_undo_on_the_health_tab(open_page, cache_dir, tmp_pa
     assert after[first["given"]] == before[first["given"]] - 1
     assert any(f"{first['path']} relabelled {first['given']} → {first['suggested']}" in s.value for s in at.success)
 
+    # The list stays put (not re-scored under the student): the fixed image left it, the next is first.
+    assert at.session_state["health_report"]["report"] is report
+    assert any("from before your latest fixes" in i.value for i in at.info)
     # Exclude an image: one usable image fewer.
-    rel = at.session_state["health_report"]["report"]["label_issues"][0]["path"]
+    rel = report["label_issues"][1]["path"]
     _click(at, "health_exclude_label_issues_0")
     assert {"Usable images": str(usable - 1)}.items() <= {m.label: m.value for m in at.metric}.items()
     assert corrections.load(folder)[-1].action == "exclude" and corrections.load(folder)[-1].rel == rel

@@ -53,6 +53,7 @@ def show(dataset: Dataset, source: str, data_config: DataConfig) -> None:
     wanted = (backbone, run.name if run else None)
     if st.button("🩺 Analyse", type="primary", key="health_go", help="Seconds once the features are cached"):
         st.session_state[WANTED] = wanted
+        st.session_state.pop(REPORT, None)  # score the data as it is now, fixes included
     if st.session_state.get(WANTED) != wanted:
         st.info("Press **Analyse** to score every image (the features are computed once per dataset and backbone).")
         _corrections_panel(dataset, source, data_config, run)
@@ -95,9 +96,13 @@ def _run_choice(col, dataset: Dataset, source: str) -> runs.Run | None:
 
 
 def _report(dataset: Dataset, source: str, backbone: str, run: runs.Run | None, data_config: DataConfig) -> dict | None:
-    """The analysis for the data as it is now; computed with a progress bar, kept in the session until a fix."""
+    """The analysis, computed with a progress bar and kept in the session until Analyse is pressed again.
+
+    Kept across fixes (keyed by the files, not their labels), so the list does not re-score and
+    reorder under the student after each click; fixed images leave it (see `_gallery`).
+    """
     split = (data_config.seed, data_config.val_frac, data_config.test_frac)
-    key = (dataset.fingerprint, backbone, run.name if run else None, split)
+    key = (dataset.files_fingerprint, backbone, run.name if run else None, split)
     held = st.session_state.get(REPORT)
     if held and held["key"] == key:
         return held["report"]
@@ -186,7 +191,13 @@ def _gallery(dataset: Dataset, source: str, report: dict, run: runs.Run | None) 
     )
     kind = kind or "label_issues"
     show_reviewed = c2.toggle("Show reviewed", key="health_reviewed", help="Images you marked Keep are hidden.")
-    rows = report[kind]
+    fixed = corrections.paths_with(dataset, corrections.RELABEL, corrections.EXCLUDE)
+    if report["fingerprint"] != dataset.fingerprint:
+        st.info(
+            "These scores are from before your latest fixes, so the list stays put while you work; the images you "
+            "relabelled or excluded have left it. Press **Analyse** to score the corrected data again."
+        )
+    rows = [r for r in report[kind] if not ({r["path"]} if "path" in r else set(r["paths"])) & fixed]
     hidden = [r for r in rows if _reviewed(r, kept)]
     if not show_reviewed:
         rows = [r for r in rows if not _reviewed(r, kept)]

@@ -231,8 +231,14 @@ def _applied(dataset: Dataset, changes: list[Change]) -> Dataset:
 
 def kept_paths(dataset: Dataset) -> set[str]:
     """Paths marked reviewed (`keep`) that still match their file."""
+    return paths_with(dataset, KEEP)
+
+
+def paths_with(dataset: Dataset, *actions: str) -> set[str]:
+    """Paths whose correction now is one of `actions` and still matches their file."""
     sha = {i.rel: i.sha256 for i in _all_items(dataset)}
-    return {rel for rel, c in current(load(dataset.root)).items() if c.action == KEEP and sha.get(rel) == c.sha256}
+    holding = current(load(dataset.root))
+    return {rel for rel, c in holding.items() if c.action in actions and sha.get(rel) == c.sha256}
 
 
 def to_csv(dataset: Dataset) -> str:
