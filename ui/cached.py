@@ -13,6 +13,7 @@ import streamlit as st
 from engine import backbones
 from engine.data import report, sources
 from engine.explain import Explainable, checks
+from engine.health.explain import head_model
 from engine.model.classifier import ImageNetClassifier
 from engine.samples import sample_photo
 from engine.training.features import FeatureExtractor
@@ -77,8 +78,6 @@ def explainable_run(path: str, mtime: float) -> Explainable:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def health_model(head_file: str, _report: dict):
     """The health report's backbone with its held-out heads, for the maps (keyed by its heads' file)."""
-    from engine.health.explain import head_model
-
     return head_model(_report)
 
 

@@ -342,8 +342,13 @@ def _group_card(dataset: Dataset, source: str, kind: str, n: int, group: dict) -
 def _reload(source: str, message: str) -> None:
     """Say what changed, drop the opened dataset (its fingerprint changed) and draw everything again."""
     st.session_state[FLASH] = message
-    st.session_state.get(state.DATASETS, {}).pop(source, None)
+    _forget_dataset(source)
     st.rerun()
+
+
+def _forget_dataset(source: str) -> None:
+    """Drop the session's opened dataset, so the next run opens it with the record applied."""
+    st.session_state.get(state.DATASETS, {}).pop(source, None)
 
 
 def _fix(dataset: Dataset, source: str, changes: list[tuple[str, str, str]], message: str) -> None:
@@ -360,7 +365,7 @@ def _undo(root, source: str) -> None:
     undone = corrections.undo(root)
     if undone:
         st.session_state[FLASH] = "Undone: " + "; ".join(_change_text(c.to_json()) for c in undone) + "."
-        st.session_state.get(state.DATASETS, {}).pop(source, None)
+        _forget_dataset(source)
 
 
 def _change_text(c: dict) -> str:

@@ -112,7 +112,8 @@ def add_data_fix(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_fix(args: argparse.Namespace) -> dict:
-    dataset = open_dataset(args.source, stderr_progress)
+    # opened once (every file read and hashed), as on disk; the record is applied again after the edit
+    dataset = open_dataset(args.source, stderr_progress, corrected=False)
     changes = []
     for text in args.relabel:
         path, sep, label = text.rpartition("=")
@@ -136,7 +137,7 @@ def cmd_data_fix(args: argparse.Namespace) -> dict:
         out["forgotten"] = corrections.reset(dataset.root)
     elif args.csv_in:
         out["edit"], out["skipped"] = corrections.from_csv(dataset, Path(args.csv_in).read_text(encoding="utf-8"))
-    after = open_dataset(args.source)
+    after = corrections.apply(dataset)
     if args.csv_out:
         Path(args.csv_out).write_text(corrections.to_csv(after), encoding="utf-8")
         out["csv"] = args.csv_out
