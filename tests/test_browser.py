@@ -97,9 +97,9 @@ def test_a_watched_dashboard_run_equals_its_cli_twin_and_takes_as_long(server, t
     twin = watched.cli_train(tmp_path / "warm")
     twins, ours = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        # A user's browser renders on their own machine, not on the server's cores: the lowest priority here.
+        browser = watched.launch_browser(p)
         page = browser.new_page(viewport={"width": 1300, "height": 1400})
-        watched.browser_aside()  # a user's browser renders on their own machine, not on the server's cores
         for k in range(3):  # three pairs, each side's median compared (as bench/watched.py): 2 shared cores are noisy
             twins.append(watched.cli_train(tmp_path / f"twin-{k}"))
             ours.append(watched.watch_one(page, server, Path(RUNS["dir"]))[0])
