@@ -10,17 +10,13 @@ import numpy as np
 
 from engine import imaging
 from engine.cli.common import add_json, fraction_progress, stage_progress, write_png
-from engine.cli.models import model_args
+from engine.cli.models import explainable, model_args, run_source
 from engine.data.sources import DEFAULT_SOURCE
 from engine.errors import ConvScopeError
 from engine.explain import METHODS, activations, checks, explain_image, featurevis, top_examples
 from engine.explain.overlay import COLORMAPS, label_tile, overlay, to_png
 from engine.model.explainable import Explainable
-from engine.runs import Run, atomic_write
-
-
-def _explainable(args: argparse.Namespace) -> Explainable:
-    return Explainable.from_run(args.run_dir) if args.run_dir else Explainable.from_backbone(args.backbone)
+from engine.runs import atomic_write
 
 
 def _channel_list(text: str) -> list[int]:
@@ -48,7 +44,7 @@ def add_activations(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_activations(args: argparse.Namespace) -> dict:
-    model = _explainable(args)
+    model = explainable(args)
     if args.layer == "list":
         return {"model": model.name, "layers": [info.to_json() for info in model.layers()]}
     if not args.image:
@@ -118,7 +114,7 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> dict:
-    model = _explainable(args)
+    model = explainable(args)
     rgb = imaging.load_rgb(args.image)
     result = explain_image(model, rgb, args.method, args.class_index, args.layer)
     out = result.to_json()
@@ -199,21 +195,14 @@ def add_visualize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_visualize, show=_print_visualize)
 
 
-def _run_source(args: argparse.Namespace) -> str:
-    """The run's own data source; "" for a backbone or a run without data (an imported model may come without)."""
-    if not args.run_dir:
-        return ""
-    return str(Run(Path(args.run_dir)).config().get("data", {}).get("source") or "")
-
-
 def _natural_source(args: argparse.Namespace) -> str:
     """The data a channel's natural activation is measured on: --source, else the run's own, else the default."""
-    return args.source or _run_source(args) or DEFAULT_SOURCE
+    return args.source or run_source(args) or DEFAULT_SOURCE
 
 
 def cmd_visualize(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    model = _explainable(args)
+    model = explainable(args)
     channels = _channel_list(args.channel)
     settings = featurevis.Settings(steps=args.steps, size=args.size, seed=args.seed)
     pictures = featurevis.visualize(model, args.layer, channels, settings, fraction_progress("optimising"))
@@ -283,13 +272,13 @@ def add_top_examples(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_top_examples(args: argparse.Namespace) -> dict:
-    source = args.source or _run_source(args)
+    source = args.source or run_source(args)
     if not source:
         whose = "this run has no data of its own (an imported model)" if args.run_dir else "a backbone has no data"
         raise ConvScopeError(
             f"give SOURCE, the images to scan: {whose}. A folder of class folders, shapes, a .zip or tfds:NAME"
         )
-    model = _explainable(args)
+    model = explainable(args)
     layer = model.check_layer(args.layer)
     channels = _channel_list(args.channel) if args.channel else None
     if channels:

@@ -4,7 +4,7 @@ With --json, exactly one JSON object goes to stdout; logs go to stderr.
 Exit codes: 0 success, 1 a training run that failed (its JSON says why),
 2 bad input (with {"error": "..."} under --json).
 
-One module per group of commands (data, health, models, inside, train, runs); each adds its commands'
+One module per group of commands (data, health, models, inside, concepts, train, runs); each adds its commands'
 arguments next to the code that runs them. Here they are put together in the order of the help.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from engine.cli import data, health, inside, models, runs, train
+from engine.cli import concepts, data, health, inside, models, runs, train
 from engine.cli.common import Parser, run
 
 COMMANDS = (
@@ -29,6 +29,7 @@ COMMANDS = (
     inside.add_explain,
     inside.add_visualize,
     inside.add_top_examples,
+    concepts.add_tcav,
     runs.add_export,
     runs.add_report,
     train.add_train,

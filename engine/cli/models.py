@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from engine import imaging, runs
 from engine.backbones import DEFAULT_BACKBONE, all_specs, availability, get_spec
@@ -11,6 +12,7 @@ from engine.errors import ConvScopeError
 from engine.imaging import RESIZE_POLICIES
 from engine.importing import PREPROCESS_CHOICES, import_model
 from engine.model.classifier import ImageNetClassifier, RunClassifier
+from engine.model.explainable import Explainable
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -22,6 +24,18 @@ def model_args(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backbone", default=DEFAULT_BACKBONE, help=f"an ImageNet backbone (default {DEFAULT_BACKBONE})"
     )
+
+
+def explainable(args: argparse.Namespace) -> Explainable:
+    """The model that --run or --backbone names."""
+    return Explainable.from_run(args.run_dir) if args.run_dir else Explainable.from_backbone(args.backbone)
+
+
+def run_source(args: argparse.Namespace) -> str:
+    """The run's own data source; "" for a backbone or a run without data (an imported model may come without)."""
+    if not args.run_dir:
+        return ""
+    return str(runs.Run(Path(args.run_dir)).config().get("data", {}).get("source") or "")
 
 
 def add_backbones(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,12 @@ and colour) over a crop of a scikit-image photo, plus distractor strokes and
 dots, so that the task is not trivial and the object's box is known (for
 checking where class activation maps look). Image i of class c depends only
 on (seed, c, i), so a larger `per_class` keeps the earlier images.
+
+With `mark=K` every image of class K also carries a small watermark in its
+bottom-right corner (the other classes are drawn exactly as without it): a
+model trained on that data can learn the mark instead of the shape, which a
+concept test (engine.explain.concepts) finds. `concept_images` draws sets for
+such tests: the mark, one shape, or random photo crops.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class ShapesConfig:
     classes: int = 5
     seed: int = 0
     size: int = 160
+    mark: int = -1  # the class (0-based) whose images carry the watermark; -1: none
 
     def __post_init__(self) -> None:
         if not 2 <= self.classes <= len(SHAPE_CLASSES):
@@ -46,6 +53,8 @@ class ShapesConfig:
             raise ValueError(f"shapes: per_class must be 1..5000, got {self.per_class}")
         if not 32 <= self.size <= 1024:
             raise ValueError(f"shapes: size must be 32..1024 pixels, got {self.size}")
+        if not -1 <= self.mark < self.classes:
+            raise ValueError(f"shapes: mark must be a class index 0..{self.classes - 1} or -1 (none), got {self.mark}")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -54,7 +63,8 @@ class ShapesConfig:
     @property
     def key(self) -> str:
         """A folder name that identifies this exact set (bump v when drawing changes)."""
-        return f"shapes-v1-c{self.classes}-n{self.per_class}-s{self.size}-seed{self.seed}"
+        marked = f"-mark{self.mark}" if self.mark >= 0 else ""
+        return f"shapes-v1-c{self.classes}-n{self.per_class}-s{self.size}-seed{self.seed}{marked}"
 
 
 _photo = cache(skimage_photo)  # each background decoded once per process; only read, never changed
@@ -121,14 +131,35 @@ def _distractors(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_bright_colour(rng))
 
 
-def render(kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[int]]:
-    """Draw one image.
+def mark_box(size: int) -> list[int]:
+    """Where the watermark sits: [x0, y0, x1, y1], a square of 18% of the side in the bottom-right corner."""
+    side = max(6, round(0.18 * size))
+    x1 = y1 = size - max(1, round(0.04 * size))
+    return [x1 - side, y1 - side, x1, y1]
+
+
+def stamp_mark(img: Image.Image) -> Image.Image:
+    """Draw the watermark: a white tile with a black border and a black X (drawn without randomness)."""
+    x0, y0, x1, y1 = mark_box(img.size[0])
+    draw = ImageDraw.Draw(img)
+    width = max(1, (x1 - x0) // 8)
+    draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=(255, 255, 255), outline=(0, 0, 0), width=width)
+    inset = 2 * width
+    draw.line([x0 + inset, y0 + inset, x1 - 1 - inset, y1 - 1 - inset], fill=(0, 0, 0), width=width)
+    draw.line([x0 + inset, y1 - 1 - inset, x1 - 1 - inset, y0 + inset], fill=(0, 0, 0), width=width)
+    return img
+
+
+def render(kind: str, rng: np.random.Generator, size: int, marked: bool = False) -> tuple[np.ndarray, list[int]]:
+    """Draw one image (`kind` "" draws no shape: a photo crop with distractors only).
 
     Returns:
         (image (size, size, 3) uint8, box [x0, y0, x1, y1] in pixels, inclusive-exclusive).
     """
     img = _background(rng, size)
     _distractors(ImageDraw.Draw(img), rng, size)
+    if not kind:
+        return np.asarray(stamp_mark(img) if marked else img), [0, 0, size, size]
     radius = rng.uniform(0.16, 0.32) * size
     angle = rng.uniform(0, 2 * math.pi)
     cos, sin = math.cos(angle), math.sin(angle)
@@ -151,6 +182,8 @@ def render(kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, 
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
     x0, y0, x1, y1 = mask.getbbox() or (0, 0, size, size)
+    if marked:  # after the blur: a watermark is stamped on the finished photo
+        stamp_mark(img)
     return np.asarray(img), [int(x0), int(y0), int(x1), int(y1)]
 
 
@@ -170,7 +203,7 @@ def generate(
         (out / kind).mkdir(parents=True, exist_ok=True)
         for i in range(config.per_class):
             rng = np.random.default_rng([config.seed, c, i])
-            rgb, box = render(kind, rng, config.size)
+            rgb, box = render(kind, rng, config.size, marked=c == config.mark)
             rel = f"{kind}/{kind}_{i:04d}.png"
             Image.fromarray(rgb).save(out / rel, optimize=False, compress_level=1)
             boxes[rel] = box
@@ -179,3 +212,23 @@ def generate(
                 progress(done, total)
     (out / "boxes.json").write_text(json.dumps(boxes, indent=0, sort_keys=True))
     return boxes
+
+
+CONCEPTS = ("mark", "random", *SHAPE_CLASSES)  # the built-in concept sets
+
+
+def concept_images(name: str, count: int, size: int, seed: int = 0) -> np.ndarray:
+    """`count` images of a built-in concept: (count, size, size, 3) uint8.
+
+    "mark": the watermark on photo crops with distractors; "random": such crops alone (the
+    counterexamples of a concept test); a shape name: that shape, without the mark. Image i
+    depends only on (seed, name, i), and never equals an image of the dataset (another stream).
+    """
+    if name not in CONCEPTS:
+        raise ValueError(f"no built-in concept {name!r}; choose one of {', '.join(CONCEPTS)}")
+    stream = 1000 + CONCEPTS.index(name)  # the dataset's streams are its class indices 0..7
+    kind = name if name in SHAPE_CLASSES else ""
+    out = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        out[i] = render(kind, np.random.default_rng([seed, stream, i]), size, marked=name == "mark")[0]
+    return out

@@ -73,7 +73,8 @@ def shapes_config(options: str) -> shapes.ShapesConfig:
 
 def shapes_source(config: shapes.ShapesConfig) -> str:
     """The canonical source string of a shapes configuration."""
-    return f"shapes:per_class={config.per_class},classes={config.classes},seed={config.seed},size={config.size}"
+    marked = f",mark={config.mark}" if config.mark >= 0 else ""
+    return f"shapes:per_class={config.per_class},classes={config.classes},seed={config.seed},size={config.size}{marked}"
 
 
 def _materialise(key: str, build: Callable[[Path], list[Skipped] | None]) -> tuple[Path, list[Skipped]]:

@@ -1,0 +1,438 @@
+"""Concept tests (TCAV, Kim et al., ICML 2018): does a class's score rise along a concept's direction?
+
+A concept is a set of example images (a watermark, stripes, a background). At a layer, its concept
+activation vector (CAV) is the normal of a linear classifier (scikit-learn) between the concept's
+and random images' flattened activations, pointing to the concept. The TCAV score of a class is
+the share of the class's images whose pre-softmax class score increases along the CAV: the sign
+of the directional derivative dScore/dA . v, from the same compiled, batched gradient pass as
+Grad-CAM. One CAV can be luck, so, as in the paper and tensorflow/tcav, CAVs are trained against
+`runs` different random sets, and the same number of random-vs-random CAVs give the scores of
+meaningless directions; a two-sided t-test (SciPy) tells the two apart, Bonferroni-corrected over
+the layers tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine import imaging
+from engine.data import archive, shapes, sources
+from engine.data.layout import is_hidden_name
+from engine.data.pipeline import decoded_batches
+from engine.errors import ConvScopeError, ExplainError
+from engine.model.explainable import Explainable
+
+MIN_IMAGES, MAX_IMAGES = 20, 200  # per concept: fewer gives CAVs that change with every random set
+RUNS = 10  # CAVs per layer against different random sets (the paper's minimum)
+ALPHA = 0.05
+SEPARABLE = 0.7  # a CAV whose held-out accuracy is below this does not tell the concept from random images
+BUILTIN = "builtin:"  # "builtin:mark", "builtin:random", "builtin:circle": drawn by engine.data.shapes
+
+Progress = Callable[[float], None]
+
+
+# ---- image sets --------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageSet:
+    """Images at a model's input size, named, with a content key for the activation cache."""
+
+    name: str
+    images: np.ndarray  # (N, S, S, 3) float32 in [0, 255]
+    key: str = ""
+    skipped: int = 0  # files that could not be read
+
+    @classmethod
+    def of(cls, name: str, images: np.ndarray, skipped: int = 0) -> ImageSet:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        return cls(name, images, hashlib.sha256(images.tobytes()).hexdigest()[:20], skipped)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(is_hidden_name(part) for part in p.relative_to(folder).parts)
+    )
+
+
+def _decode(paths: list[Path], size: int, policy: str) -> tuple[list[np.ndarray], int]:
+    images, skipped = [], 0
+    for path in paths:
+        try:
+            images.append(imaging.resize(imaging.load_rgb(path), size, policy))
+        except ConvScopeError:
+            skipped += 1  # not an image, or damaged: a concept folder often holds a stray text file
+    return images, skipped
+
+
+def load_set(
+    source: str, size: int, policy: str = "stretch", count: int | None = None, seed: int = 0, minimum: int = MIN_IMAGES
+) -> ImageSet:
+    """A concept's images: `builtin:NAME` (engine.data.shapes.CONCEPTS), a folder (searched through) or an archive.
+
+    Args:
+        source: where the images are.
+        size: the model's input size; policy: its resize policy.
+        count: images wanted (a built-in set draws this many, default 50; a folder with more gives a seeded
+            sample of this many; default all, up to MAX_IMAGES).
+        minimum: fewer usable images is an error.
+    """
+    if source.startswith(BUILTIN):
+        name = source[len(BUILTIN) :]
+        try:
+            drawn = shapes.concept_images(name, count or 50, size, seed)
+        except ValueError as exc:
+            raise ExplainError(str(exc)) from exc
+        return ImageSet.of(name, drawn)
+    path = Path(source).expanduser()
+    if archive.is_archive(path) and path.is_file():
+        with tempfile.TemporaryDirectory(prefix="convscope-concept-") as tmp:
+            archive.extract(path, Path(tmp) / "x")
+            images, skipped = _decode(_files(Path(tmp) / "x"), size, policy)
+    elif path.is_dir():
+        images, skipped = _decode(_files(path), size, policy)
+    else:
+        raise ExplainError(f"{source}: no such folder or archive (or use builtin:mark, builtin:random, ...)")
+    name = path.name.removesuffix(".zip")
+    if len(images) < minimum:
+        raise ExplainError(
+            f"{source}: {len(images)} readable images ({skipped} unreadable); a concept needs at least {minimum}"
+        )
+    limit = min(count or MAX_IMAGES, MAX_IMAGES)
+    if len(images) > limit:
+        picks = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+        images = [images[int(i)] for i in picks]
+    return ImageSet.of(name, np.stack(images), skipped)
+
+
+def random_sets(count: int, per_set: int, size: int, policy: str = "stretch", folder: str = "") -> list[ImageSet]:
+    """`count` different random sets of `per_set` images: built-in photo crops, or draws from `folder`.
+
+    Built-in set k is drawn with seed k, so set 0 is the same in every test (the random-vs-random baseline's
+    reference) and the sets are the same from run to run.
+    """
+    if not folder:
+        drawn = (shapes.concept_images("random", per_set, size, seed=k) for k in range(count))
+        return [ImageSet.of(f"random {k}", images) for k, images in enumerate(drawn)]
+    pool = load_set(folder, size, policy, count=MAX_IMAGES * 5, minimum=per_set + 1)
+    if len(pool.images) < per_set + 1:
+        raise ExplainError(f"{folder}: {len(pool.images)} images; the random sets need more than {per_set}")
+    out = []
+    for k in range(count):
+        picks = np.random.default_rng(k).choice(len(pool.images), per_set, replace=False)
+        out.append(ImageSet.of(f"random {k}", pool.images[np.sort(picks)]))
+    return out
+
+
+def class_set(model: Explainable, class_index: int, source: str, count: int = 100) -> ImageSet:
+    """Images of the model's class `class_index`, at most `count` spread evenly.
+
+    From a labelled dataset (its class folder with the class's name), else all of `source` (a folder or
+    archive of that class's images, or a built-in set).
+    """
+    name = model.labels[class_index]
+    dataset = None
+    if not source.startswith(BUILTIN):
+        try:
+            dataset = sources.open_dataset(source)
+        except ConvScopeError:
+            dataset = None  # not a labelled dataset: a folder holding only the class's images
+    if dataset is None:
+        found = load_set(source, model.input_size, model.resize_policy, count=count, minimum=1)
+        return ImageSet.of(name, found.images, found.skipped)
+    if name not in dataset.classes:
+        raise ExplainError(f"{source} has no class {name!r}; its classes: {', '.join(dataset.classes)}")
+    label = dataset.classes.index(name)
+    items = [item for item in dataset.items if item.label == label]
+    if len(items) > count:
+        items = [items[int(i)] for i in (np.arange(count) * len(items)) // count]
+    paths = [str(dataset.root / item.rel) for item in items]
+    images = np.concatenate(list(decoded_batches(paths, model.input_size, model.resize_policy)))
+    return ImageSet.of(name, images)
+
+
+def default_layers(model: Explainable, count: int = 3) -> list[str]:
+    """`count` layers at increasing depth, the last the CAM layer: e.g. a third, two thirds, the end."""
+    last = model.default_layer()
+    names = model.spatial_layers()
+    names = names[: names.index(last) + 1] if last in names else names
+    if len(names) <= count:
+        return names
+    picks = sorted({round(len(names) * (k + 1) / count) - 1 for k in range(count)})
+    return [names[i] for i in picks]
+
+
+# ---- the pieces of a test --------------------------------------------------
+def activations(model: Explainable, images: ImageSet, layer: str) -> np.ndarray:
+    """(N, h*w*C) float32 flattened activations, kept in the model's memo per (layer, image set)."""
+
+    def compute() -> np.ndarray:
+        return model.activations(images.images, layer).reshape(len(images.images), -1)
+
+    return model.memo(("cav-activations", layer, images.key), compute)
+
+
+def gradients(model: Explainable, images: ImageSet, layer: str, class_index: int) -> np.ndarray:
+    """(N, h*w*C) float32: dScore[class]/dA at `layer` (the pre-softmax score, as Grad-CAM), one compiled pass."""
+
+    def compute() -> np.ndarray:
+        model.check_layer(layer)
+        _, grads, _ = model.compiled.layer_gradients(images.images, layer, [class_index] * len(images.images))
+        return grads.reshape(len(images.images), -1).astype(np.float32)
+
+    return model.memo(("cav-gradients", layer, images.key, class_index), compute)
+
+
+def train_cav(positive: np.ndarray, negative: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
+    """A concept activation vector: the unit normal of a logistic regression, pointing to `positive`.
+
+    Args:
+        positive: (n, D) activations of the concept; negative: (m, D) of random images.
+
+    Returns:
+        (the CAV (D,) float64 of norm 1, its accuracy on a held-out third of the images).
+    """
+    from sklearn.linear_model import LogisticRegression  # heavy: scikit-learn takes a second to import
+    from sklearn.model_selection import train_test_split  # heavy: as above
+
+    x = np.concatenate([positive, negative]).astype(np.float64)
+    y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    fit, held = train_test_split(np.arange(len(y)), test_size=1 / 3, stratify=y, random_state=seed)
+    # Scaled by the overall spread only, one number: a per-feature standardisation would tilt the
+    # direction away from the activation space the gradients live in.
+    x /= float(x[fit].std()) or 1.0
+    # A few hundred images against up to ~10^5 activations: an L2-penalised solution lies in the span of
+    # the training rows (the representer theorem), so the fit runs in the n coordinates of that span and
+    # the vector is mapped back: the same CAV as fitting all D coordinates, 10-50x faster. The span's
+    # orthonormal basis comes from the small (n, n) Gram matrix (an SVD of the wide rows took seconds).
+    rows = x[fit]
+    values, vectors = np.linalg.eigh(rows @ rows.T)
+    keep = values > values.max() * 1e-10
+    basis = (vectors[:, keep] / np.sqrt(values[keep])).T @ rows  # (r, D), orthonormal rows
+    z = x @ basis.T  # (n, r): every image in those coordinates
+    head = LogisticRegression(C=1.0, max_iter=2000).fit(z[fit], y[fit])
+    cav = head.coef_[0] @ basis
+    return cav / max(np.linalg.norm(cav), 1e-12), float(head.score(z[held], y[held]))
+
+
+def directional_derivatives(grads: np.ndarray, cavs: np.ndarray) -> np.ndarray:
+    """(N, D) gradients and (R, D) CAVs -> (R, N) derivatives of the class score along each CAV."""
+    return np.asarray(cavs, np.float64) @ np.asarray(grads, np.float64).T
+
+
+def tcav_scores(derivatives: np.ndarray) -> np.ndarray:
+    """(R, N) -> (R,) the share of images whose score rises along each CAV."""
+    return (np.asarray(derivatives) > 0).mean(axis=1)
+
+
+def significance(scores: np.ndarray, baseline: np.ndarray, tests: int, alpha: float = ALPHA) -> dict:
+    """Two-sided t-test of concept scores against random-vs-random ones, Bonferroni over `tests` layers."""
+    from scipy import stats  # heavy: SciPy loads in about a second
+
+    scores, baseline = np.asarray(scores, np.float64), np.asarray(baseline, np.float64)
+    if np.ptp(np.r_[scores, baseline]) == 0:
+        p = 1.0  # every score equal: nothing tells them apart (SciPy would return NaN)
+    else:
+        with warnings.catch_warnings():  # nearly equal scores: SciPy warns of precision, the p-value stands
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(scores, baseline).pvalue)
+    corrected = min(1.0, p * tests)
+    return {"p_value": p, "p_corrected": corrected, "significant": bool(corrected < alpha), "alpha": alpha}
+
+
+# ---- the test ----------------------------------------------------------------
+@dataclass
+class LayerResult:
+    layer: str
+    cav_accuracy: float  # mean held-out accuracy of the concept's CAVs
+    cav_accuracies: list[float]
+    scores: list[float]  # TCAV score of each concept CAV
+    random_scores: list[float]  # the same for random-vs-random CAVs
+    score_mean: float
+    score_std: float
+    random_mean: float
+    random_std: float
+    p_value: float
+    p_corrected: float
+    significant: bool
+    separable: bool
+    direction: str = "none"  # "raises": significant and over half the class's images score higher; "lowers"
+    meaning: str = ""
+
+
+@dataclass
+class ConceptTest:
+    model: str
+    concept: str
+    class_name: str
+    class_index: int
+    images: dict  # images used: concept, class, random (per set), runs
+    layers: list[LayerResult] = field(default_factory=list)
+    alpha: float = ALPHA
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def meaning(r: LayerResult, concept: str, class_name: str, tests: int) -> str:
+    """One sentence for a student: what the layer's result says."""
+    share = f"{r.score_mean:.0%} of {class_name!r} images score higher along {concept!r}"
+    against = f"random directions give {r.random_mean:.0%} ± {r.random_std:.0%}"
+    p = f"p = {r.p_corrected:.2g} after Bonferroni over {tests} layer(s)"
+    if not r.separable:
+        return (
+            f"At {r.layer} the layer cannot tell {concept!r} from random images (CAV accuracy {r.cav_accuracy:.0%}), "
+            "so this layer says nothing about the concept."
+        )
+    if r.direction == "raises":
+        return f"At {r.layer}: {share}, while {against} ({p}): the class relies on the concept here."
+    if r.direction == "lowers":
+        return f"At {r.layer}: only {share}, while {against} ({p}): the concept lowers the class score here."
+    if r.significant:
+        return f"At {r.layer}: {share}; {against} ({p}): different from random, but no clear direction."
+    return f"At {r.layer}: {share}, but {against} ({p}): no evidence that the class relies on the concept here."
+
+
+def direction(significant: bool, score: float, random_mean: float) -> str:
+    """ "raises" (most of the class's images score higher, more than along random directions), "lowers", or "none"."""
+    if significant and score > max(0.5, random_mean):
+        return "raises"
+    if significant and score < min(0.5, random_mean):
+        return "lowers"
+    return "none"
+
+
+def concept_test(
+    model: Explainable,
+    concept: ImageSet,
+    class_index: int,
+    class_images: ImageSet,
+    randoms: list[ImageSet],
+    layers: list[str],
+    alpha: float = ALPHA,
+    progress: Progress | None = None,
+) -> ConceptTest:
+    """TCAV of one concept for one class at each layer, with the paper's significance test.
+
+    Args:
+        concept: the concept's images; class_images: images of the class (N >= 1).
+        randoms: R + 1 random sets: CAVs are trained concept-vs-randoms[1..R] and randoms[0]-vs-randoms[1..R].
+        layers: spatial layers of `model`; the p-values are corrected for their number.
+    """
+    if len(randoms) < 3:
+        raise ExplainError(f"a concept test needs at least 3 random sets (2 CAVs each way), got {len(randoms)}")
+    if not 0 <= class_index < len(model.labels):
+        raise ExplainError(f"class index {class_index} is outside 0..{len(model.labels) - 1}")
+    layers = [model.check_layer(layer) for layer in layers]
+    if not layers:
+        raise ExplainError("no layer to test")
+    class_name = model.labels[class_index]
+    runs = len(randoms) - 1
+    out = ConceptTest(
+        model=model.name,
+        concept=concept.name,
+        class_name=class_name,
+        class_index=class_index,
+        images={
+            "concept": len(concept.images),
+            "class": len(class_images.images),
+            "random": len(randoms[0].images),
+            "runs": runs,
+            "skipped": concept.skipped,
+        },  # fmt: skip
+        alpha=alpha,
+    )
+    steps, done = len(layers) * (2 * runs + 1), 0
+    for layer in layers:
+        grads = gradients(model, class_images, layer, class_index)
+        reference = activations(model, randoms[0], layer)
+        positive = activations(model, concept, layer)
+        cavs, accuracies, random_cavs = [], [], []
+        for k in range(1, runs + 1):
+            negative = activations(model, randoms[k], layer)
+            cav, accuracy = train_cav(positive, negative, seed=k)
+            cavs.append(cav)
+            accuracies.append(accuracy)
+            random_cavs.append(train_cav(reference, negative, seed=k)[0])
+            done += 2
+            if progress:
+                progress(done / steps)
+        scores = tcav_scores(directional_derivatives(grads, np.stack(cavs)))
+        baseline = tcav_scores(directional_derivatives(grads, np.stack(random_cavs)))
+        test = significance(scores, baseline, len(layers), alpha)
+        result = LayerResult(
+            layer=layer,
+            cav_accuracy=float(np.mean(accuracies)),
+            cav_accuracies=[round(a, 4) for a in accuracies],
+            scores=[round(float(s), 4) for s in scores],
+            random_scores=[round(float(s), 4) for s in baseline],
+            score_mean=float(scores.mean()),
+            score_std=float(scores.std()),
+            random_mean=float(baseline.mean()),
+            random_std=float(baseline.std()),
+            p_value=test["p_value"],
+            p_corrected=test["p_corrected"],
+            significant=test["significant"],
+            separable=float(np.mean(accuracies)) >= SEPARABLE,
+        )
+        result.significant = result.significant and result.separable  # an unseparable concept has no direction
+        result.direction = direction(result.significant, result.score_mean, result.random_mean)
+        result.meaning = meaning(result, concept.name, class_name, len(layers))
+        out.layers.append(result)
+        done += 1
+        if progress:
+            progress(done / steps)
+    return out
+
+
+def class_index(model: Explainable, name_or_index: str) -> int:
+    """A class given by name (as the model's labels) or by index."""
+    text = str(name_or_index).strip()
+    if text in model.labels:
+        return model.labels.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(model.labels):
+        return int(text)
+    close = [label for label in model.labels if text.lower() in label.lower()][:5]
+    hint = f"; did you mean {', '.join(close)}" if close else ""
+    raise ExplainError(f"{model.name} has no class {text!r}{hint}")
+
+
+def tcav(
+    model: Explainable,
+    concept: str,
+    class_name: str,
+    images: str,
+    layers: list[str] | None = None,
+    runs: int = RUNS,
+    random: str = "",
+    alpha: float = ALPHA,
+    progress: Progress | None = None,
+) -> ConceptTest:
+    """The whole test from sources: what the CLI's `tcav` and the Concepts tab run.
+
+    Args:
+        concept: the concept's images (`builtin:mark`, a folder or an archive, 20 to 200 images).
+        class_name: the class, by name or index.
+        images: the class's images: a labelled dataset (its folder of that class) or a folder of them.
+        layers: default three depths (default_layers).
+        runs: CAVs each way (concept vs random, random vs random); at least 2.
+        random: a folder of random counterexamples (default: built-in photo crops).
+    """
+    if not images:
+        raise ExplainError("give the class's images: a labelled dataset or a folder (a run uses its own data)")
+    if runs < 2:
+        raise ExplainError(f"runs must be at least 2 (the t-test needs two scores each way), got {runs}")
+    index = class_index(model, class_name)
+    layers = layers or default_layers(model)
+    concept_set = load_set(concept, model.input_size, model.resize_policy)
+    per_set = int(np.clip(len(concept_set.images), MIN_IMAGES, 100))  # as many random images as concept ones
+    randoms = random_sets(runs + 1, per_set, model.input_size, model.resize_policy, random)
+    class_images = class_set(model, index, images)
+    return concept_test(model, concept_set, index, class_images, randoms, layers, alpha, progress)
