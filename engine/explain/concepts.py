@@ -33,6 +33,7 @@ MIN_IMAGES, MAX_IMAGES = 20, 200  # per concept: fewer gives CAVs that change wi
 RUNS = 10  # CAVs per layer against different random sets (the paper's minimum)
 ALPHA = 0.05
 SEPARABLE = 0.7  # a CAV whose held-out accuracy is below this does not tell the concept from random images
+CONCEPT_SEED = 10_000
 BUILTIN = "builtin:"  # "builtin:mark", "builtin:random", "builtin:circle": drawn by engine.data.shapes
 
 Progress = Callable[[float], None]
@@ -86,8 +87,8 @@ def load_set(
     """
     if source.startswith(BUILTIN):
         name = source[len(BUILTIN) :]
-        try:
-            drawn = shapes.concept_images(name, count or 50, size, seed)
+        try:  # seeds far from the random sets' 0..runs: a built-in concept never is one of them
+            drawn = shapes.concept_images(name, count or 50, size, CONCEPT_SEED + seed)
         except ValueError as exc:
             raise ExplainError(str(exc)) from exc
         return ImageSet.of(name, drawn)
