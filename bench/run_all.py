@@ -27,6 +27,7 @@ QUICK = {
     "soak": ["--quick"],
     "backbone_cache": ["--repeats", "2"],
     "channels": ["--repeats", "1", "--channels", "4"],
+    "concepts": ["--runs", "10"],
     "data_health": ["--limit", "1000", "--images", "1000", "--repeats", "1"],
     "evaluate_speed": ["--per-class", "30", "--repeats", "2"],
     "explain_speed": ["--repeats", "3"],

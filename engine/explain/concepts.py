@@ -160,13 +160,19 @@ def class_set(model: Explainable, class_index: int, source: str, count: int = 10
 
 
 def default_layers(model: Explainable, count: int = 3) -> list[str]:
-    """`count` layers at increasing depth, the last the CAM layer: e.g. a third, two thirds, the end."""
+    """`count` layers spread over the second half of the network, the last the CAM layer.
+
+    Concepts a class can depend on (a mark, a texture, a part) form in the second half; an early
+    layer sees edges and colours, which most concepts share with many classes (in the watermark
+    demonstration, a layer a third of the way in also found the mark's edges in triangles).
+    """
     last = model.default_layer()
     names = model.spatial_layers()
     names = names[: names.index(last) + 1] if last in names else names
     if len(names) <= count:
         return names
-    picks = sorted({round(len(names) * (k + 1) / count) - 1 for k in range(count)})
+    half = len(names) // 2
+    picks = sorted({half + round((len(names) - 1 - half) * k / (count - 1)) for k in range(count)})
     return [names[i] for i in picks]
 
 
