@@ -39,6 +39,18 @@ def test_default_is_the_shapes_set(page):
 
 
 @pytest.mark.slow
+def test_a_watermarked_class_is_chosen_for_the_concept_demonstration(page):
+    page.number_input(key="data_per_class").set_value(6).run()
+    page.selectbox(key="data_mark").set_value("square").run()
+    assert not page.exception, page.exception
+    assert any("every square carries a watermark" in c.value for c in page.caption)
+    assert metrics(page)["Usable images"] == "30"
+    from ui.state import DATA_CONFIG
+
+    assert page.session_state[DATA_CONFIG].source.endswith(",mark=1")  # what Train will use
+
+
+@pytest.mark.slow
 def test_samples_grid_filters_by_class_and_split(page):
     page.number_input(key="data_per_class").set_value(6).run()
     open_tab(page, "samples")

@@ -94,10 +94,20 @@ def dataset_picker(key: str = "data") -> str | None:
         classes = c2.number_input("Classes", 2, len(SHAPE_CLASSES), 5, key=f"{key}_classes")
         size = c3.select_slider("Image size", [64, 96, 128, 160, 224], 160, key=f"{key}_size")
         seed = c4.number_input("Seed", 0, 10_000, 0, key=f"{key}_seed")
-        config = ShapesConfig(per_class=int(per_class), classes=int(classes), seed=int(seed), size=int(size))
+        names = SHAPE_CLASSES[: int(classes)]
+        marked = st.selectbox(
+            "Watermark one class",
+            ["none", *names],
+            key=f"{key}_mark",
+            help="Stamp a small mark in the corner of every image of this class. A model trained on it can "
+            "learn the mark instead of the shape: the Concepts tab of Inside the network finds out.",
+        )
+        mark = names.index(marked) if marked in names else -1
+        config = ShapesConfig(per_class=int(per_class), classes=int(classes), seed=int(seed), size=int(size), mark=mark)
         st.caption(
             f"Generated offline: {', '.join(config.class_names)} drawn over scikit-image photos, "
-            "with clutter, each object's box kept for checking class activation maps."
+            "with clutter, each object's box kept for checking class activation maps"
+            + (f"; every {marked} carries a watermark." if mark >= 0 else ".")
         )
         return sources.shapes_source(config)
     if kind == DATA_KINDS[1]:
