@@ -300,3 +300,18 @@ def test_activations_top_examples_and_visualize_on_an_imported_run(imported, tmp
     args = ("visualize", "--run", run, "--layer", "base_model/block1_conv", "--channel", "0-1", "--steps", "4")
     code, out = cli(capsys, *args, "--size", "48", "--natural-images", "8")
     assert code == 0 and out["natural_source"] == "shapes" and len(out["natural_mean_activation"]) == 2, out
+
+
+def test_a_concept_test_on_the_tutorial_run_reaches_nested_layers_and_both_classes_of_one_logit(models):
+    """TCAV on an imported model: layers inside its nested base, and class 0 of a single logit is its negative."""
+    from engine.explain import concepts
+
+    model = models["tutorial"]
+    layers = concepts.default_layers(model)
+    assert layers and all(name.startswith("base_model/") for name in layers), layers
+    one = concepts.tcav(model, "builtin:mark", "1", "builtin:circle", layers, runs=3)
+    zero = concepts.tcav(model, "builtin:mark", "0", "builtin:circle", layers, runs=3)
+    for a, b in zip(one.layers, zero.layers, strict=True):
+        assert len(a.scores) == len(a.random_scores) == 3 and 0 <= a.p_corrected <= 1
+        # score(class 0) = -logit: every derivative flips sign, so each CAV's share is the complement.
+        np.testing.assert_allclose(np.add(a.scores, b.scores), 1.0, atol=1e-9)
