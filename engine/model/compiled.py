@@ -42,6 +42,8 @@ class CompiledModel:
         self.model = model
         self.preprocess = preprocess
         self.input_size = int(model.input_shape[1])
+        # (S, S, 3) for a classifier; a model cut at a layer (engine.training.timeline) takes (h, w, C)
+        self.input_shape = tuple(int(d) for d in model.input_shape[1:])
         self.batch = batch
         self.compiled = compiled
         self.traces: Counter = Counter()  # times each function was traced (tests check "once")
@@ -66,7 +68,7 @@ class CompiledModel:
                 self.traces[key] += 1  # a Python side effect: runs only while tracing
                 return python_fn(*args)
 
-            image_spec = tf.TensorSpec((None, self.input_size, self.input_size, 3), tf.float32)
+            image_spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
             signature = [image_spec, tf.TensorSpec((None,), tf.int32)] if with_classes else [image_spec]
             fn = self._fns[key] = tf.function(traced, input_signature=signature)
             return fn
@@ -116,7 +118,7 @@ class CompiledModel:
                 with tf.GradientTape() as tape:
                     tape.watch(x)  # a frozen model records nothing otherwise
                     a, y = split(self.preprocess(x))
-                    score = tf.gather(y, classes, axis=1, batch_dims=1)
+                    score = tf.gather(y, predicted_where_negative(y, classes), axis=1, batch_dims=1)
                 return a, tape.gradient(score, a), y
 
             return fn
@@ -131,7 +133,7 @@ class CompiledModel:
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     y = self.model(self.preprocess(x), training=False)
-                    score = tf.gather(y, classes, axis=1, batch_dims=1)
+                    score = tf.gather(y, predicted_where_negative(y, classes), axis=1, batch_dims=1)
                 return tape.gradient(score, x), y
 
             return fn
@@ -144,8 +146,8 @@ class CompiledModel:
         import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ValueError(f"expected images (N, {self.input_size}, {self.input_size}, 3), got {images.shape}")
+        if images.ndim != 4 or images.shape[1:] != self.input_shape:
+            raise ValueError(f"expected images (N, {', '.join(map(str, self.input_shape))}), got {images.shape}")
         n = len(images)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, self.batch):
@@ -175,14 +177,14 @@ class CompiledModel:
     def layer_gradients(
         self, images: np.ndarray, layer: str, classes: list[int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(A (N, h, w, C), dLogit[class]/dA (N, h, w, C), logits (N, K))."""
+        """(A (N, h, w, C), dLogit[class]/dA (N, h, w, C), logits (N, K)); a class of -1: the predicted one."""
         a, g, y = self._run(self._layer_gradient_fn(layer), images, classes)
         return a, g, y
 
     def input_gradients(
         self, images: np.ndarray, classes: list[int], progress: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(dLogit[class]/dPixel (N, S, S, 3) in [0, 255] pixel units, logits (N, K))."""
+        """(dLogit[class]/dPixel (N, S, S, 3) in [0, 255] pixel units, logits (N, K)); class -1: the predicted one."""
         g, y = self._run(self._input_gradient_fn(), images, classes, progress)
         return g, y
 
@@ -279,6 +281,13 @@ class CompiledModel:
             t2 = time.perf_counter()
             self._timing = {"forward": (t1 - t0) / 8, "gradient": (t2 - t1) / 8}
         return self._timing
+
+
+def predicted_where_negative(logits, classes):
+    """The class indices (N,) with each -1 replaced by the arg-max of its logits (N, K): one pass, no second call."""
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
+
+    return tf.where(classes < 0, tf.argmax(logits, axis=1, output_type=tf.int32), classes)
 
 
 def activation_cap(layer) -> float | None:
