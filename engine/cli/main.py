@@ -16,6 +16,7 @@ import sys
 
 from engine.cli import data, health, inside, models, runs, train
 from engine.cli.common import Parser, run
+from engine.cli.timeline import add_timeline
 
 COMMANDS = (
     models.add_backbones,
@@ -31,6 +32,7 @@ COMMANDS = (
     inside.add_top_examples,
     runs.add_export,
     runs.add_report,
+    add_timeline,
     train.add_train,
     train.add_finetune,
     train.add_lr_find,

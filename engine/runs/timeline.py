@@ -78,6 +78,22 @@ def write_meta(run_dir: Path, meta: dict) -> None:
     write_json(folder(run_dir) / "meta.json", meta, inside=Path(run_dir))
 
 
+def write_images(run_dir: Path, images: np.ndarray) -> None:
+    """The images as the model saw them, (N, S, S, 3) uint8: pages and reports draw them without the data."""
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, images=images)
+
+    atomic_write(folder(run_dir) / "images.npz", save, inside=Path(run_dir))
+
+
+def read_images(run_dir: Path) -> np.ndarray:
+    """(N, S, S, 3) uint8, as write_images wrote them."""
+    with np.load(folder(run_dir) / "images.npz") as f:
+        return f["images"]
+
+
 def write_epoch(run_dir: Path, epoch: int, **arrays: np.ndarray) -> None:
     """One epoch's maps, predicted, probability, peaks and seconds, atomically."""
 

@@ -174,8 +174,10 @@ def recorder(
             "mode": config.mode,
         }
         store.cut_after(run.path, 0)
+        store.write_images(run.path, np.clip(np.rint(images), 0, 255).astype(np.uint8))
         store.write_meta(run.path, meta)
     cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, config.mode == "feature")
+    peaks(cams()[0], size)  # traced here, once per run, so no epoch pays for it
 
     def record(epoch: int, epoch_seconds: float) -> None:
         t0 = time.perf_counter()

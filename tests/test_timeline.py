@@ -1,0 +1,174 @@
+"""Where the model looked, epoch by epoch: the images chosen, the files, Grad-CAM equal to Explain's, resume, CLI."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from engine import runs
+from engine.cli.main import main
+from engine.config import DataConfig, TrainConfig
+from engine.data.ingest import Item
+from engine.explain import timeline as reader
+from engine.runs import timeline as store
+from engine.training import finetune, fit
+from engine.training.timeline import choose, scaled
+
+MAP_TOLERANCE = 2e-3  # the maps are kept as float16 scaled to a maximum of 1: about 3 significant digits
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def items(labels: list[int]) -> list[Item]:
+    return [Item(f"c{label}/{i}.png", label, None, str(i), 8, 8) for i, label in enumerate(labels)]
+
+
+def test_two_images_per_class_from_validation_seeded():
+    val = items([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    splits = {"train": items([0, 1]), "validation": val, "test": []}
+    picked = choose(splits, seed=3)
+    assert [i.label for i in picked] == [0, 0, 1, 1, 2, 2]
+    assert all(i in val for i in picked)
+    assert picked == choose(splits, seed=3), "the same seed picks the same images"
+    assert any(choose(splits, seed=s) != picked for s in range(4, 12)), "the seed matters"
+    assert [i.label for i in choose({"validation": [], "test": items([1, 1, 1])}, 0)] == [1, 1], "falls back to test"
+
+
+def test_stored_epochs_load_stacked_and_cut_after(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(store.NoTimeline, match="no timeline"):
+        store.load(run_dir)
+    meta = {"images": ["a.png", "b.png"], "labels": [0, 1], "classes": ["x", "y"], "layer": "conv",
+            "input_size": 8, "sizes": [[16, 16], [16, 16]], "boxes": [[0, 0, 8, 8], None]}  # fmt: skip
+    store.write_meta(run_dir, meta)
+    for epoch in (1, 2, 3):
+        raw = np.random.default_rng(epoch).random((2, 4, 4)).astype(np.float32) * 7
+        store.write_epoch(
+            run_dir, epoch, maps=scaled(raw), predicted=np.array([0, epoch % 2], np.int16),
+            probability=np.array([0.9, 0.6], np.float32), peaks=np.array([[1, 1], [7, 7]], np.int32),
+            seconds=np.float64(0.01), epoch_seconds=np.float64(1.0),
+        )  # fmt: skip
+    tl = store.load(run_dir)
+    assert tl.epochs.tolist() == [1, 2, 3] and tl.maps.shape == (3, 2, 4, 4) and tl.maps.dtype == np.float16
+    assert np.allclose(tl.maps.max(axis=(2, 3)), 1.0), "each map scaled to a maximum of 1"
+    store.cut_after(run_dir, 1)
+    assert store.load(run_dir).epochs.tolist() == [1]
+    # the pointing game: peak (1, 1) of an 8 px input is pixel (3, 3) of the 16 px original, inside [0, 0, 8, 8]
+    assert reader.pointing_game(store.load(run_dir)) == [1.0]
+    rows = reader.entries(store.load(run_dir))
+    assert rows[0]["hit"] is True and "hit" not in rows[1], "no box, no hit"
+
+
+def feature_config(**kw) -> TrainConfig:
+    return TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=3, early_stopping=0, **kw)
+
+
+def explain_reference(run: runs.Run, tl):
+    """Grad-CAM of the saved model (engine.explain) for the timeline's images, at its predicted classes."""
+    from engine.data.ingest import load_item
+    from engine.data.sources import open_dataset
+    from engine.explain import Explainable
+    from engine.explain.grad_cam import GradCAM
+
+    model = Explainable.from_run(run.path)
+    dataset = open_dataset(run.config()["data"]["source"])
+    by_rel = {item.rel: item for item in dataset.items}
+    x = np.stack([model.prepare(load_item(dataset, by_rel[rel])) for rel in tl.meta["images"]])
+    logits = model.logits(x)
+    classes = logits.argmax(axis=1)
+    return GradCAM(model, tl.meta["layer"])(x, list(classes)), classes, logits
+
+
+def check_last_epoch_is_explain_gradcam(run: runs.Run) -> None:
+    from engine.explain.base import normalise, upsample
+    from engine.numerics import softmax
+
+    tl = store.load(run.path)
+    ref, classes, logits = explain_reference(run, tl)
+    assert tl.predicted[-1].tolist() == classes.tolist()
+    np.testing.assert_allclose(tl.probability[-1], softmax(logits).max(axis=1), atol=1e-5)
+    mine = normalise(upsample(tl.maps[-1].astype(np.float32), ref.shape[1]))
+    np.testing.assert_allclose(mine, ref, atol=MAP_TOLERANCE)
+    peaks = np.stack(np.unravel_index(ref.reshape(len(ref), -1).argmax(axis=1), ref.shape[1:]), axis=1)
+    assert (tl.peaks[-1] == peaks).all(1).mean() >= 0.8, "the peaks agree (but for float16 near-ties)"
+
+
+@pytest.mark.slow  # trains a feature run on the tiny shapes
+def test_feature_run_records_every_epoch_equal_to_gradcam_of_the_saved_model(capsys):
+    config = feature_config()
+    run = runs.create(backbone=config.backbone, mode=config.mode)
+    assert fit.train(config, run)["status"] == "finished"
+    tl = store.load(run.path)
+    n = 6  # two per class, three classes
+    assert tl.epochs.tolist() == [1, 2, 3]
+    assert tl.maps.shape == (3, n, 3, 3), "float16 maps at the layer's size (top_activation: 3 x 3 at 96 px)"
+    assert tl.predicted.shape == tl.probability.shape == (3, n) and tl.peaks.shape == (3, n, 2)
+    assert tl.meta["layer"] == "top_activation" and len(set(tl.meta["labels"])) == 3
+    assert store.read_images(run.path).shape == (n, 96, 96, 3)
+    assert (tl.seconds > 0).all() and (tl.epoch_seconds > 0).all()
+    check_last_epoch_is_explain_gradcam(run)
+
+    assert main(["timeline", str(run.path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["epochs"] == [1, 2, 3] and len(out["entries"]) == 3 * n
+    row = out["entries"][-1]
+    assert set(row) == {"epoch", "image", "label", "predicted", "probability", "peak", "hit"}
+    assert row["image"] == tl.meta["images"][-1] and 0 <= row["peak"][0] < 96
+    assert len(out["pointing_game"]) == 3 and all(0 <= p <= 1 for p in out["pointing_game"])
+    assert len(out["cost"]["timeline_seconds"]) == 3 and out["cost"]["share"] > 0
+
+
+@pytest.mark.slow  # trains with the CLI
+def test_no_timeline_saves_none_and_the_cli_says_so(capsys, runs_dir):
+    args = ["train", TINY, "--image-size", "96", "--epochs", "1", "--no-timeline", "--out", str(runs_dir / "r")]
+    assert main([*args, "--json"]) == 0
+    capsys.readouterr()
+    assert not (runs_dir / "r" / "timeline").exists()
+    assert runs.Run(runs_dir / "r").config()["timeline"] is False
+    assert main(["timeline", str(runs_dir / "r"), "--json"]) == 2
+    assert "no timeline" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.slow  # trains a scratch CNN, stops it and resumes it
+def test_a_resumed_scratch_run_continues_the_timeline_with_the_same_images():
+    config = TrainConfig(
+        data=DataConfig(source=TINY, image_size=32), backbone="small_cnn", mode="scratch", epochs=4, batch_size=4,
+        early_stopping=0,
+    )  # fmt: skip
+    run = runs.create(backbone=config.backbone, mode=config.mode)
+    stop = threading.Event()
+
+    def report(stage="", **fields):
+        if stage == "training" and fields.get("epoch") == 3 and fields.get("batch") == 1:
+            stop.set()
+
+    assert fit.train(config, run, stop=stop, report=report)["status"] == "stopped"
+    before = store.load(run.path)
+    assert before.epochs.tolist() == [1, 2]
+    assert fit.resume(run)["status"] == "finished"
+    after = store.load(run.path)
+    assert after.epochs.tolist() == [1, 2, 3, 4], "contiguous"
+    assert after.meta["images"] == before.meta["images"]
+    np.testing.assert_array_equal(after.maps[:2], before.maps)
+    check_last_epoch_is_explain_gradcam(run)  # the whole pass (scratch): the same maps
+
+
+@pytest.mark.slow  # trains a parent and fine-tunes it
+def test_a_fine_tune_records_its_start_and_every_epoch(runs_dir):
+    parent_config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=2, early_stopping=0)
+    parent = runs.create(backbone=parent_config.backbone, mode="feature")
+    assert fit.train(parent_config, parent)["status"] == "finished"
+    config = finetune.finetune_config(parent, unfreeze_top=1, epochs=2)
+    run = runs.create(backbone=config.backbone, mode="finetune")
+    assert fit.train(config, run)["status"] == "finished"
+    tl = store.load(run.path)
+    assert tl.epochs.tolist() == [2, 3, 4], "the parent's model first, then each fine-tune epoch"
+    assert tl.meta["images"] == store.load(parent.path).meta["images"], "the same split, seed and images"
+    check_last_epoch_is_explain_gradcam(run)
