@@ -26,7 +26,7 @@ from engine.data import sources
 from engine.data.splits import split_dataset
 from engine.errors import ConvScopeError
 from engine.training import fit, presets
-from ui import cached, router, state, widgets
+from ui import cached, router, state, timeline_view, widgets
 
 router.ensure_routed()
 st.title("🏋️ Train")
@@ -316,6 +316,8 @@ def job_panel(job_id: str) -> None:
         charts.training_curves(snap["history"], shown_epochs, live), width="stretch", key=f"curves_{job_id}"
     )
     st.caption("Why can validation sit above training?", help=VAL_ABOVE_TRAIN)
+    if snap.get("run_dir"):
+        timeline_view.timeline_section(Path(snap["run_dir"]), snap["history"], key=f"train_{job_id}")
     if not active:
         _results(runs.Run(Path(snap["run_dir"])))
     # When a job ends, refresh the whole page once (the runs table, the form's Start button).

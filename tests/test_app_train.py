@@ -95,7 +95,9 @@ def test_train_live_then_results_and_runs_list(page, tmp_path):
     at.run()
     assert not at.exception
     assert any("Finished" in s.value for s in at.success)
-    assert len(at.get("plotly_chart")) == 2  # curves and the confusion matrix
+    # curves, the timeline's pointing game (the shapes have boxes) and the confusion matrix
+    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("image")) == 6, "the timeline's grid: two validation images per class"
     assert {m.label for m in at.metric} >= {"Validation accuracy", "Test accuracy"}
     names = at.dataframe[-1].value["name"].tolist()
     assert names.count(job_id) == 1 and len(names) == 1, "exactly one run was started"

@@ -2,11 +2,12 @@
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, train_tiny_run
 from engine import runs
 from engine.cli.main import main
 from engine.config import DataConfig, TrainConfig
@@ -100,11 +101,15 @@ def check_last_epoch_is_explain_gradcam(run: runs.Run) -> None:
     assert (tl.peaks[-1] == peaks).all(1).mean() >= 0.8, "the peaks agree (but for float16 near-ties)"
 
 
+@pytest.fixture(scope="module")
+def feature_run(tmp_path_factory) -> runs.Run:
+    """A 3-epoch feature run on the tiny shapes without early stopping (the saved model is the last epoch's)."""
+    return runs.Run(train_tiny_run(tmp_path_factory.mktemp("runs"), "timeline-run", early_stopping=0))
+
+
 @pytest.mark.slow  # trains a feature run on the tiny shapes
-def test_feature_run_records_every_epoch_equal_to_gradcam_of_the_saved_model(capsys):
-    config = feature_config()
-    run = runs.create(backbone=config.backbone, mode=config.mode)
-    assert fit.train(config, run)["status"] == "finished"
+def test_feature_run_records_every_epoch_equal_to_gradcam_of_the_saved_model(feature_run, capsys):
+    run = feature_run
     tl = store.load(run.path)
     n = 6  # two per class, three classes
     assert tl.epochs.tolist() == [1, 2, 3]
@@ -123,6 +128,38 @@ def test_feature_run_records_every_epoch_equal_to_gradcam_of_the_saved_model(cap
     assert row["image"] == tl.meta["images"][-1] and 0 <= row["peak"][0] < 96
     assert len(out["pointing_game"]) == 3 and all(0 <= p <= 1 for p in out["pointing_game"])
     assert len(out["cost"]["timeline_seconds"]) == 3 and out["cost"]["share"] > 0
+
+
+@pytest.mark.slow  # writes the report of a trained run
+def test_the_report_has_the_grid_at_the_first_middle_and_last_epochs(feature_run):
+    from engine.export.report import TIMELINE, write_report
+
+    page = Path(write_report(feature_run.path)["path"]).read_text()
+    section = page.split(f"<h2>{TIMELINE}</h2>")[1].split("</section>")[0]
+    assert [f"<h3>Epoch {e}</h3>" in section for e in (1, 2, 3)] == [True, True, True]
+    assert section.count("data:image/png;base64,") == 3 * 6
+    assert "plotly-graph-div" in section, "the pointing game per epoch (the shapes have boxes)"
+
+
+@pytest.mark.slow  # opens the Train page through AppTest
+def test_the_train_page_shows_the_slider_and_the_grid(feature_run, open_page, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(feature_run.path.parent))
+    at = open_page("pages/train.py", job=feature_run.name)
+    assert not at.exception, at.exception
+    assert "Where it looked, epoch by epoch" in [s.value for s in at.subheader]
+    slider = at.select_slider(key=f"train_{feature_run.name}_timeline_epoch")
+    assert slider.value == 3
+    tl = store.load(feature_run.path)
+
+    def shown(at) -> list[str]:
+        return [m.value for m in at.markdown if "is " in m.value and ("green" in m.value or "red" in m.value)]
+
+    assert len(shown(at)) == 6
+    assert len(at.get("image")) == 6, "one overlay per image"
+    slider.set_value(1).run()
+    assert not at.exception, at.exception
+    first = [f"{tl.meta['classes'][c]} " for c in tl.predicted[0]]
+    assert all(name in text for name, text in zip(first, shown(at), strict=True)), "the grid follows the slider"
 
 
 @pytest.mark.slow  # trains with the CLI

@@ -18,7 +18,7 @@ from engine.explain.overlay import overlay
 from engine.runs import timeline as store
 from engine.runs.timeline import NoTimeline, Timeline, load
 
-__all__ = ["NoTimeline", "Timeline", "entries", "grid", "hits", "load", "pointing_game", "summary", "tiles"]
+__all__ = ["NoTimeline", "Timeline", "cost", "entries", "grid", "hits", "load", "pointing_game", "summary", "tiles"]
 
 
 def hits(tl: Timeline) -> np.ndarray | None:
@@ -63,6 +63,16 @@ def entries(tl: Timeline) -> list[dict]:
     return out
 
 
+def cost(tl: Timeline) -> dict:
+    """{"timeline_seconds", "epoch_seconds" per epoch, "share": the recording's time over the epochs' own}."""
+    timed = tl.epoch_seconds > 0  # epochs recorded at a start or resume have no epoch of their own
+    return {
+        "timeline_seconds": [round(float(s), 4) for s in tl.seconds],
+        "epoch_seconds": [round(float(s), 4) for s in tl.epoch_seconds],
+        "share": round(float(tl.seconds[timed].sum() / tl.epoch_seconds[timed].sum()), 4) if timed.any() else None,
+    }
+
+
 def summary(run_dir: str | Path) -> dict:
     """What `python -m engine timeline RUN --json` prints.
 
@@ -70,8 +80,6 @@ def summary(run_dir: str | Path) -> dict:
         NoTimeline: the run recorded none.
     """
     tl = load(Path(run_dir))
-    timed = tl.epoch_seconds > 0  # epochs recorded at a start or resume have no epoch of their own
-    seconds, epoch_seconds = tl.seconds[timed], tl.epoch_seconds[timed]
     return {
         "run": Path(run_dir).name,
         "layer": tl.meta["layer"],
@@ -81,12 +89,7 @@ def summary(run_dir: str | Path) -> dict:
         "epochs": [int(e) for e in tl.epochs],
         "entries": entries(tl),
         "pointing_game": pointing_game(tl),
-        "cost": {
-            "timeline_seconds": [round(float(s), 4) for s in tl.seconds],
-            "epoch_seconds": [round(float(s), 4) for s in tl.epoch_seconds],
-            # the recording's share of an epoch, over the epochs that had one
-            "share": round(float(seconds.sum() / epoch_seconds.sum()), 4) if timed.any() else None,
-        },
+        "cost": cost(tl),
     }
 
 
