@@ -54,7 +54,8 @@ def test_stored_epochs_load_stacked_and_cut_after(tmp_path):
         store.write_epoch(
             run_dir, epoch, maps=scaled(raw), predicted=np.array([0, epoch % 2], np.int16),
             probability=np.array([0.9, 0.6], np.float32), peaks=np.array([[1, 1], [7, 7]], np.int32),
-            seconds=np.float64(0.01), epoch_seconds=np.float64(1.0),
+            seconds=np.float64(0.01), epoch_seconds=np.float64(1.0), cpu_seconds=np.float64(0.02),
+            epoch_cpu_seconds=np.float64(2.0),
         )  # fmt: skip
     tl = store.load(run_dir)
     assert tl.epochs.tolist() == [1, 2, 3] and tl.maps.shape == (3, 2, 4, 4) and tl.maps.dtype == np.float16
@@ -209,3 +210,20 @@ def test_a_fine_tune_records_its_start_and_every_epoch(runs_dir):
     assert tl.epochs.tolist() == [2, 3, 4], "the parent's model first, then each fine-tune epoch"
     assert tl.meta["images"] == store.load(parent.path).meta["images"], "the same split, seed and images"
     check_last_epoch_is_explain_gradcam(run)
+
+
+@pytest.mark.slow  # loads a trained model
+def test_feature_mode_runs_only_the_layers_after_the_frozen_one_traced_once(feature_run):
+    from engine.explain import Explainable
+    from engine.training.timeline import CUT, CamPass
+
+    model = Explainable.from_run(feature_run.path)
+    x = store.read_images(feature_run.path).astype(np.float32)
+    fast = CamPass(model.model, model.preprocess, "top_activation", x, frozen_below=True)
+    full = CamPass(model.model, model.preprocess, "top_activation", x, frozen_below=False)
+    assert fast.layer == CUT and fast.inputs.shape == (6, 3, 3, 1280), "the frozen part's activations are kept"
+    for _ in range(3):
+        (cam, logits), (cam_full, logits_full) = fast(), full()
+    np.testing.assert_allclose(cam, cam_full, rtol=1e-4, atol=1e-5 * cam_full.max())
+    np.testing.assert_allclose(logits, logits_full, atol=1e-4)
+    assert sum(fast.compiled.traces.values()) == 1, "traced once, not per call"

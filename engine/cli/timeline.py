@@ -38,6 +38,6 @@ def _print_timeline(result: dict) -> None:
         if pointing is not None:
             line += f", pointing game {pointing[i]:.0%}"
         print(line)
-    share = result["cost"]["share"]
-    if share is not None:
-        print(f"cost: {share:.1%} of the epoch time")
+    cost = result["cost"]
+    if cost["share"] is not None:
+        print(f"cost: {cost['share']:.1%} of the epoch time ({cost['cpu_share']:.1%} of its CPU time)")

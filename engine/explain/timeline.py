@@ -64,12 +64,19 @@ def entries(tl: Timeline) -> list[dict]:
 
 
 def cost(tl: Timeline) -> dict:
-    """{"timeline_seconds", "epoch_seconds" per epoch, "share": the recording's time over the epochs' own}."""
+    """What recording cost: per epoch "timeline_seconds" and "epoch_seconds" (wall), and over the epochs,
+    "share" (the recording's wall time over the epochs' own) and "cpu_share" (the same in the process's CPU time,
+    which other programs on a shared machine do not inflate)."""
     timed = tl.epoch_seconds > 0  # epochs recorded at a start or resume have no epoch of their own
+
+    def share(part: np.ndarray, whole: np.ndarray) -> float | None:
+        return round(float(part[timed].sum() / whole[timed].sum()), 4) if timed.any() and whole[timed].sum() else None
+
     return {
         "timeline_seconds": [round(float(s), 4) for s in tl.seconds],
         "epoch_seconds": [round(float(s), 4) for s in tl.epoch_seconds],
-        "share": round(float(tl.seconds[timed].sum() / tl.epoch_seconds[timed].sum()), 4) if timed.any() else None,
+        "share": share(tl.seconds, tl.epoch_seconds),
+        "cpu_share": share(tl.cpu_seconds, tl.epoch_cpu_seconds),
     }
 
 

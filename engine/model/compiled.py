@@ -125,6 +125,24 @@ class CompiledModel:
 
         return self._function(("layer_gradient", layer), build, with_classes=True)
 
+    def _grad_cam_fn(self, layer: str) -> Callable:
+        def build():
+            import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
+
+            split = layer_and_logits(self.model, layer)
+
+            def fn(x, classes):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    a, y = split(self.preprocess(x))
+                    score = tf.gather(y, predicted_where_negative(y, classes), axis=1, batch_dims=1)
+                weights = tf.reduce_mean(tape.gradient(score, a), axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+                return tf.nn.relu(tf.reduce_sum(weights * a, axis=-1)), y
+
+            return fn
+
+        return self._function(("grad_cam", layer), build, with_classes=True)
+
     def _input_gradient_fn(self) -> Callable:
         def build():
             import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
@@ -180,6 +198,16 @@ class CompiledModel:
         """(A (N, h, w, C), dLogit[class]/dA (N, h, w, C), logits (N, K)); a class of -1: the predicted one."""
         a, g, y = self._run(self._layer_gradient_fn(layer), images, classes)
         return a, g, y
+
+    def grad_cam(self, images: np.ndarray, layer: str, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(Grad-CAM (N, h, w) at the layer's size before upsampling, logits (N, K)); a class of -1: the predicted one.
+
+        engine.explain.grad_cam's maps (ReLU of the activations weighted by the spatially averaged
+        gradients), computed inside the graph so only the small maps leave it: for a caller that wants
+        nothing else, such as the training timeline (engine.training.timeline) after every epoch.
+        """
+        cam, y = self._run(self._grad_cam_fn(layer), images, classes)
+        return cam, y
 
     def input_gradients(
         self, images: np.ndarray, classes: list[int], progress: Progress | None = None

@@ -39,7 +39,8 @@ class Timeline:
         predicted: (E, N) int class index; probability: (E, N) float32 of that class.
         peaks: (E, N, 2) int (row, col) of the map's maximum in input pixels (the model's S x S input).
         seconds: (E,) float, what recording each epoch cost; epoch_seconds: (E,) the epoch's own time before it
-            (0 for an epoch recorded when a run starts or resumes).
+            (0 for an epoch recorded when a run starts or resumes); cpu_seconds, epoch_cpu_seconds: the same in
+            CPU time of the whole process, which other programs on a shared machine do not inflate.
     """
 
     meta: dict
@@ -50,6 +51,8 @@ class Timeline:
     peaks: np.ndarray
     seconds: np.ndarray
     epoch_seconds: np.ndarray
+    cpu_seconds: np.ndarray
+    epoch_cpu_seconds: np.ndarray
 
 
 def folder(run_dir: Path) -> Path:
@@ -141,4 +144,6 @@ def load(run_dir: Path) -> Timeline:
         peaks=np.stack([p["peaks"] for p in parts]),
         seconds=np.asarray([float(p["seconds"]) for p in parts]),
         epoch_seconds=np.asarray([float(p["epoch_seconds"]) for p in parts]),
+        cpu_seconds=np.asarray([float(p["cpu_seconds"]) for p in parts]),
+        epoch_cpu_seconds=np.asarray([float(p["epoch_cpu_seconds"]) for p in parts]),
     )

@@ -34,6 +34,7 @@ from engine.numerics import bilinear_matrix, softmax
 from engine.runs import Run, resize_policy_of
 from engine.runs import timeline as store
 
+CUT = "timeline_cut"  # the identity layer standing for the chosen layer in feature mode (CamPass)
 PER_CLASS = 2  # images per class: enough to see a pattern, few enough for one small batch
 
 
@@ -81,36 +82,28 @@ class CamPass:
         preprocess: [0, 255] RGB -> the model's input (TensorFlow ops).
         layer: a layer of `classifier` (flat graph) with an (N, h, w, C) output.
         images: (N, S, S, 3) float32 in [0, 255].
-        frozen_below: the layers up to `layer` never change (feature mode): their activations are kept.
+        frozen_below: the layers up to `layer` never change (feature mode): their activations are kept, and
+            each call runs only the rest, from a model whose input is the layer's output.
     """
 
     def __init__(self, classifier, preprocess, layer: str, images: np.ndarray, frozen_below: bool) -> None:
-        self.layer = layer
-        self.images = images
-        self.compiled = CompiledModel(classifier, preprocess)
-        self.tail = None
-        self.activations = None
+        self.compiled, self.layer, self.inputs = CompiledModel(classifier, preprocess), layer, images
         if frozen_below:
             import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
             try:
-                cut = keras.Model(classifier.get_layer(layer).output, classifier.output)
+                rest = keras.Model(classifier.get_layer(layer).output, classifier.output)
             except ValueError:  # the layers after it also use earlier tensors: the whole pass it is
-                cut = None
-            if cut is not None:
-                self.tail = CompiledModel(cut, identity)
-                self.activations = self.compiled.activations(images, layer)
+                return
+            activations = self.compiled.activations(images, layer)
+            # the layer's output as the input of the rest, behind an identity layer that Grad-CAM is taken at
+            start = keras.Input(activations.shape[1:])
+            after = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start)))
+            self.compiled, self.layer, self.inputs = CompiledModel(after, identity), CUT, activations
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
-        """(raw Grad-CAM (N, h, w) float32 >= 0 at the layer's size, logits (N, K))."""
-        classes = [-1] * len(self.images)  # the predicted class, found inside the same pass
-        if self.tail is not None:
-            a = self.activations
-            g, y = self.tail.input_gradients(a, classes)
-        else:
-            a, g, y = self.compiled.layer_gradients(self.images, self.layer, classes)
-        weights = g.mean(axis=(1, 2))  # (N, C): Grad-CAM's channel weights
-        return np.maximum((weights[:, None, None, :] * a).sum(-1), 0), y
+        """(raw Grad-CAM (N, h, w) float32 >= 0 at the layer's size, logits (N, K)), in one compiled call."""
+        return self.compiled.grad_cam(self.inputs, self.layer, [-1] * len(self.inputs))  # -1: the predicted class
 
 
 def peaks(raw: np.ndarray, size: int) -> np.ndarray:
@@ -179,8 +172,8 @@ def recorder(
     cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, config.mode == "feature")
     peaks(cams()[0], size)  # traced here, once per run, so no epoch pays for it
 
-    def record(epoch: int, epoch_seconds: float) -> None:
-        t0 = time.perf_counter()
+    def record(epoch: int, epoch_seconds: tuple[float, float]) -> None:
+        t0, cpu0 = time.perf_counter(), time.process_time()
         raw, logits = cams()
         predicted = logits.argmax(axis=1)
         probability = softmax(logits)[np.arange(len(predicted)), predicted]
@@ -192,8 +185,11 @@ def recorder(
             predicted=predicted.astype(np.int16),
             probability=probability.astype(np.float32),
             peaks=where,
-            seconds=np.float64(time.perf_counter() - t0),  # the maps' cost; the small write after it is not in it
-            epoch_seconds=np.float64(epoch_seconds),
+            # the maps' cost, wall and CPU (all of the process's threads); the small write after it is not in it
+            seconds=np.float64(time.perf_counter() - t0),
+            cpu_seconds=np.float64(time.process_time() - cpu0),
+            epoch_seconds=np.float64(epoch_seconds[0]),
+            epoch_cpu_seconds=np.float64(epoch_seconds[1]),
         )
 
     class Record(keras.callbacks.Callback):
@@ -202,9 +198,9 @@ def recorder(
         def __init__(self) -> None:
             super().__init__()
             self.failed = False
-            self.began = time.perf_counter()
+            self.began = (time.perf_counter(), time.process_time())
 
-        def _safely(self, epoch: int, epoch_seconds: float) -> None:
+        def _safely(self, epoch: int, epoch_seconds: tuple[float, float]) -> None:
             if self.failed:
                 return
             try:
@@ -217,12 +213,13 @@ def recorder(
 
         def on_train_begin(self, logs=None) -> None:
             if start_epoch > 0 and start_epoch not in store.recorded_epochs(run.path):
-                self._safely(start_epoch, 0.0)  # the model as the run starts from: a parent, or a checkpoint
+                self._safely(start_epoch, (0.0, 0.0))  # the model as the run starts from: a parent, or a checkpoint
 
         def on_epoch_begin(self, epoch, logs=None) -> None:
-            self.began = time.perf_counter()
+            self.began = (time.perf_counter(), time.process_time())
 
         def on_epoch_end(self, epoch, logs=None) -> None:
-            self._safely(epoch + 1, time.perf_counter() - self.began)
+            wall, cpu = self.began
+            self._safely(epoch + 1, (time.perf_counter() - wall, time.process_time() - cpu))
 
     return Record()
