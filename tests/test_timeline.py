@@ -50,10 +50,11 @@ def test_stored_epochs_load_stacked_and_cut_after(tmp_path):
             "input_size": 8, "sizes": [[16, 16], [16, 16]], "boxes": [[0, 0, 8, 8], None]}  # fmt: skip
     store.write_meta(run_dir, meta)
     for epoch in (1, 2, 3):
-        raw = np.random.default_rng(epoch).random((2, 4, 4)).astype(np.float32) * 7
+        raw = np.random.default_rng(epoch).random((2, 4, 4)).astype(np.float32)
+        raw[0, 0, 0] = raw[1, 3, 3] = 7  # the peaks: top left, bottom right
         store.write_epoch(
             run_dir, epoch, maps=scaled(raw), predicted=np.array([0, epoch % 2], np.int16),
-            probability=np.array([0.9, 0.6], np.float32), peaks=np.array([[1, 1], [7, 7]], np.int32),
+            probability=np.array([0.9, 0.6], np.float32),
             seconds=np.float64(0.01), epoch_seconds=np.float64(1.0), cpu_seconds=np.float64(0.02),
             epoch_cpu_seconds=np.float64(2.0),
         )  # fmt: skip
@@ -62,10 +63,21 @@ def test_stored_epochs_load_stacked_and_cut_after(tmp_path):
     assert np.allclose(tl.maps.max(axis=(2, 3)), 1.0), "each map scaled to a maximum of 1"
     store.cut_after(run_dir, 1)
     assert store.load(run_dir).epochs.tolist() == [1]
-    # the pointing game: peak (1, 1) of an 8 px input is pixel (3, 3) of the 16 px original, inside [0, 0, 8, 8]
+    # the pointing game: a peak at (1, 1) of the 8 px input is pixel (3, 3) of the 16 px original, in [0, 0, 8, 8]
     assert reader.pointing_game(store.load(run_dir)) == [1.0]
     rows = reader.entries(store.load(run_dir))
+    assert rows[0]["peak"] == [0, 0] and rows[1]["peak"] == [7, 7]
     assert rows[0]["hit"] is True and "hit" not in rows[1], "no box, no hit"
+
+
+def test_peaks_are_those_of_gradcams_upsampling():
+    from engine.explain.base import upsample
+
+    maps = np.random.default_rng(0).random((20, 7, 7)).astype(np.float32)
+    for size in (96, 224, 7):
+        up = upsample(maps, size)
+        expected = np.stack(np.unravel_index(up.reshape(20, -1).argmax(axis=1), (size, size)), axis=1)
+        np.testing.assert_array_equal(store.peaks_of(maps, size), expected)
 
 
 def feature_config(**kw) -> TrainConfig:

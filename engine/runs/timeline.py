@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ConvScopeError
+from engine.numerics import bilinear_matrix
 from engine.runs.files import atomic_write, write_json
 
 FOLDER = "timeline"
@@ -37,7 +38,8 @@ class Timeline:
         epochs: (E,) int, 1-based epoch numbers.
         maps: (E, N, h, w) float16 in [0, 1], at the layer's size.
         predicted: (E, N) int class index; probability: (E, N) float32 of that class.
-        peaks: (E, N, 2) int (row, col) of the map's maximum in input pixels (the model's S x S input).
+        peaks: (E, N, 2) int (row, col) of each map's maximum in input pixels (the model's S x S input), after
+            the bilinear upsampling Grad-CAM does (peaks_of); worked out here, not while training.
         seconds: (E,) float, what recording each epoch cost; epoch_seconds: (E,) the epoch's own time before it
             (0 for an epoch recorded when a run starts or resumes); cpu_seconds, epoch_cpu_seconds: the same in
             CPU time of the whole process, which other programs on a shared machine do not inflate.
@@ -53,6 +55,17 @@ class Timeline:
     epoch_seconds: np.ndarray
     cpu_seconds: np.ndarray
     epoch_cpu_seconds: np.ndarray
+
+
+def peaks_of(maps: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w) maps -> (N, 2) int (row, col) of each map's maximum once upsampled to (size, size).
+
+    The upsampling is Grad-CAM's (engine.explain.base.upsample: bilinear, half-pixel centres), in NumPy.
+    """
+    rows, cols = bilinear_matrix(maps.shape[1], size), bilinear_matrix(maps.shape[2], size)
+    up = rows @ maps.astype(np.float64) @ cols.T  # (N, size, size)
+    flat = up.reshape(len(up), -1).argmax(axis=1)
+    return np.stack([flat // size, flat % size], axis=1).astype(np.int32)
 
 
 def folder(run_dir: Path) -> Path:
@@ -98,7 +111,7 @@ def read_images(run_dir: Path) -> np.ndarray:
 
 
 def write_epoch(run_dir: Path, epoch: int, **arrays: np.ndarray) -> None:
-    """One epoch's maps, predicted, probability, peaks and seconds, atomically."""
+    """One epoch's maps, predicted, probability and seconds, atomically."""
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -141,7 +154,7 @@ def load(run_dir: Path) -> Timeline:
         maps=np.stack([p["maps"] for p in parts]),
         predicted=np.stack([p["predicted"] for p in parts]),
         probability=np.stack([p["probability"] for p in parts]),
-        peaks=np.stack([p["peaks"] for p in parts]),
+        peaks=np.stack([peaks_of(p["maps"], int(meta["input_size"])) for p in parts]),
         seconds=np.asarray([float(p["seconds"]) for p in parts]),
         epoch_seconds=np.asarray([float(p["epoch_seconds"]) for p in parts]),
         cpu_seconds=np.asarray([float(p["cpu_seconds"]) for p in parts]),

@@ -30,7 +30,7 @@ from engine.config import TrainConfig
 from engine.data.ingest import Dataset, Item, load_item
 from engine.errors import ConvScopeError
 from engine.model.compiled import CompiledModel
-from engine.numerics import bilinear_matrix, softmax
+from engine.numerics import softmax
 from engine.runs import Run, resize_policy_of
 from engine.runs import timeline as store
 
@@ -106,18 +106,6 @@ class CamPass:
         return self.compiled.grad_cam(self.inputs, self.layer, [-1] * len(self.inputs))  # -1: the predicted class
 
 
-def peaks(raw: np.ndarray, size: int) -> np.ndarray:
-    """(N, h, w) maps -> (N, 2) int (row, col) of each map's maximum after bilinear upsampling to (size, size).
-
-    The upsampling is engine.explain.base.upsample's (tf.image.resize, bilinear), done with NumPy: in a
-    training process TensorFlow's eager ops at an epoch end cost milliseconds each.
-    """
-    rows, cols = bilinear_matrix(raw.shape[1], size), bilinear_matrix(raw.shape[2], size)
-    up = rows @ raw.astype(np.float64) @ cols.T  # (N, size, size)
-    flat = up.reshape(len(up), -1).argmax(axis=1)
-    return np.stack([flat // size, flat % size], axis=1).astype(np.int32)
-
-
 def scaled(raw: np.ndarray) -> np.ndarray:
     """(N, h, w) -> float16 with each map's maximum at 1 (a zero map stays zero): small, and nothing lost."""
     top = raw.max(axis=(1, 2), keepdims=True)
@@ -170,21 +158,19 @@ def recorder(
         store.write_images(run.path, np.clip(np.rint(images), 0, 255).astype(np.uint8))
         store.write_meta(run.path, meta)
     cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, config.mode == "feature")
-    peaks(cams()[0], size)  # traced here, once per run, so no epoch pays for it
+    cams()  # traced here, once per run, so no epoch pays for it
 
     def record(epoch: int, epoch_seconds: tuple[float, float]) -> None:
         t0, cpu0 = time.perf_counter(), time.process_time()
         raw, logits = cams()
         predicted = logits.argmax(axis=1)
         probability = softmax(logits)[np.arange(len(predicted)), predicted]
-        maps, where = scaled(raw), peaks(raw, size)
         store.write_epoch(
             run.path,
             epoch,
-            maps=maps,
+            maps=scaled(raw),
             predicted=predicted.astype(np.int16),
             probability=probability.astype(np.float32),
-            peaks=where,
             # the maps' cost, wall and CPU (all of the process's threads); the small write after it is not in it
             seconds=np.float64(time.perf_counter() - t0),
             cpu_seconds=np.float64(time.process_time() - cpu0),
