@@ -160,16 +160,22 @@ class CompiledModel:
 
     # ---- running --------------------------------------------------------
     def _run(self, fn: Callable, images: np.ndarray, classes=None, progress: Progress | None = None) -> list:
-        """`fn` over `images` in chunks of `batch`; returns its outputs concatenated, as NumPy."""
+        """`fn` over `images` in chunks of `batch`; returns its outputs concatenated, as NumPy.
+
+        `images` may be a float32 tf.Tensor a caller keeps to pass again and again (the training timeline
+        does, every epoch): it is then not copied into a new tensor on each call.
+        """
         import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != self.input_shape:
+        kept = isinstance(images, tf.Tensor)
+        images = images if kept else np.asarray(images, dtype=np.float32)
+        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(f"expected images (N, {', '.join(map(str, self.input_shape))}), got {images.shape}")
         n = len(images)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, self.batch):
-            args = [tf.constant(images[start : start + self.batch])]
+            chunk = images[start : start + self.batch] if n > self.batch else images
+            args = [chunk if kept else tf.constant(chunk)]
             if classes is not None:
                 args.append(tf.constant(np.asarray(classes[start : start + self.batch], dtype=np.int32)))
             out = fn(*args)

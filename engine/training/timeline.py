@@ -87,6 +87,8 @@ class CamPass:
     """
 
     def __init__(self, classifier, preprocess, layer: str, images: np.ndarray, frozen_below: bool) -> None:
+        import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
+
         self.compiled, self.layer, self.inputs = CompiledModel(classifier, preprocess), layer, images
         if frozen_below:
             import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
@@ -94,16 +96,18 @@ class CamPass:
             try:
                 rest = keras.Model(classifier.get_layer(layer).output, classifier.output)
             except ValueError:  # the layers after it also use earlier tensors: the whole pass it is
-                return
-            activations = self.compiled.activations(images, layer)
-            # the layer's output as the input of the rest, behind an identity layer that Grad-CAM is taken at
-            start = keras.Input(activations.shape[1:])
-            after = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start)))
-            self.compiled, self.layer, self.inputs = CompiledModel(after, identity), CUT, activations
+                rest = None
+            if rest is not None:
+                activations = self.compiled.activations(images, layer)
+                # the layer's output as the input of the rest, behind an identity layer Grad-CAM is taken at
+                start = keras.Input(activations.shape[1:])
+                after = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start)))
+                self.compiled, self.layer, self.inputs = CompiledModel(after, identity), CUT, activations
+        self.kept = tf.constant(self.inputs)  # copied once, not every epoch
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
         """(raw Grad-CAM (N, h, w) float32 >= 0 at the layer's size, logits (N, K)), in one compiled call."""
-        return self.compiled.grad_cam(self.inputs, self.layer, [-1] * len(self.inputs))  # -1: the predicted class
+        return self.compiled.grad_cam(self.kept, self.layer, [-1] * len(self.inputs))  # -1: the predicted class
 
 
 def scaled(raw: np.ndarray) -> np.ndarray:
