@@ -36,14 +36,18 @@ class CompiledModel:
         preprocess: [0, 255] RGB float images -> the model's input (TensorFlow ops).
         batch: the most images per call.
         compiled: False runs the same functions eagerly (a reference for tests).
+        input_shape: what one input is, when not an (S, S, 3) image.
     """
 
-    def __init__(self, model, preprocess: Callable, batch: int = BATCH, compiled: bool = True) -> None:
+    def __init__(
+        self, model, preprocess: Callable, batch: int = BATCH, compiled: bool = True, input_shape: tuple = ()
+    ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.input_size = int(model.input_shape[1])
-        # (S, S, 3) for a classifier; a model cut at a layer (engine.training.timeline) takes (h, w, C)
-        self.input_shape = tuple(int(d) for d in model.input_shape[1:])
+        # [0, 255] RGB images (a grayscale model's preprocessing turns them to gray); a model cut at a layer
+        # (engine.training.timeline) takes that layer's (h, w, C) activations instead
+        self.input_shape = tuple(input_shape) if input_shape else (self.input_size, self.input_size, 3)
         self.batch = batch
         self.compiled = compiled
         self.traces: Counter = Counter()  # times each function was traced (tests check "once")

@@ -102,7 +102,11 @@ class CamPass:
                 # the layer's output as the input of the rest, behind an identity layer Grad-CAM is taken at
                 start = keras.Input(activations.shape[1:])
                 after = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start)))
-                self.compiled, self.layer, self.inputs = CompiledModel(after, identity), CUT, activations
+                self.compiled, self.layer, self.inputs = (
+                    CompiledModel(after, identity, input_shape=activations.shape[1:]),
+                    CUT,
+                    activations,
+                )
         self.kept = tf.constant(self.inputs)  # copied once, not every epoch
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
