@@ -203,6 +203,13 @@ def setup_form() -> tuple[TrainConfig, int] | None:
                 "image once; every epoch draws one of them (or the original).",
             )
         seed = st.number_input("Seed", 0, 10_000, data.seed, key="train_seed")
+        timeline = st.checkbox(
+            "Record where it looked, epoch by epoch",
+            True,
+            key="train_timeline",
+            help="After every epoch, Grad-CAM of two validation images per class, kept with the run and shown "
+            "below the curves; it costs a few percent of an epoch.",
+        )
     try:
         config = TrainConfig(
             data=replace(data, image_size=int(size), seed=int(seed), augment=augment),
@@ -218,6 +225,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             aug_views=int(views),
             seed=int(seed),
             preset="" if preset == "custom" else preset,
+            timeline=timeline,
         )
     except ConvScopeError as exc:
         st.error(str(exc))

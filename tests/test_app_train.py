@@ -335,3 +335,13 @@ def test_the_runs_table_shows_no_server_path_and_no_none(page, tmp_path, monkeyp
     drawn = [str(v) for v in shown.to_numpy().ravel()]
     assert not [c for c in drawn if c in ("None", "nan")], drawn
     assert not element.value.isna().to_numpy().any()  # the grid draws a missing cell as "None"
+
+
+def test_the_timeline_is_on_by_default_and_can_be_switched_off(page, fake_jobs):
+    registry, release, started, seen = fake_jobs
+    at = page()
+    assert at.checkbox(key="train_timeline").value is True
+    start(at, train_size=96, train_timeline=False)
+    assert started.wait(30)
+    assert seen["config"].timeline is False, "switched off on the page: a run without a timeline"
+    release.set()
