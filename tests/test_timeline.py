@@ -2,6 +2,7 @@
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,18 +101,20 @@ def explain_reference(run: runs.Run, tl):
     return GradCAM(model, tl.meta["layer"])(x, list(classes)), classes, logits
 
 
-def check_last_epoch_is_explain_gradcam(run: runs.Run) -> None:
+def check_last_epoch_is_explain_gradcam(run: runs.Run, epoch: int | None = None) -> None:
+    """The timeline at `epoch` (default: the last) is Grad-CAM of the saved model, its class and probability."""
     from engine.explain.base import normalise, upsample
     from engine.numerics import softmax
 
     tl = store.load(run.path)
+    e = -1 if epoch is None else tl.epochs.tolist().index(epoch)
     ref, classes, logits = explain_reference(run, tl)
-    assert tl.predicted[-1].tolist() == classes.tolist()
-    np.testing.assert_allclose(tl.probability[-1], softmax(logits).max(axis=1), atol=1e-5)
-    mine = normalise(upsample(tl.maps[-1].astype(np.float32), ref.shape[1]))
+    assert tl.predicted[e].tolist() == classes.tolist()
+    np.testing.assert_allclose(tl.probability[e], softmax(logits).max(axis=1), atol=1e-5)
+    mine = normalise(upsample(tl.maps[e].astype(np.float32), ref.shape[1]))
     np.testing.assert_allclose(mine, ref, atol=MAP_TOLERANCE)
     peaks = np.stack(np.unravel_index(ref.reshape(len(ref), -1).argmax(axis=1), ref.shape[1:]), axis=1)
-    assert (tl.peaks[-1] == peaks).all(1).mean() >= 0.8, "the peaks agree (but for float16 near-ties)"
+    assert (tl.peaks[e] == peaks).all(1).mean() >= 0.8, "the peaks agree (but for float16 near-ties)"
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +242,14 @@ def test_feature_mode_runs_only_the_layers_after_the_frozen_one_traced_once(feat
     np.testing.assert_allclose(cam, cam_full, rtol=1e-4, atol=1e-5 * cam_full.max())
     np.testing.assert_allclose(logits, logits_full, atol=1e-4)
     assert sum(fast.compiled.traces.values()) == 1, "traced once, not per call"
+
+
+@pytest.mark.slow  # trains a feature run until early stopping ends it
+def test_with_early_stopping_the_saved_model_is_the_best_epochs_entry():
+    config = replace(feature_config(), epochs=40, early_stopping=2, learning_rate=0.05)
+    run = runs.create(backbone=config.backbone, mode=config.mode)
+    assert fit.train(config, run)["status"] == "finished"
+    best, ran = run.metrics()["best_epoch"], len(run.history()["loss"])
+    assert best < ran, "early stopping put back an earlier epoch's weights"
+    assert store.load(run.path).epochs.tolist() == list(range(1, ran + 1)), "every epoch run is recorded"
+    check_last_epoch_is_explain_gradcam(run, epoch=best)

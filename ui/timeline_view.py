@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import charts
+from engine import charts, runs
 from engine.explain import timeline as reader
 from engine.runs import timeline as store
 
@@ -49,6 +49,9 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
         st.caption(f"The timeline could not be read just now ({type(exc).__name__}).")
         return
     st.caption(EXPLAINED)
+    best = runs.Run(run_dir).metrics().get("best_epoch")
+    if best is not None and best < int(tl.epochs[-1]):
+        st.caption(f"Early stopping kept the weights of epoch {best}: the saved model looks as it did then.")
     epochs = [int(e) for e in tl.epochs]
     epoch = epochs[-1]
     if len(epochs) > 1:
