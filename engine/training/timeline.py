@@ -165,8 +165,12 @@ def recorder(
         store.cut_after(run.path, 0)
         store.write_images(run.path, np.clip(np.rint(images), 0, 255).astype(np.uint8))
         store.write_meta(run.path, meta)
-    cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, config.mode == "feature")
-    cams()  # traced here, once per run, so no epoch pays for it
+    try:
+        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, config.mode == "feature")
+        cams()  # traced here, once per run, so no epoch pays for it
+    except Exception as exc:  # noqa: BLE001 - a model the maps cannot be taken of still trains
+        logging.getLogger(__name__).warning("%s: no timeline (%s: %s)", run.name, type(exc).__name__, exc)
+        return None
 
     def record(epoch: int, epoch_seconds: tuple[float, float]) -> None:
         t0, cpu0 = time.perf_counter(), time.process_time()
