@@ -214,7 +214,7 @@ def test_a_resumed_scratch_run_continues_the_timeline_with_the_same_images():
 
 
 @pytest.mark.slow  # trains a parent and fine-tunes it
-def test_a_fine_tune_records_its_start_and_every_epoch(runs_dir):
+def test_a_fine_tune_records_its_start_and_every_epoch(runs_dir, capsys):
     parent_config = TrainConfig(data=DataConfig(source=TINY, image_size=96), epochs=2, early_stopping=0)
     parent = runs.create(backbone=parent_config.backbone, mode="feature")
     assert fit.train(parent_config, parent)["status"] == "finished"
@@ -225,6 +225,10 @@ def test_a_fine_tune_records_its_start_and_every_epoch(runs_dir):
     assert tl.epochs.tolist() == [2, 3, 4], "the parent's model first, then each fine-tune epoch"
     assert tl.meta["images"] == store.load(parent.path).meta["images"], "the same split, seed and images"
     check_last_epoch_is_explain_gradcam(run)
+
+    args = ["finetune", str(parent.path), "--unfreeze-top", "1", "--epochs", "1", "--no-timeline"]
+    assert main([*args, "--out", str(runs_dir / "off"), "--json"]) == 0
+    assert not (runs_dir / "off" / "timeline").exists() and runs.Run(runs_dir / "off").config()["timeline"] is False
 
 
 @pytest.mark.slow  # loads a trained model
