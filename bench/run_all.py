@@ -36,6 +36,7 @@ QUICK = {
     "finetune": ["--tops", "2", "--seeds", "0", "--epochs", "3", "--size", "160"],
     "import_model": ["--repeats", "1"],
     "probe": ["--per-class", "30"],
+    "timeline": ["--epochs", "20"],
     "watched": ["--repeats", "1"],
 }
 SKIP = {"run_all"}

@@ -290,6 +290,7 @@ class TrainConfig:
     preset: str = ""
     finetune: FinetuneConfig | None = None
     imported: ImportConfig | None = None  # an imported model and its fine-tunes: how it was brought in
+    timeline: bool = True  # Grad-CAM of a few validation images after every epoch (engine.training.timeline)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

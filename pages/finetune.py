@@ -22,7 +22,7 @@ from engine.config import OPTIMIZERS, TrainConfig
 from engine.errors import ConvScopeError
 from engine.explain.overlay import overlay
 from engine.training import blocks, changes, finetune, presets
-from ui import cached, router, widgets, wording
+from ui import cached, router, timeline_view, widgets, wording
 
 router.ensure_routed()
 st.title("🎚️ Fine-tune")
@@ -459,6 +459,7 @@ def _panel(job: str) -> None:
         width="stretch",
         key=f"ft_curves_{job}",
     )
+    timeline_view.timeline_section(run.path, history, key=f"ft_{job}")
     seen = st.session_state.setdefault("ft_seen", {})
     if seen.get(job) in runs.ACTIVE and not active:
         seen[job] = snap["status"]

@@ -26,7 +26,7 @@ from engine.data import sources
 from engine.data.splits import split_dataset
 from engine.errors import ConvScopeError
 from engine.training import fit, presets
-from ui import cached, router, state, widgets
+from ui import cached, router, state, timeline_view, widgets
 
 router.ensure_routed()
 st.title("🏋️ Train")
@@ -203,6 +203,13 @@ def setup_form() -> tuple[TrainConfig, int] | None:
                 "image once; every epoch draws one of them (or the original).",
             )
         seed = st.number_input("Seed", 0, 10_000, data.seed, key="train_seed")
+        timeline = st.checkbox(
+            "Record where it looked, epoch by epoch",
+            True,
+            key="train_timeline",
+            help="After every epoch, Grad-CAM of two validation images per class, kept with the run and shown "
+            "below the curves; it costs a few percent of an epoch.",
+        )
     try:
         config = TrainConfig(
             data=replace(data, image_size=int(size), seed=int(seed), augment=augment),
@@ -218,6 +225,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             aug_views=int(views),
             seed=int(seed),
             preset="" if preset == "custom" else preset,
+            timeline=timeline,
         )
     except ConvScopeError as exc:
         st.error(str(exc))
@@ -316,6 +324,8 @@ def job_panel(job_id: str) -> None:
         charts.training_curves(snap["history"], shown_epochs, live), width="stretch", key=f"curves_{job_id}"
     )
     st.caption("Why can validation sit above training?", help=VAL_ABOVE_TRAIN)
+    if snap.get("run_dir"):
+        timeline_view.timeline_section(Path(snap["run_dir"]), snap["history"], key=f"train_{job_id}")
     if not active:
         _results(runs.Run(Path(snap["run_dir"])))
     # When a job ends, refresh the whole page once (the runs table, the form's Start button).

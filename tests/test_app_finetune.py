@@ -115,7 +115,9 @@ def test_fine_tune_from_the_page_to_the_end(page):
     assert {"circle", "square", "triangle"} & legend, legend  # class names, not indices
     links = [link.proto.page for link in at.get("page_link")]
     assert sum("inside" in p for p in links) >= 2, links
-    assert len(at.get("image")) == 6  # one probe image per class (3), before and after
+    # one probe image per class (3), before and after; the timeline's grid: two validation images per class
+    assert len(at.get("image")) == 6 + 6
+    assert at.select_slider(key=f"ft_{job}_timeline_epoch").value == 4, "the parent's 3 epochs, then this one"
 
 
 def test_a_scratch_run_says_why_it_cannot_be_fine_tuned(page):

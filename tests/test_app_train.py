@@ -95,7 +95,9 @@ def test_train_live_then_results_and_runs_list(page, tmp_path):
     at.run()
     assert not at.exception
     assert any("Finished" in s.value for s in at.success)
-    assert len(at.get("plotly_chart")) == 2  # curves and the confusion matrix
+    # curves, the timeline's pointing game (the shapes have boxes) and the confusion matrix
+    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("image")) == 6, "the timeline's grid: two validation images per class"
     assert {m.label for m in at.metric} >= {"Validation accuracy", "Test accuracy"}
     names = at.dataframe[-1].value["name"].tolist()
     assert names.count(job_id) == 1 and len(names) == 1, "exactly one run was started"
@@ -333,3 +335,13 @@ def test_the_runs_table_shows_no_server_path_and_no_none(page, tmp_path, monkeyp
     drawn = [str(v) for v in shown.to_numpy().ravel()]
     assert not [c for c in drawn if c in ("None", "nan")], drawn
     assert not element.value.isna().to_numpy().any()  # the grid draws a missing cell as "None"
+
+
+def test_the_timeline_is_on_by_default_and_can_be_switched_off(page, fake_jobs):
+    registry, release, started, seen = fake_jobs
+    at = page()
+    assert at.checkbox(key="train_timeline").value is True
+    start(at, train_size=96, train_timeline=False)
+    assert started.wait(30)
+    assert seen["config"].timeline is False, "switched off on the page: a run without a timeline"
+    release.set()

@@ -20,6 +20,7 @@ from engine.charts.training import (
     curve_epochs,
     finetune_curves,
     lr_finder,
+    pointing_curve,
     runs_curves,
     training_curves,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "hue",
     "layer_map",
     "lr_finder",
+    "pointing_curve",
     "per_class_bars",
     "projection_pair",
     "read_knn",

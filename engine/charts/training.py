@@ -278,3 +278,34 @@ def accuracy_latency(rows: list[dict]) -> go.Figure:
         margin={"l": 10, "r": 10, "t": 20, "b": 40},
     )
     return fig
+
+
+def pointing_curve(epochs: list[int], pointing: list[float], history: dict[str, list[float]]) -> go.Figure:
+    """The pointing game per epoch (engine.explain.timeline) with the validation accuracy, on one 0-100% axis.
+
+    Args:
+        epochs: the timeline's epoch numbers (a fine-tune's count on from its parent's).
+        pointing: per epoch, the share of the fixed images whose map peaks inside the object's box.
+        history: the run's per-epoch lists; "val_accuracy" (else "accuracy") is drawn beside it.
+    """
+    fig = go.Figure()
+    fig.add_scatter(
+        x=list(epochs),
+        y=list(pointing),
+        mode="lines+markers",
+        name="pointing game (peak in the box)",
+        line={"color": "#54a24b"},
+    )
+    key = "val_accuracy" if history.get("val_accuracy") else "accuracy"
+    values = history.get(key) or []
+    fig.add_scatter(
+        x=list(range(1, len(values) + 1)),
+        y=values,
+        mode="lines",
+        name="validation accuracy" if key == "val_accuracy" else "training accuracy",
+        line={"color": SPLIT_COLOURS["validation" if key == "val_accuracy" else "train"], "dash": "dash"},
+    )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 40}, legend={"orientation": "h", "y": -0.3})
+    return fig

@@ -16,6 +16,7 @@ import sys
 
 from engine.cli import concepts, data, health, inside, models, runs, train
 from engine.cli.common import Parser, run
+from engine.cli.timeline import add_timeline
 
 COMMANDS = (
     models.add_backbones,
@@ -32,6 +33,7 @@ COMMANDS = (
     concepts.add_tcav,
     runs.add_export,
     runs.add_report,
+    add_timeline,
     train.add_train,
     train.add_finetune,
     train.add_lr_find,

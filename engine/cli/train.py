@@ -129,8 +129,18 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for the split, initial weights and shuffling (default 0)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new one under CONVSCOPE_RUNS_DIR)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped, failed or killed run")
+    add_timeline_flag(p)
     add_json(p)
     p.set_defaults(run=cmd_train, show=_print_train)
+
+
+def add_timeline_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeline",
+        action=argparse.BooleanOptionalAction,
+        help="after every epoch, Grad-CAM of a few fixed validation images, kept with the run "
+        "(`python -m engine timeline RUN_DIR`; default on; a resumed run keeps its own setting)",
+    )
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -150,6 +160,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         top["aug_views"] = given["aug_views"]
     if args.class_weights:
         top["class_weights"] = True
+    if "timeline" in given:
+        top["timeline"] = given["timeline"]
     config = replace(config, **top)
     if "hidden" in given or "dropout" in given or "l2" in given:
         config = replace(
@@ -265,6 +277,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps warming up (default 0.1)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new one under CONVSCOPE_RUNS_DIR)")
     p.add_argument("--resume", action="store_true", help="RUN_DIR is a stopped fine-tune: continue it")
+    add_timeline_flag(p)
     add_json(p)
     p.set_defaults(run=cmd_finetune, show=_print_finetune)
 
@@ -307,6 +320,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
         result = fit.resume(run, epochs=args.epochs, stop=stop, report=_TrainProgress())
     else:
         parent, config = _finetune_setup(args)
+        config = config if args.timeline is None else replace(config, timeline=args.timeline)
         with _run_folder(args.out, config.backbone, "finetune") as run:
             progress = _TrainProgress(run.path if distribute.is_chief() else None)
             result = fit.train(config, run, stop=stop, report=progress)

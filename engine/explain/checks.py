@@ -166,7 +166,12 @@ def indistinct(curves: list[Curves], spread: float = SEPARATION) -> bool:
 
 def peak_in_box(heat: np.ndarray, box: list[int], height: int, width: int) -> bool:
     """Whether the (S, S) map's maximum, in original pixels, lies in box [x0, y0, x1, y1]."""
-    row, col = peak_in_original(heat, height, width)
+    return in_box(peak_in_original(heat, height, width), box)
+
+
+def in_box(point: tuple[int, int], box: list[int]) -> bool:
+    """Whether (row, col) lies in box [x0, y0, x1, y1] (the pointing game's hit)."""
+    row, col = point
     x0, y0, x1, y1 = box
     return x0 <= col < x1 and y0 <= row < y1
 

@@ -84,11 +84,13 @@ class Explanation:
 
 def peak_in_original(heatmap: np.ndarray, height: int, width: int) -> tuple[int, int]:
     """The heatmap's maximum, mapped from the (S, S) model input back to (height, width) pixels."""
-    s = heatmap.shape[0]
     r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    row = min(height - 1, int((r + 0.5) * height / s))
-    col = min(width - 1, int((c + 0.5) * width / heatmap.shape[1]))
-    return row, col
+    return to_original(int(r), int(c), heatmap.shape, height, width)
+
+
+def to_original(row: int, col: int, shape: tuple, height: int, width: int) -> tuple[int, int]:
+    """A pixel (row, col) of a map of `shape` (the model input), mapped to (height, width) pixels."""
+    return min(height - 1, int((row + 0.5) * height / shape[0])), min(width - 1, int((col + 0.5) * width / shape[1]))
 
 
 def image_digest(x: np.ndarray) -> str:

@@ -21,16 +21,18 @@ from engine.data.pipeline import load_resized
 from engine.data.sources import source_title
 from engine.errors import ConvScopeError
 from engine.evaluate.evaluation import evaluate
-from engine.explain import heatmaps
+from engine.explain import heatmaps, timeline
 from engine.explain.overlay import overlay
 from engine.export.formats import ExportError, checked_exports
 from engine.model.explainable import run_model
 from engine.runs import Run, is_imported, summary
 
+TIMELINE = "Where it looked, epoch by epoch"
 SECTIONS = (
     "Data",
     "Configuration",
     "Training curves",
+    TIMELINE,
     "Metrics",
     "Per class",
     "Confusion matrix",
@@ -39,7 +41,9 @@ SECTIONS = (
     "Exports",
 )
 # An imported model was trained elsewhere: no configuration or curves of ConvScope's, the file's facts instead.
-IMPORTED_SECTIONS = tuple("Imported model" if s == "Configuration" else s for s in SECTIONS if s != "Training curves")
+IMPORTED_SECTIONS = tuple(
+    "Imported model" if s == "Configuration" else s for s in SECTIONS if s not in ("Training curves", TIMELINE)
+)
 OUTPUT_WORDS = {  # engine.config.OUTPUT_KINDS, as the report says them
     "softmax": "softmax probabilities (the scores before the softmax are used as logits)",
     "logits": "raw logits (probabilities are their softmax)",
@@ -53,7 +57,7 @@ h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;mar
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}
 th{background:#f6f6f6} .muted{color:#777} .grid{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:250px} figure img{width:120px;height:120px;object-fit:cover} figcaption{font-size:.85rem}
-.warn{color:#a15c00}
+.warn{color:#a15c00} .right{color:#2e7d32} .wrong{color:#c62828}
 """
 
 
@@ -128,6 +132,31 @@ def _imported_rows(config: dict, params) -> list[list]:
     ]
 
 
+def _timeline(run: Run, history: dict) -> str:
+    """The timeline's grid at its first, middle and last epochs, and the pointing game per epoch."""
+    try:
+        tl = timeline.load(run.path)
+    except timeline.NoTimeline:
+        return "<p class='muted'>No timeline: this run was trained with it off, or before timelines existed.</p>"
+    out = [
+        f"<p>Grad-CAM at {html.escape(tl.meta['layer'])} of the model being trained, after each epoch, for the same "
+        "validation images, at the class it predicted then (green: right, red: wrong).</p>"
+    ]
+    for index in sorted({0, len(tl.epochs) // 2, len(tl.epochs) - 1}):
+        cards = [
+            f"<figure style='width:130px'><img src='{_png(tile)}' alt='epoch {tl.epochs[index]}'><figcaption>"
+            f"<span class='{'right' if cell['right'] else 'wrong'}'>{html.escape(cell['predicted'])} "
+            f"{cell['probability']:.0%}</span><br><span class='muted'>is {html.escape(cell['label'])}</span>"
+            "</figcaption></figure>"
+            for tile, cell in zip(timeline.tiles(run.path, tl, index), timeline.grid(tl, index), strict=True)
+        ]
+        out.append(f"<h3>Epoch {tl.epochs[index]}</h3><div class='grid'>{''.join(cards)}</div>")
+    pointing = timeline.pointing_game(tl)
+    if pointing is not None:
+        out.append(_figure(charts.pointing_curve([int(e) for e in tl.epochs], pointing, history)))
+    return "".join(out)
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None, source: str | None = None) -> dict:
     """Write the report of a finished run; returns {"path", "bytes", "sections", "seconds"}.
 
@@ -188,6 +217,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
     else:
         curves = charts.training_curves(history, len(history.get("loss", [])))
     parts["Training curves"] = _figure(curves)
+    parts[TIMELINE] = _timeline(run, history)
     parts["Metrics"] = _table(
         [
             [f"{result.data.split} images", m["count"]],

@@ -36,12 +36,18 @@ class CompiledModel:
         preprocess: [0, 255] RGB float images -> the model's input (TensorFlow ops).
         batch: the most images per call.
         compiled: False runs the same functions eagerly (a reference for tests).
+        input_shape: what one input is, when not an (S, S, 3) image.
     """
 
-    def __init__(self, model, preprocess: Callable, batch: int = BATCH, compiled: bool = True) -> None:
+    def __init__(
+        self, model, preprocess: Callable, batch: int = BATCH, compiled: bool = True, input_shape: tuple = ()
+    ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.input_size = int(model.input_shape[1])
+        # [0, 255] RGB images (a grayscale model's preprocessing turns them to gray); a model cut at a layer
+        # (engine.training.timeline) takes that layer's (h, w, C) activations instead
+        self.input_shape = tuple(input_shape) if input_shape else (self.input_size, self.input_size, 3)
         self.batch = batch
         self.compiled = compiled
         self.traces: Counter = Counter()  # times each function was traced (tests check "once")
@@ -66,7 +72,7 @@ class CompiledModel:
                 self.traces[key] += 1  # a Python side effect: runs only while tracing
                 return python_fn(*args)
 
-            image_spec = tf.TensorSpec((None, self.input_size, self.input_size, 3), tf.float32)
+            image_spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
             signature = [image_spec, tf.TensorSpec((None,), tf.int32)] if with_classes else [image_spec]
             fn = self._fns[key] = tf.function(traced, input_signature=signature)
             return fn
@@ -116,12 +122,30 @@ class CompiledModel:
                 with tf.GradientTape() as tape:
                     tape.watch(x)  # a frozen model records nothing otherwise
                     a, y = split(self.preprocess(x))
-                    score = tf.gather(y, classes, axis=1, batch_dims=1)
+                    score = tf.gather(y, predicted_where_negative(y, classes), axis=1, batch_dims=1)
                 return a, tape.gradient(score, a), y
 
             return fn
 
         return self._function(("layer_gradient", layer), build, with_classes=True)
+
+    def _grad_cam_fn(self, layer: str) -> Callable:
+        def build():
+            import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
+
+            split = layer_and_logits(self.model, layer)
+
+            def fn(x, classes):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    a, y = split(self.preprocess(x))
+                    score = tf.gather(y, predicted_where_negative(y, classes), axis=1, batch_dims=1)
+                weights = tf.reduce_mean(tape.gradient(score, a), axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+                return tf.nn.relu(tf.reduce_sum(weights * a, axis=-1)), y
+
+            return fn
+
+        return self._function(("grad_cam", layer), build, with_classes=True)
 
     def _input_gradient_fn(self) -> Callable:
         def build():
@@ -131,7 +155,7 @@ class CompiledModel:
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     y = self.model(self.preprocess(x), training=False)
-                    score = tf.gather(y, classes, axis=1, batch_dims=1)
+                    score = tf.gather(y, predicted_where_negative(y, classes), axis=1, batch_dims=1)
                 return tape.gradient(score, x), y
 
             return fn
@@ -140,16 +164,22 @@ class CompiledModel:
 
     # ---- running --------------------------------------------------------
     def _run(self, fn: Callable, images: np.ndarray, classes=None, progress: Progress | None = None) -> list:
-        """`fn` over `images` in chunks of `batch`; returns its outputs concatenated, as NumPy."""
+        """`fn` over `images` in chunks of `batch`; returns its outputs concatenated, as NumPy.
+
+        `images` may be a float32 tf.Tensor a caller keeps to pass again and again (the training timeline
+        does, every epoch): it is then not copied into a new tensor on each call.
+        """
         import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ValueError(f"expected images (N, {self.input_size}, {self.input_size}, 3), got {images.shape}")
+        kept = isinstance(images, tf.Tensor)
+        images = images if kept else np.asarray(images, dtype=np.float32)
+        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected images (N, {', '.join(map(str, self.input_shape))}), got {images.shape}")
         n = len(images)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, self.batch):
-            args = [tf.constant(images[start : start + self.batch])]
+            chunk = images[start : start + self.batch] if n > self.batch else images
+            args = [chunk if kept else tf.constant(chunk)]
             if classes is not None:
                 args.append(tf.constant(np.asarray(classes[start : start + self.batch], dtype=np.int32)))
             out = fn(*args)
@@ -175,14 +205,24 @@ class CompiledModel:
     def layer_gradients(
         self, images: np.ndarray, layer: str, classes: list[int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(A (N, h, w, C), dLogit[class]/dA (N, h, w, C), logits (N, K))."""
+        """(A (N, h, w, C), dLogit[class]/dA (N, h, w, C), logits (N, K)); a class of -1: the predicted one."""
         a, g, y = self._run(self._layer_gradient_fn(layer), images, classes)
         return a, g, y
+
+    def grad_cam(self, images: np.ndarray, layer: str, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(Grad-CAM (N, h, w) at the layer's size before upsampling, logits (N, K)); a class of -1: the predicted one.
+
+        engine.explain.grad_cam's maps (ReLU of the activations weighted by the spatially averaged
+        gradients), computed inside the graph so only the small maps leave it: for a caller that wants
+        nothing else, such as the training timeline (engine.training.timeline) after every epoch.
+        """
+        cam, y = self._run(self._grad_cam_fn(layer), images, classes)
+        return cam, y
 
     def input_gradients(
         self, images: np.ndarray, classes: list[int], progress: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(dLogit[class]/dPixel (N, S, S, 3) in [0, 255] pixel units, logits (N, K))."""
+        """(dLogit[class]/dPixel (N, S, S, 3) in [0, 255] pixel units, logits (N, K)); class -1: the predicted one."""
         g, y = self._run(self._input_gradient_fn(), images, classes, progress)
         return g, y
 
@@ -279,6 +319,13 @@ class CompiledModel:
             t2 = time.perf_counter()
             self._timing = {"forward": (t1 - t0) / 8, "gradient": (t2 - t1) / 8}
         return self._timing
+
+
+def predicted_where_negative(logits, classes):
+    """The class indices (N,) with each -1 replaced by the arg-max of its logits (N, K): one pass, no second call."""
+    import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
+
+    return tf.where(classes < 0, tf.argmax(logits, axis=1, output_type=tf.int32), classes)
 
 
 def activation_cap(layer) -> float | None:

@@ -31,7 +31,7 @@ from engine.data.ingest import Dataset, Item
 from engine.errors import ConvScopeError, TrainingError
 from engine.model import latency
 from engine.runs import Run
-from engine.training import distribute
+from engine.training import distribute, timeline
 from engine.training.batches import labels_of
 from engine.training.callbacks import HISTORY_KEYS, NanLoss, Report, Stopped, callbacks, noop
 
@@ -296,6 +296,11 @@ def _fit(config: TrainConfig, run: Run, recipe: Recipe, stop, report, resume, st
     val_steps = math.ceil(len(y["validation"]) / config.batch_size)
     watch = callbacks(run, fitted, shown, history, stop, report, steps, val_steps, info.get("seconds"))
     watch += prepared.callbacks
+    # last: after a mixed-precision fine-tune's classifier has followed its copy (prepared.callbacks)
+    record = (
+        timeline.recorder(run, config, dataset, splits, prepared.classifier, start_epoch) if config.timeline else None
+    )
+    watch += [record] if record is not None else []
     # A fit that is not run needs distribute.fitting only for models predicting after it.
     if start_epoch < epochs or prepared.predicts_later:
         with distribute.fitting(fitted, train_data, *prepared.predicts_later):
