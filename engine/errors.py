@@ -76,6 +76,10 @@ class RunError(ConvScopeError):
     """A run folder that is missing, unreadable or in the wrong state."""
 
 
+class NoTimeline(RunError):
+    """The run has no timeline (recorded with --no-timeline, before timelines existed, or no epoch yet)."""
+
+
 class RunGone(RunError):
     """The run folder was deleted while a command was using it."""
 

@@ -17,15 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ConvScopeError
+from engine.errors import NoTimeline
 from engine.numerics import bilinear_matrix
 from engine.runs.files import atomic_write, write_json
 
 FOLDER = "timeline"
-
-
-class NoTimeline(ConvScopeError):
-    """The run has no timeline (recorded with --no-timeline, before timelines existed, or no epoch yet)."""
 
 
 @dataclass
