@@ -28,6 +28,12 @@ def _load(run_dir: str, stamp: tuple) -> reader.Timeline:
     return reader.load(Path(run_dir))
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _tiles(run_dir: str, stamp: tuple, index: int) -> list:
+    """The overlays at one epoch, drawn once: a watched run's page redraws every second."""
+    return reader.tiles(run_dir, _load(run_dir, stamp), index)
+
+
 def _stamp(run_dir: Path) -> tuple:
     epochs = store.recorded_epochs(run_dir)
     last = store.folder(run_dir) / f"epoch_{epochs[-1]:04d}.npz" if epochs else None
@@ -44,7 +50,8 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
         )
         return
     try:
-        tl = _load(str(run_dir), _stamp(run_dir))
+        stamp = _stamp(run_dir)
+        tl = _load(str(run_dir), stamp)
     except (OSError, ValueError, reader.NoTimeline) as exc:  # a file being replaced as it is read: next redraw
         st.caption(f"The timeline could not be read just now ({type(exc).__name__}).")
         return
@@ -57,7 +64,7 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
     if len(epochs) > 1:
         epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=f"{key}_timeline_epoch")
     index = epochs.index(epoch)
-    tiles = reader.tiles(run_dir, tl, index)
+    tiles = _tiles(str(run_dir), stamp, index)
     cols = st.columns(min(COLUMNS, len(tiles)))
     for k, (tile, cell) in enumerate(zip(tiles, reader.grid(tl, index), strict=True)):
         col = cols[k % len(cols)]
