@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -96,7 +97,8 @@ def watch_one(page, url: str, runs: Path, server_pid: int | None = None) -> tupl
     start.click()
     page.wait_for_url("**/train?job=*", timeout=30_000)
     job = page.url.split("job=", 1)[1]
-    page.get_by_text("Finished").first.wait_for(timeout=600_000)
+    # The status line, case-sensitive: a caption saying "finished" in lower case is not the end.
+    page.get_by_text(re.compile(r"\bFinished\b")).first.wait_for(timeout=600_000)
     return runs / job, (cpu_seconds(server_pid) - cpu if server_pid else None)
 
 
