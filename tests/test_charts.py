@@ -171,8 +171,9 @@ def _tcav_layer(name: str, significant: bool, separable: bool = True) -> dict:
 def test_tcav_chart_marks_layers_that_are_not_significant():
     layers = [_tcav_layer("early", False, separable=False), _tcav_layer("middle", False), _tcav_layer("late", True)]
     fig = charts.tcav_scores(layers, "mark", "circle", separable=0.7)
-    concept, random, points, random_points, accuracy = fig.data
-    assert list(concept.text) == ["n.s. (not separable)", "n.s.", "p = 0.001"]
+    concept, random, points, random_points, verdicts, accuracy = fig.data
+    assert list(verdicts.text) == ["n.s. (not separable)", "n.s.", "p = 0.001"]
+    assert list(verdicts.x) == list(concept.x)  # above the concept's bars
     assert list(concept.marker.pattern.shape) == ["/", "/", ""]  # hatched unless significant
     assert concept.marker.color[0] == concept.marker.color[1] != concept.marker.color[2]  # grey unless significant
     assert list(concept.error_y.array) == [0.04] * 3 and list(random.y) == [0.5] * 3

@@ -37,10 +37,10 @@ def tcav_scores(layers: list[dict], concept: str, class_name: str, separable: fl
         cols=1,
         shared_xaxes=True,
         row_heights=[0.72, 0.28],
-        vertical_spacing=0.08,
+        vertical_spacing=0.13,
         subplot_titles=(
             f"TCAV score: share of {class_name!r} images whose score rises along {concept!r}",
-            "CAV accuracy: how well the layer tells the concept from random images",
+            f"CAV accuracy on held-out images (under {separable:.0%}, red line: cannot tell the concept from random)",
         ),
     )
     colours = [CONCEPT_COLOUR if r["significant"] else NOT_SIGNIFICANT_COLOUR for r in layers]
@@ -58,9 +58,6 @@ def tcav_scores(layers: list[dict], concept: str, class_name: str, separable: fl
                 "color": colours,
                 "pattern": {"shape": ["" if r["significant"] else "/" for r in layers], "fgcolor": "#666"},
             },
-            text=labels,
-            textposition="outside",
-            cliponaxis=False,
             name=f"{concept!r} CAVs",
             customdata=[[n, lab] for n, lab in zip(names, labels, strict=True)],
             hovertemplate="%{customdata[0]}<br>TCAV %{y:.0%} (mean)<br>%{customdata[1]}<extra></extra>",
@@ -103,6 +100,19 @@ def tcav_scores(layers: list[dict], concept: str, class_name: str, separable: fl
             row=1,
             col=1,
         )
+    fig.add_trace(  # the verdicts above the bars, clear of their error bars and points
+        go.Scatter(
+            x=[x - SHIFT for x in xs],
+            y=[1.07] * len(xs),
+            mode="text",
+            text=labels,
+            textfont={"color": ["#1d3557" if r["significant"] else "#7f7f7f" for r in layers]},
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
     fig.add_hline(y=0.5, line_dash="dash", line_color="#888", row=1, col=1)
     fig.add_annotation(
         x=1, xref="x domain", y=0.5, yref="y", text="0.5: chance", showarrow=False, xanchor="right", yshift=8
@@ -130,22 +140,11 @@ def tcav_scores(layers: list[dict], concept: str, class_name: str, separable: fl
         col=1,
     )
     fig.add_hline(y=separable, line_dash="dot", line_color="#e45756", row=2, col=1)
-    fig.add_annotation(
-        x=1,
-        xref="x2 domain",
-        y=separable,
-        yref="y2",
-        text=f"{separable:.0%}: separable",
-        showarrow=False,
-        xanchor="right",
-        yshift=8,
-        font={"color": "#e45756"},
-    )
     fig.update_xaxes(tickvals=xs, ticktext=names, range=[-0.6, len(xs) - 0.4])
-    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.13], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], row=1, col=1)
     fig.update_yaxes(range=[0, 1], tickformat=".0%", tickvals=[0, 0.5, 1], row=2, col=1)
     fig.update_layout(
-        height=520,
+        height=560,
         barmode="overlay",
         margin={"l": 10, "r": 10, "t": 40, "b": 40},
         legend={"orientation": "h", "y": -0.12},
