@@ -100,6 +100,33 @@ def test_an_uploaded_concept_with_too_few_images_is_an_error_by_its_name(tab):
     assert tab.button(key="cav_go").disabled  # nothing to test with
 
 
+@pytest.mark.slow
+def test_the_backbone_asks_for_the_class_images(open_page):
+    at = open_page("pages/inside.py")  # the ImageNet backbone
+    at.session_state["inside_tab"] = TAB
+    at.run()
+    assert not at.exception and not at.error, at.exception or [e.value for e in at.error]
+    at.selectbox(key="cav_class").set_value(504).run()  # any of the 1000 classes
+    assert "give images of 'coffee mug' yourself" in at.info[0].value
+    assert at.radio(key="cav_images_kind").value == "A zip of this class's images"
+    assert at.button(key="cav_go").disabled  # until they are given
+
+
+@pytest.mark.slow
+def test_an_opaque_model_says_why_concepts_need_inner_layers():
+    from streamlit.testing.v1 import AppTest
+
+    script = """
+from types import SimpleNamespace
+from ui import concepts_view
+concepts_view.show(SimpleNamespace(opaque_reason="hub-like is an opaque TF Hub module"), "hub:hub-like", None)
+"""
+    at = AppTest.from_string(script).run()
+    assert not at.exception, at.exception
+    assert "hub-like is an opaque TF Hub module. A concept test needs the model's inner layers" in at.info[0].value
+    assert not at.get("button")
+
+
 def _layer(name: str, direction: str, separable: bool = True) -> dict:
     return {"layer": name, "direction": direction, "separable": separable}
 

@@ -156,7 +156,12 @@ def _strip(concept: str, model: Explainable) -> bool:
 
 def _class_images(class_name: str, run_source: str) -> str | None:
     """The class's images as a source: the run's data, a labelled dataset, or a zip of just this class."""
-    options = [RUN_DATA, DATASET, CLASS_ZIP] if run_source else [DATASET, CLASS_ZIP]
+    if not run_source:
+        st.info(
+            f"This model comes without its training images here, so give images of {class_name!r} yourself: "
+            f"a zip of them, or a labelled dataset with a folder named exactly {class_name!r}."
+        )
+    options = [RUN_DATA, DATASET, CLASS_ZIP] if run_source else [CLASS_ZIP, DATASET]
     kind = st.radio(
         f"Images of {class_name!r}",
         options,
@@ -164,11 +169,6 @@ def _class_images(class_name: str, run_source: str) -> str | None:
         key="cav_images_kind",
         format_func=lambda o: f"{o} ({sources.source_title(run_source)})" if o == RUN_DATA else o,
     )
-    if not run_source:
-        st.caption(
-            "This model comes without its training images here: give images of the class, a labelled dataset "
-            f"with a folder named exactly {class_name!r}, or a zip of that class's images."
-        )
     if kind == RUN_DATA:
         return run_source
     if kind == DATASET:
