@@ -143,4 +143,7 @@ def test_the_summary_counts_the_layers_that_rely_on_the_concept():
     none = summary({**test, "layers": [_layer("a", "none")]})
     assert none == "No evidence that the model relies on 'mark' for 'circle' at the layer tested."
     lowers = summary({**test, "layers": [_layer("a", "lowers"), _layer("b", "none")]})
-    assert lowers == "'mark' lowers the score of 'circle' at 1 of 2 layers (a)."
+    assert lowers == (
+        "No evidence that the model relies on 'mark' for 'circle' at any of the 2 layers tested. "
+        "'mark' lowers its score at 1 of 2 layers (a)."
+    )

@@ -171,12 +171,13 @@ def _tcav_layer(name: str, significant: bool, separable: bool = True) -> dict:
 def test_tcav_chart_marks_layers_that_are_not_significant():
     layers = [_tcav_layer("early", False, separable=False), _tcav_layer("middle", False), _tcav_layer("late", True)]
     fig = charts.tcav_scores(layers, "mark", "circle", separable=0.7)
-    concept, random, points, random_points, verdicts, accuracy = fig.data
+    significant, not_significant, random, points, random_points, verdicts, accuracy = fig.data
     assert list(verdicts.text) == ["n.s. (not separable)", "n.s.", "p = 0.001"]
-    assert list(verdicts.x) == list(concept.x)  # above the concept's bars
-    assert list(concept.marker.pattern.shape) == ["/", "/", ""]  # hatched unless significant
-    assert concept.marker.color[0] == concept.marker.color[1] != concept.marker.color[2]  # grey unless significant
-    assert list(concept.error_y.array) == [0.04] * 3 and list(random.y) == [0.5] * 3
+    assert sorted(verdicts.x) == sorted([*significant.x, *not_significant.x])  # above the concept's bars
+    assert list(significant.x) == [2 - 0.19] and len(not_significant.x) == 2
+    assert not_significant.marker.pattern.shape == "/" and not significant.marker.pattern.shape  # hatched if n.s.
+    assert not_significant.marker.color != significant.marker.color and "n.s." in not_significant.name
+    assert list(not_significant.error_y.array) == [0.04] * 2 and list(random.y) == [0.5] * 3
     assert len(points.y) == len(random_points.y) == 9  # each CAV's score as a point
     assert all(abs(x - round(x)) < 0.4 for x in points.x)  # each near its own layer
     assert list(fig.layout.xaxis2.ticktext) == ["early", "middle", "late"]

@@ -227,22 +227,22 @@ def _run(model: Explainable, concept: str, class_name: str, images: str, layers:
 
 
 def summary(result: dict) -> str:
-    """One sentence on the whole test: at how many of the layers the class relies on the concept."""
+    """The whole test in a sentence (at how many layers the class relies on the concept), then any layers where
+    the concept lowers the score, and any that cannot tell it from random images."""
     layers, concept, name = result["layers"], repr(result["concept"]), repr(result["class_name"])
     n = len(layers)
     of = f"of {n} layer{'s' if n != 1 else ''}"
     raises = [r["layer"] for r in layers if r["direction"] == "raises"]
     lowers = [r["layer"] for r in layers if r["direction"] == "lowers"]
     blind = [r["layer"] for r in layers if not r["separable"]]
-    parts = []
     if raises:
         where = "" if len(raises) == n else f" ({', '.join(raises)})"
-        parts.append(f"The model relies on {concept} for {name} at {len(raises)} {of}{where}.")
-    if lowers:
-        parts.append(f"{concept} lowers the score of {name} at {len(lowers)} {of} ({', '.join(lowers)}).")
-    if not parts:
+        parts = [f"The model relies on {concept} for {name} at {len(raises)} {of}{where}."]
+    else:
         tested = "the layer tested" if n == 1 else f"any of the {n} layers tested"
-        parts.append(f"No evidence that the model relies on {concept} for {name} at {tested}.")
+        parts = [f"No evidence that the model relies on {concept} for {name} at {tested}."]
+    if lowers:
+        parts.append(f"{concept} lowers its score at {len(lowers)} {of} ({', '.join(lowers)}).")
     if blind:
         parts.append(f"{len(blind)} {of} cannot tell {concept} from random images ({', '.join(blind)}).")
     return " ".join(parts)

@@ -19,6 +19,12 @@ def _jitter(count: int, spread: float = 0.08) -> list[float]:
     return [spread * (2 * k / (count - 1) - 1) for k in range(count)]
 
 
+def _verdict(r: dict) -> str:
+    if not r["significant"]:
+        return "n.s." if r["separable"] else "n.s. (not separable)"
+    return "p < 0.001" if r["p_corrected"] < 0.001 else f"p = {r['p_corrected']:.2g}"
+
+
 def tcav_scores(layers: list[dict], concept: str, class_name: str, separable: float = 0.7) -> go.Figure:
     """Per layer, in network order: the concept CAVs' TCAV score beside random CAVs'; below, CAV accuracy.
 
@@ -43,28 +49,28 @@ def tcav_scores(layers: list[dict], concept: str, class_name: str, separable: fl
             f"CAV accuracy on held-out images (under {separable:.0%}, red line: cannot tell the concept from random)",
         ),
     )
-    colours = [CONCEPT_COLOUR if r["significant"] else NOT_SIGNIFICANT_COLOUR for r in layers]
-    labels = [
-        f"p = {r['p_corrected']:.2g}" if r["significant"] else ("n.s." if r["separable"] else "n.s. (not separable)")
-        for r in layers
-    ]
-    fig.add_trace(
-        go.Bar(
-            x=[x - SHIFT for x in xs],
-            y=[r["score_mean"] for r in layers],
-            width=WIDTH,
-            error_y={"type": "data", "array": [r["score_std"] for r in layers], "color": "#333"},
-            marker={
-                "color": colours,
-                "pattern": {"shape": ["" if r["significant"] else "/" for r in layers], "fgcolor": "#666"},
-            },
-            name=f"{concept!r} CAVs",
-            customdata=[[n, lab] for n, lab in zip(names, labels, strict=True)],
-            hovertemplate="%{customdata[0]}<br>TCAV %{y:.0%} (mean)<br>%{customdata[1]}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+    labels = [_verdict(r) for r in layers]
+    for significant in (True, False):  # two traces, so the legend shows both looks
+        picked = [k for k, r in enumerate(layers) if bool(r["significant"]) == significant]
+        if not picked:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=[xs[k] - SHIFT for k in picked],
+                y=[layers[k]["score_mean"] for k in picked],
+                width=WIDTH,
+                error_y={"type": "data", "array": [layers[k]["score_std"] for k in picked], "color": "#333"},
+                marker={
+                    "color": CONCEPT_COLOUR if significant else NOT_SIGNIFICANT_COLOUR,
+                    "pattern": {"shape": "" if significant else "/", "fgcolor": "#666"},
+                },
+                name=f"{concept!r} CAVs" + ("" if significant else ": not significant (n.s.)"),
+                customdata=[[names[k], labels[k]] for k in picked],
+                hovertemplate="%{customdata[0]}<br>TCAV %{y:.0%} (mean)<br>%{customdata[1]}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     fig.add_trace(
         go.Bar(
             x=[x + SHIFT for x in xs],
