@@ -24,7 +24,7 @@ from engine.explain import activations as acts_mod
 from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
 from engine.model.explainable import list_runs
 from engine.runs import RunError, is_imported, open_run
-from ui import cached, channels_view, router, widgets
+from ui import cached, channels_view, concepts_view, router, widgets
 
 router.ensure_routed()
 
@@ -149,7 +149,7 @@ right.dataframe(
 if model.opaque_reason:
     st.warning(f"{model.opaque_reason}. Layer views and CAMs need inner layers; input attributions and occlusion work.")
 
-tab_layers, tab_filters, tab_walk, tab_channels, tab_cam, tab_trust = st.tabs(
+tab_layers, tab_filters, tab_walk, tab_channels, tab_cam, tab_trust, tab_concepts = st.tabs(
     [
         "🧱 Layers & feature maps",
         "🎛️ First-layer filters",
@@ -157,6 +157,7 @@ tab_layers, tab_filters, tab_walk, tab_channels, tab_cam, tab_trust = st.tabs(
         "🧩 Channels",
         "🔥 Where it looked",
         "✅ Trust",
+        "💡 Concepts",
     ],
     key="inside_tab",
     on_change="rerun",  # only the open tab computes
@@ -255,6 +256,10 @@ with tab_walk:
 with tab_channels:
     if tab_channels.open and not model.opaque_reason:
         channels_view.show(model, x, rgb, top, probs, run_path)
+
+with tab_concepts:
+    if tab_concepts.open:
+        concepts_view.show(model, model_key, run_path)
 
 
 def expected(method: str, layer: str | None) -> float:

@@ -219,3 +219,36 @@ def test_the_health_tab_shows_suspect_images_with_their_maps(server, tmp_path):
         assert all(images.nth(k).evaluate("img => img.naturalWidth > 0") for k in range(images.count()))
         assert page.get_by_role("button", name="✏️ Relabel").count() == min(cards.count(), 5)
         browser.close()
+
+
+def test_a_concept_test_on_a_marked_run(server, tmp_path, monkeypatch):
+    """Inside the network → Concepts on a tiny run whose circles carry a mark: run the test, see the chart drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from engine import runs
+    from engine.config import DataConfig, TrainConfig
+    from engine.training import fit
+
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(RUNS["dir"]))
+    data = DataConfig(source="shapes:per_class=12,classes=3,size=64,mark=0", image_size=96)  # marked circles
+    config = TrainConfig(data=data, epochs=2)
+    run = runs.create("marked-run", backbone=config.backbone, mode="feature")
+    assert fit.train(config, run)["status"] == "finished"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 2600})
+        page.goto(server + "/inside?run=marked-run")
+        page.get_by_role("tab", name="💡 Concepts").click()
+        page.get_by_text("of the concept's 50 images").wait_for(timeout=180_000)
+        assert page.get_by_role("combobox", name="Class").input_value() == "circle"  # the marked class
+        cavs = page.get_by_role("spinbutton", name="CAVs each way")
+        cavs.fill("2")
+        cavs.press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Run the concept test").click()
+        page.get_by_text("relies on 'mark' for 'circle' at", exact=False).first.wait_for(timeout=180_000)
+        chart = page.locator('[data-testid="stPlotlyChart"]')
+        chart.get_by_text("TCAV score", exact=False).wait_for(timeout=60_000)  # drawn by plotly.js
+        assert chart.locator(".point").count() >= 3 * 2  # bars per layer: the concept's and random
+        page.screenshot(path=str(tmp_path / "concepts.png"), full_page=True)
+        browser.close()

@@ -150,3 +150,37 @@ def test_train_page_live_chart_spans_the_epochs_done_with_early_stopping(open_pa
     finally:
         release.set()
         registry.wait(job.id, 30)
+
+
+def _tcav_layer(name: str, significant: bool, separable: bool = True) -> dict:
+    return {
+        "layer": name,
+        "scores": [0.9, 0.8, 0.85],
+        "random_scores": [0.4, 0.6, 0.5],
+        "score_mean": 0.85,
+        "score_std": 0.04,
+        "random_mean": 0.5,
+        "random_std": 0.08,
+        "p_corrected": 0.001 if significant else 0.4,
+        "significant": significant,
+        "separable": separable,
+        "cav_accuracy": 0.95 if separable else 0.55,
+    }
+
+
+def test_tcav_chart_marks_layers_that_are_not_significant():
+    layers = [_tcav_layer("early", False, separable=False), _tcav_layer("middle", False), _tcav_layer("late", True)]
+    fig = charts.tcav_scores(layers, "mark", "circle", separable=0.7)
+    significant, not_significant, random, points, random_points, verdicts, accuracy = fig.data
+    assert list(verdicts.text) == ["n.s. (not separable)", "n.s.", "p = 0.001"]
+    assert sorted(verdicts.x) == sorted([*significant.x, *not_significant.x])  # above the concept's bars
+    assert list(significant.x) == [2 - 0.19] and len(not_significant.x) == 2
+    assert not_significant.marker.pattern.shape == "/" and not significant.marker.pattern.shape  # hatched if n.s.
+    assert not_significant.marker.color != significant.marker.color and "n.s." in not_significant.name
+    assert list(not_significant.error_y.array) == [0.04] * 2 and list(random.y) == [0.5] * 3
+    assert len(points.y) == len(random_points.y) == 9  # each CAV's score as a point
+    assert all(abs(x - round(x)) < 0.4 for x in points.x)  # each near its own layer
+    assert list(fig.layout.xaxis2.ticktext) == ["early", "middle", "late"]
+    assert "cannot tell it from random" in accuracy.text[0] and accuracy.text[2] == "95%"
+    lines = {(s.y0, s.yref) for s in fig.layout.shapes}
+    assert (0.5, "y") in lines and (0.7, "y2") in lines  # chance, and the separability threshold

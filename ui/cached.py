@@ -12,7 +12,7 @@ import streamlit as st
 
 from engine import backbones
 from engine.data import report, sources
-from engine.explain import Explainable, checks
+from engine.explain import Explainable, checks, concepts
 from engine.health.explain import head_model
 from engine.model.classifier import ImageNetClassifier
 from engine.samples import sample_photo
@@ -103,6 +103,13 @@ def probe_images(size: int) -> np.ndarray:
     items = balanced_sample(shapes.items, max(1, 12 // len(shapes.classes)))[:12]
     photos += [load_item(shapes, item) for item in items]
     return np.stack([imaging.resize(rgb, size) for rgb in photos]).astype(np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def concept_strip(source: str, size: int, policy: str, count: int = 8) -> tuple[np.ndarray, int, int]:
+    """The first `count` images of a concept set, (k, size, size, 3) uint8; the set's size; its unreadable files."""
+    found = concepts.load_set(source, size, policy)
+    return found.images[:count].astype(np.uint8), len(found.images), found.skipped
 
 
 @st.cache_resource(show_spinner=False)

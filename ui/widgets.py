@@ -111,24 +111,11 @@ def dataset_picker(key: str = "data") -> str | None:
         )
         return sources.shapes_source(config)
     if kind == DATA_KINDS[1]:
-        limit = settings.max_archive_bytes() // 2**20
-        upload = st.file_uploader(
+        return archive_upload(
             "A .zip (or .tar.gz) with one folder per class",
-            type=["zip", "tar", "gz", "tgz", "bz2", "xz"],
-            key=f"{key}_upload",
-            max_upload_size=limit,
-            help=f"Up to {limit} MB. Unsafe members (../ paths, links) are rejected; images are checked by content.",
+            f"{key}_upload",
+            "Upload an archive like `pets.zip` → `cats/*.jpg`, `dogs/*.jpg` (one wrapping folder is fine).",
         )
-        if upload is None:
-            st.info("Upload an archive like `pets.zip` → `cats/*.jpg`, `dogs/*.jpg` (one wrapping folder is fine).")
-            return None
-        try:
-            path = sources.save_upload(upload.name, upload.getvalue())
-        except ConvScopeError as exc:
-            st.error(path_free(str(exc)))
-            return None
-        state.set_display_name(str(path), upload.name)
-        return str(path)
     if kind == DATA_KINDS[2]:
         folders = sources.server_folders()
         if not folders:
@@ -155,6 +142,31 @@ def dataset_picker(key: str = "data") -> str | None:
             return None
         st.session_state[f"{key}_tfds_loaded"] = source
     return source
+
+
+def archive_upload(label: str, key: str, hint: str) -> str | None:
+    """An uploaded archive kept in the cache (named by content): its path as a source, or None (`hint` shown).
+
+    Its file name becomes the source's display name; errors (not an archive, too large) are shown.
+    """
+    limit = settings.max_archive_bytes() // 2**20
+    upload = st.file_uploader(
+        label,
+        type=["zip", "tar", "gz", "tgz", "bz2", "xz"],
+        key=key,
+        max_upload_size=limit,
+        help=f"Up to {limit} MB. Unsafe members (../ paths, links) are rejected; images are checked by content.",
+    )
+    if upload is None:
+        st.info(hint)
+        return None
+    try:
+        path = sources.save_upload(upload.name, upload.getvalue())
+    except ConvScopeError as exc:
+        st.error(path_free(str(exc)))
+        return None
+    state.set_display_name(str(path), upload.name)
+    return str(path)
 
 
 def folder_label(folder: Path) -> str:

@@ -11,6 +11,7 @@ from engine.charts.colours import (
     class_colours,
     hue,
 )
+from engine.charts.concepts import tcav_scores
 from engine.charts.data import class_balance_bar, feature_scatter, read_knn, size_scatter
 from engine.charts.evaluation import confusion_grid, confusion_matrix, per_class_bars, reliability_diagram, topk_bar
 from engine.charts.imported import convention_accuracy
@@ -51,6 +52,7 @@ __all__ = [
     "reliability_diagram",
     "runs_curves",
     "size_scatter",
+    "tcav_scores",
     "topk_bar",
     "training_curves",
     "what_changed",

@@ -101,7 +101,7 @@ def load_set(
         images, skipped = _decode(_files(path), size, policy)
     else:
         raise ExplainError(f"{source}: no such folder or archive (or use builtin:mark, builtin:random, ...)")
-    name = path.name.removesuffix(".zip")
+    name = Path(sources.source_title(str(path))).name.removesuffix(".zip")  # an upload: its file name, not its hash
     if len(images) < minimum:
         raise ExplainError(
             f"{source}: {len(images)} readable images ({skipped} unreadable); a concept needs at least {minimum}"
@@ -135,8 +135,8 @@ def random_sets(count: int, per_set: int, size: int, policy: str = "stretch", fo
 def class_set(model: Explainable, class_index: int, source: str, count: int = 100) -> ImageSet:
     """Images of the model's class `class_index`, at most `count` spread evenly.
 
-    From a labelled dataset (its class folder with the class's name), else all of `source` (a folder or
-    archive of that class's images, or a built-in set).
+    From a labelled dataset (its class folder with the class's name, or its only folder), else all of
+    `source` (a folder or archive of that class's images, or a built-in set).
     """
     name = model.labels[class_index]
     dataset = None
@@ -148,9 +148,12 @@ def class_set(model: Explainable, class_index: int, source: str, count: int = 10
     if dataset is None:
         found = load_set(source, model.input_size, model.resize_policy, count=count, minimum=1)
         return ImageSet.of(name, found.images, found.skipped)
-    if name not in dataset.classes:
+    if len(dataset.classes) == 1:
+        label = 0  # one folder: the class's images, whatever the folder is called
+    elif name not in dataset.classes:
         raise ExplainError(f"{source} has no class {name!r}; its classes: {', '.join(dataset.classes)}")
-    label = dataset.classes.index(name)
+    else:
+        label = dataset.classes.index(name)
     items = [item for item in dataset.items if item.label == label]
     if len(items) > count:
         items = [items[int(i)] for i in (np.arange(count) * len(items)) // count]
