@@ -11,6 +11,7 @@ has no backbone blocks, so training starts at a layer (by name or index, those
 of its nested base model listed as "base_model/layer") or at its head.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -344,10 +345,17 @@ with st.expander("Advanced"):
             help="The head trains at the full rate, each block below at this factor of the one above. 1: off.",
         )
     warmup = a2.slider("Warm-up (share of the steps)", 0.0, 0.3, 0.1, 0.05, key="ft_warmup")
+    timeline = a1.checkbox(
+        "Record where it looked, epoch by epoch",
+        True,
+        key="ft_timeline",
+        help="After every epoch, Grad-CAM of the parent's timeline images (or two validation images per class), "
+        "kept with the run and shown below the curves; it costs a few percent of an epoch.",
+    )
 
 
 def _config():
-    return finetune.finetune_config(
+    config = finetune.finetune_config(
         parent,
         unfreeze_from=where,
         epochs=int(epochs),
@@ -359,6 +367,7 @@ def _config():
         preset=st.session_state.get("ft_preset" + k, ""),
         source=source,
     )
+    return replace(config, timeline=bool(timeline))
 
 
 finder_key = (parent.name, first, bn, optimizer, source)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,19 @@ def test_a_reattached_fine_tune_shows_its_own_settings(page, runs_root):
         assert at.select_slider(key="ft_from_parent-run").value == "top"  # the form is filled once, not forced
     finally:
         shutil.rmtree(child.path)
+
+
+def test_the_timeline_can_be_switched_off_for_a_fine_tune(page):
+    at = page(run="parent-run")
+    at.select_slider(key="ft_from_parent-run").set_value("top").run()
+    at.number_input(key="ft_epochs").set_value(1).run()
+    at.checkbox(key="ft_timeline").uncheck().run()
+    at.button(key="ft_start").click().run()
+    assert not at.exception, at.exception
+    job = at.query_params["job"]
+    job = job[0] if isinstance(job, list) else job
+    snap = jobs.registry().wait(job, 300)
+    assert snap["status"] == "finished", snap["reason"]
+    assert runs.Run(Path(snap["run_dir"])).config()["timeline"] is False
+    at.run()
+    assert any("No timeline for this run" in c.value for c in at.caption)
