@@ -42,7 +42,7 @@ def tab(marked_root, monkeypatch, open_page):
 
 
 @pytest.mark.slow
-def test_the_mark_concept_on_the_marked_class(tab):
+def test_the_concept_test_runs_from_the_tab_and_sums_up_per_layer(tab):
     assert tab.selectbox(key="cav_class").value == 0  # the class carrying the mark, from the run's data source
     assert tab.selectbox(key="cav_concept").value == "mark"
     assert len(tab.multiselect(key="cav_layers").value) == 3
@@ -96,7 +96,7 @@ def test_an_uploaded_concept_with_too_few_images_is_an_error_by_its_name(tab):
     tab.file_uploader(key="cav_concept_upload").set_value(("stripes.zip", data.getvalue(), "application/zip")).run()
     assert not tab.exception, tab.exception
     errors = [e.value for e in tab.error]
-    assert errors == ["stripes.zip: 5 readable images (0 unreadable); a concept needs at least 20"], errors
+    assert errors == ["stripes.zip: 5 readable images (0 unreadable); at least 20 are needed for a concept"], errors
     assert tab.button(key="cav_go").disabled  # nothing to test with
 
 

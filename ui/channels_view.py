@@ -177,7 +177,7 @@ def _detail(model, x, rgb, acts, layer: str, channel: int, share: dict, target: 
     )
     d3.metric("Picture", f"{picture.activation:.2f}", help="the channel's mean activation on its own picture")
 
-    run_source = runs.Run(run).config().get("data", {}).get("source") if run else None
+    run_source = (runs.source_of(runs.Run(run).config()) or None) if run else None
     if run and not run_source:
         st.caption(
             "This model came without data of its own (imported): choose a dataset for its channels' top examples, "

@@ -16,7 +16,7 @@ import streamlit as st
 from engine import charts, runs
 from engine.data import sources
 from engine.data.shapes import CONCEPTS, ShapesConfig
-from engine.errors import ConvScopeError
+from engine.errors import ConvScopeError, ExplainError
 from engine.explain import Explainable, concepts
 from ui import cached, widgets
 
@@ -50,14 +50,18 @@ def show(model: Explainable, model_key: str, run: Path | None) -> None:
         st.info(OPAQUE_TEXT.format(reason=model.opaque_reason))
         return
     st.markdown(INTRO)
-    run_source = str(runs.Run(run).config().get("data", {}).get("source") or "") if run else ""
+    run_source = runs.source_of(runs.Run(run).config()) if run else ""
     if st.session_state.get("cav_model_key") != model_key:
         # Another model: its own layers and classes (the old ones may not exist in it).
         st.session_state["cav_model_key"] = model_key
         st.session_state.pop("cav_layers", None)
         st.session_state.pop("cav_class", None)
     # Set when missing: Streamlit also drops a widget's value while its tab is closed.
-    st.session_state.setdefault("cav_layers", concepts.default_layers(model))
+    try:
+        st.session_state.setdefault("cav_layers", concepts.default_layers(model))
+    except ExplainError as exc:  # no spatial layer at all: nothing to test a concept at
+        st.info(str(exc))
+        return
     st.session_state.setdefault("cav_class", _marked_class(run_source, model.labels))
     c1, c2 = st.columns(2)
     with c1:
@@ -78,7 +82,7 @@ def show(model: Explainable, model_key: str, run: Path | None) -> None:
         "Layers",
         model.spatial_layers(),
         key="cav_layers",
-        help="three depths by default: early, middle and the layer Grad-CAM uses",
+        help="three depths over the second half of the network by default, the last the layer Grad-CAM uses",
     )
     count = c2.number_input(
         "CAVs each way",

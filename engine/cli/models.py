@@ -35,7 +35,7 @@ def run_source(args: argparse.Namespace) -> str:
     """The run's own data source; "" for a backbone or a run without data (an imported model may come without)."""
     if not args.run_dir:
         return ""
-    return str(runs.Run(Path(args.run_dir)).config().get("data", {}).get("source") or "")
+    return runs.source_of(runs.Run(Path(args.run_dir)).config())
 
 
 def add_backbones(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from engine.data.layout import is_hidden_name
 from engine.data.pipeline import decoded_batches
 from engine.errors import ConvScopeError, ExplainError
 from engine.model.explainable import Explainable
+from engine.model.memo import Memo
 
 MIN_IMAGES, MAX_IMAGES = 20, 200  # per concept: fewer gives CAVs that change with every random set
 RUNS = 10  # CAVs per layer against different random sets (the paper's minimum)
@@ -74,7 +76,14 @@ def _decode(paths: list[Path], size: int, policy: str) -> tuple[list[np.ndarray]
 
 
 def load_set(
-    source: str, size: int, policy: str = "stretch", count: int | None = None, seed: int = 0, minimum: int = MIN_IMAGES
+    source: str,
+    size: int,
+    policy: str = "stretch",
+    count: int | None = None,
+    seed: int = 0,
+    minimum: int = MIN_IMAGES,
+    limit: int = MAX_IMAGES,
+    what: str = "a concept",
 ) -> ImageSet:
     """A concept's images: `builtin:NAME` (engine.data.shapes.CONCEPTS), a folder (searched through) or an archive.
 
@@ -82,8 +91,8 @@ def load_set(
         source: where the images are.
         size: the model's input size; policy: its resize policy.
         count: images wanted (a built-in set draws this many, default 50; a folder with more gives a seeded
-            sample of this many; default all, up to MAX_IMAGES).
-        minimum: fewer usable images is an error.
+            sample of this many; default all), at most `limit`.
+        minimum: fewer usable images is an error; `what` names the set in that message.
     """
     if source.startswith(BUILTIN):
         name = source[len(BUILTIN) :]
@@ -92,23 +101,28 @@ def load_set(
         except ValueError as exc:
             raise ExplainError(str(exc)) from exc
         return ImageSet.of(name, drawn)
+    wanted = min(count or limit, limit)
     path = Path(source).expanduser()
-    if archive.is_archive(path) and path.is_file():
-        with tempfile.TemporaryDirectory(prefix="convscope-concept-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="convscope-concept-") as tmp:
+        if archive.is_archive(path) and path.is_file():
             archive.extract(path, Path(tmp) / "x")
-            images, skipped = _decode(_files(Path(tmp) / "x"), size, policy)
-    elif path.is_dir():
-        images, skipped = _decode(_files(path), size, policy)
-    else:
-        raise ExplainError(f"{source}: no such folder or archive (or use builtin:mark, builtin:random, ...)")
+            files = _files(Path(tmp) / "x")
+        elif path.is_dir():
+            files = _files(path)
+        else:
+            raise ExplainError(f"{source}: no such folder or archive")
+        # A seeded sample of the files, with room for unreadable ones, is all that is decoded: a folder of
+        # 10,000 images must not be read whole to draw 100.
+        if len(files) > 2 * wanted:
+            files = [files[int(i)] for i in np.sort(np.random.default_rng(seed).choice(len(files), 2 * wanted, False))]
+        images, skipped = _decode(files, size, policy)
     name = Path(sources.source_title(str(path))).name.removesuffix(".zip")  # an upload: its file name, not its hash
     if len(images) < minimum:
         raise ExplainError(
-            f"{source}: {len(images)} readable images ({skipped} unreadable); a concept needs at least {minimum}"
+            f"{source}: {len(images)} readable images ({skipped} unreadable); at least {minimum} are needed for {what}"
         )
-    limit = min(count or MAX_IMAGES, MAX_IMAGES)
-    if len(images) > limit:
-        picks = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+    if len(images) > wanted:
+        picks = np.sort(np.random.default_rng(seed).choice(len(images), wanted, replace=False))
         images = [images[int(i)] for i in picks]
     return ImageSet.of(name, np.stack(images), skipped)
 
@@ -117,17 +131,17 @@ def random_sets(count: int, per_set: int, size: int, policy: str = "stretch", fo
     """`count` different random sets of `per_set` images: built-in photo crops, or draws from `folder`.
 
     Built-in set k is drawn with seed k, so set 0 is the same in every test (the random-vs-random baseline's
-    reference) and the sets are the same from run to run.
+    reference) and the sets are the same from run to run. From a folder, the sets share no image while the
+    folder has enough (count x per_set); beyond that they overlap as little as it allows.
     """
     if not folder:
         drawn = (shapes.concept_images("random", per_set, size, seed=k) for k in range(count))
         return [ImageSet.of(f"random {k}", images) for k, images in enumerate(drawn)]
-    pool = load_set(folder, size, policy, count=MAX_IMAGES * 5, minimum=per_set + 1)
-    if len(pool.images) < per_set + 1:
-        raise ExplainError(f"{folder}: {len(pool.images)} images; the random sets need more than {per_set}")
+    pool = load_set(folder, size, policy, limit=count * per_set, minimum=per_set + 1, what="the random sets")
+    order = np.random.default_rng(0).permutation(len(pool.images))
     out = []
     for k in range(count):
-        picks = np.random.default_rng(k).choice(len(pool.images), per_set, replace=False)
+        picks = np.take(order, np.arange(k * per_set, (k + 1) * per_set), mode="wrap")  # disjoint while they fit
         out.append(ImageSet.of(f"random {k}", pool.images[np.sort(picks)]))
     return out
 
@@ -180,13 +194,27 @@ def default_layers(model: Explainable, count: int = 3) -> list[str]:
 
 
 # ---- the pieces of a test --------------------------------------------------
+# Activations and gradients of image sets are large (100 images x 14x14x480 floats: 38 MB), so they are kept
+# apart from the model's map cache, per model, bounded in bytes: a test reuses them across layers and the
+# next test of the same model (another class or concept) reuses the random sets'.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+KEPT_BYTES = 1 << 30
+
+
+def _kept(model: Explainable) -> Memo:
+    memo = _KEPT.get(model)
+    if memo is None:
+        memo = _KEPT[model] = Memo(max_entries=1000, max_bytes=KEPT_BYTES)
+    return memo
+
+
 def activations(model: Explainable, images: ImageSet, layer: str) -> np.ndarray:
-    """(N, h*w*C) float32 flattened activations, kept in the model's memo per (layer, image set)."""
+    """(N, h*w*C) float32 flattened activations, kept per (model, layer, image set)."""
 
     def compute() -> np.ndarray:
         return model.activations(images.images, layer).reshape(len(images.images), -1)
 
-    return model.memo(("cav-activations", layer, images.key), compute)
+    return _kept(model)(("activations", layer, images.key), compute)
 
 
 def gradients(model: Explainable, images: ImageSet, layer: str, class_index: int) -> np.ndarray:
@@ -197,7 +225,7 @@ def gradients(model: Explainable, images: ImageSet, layer: str, class_index: int
         _, grads, _ = model.compiled.layer_gradients(images.images, layer, [class_index] * len(images.images))
         return grads.reshape(len(images.images), -1).astype(np.float32)
 
-    return model.memo(("cav-gradients", layer, images.key, class_index), compute)
+    return _kept(model)(("gradients", layer, images.key, class_index), compute)
 
 
 def train_cav(positive: np.ndarray, negative: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -225,6 +253,8 @@ def train_cav(positive: np.ndarray, negative: np.ndarray, seed: int = 0) -> tupl
     # direction away from the activation space the gradients live in.
     k = (x @ rows.T).astype(np.float64) / max(float(rows.std()) ** 2, 1e-24)
     values, vectors = np.linalg.eigh(k[fit])
+    if values.max() <= 0:  # every activation zero (a dead layer): no direction to find
+        return np.zeros(x.shape[1], np.float32), 0.5
     keep = values > values.max() * 1e-6  # float32 dot products: smaller eigenvalues are rounding noise
     project = vectors[:, keep] / np.sqrt(values[keep])  # (n_fit, r): K @ project = coordinates in the span
     z = k @ project

@@ -15,8 +15,10 @@ class Memo:
     deterministic, so either answer is right); the cache itself is never corrupted.
     """
 
-    def __init__(self, max_entries: int = 96) -> None:
+    def __init__(self, max_entries: int = 96, max_bytes: int | None = None) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes  # also bounded by the values' size (NumPy arrays' nbytes), when given
+        self._bytes = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -37,11 +39,20 @@ class Memo:
         value = compute()  # outside the lock: a slow method must not block other sessions
         with self._lock:
             self.misses += 1
+            if key in self._items:
+                self._bytes -= _size(self._items[key])
             self._items[key] = value
+            self._bytes += _size(value)
             self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            while len(self._items) > self.max_entries or (
+                self.max_bytes is not None and self._bytes > self.max_bytes and len(self._items) > 1
+            ):
+                self._bytes -= _size(self._items.popitem(last=False)[1])
         return value
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _size(value: Any) -> int:
+    return int(getattr(value, "nbytes", 0))

@@ -43,6 +43,7 @@ from engine.runs.folder import (
     is_imported,
     resize_policy_of,
     same_files,
+    source_of,
     split_seed_of,
     splits_of,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "same_files",
     "rename",
     "runs_root",
+    "source_of",
     "split_seed_of",
     "splits_of",
     "summary",

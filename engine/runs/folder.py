@@ -291,6 +291,11 @@ def planned_epochs(config: dict) -> int | None:
     return int(config["epochs"]) + int((config.get("finetune") or {}).get("parent_epochs", 0))
 
 
+def source_of(config: dict) -> str:
+    """The data source a run trained on, from its config.json; "" when it has none (an import without data)."""
+    return str((config.get("data") or {}).get("source") or "")
+
+
 def split_seed_of(config: dict) -> int:
     """The seed a run split its data with, from its config.json: a fine-tune keeps its parent's ("split_seed")."""
     return int(config.get("split_seed", config.get("seed", 0)))
