@@ -40,6 +40,8 @@ def test_two_images_per_class_from_validation_seeded():
     assert picked == choose(splits, seed=3), "the same seed picks the same images"
     assert any(choose(splits, seed=s) != picked for s in range(4, 12)), "the seed matters"
     assert [i.label for i in choose({"validation": [], "test": items([1, 1, 1])}, 0)] == [1, 1], "falls back to test"
+    many = choose({"validation": items(list(range(30)) * 2)}, 0)  # 30 classes: one each, the first 16
+    assert [i.label for i in many] == list(range(16))
 
 
 def test_stored_epochs_load_stacked_and_cut_after(tmp_path):

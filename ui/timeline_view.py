@@ -59,11 +59,11 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
     try:
         stamp = _stamp(run_dir)
         tl = _load(str(run_dir), stamp)
+        best = runs.Run(run_dir).metrics().get("best_epoch")
     except (OSError, ValueError, reader.NoTimeline) as exc:  # a file being replaced as it is read: next redraw
         st.caption(f"The timeline could not be read just now ({type(exc).__name__}).")
         return
     st.caption(EXPLAINED)
-    best = runs.Run(run_dir).metrics().get("best_epoch")
     if best is not None and best < int(tl.epochs[-1]):
         st.caption(f"Early stopping kept the weights of epoch {best}: the saved model looks as it did then.")
     epochs = [int(e) for e in tl.epochs]
@@ -71,7 +71,11 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
     if len(epochs) > 1:
         epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=f"{key}_timeline_epoch")
     index = epochs.index(epoch)
-    tiles = _tiles(str(run_dir), stamp, index)
+    try:
+        tiles = _tiles(str(run_dir), stamp, index)
+    except OSError as exc:  # the run was deleted or restarted while the page showed it
+        st.caption(f"The timeline could not be read just now ({type(exc).__name__}).")
+        return
     cols = st.columns(min(COLUMNS, len(tiles)))
     for k, (tile, cell) in enumerate(zip(tiles, reader.grid(tl, index), strict=True)):
         col = cols[k % len(cols)]

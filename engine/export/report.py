@@ -142,6 +142,10 @@ def _timeline(run: Run, history: dict) -> str:
         f"<p>Grad-CAM at {html.escape(tl.meta['layer'])} of the model being trained, after each epoch, for the same "
         "validation images, at the class it predicted then (green: right, red: wrong).</p>"
     ]
+    best = run.metrics().get("best_epoch")
+    if best is not None and best < int(tl.epochs[-1]):  # as the Train page says it
+        out.append(f"<p class='muted'>Early stopping kept the weights of epoch {best}: the saved model looks as it "
+                   "did then.</p>")  # fmt: skip
     for index in sorted({0, len(tl.epochs) // 2, len(tl.epochs) - 1}):
         cards = [
             f"<figure style='width:130px'><img src='{_png(tile)}' alt='epoch {tl.epochs[index]}'><figcaption>"

@@ -140,10 +140,17 @@ def load(run_dir: Path) -> Timeline:
             f"{Path(run_dir).name} has no timeline: it was trained with --no-timeline, before timelines "
             "existed, or no epoch has finished yet"
         )
-    parts = []
+    parts, kept = [], []
     for e in epochs:
-        with np.load(_epoch_file(run_dir, e)) as f:
-            parts.append({k: f[k] for k in f.files})
+        try:
+            with np.load(_epoch_file(run_dir, e)) as f:
+                parts.append({k: f[k] for k in f.files})
+            kept.append(e)
+        except FileNotFoundError:  # a resume cut it after it was listed: the epochs read are still contiguous
+            break
+    if not parts:
+        raise NoTimeline(f"{Path(run_dir).name}: its timeline is being rewritten (a resume); try again")
+    epochs = kept
     return Timeline(
         meta=meta,
         epochs=np.asarray(epochs, dtype=int),

@@ -36,21 +36,25 @@ from engine.runs import timeline as store
 
 CUT = "timeline_cut"  # the identity layer standing for the chosen layer in feature mode (CamPass)
 PER_CLASS = 2  # images per class: enough to see a pattern, few enough for one small batch
+MAX_IMAGES = 16  # in all: 100 classes must not cost 200 backward passes an epoch, nor a 200-tile grid
 
 
 def choose(splits: dict[str, list[Item]], seed: int, per_class: int = PER_CLASS) -> list[Item]:
     """Up to `per_class` images of each class from the validation split (else test, else train), seeded.
 
+    With many classes, one image per class, and at most MAX_IMAGES in all (the first classes).
     Returns the items ordered by class, then by the seeded draw.
     """
     pool = splits.get("validation") or splits.get("test") or splits.get("train") or []
+    if len({item.label for item in pool}) * per_class > MAX_IMAGES:
+        per_class = 1
     order = np.random.default_rng(seed).permutation(len(pool))
     picked: dict[int, list[Item]] = {}
     for i in order:
         item = pool[int(i)]
         if len(picked.setdefault(item.label, [])) < per_class:
             picked[item.label].append(item)
-    return [item for label in sorted(picked) for item in picked[label]]
+    return [item for label in sorted(picked) for item in picked[label]][:MAX_IMAGES]
 
 
 def spatial_layer(model, backbone: str) -> str | None:
