@@ -346,7 +346,7 @@ with st.expander("Advanced"):
         )
     warmup = a2.slider("Warm-up (share of the steps)", 0.0, 0.3, 0.1, 0.05, key="ft_warmup")
     timeline = a1.checkbox(
-        "Record where it looked, epoch by epoch",
+        "Record where it looked",
         True,
         key="ft_timeline",
         help="After every epoch, Grad-CAM of the parent's timeline images (or two validation images per class), "

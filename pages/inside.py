@@ -23,7 +23,7 @@ from engine.explain import (
 from engine.explain import activations as acts_mod
 from engine.explain.overlay import COLORMAPS, colour_bar, overlay, to_png
 from engine.model.explainable import list_runs
-from engine.runs import RunError, is_imported, open_run
+from engine.runs import RunError, is_imported, open_run, source_of
 from ui import cached, channels_view, concepts_view, router, widgets
 
 router.ensure_routed()
@@ -81,10 +81,10 @@ with st.sidebar:
     wanted = st.query_params.get("run")  # from the Train page's "Look inside this model"
     if wanted and st.session_state.get("inside_wanted") != wanted:
         st.session_state.update(inside_wanted=wanted, inside_kind="Trained run")
-        if str(run_config(wanted).get("data", {}).get("source", "")).startswith("shapes"):
+        if source_of(run_config(wanted)).startswith("shapes"):
             st.session_state["inside_img_source"] = "Shapes image"  # show it what it was trained on
     kind = st.radio("Model", ["ImageNet backbone", "Trained run"], key="inside_kind", label_visibility="collapsed")
-    model, model_key, run_mode, run_path = None, "", "", None
+    model, model_key, run_mode, run_path, run_data = None, "", "", None, ""
     try:
         if kind == "ImageNet backbone":
             name = widgets.imagenet_backbone_picker("inside_backbone")
@@ -109,12 +109,14 @@ with st.sidebar:
                 model_key = f"run:{run.name}:{mtime}"
                 config = run_config(run.name)
                 run_mode = str(config.get("mode", ""))
+                run_data = source_of(config)
                 if run_mode == "imported":
                     st.caption(imported_text(config))
     except ConvScopeError as exc:
         st.error(str(exc))
 
-picked = widgets.image_picker("inside_img")
+# A run trained on a shapes set (a watermarked one, say) picks its images from that set, not the default one.
+picked = widgets.image_picker("inside_img", run_data if run_data.startswith("shapes") else None)
 if model is None:
     st.info("Pick a model in the sidebar to look inside.")
     st.stop()

@@ -204,7 +204,7 @@ def setup_form() -> tuple[TrainConfig, int] | None:
             )
         seed = st.number_input("Seed", 0, 10_000, data.seed, key="train_seed")
         timeline = st.checkbox(
-            "Record where it looked, epoch by epoch",
+            "Record where it looked",
             True,
             key="train_timeline",
             help="After every epoch, Grad-CAM of two validation images per class, kept with the run and shown "

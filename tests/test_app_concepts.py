@@ -4,7 +4,7 @@ and its one-sentence summary."""
 import pytest
 
 from conftest import runs_dir_set
-from ui.concepts_view import summary
+from engine.explain.concepts import summary
 
 TAB = "💡 Concepts"
 MARKED = "shapes:per_class=12,classes=3,size=64,mark=0"  # class 0 (circle) carries the watermark

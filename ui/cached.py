@@ -113,9 +113,9 @@ def concept_strip(source: str, size: int, policy: str, count: int = 8) -> tuple[
 
 
 @st.cache_resource(show_spinner=False)
-def builtin_shapes():
-    """The default shapes set (generated once per cache folder), for picking test images."""
-    return sources.open_dataset(sources.DEFAULT_SOURCE)
+def builtin_shapes(source: str = sources.DEFAULT_SOURCE):
+    """A shapes set (the default one, or a run's), generated once per cache folder, for picking test images."""
+    return sources.open_dataset(source)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -35,7 +35,13 @@ INTRO = (
     "stripes, a background. At each layer a linear classifier (a *concept activation vector*, CAV) separates "
     "the concept's activations from random images'; the *TCAV score* is the share of the class's images whose "
     "class score rises along that direction. Random directions give scores too, so the test compares "
-    "several concept CAVs with as many random ones (a t-test, corrected for the number of layers)."
+    "several concept CAVs with as many random ones (a t-test, corrected for the number of layers). "
+    "Grad-CAM answers another question, where one image's score comes from: a model can look at the shape "
+    "and still score higher wherever the concept is, which only this test shows."
+)
+ALL_OR_NOTHING = (
+    "At {layers}, only pooling and the classifier's head follow, so the class score's gradient is the same "
+    "for every image: each direction scores 0% or 100%, and the random baseline's spread is large."
 )
 OPAQUE_TEXT = (
     "{reason}. A concept test needs the model's inner layers: a concept is a direction among a layer's "
@@ -54,8 +60,8 @@ def show(model: Explainable, model_key: str, run: Path | None) -> None:
     if st.session_state.get("cav_model_key") != model_key:
         # Another model: its own layers and classes (the old ones may not exist in it).
         st.session_state["cav_model_key"] = model_key
-        st.session_state.pop("cav_layers", None)
-        st.session_state.pop("cav_class", None)
+        for name in ("cav_layers", "cav_class", "cav_images_kind", "cav_random_kind"):
+            st.session_state.pop(name, None)
     # Set when missing: Streamlit also drops a widget's value while its tab is closed.
     try:
         st.session_state.setdefault("cav_layers", concepts.default_layers(model))
@@ -230,30 +236,8 @@ def _run(model: Explainable, concept: str, class_name: str, images: str, layers:
     return {**test.to_json(), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def summary(result: dict) -> str:
-    """The whole test in a sentence (at how many layers the class relies on the concept), then any layers where
-    the concept lowers the score, and any that cannot tell it from random images."""
-    layers, concept, name = result["layers"], repr(result["concept"]), repr(result["class_name"])
-    n = len(layers)
-    of = f"of {n} layer{'s' if n != 1 else ''}"
-    raises = [r["layer"] for r in layers if r["direction"] == "raises"]
-    lowers = [r["layer"] for r in layers if r["direction"] == "lowers"]
-    blind = [r["layer"] for r in layers if not r["separable"]]
-    if raises:
-        where = "" if len(raises) == n else f" ({', '.join(raises)})"
-        parts = [f"The model relies on {concept} for {name} at {len(raises)} {of}{where}."]
-    else:
-        tested = "the layer tested" if n == 1 else f"any of the {n} layers tested"
-        parts = [f"No evidence that the model relies on {concept} for {name} at {tested}."]
-    if lowers:
-        parts.append(f"{concept} lowers its score at {len(lowers)} {of} ({', '.join(lowers)}).")
-    if blind:
-        parts.append(f"{len(blind)} {of} cannot tell {concept} from random images ({', '.join(blind)}).")
-    return " ".join(parts)
-
-
 def _result(result: dict) -> None:
-    text = summary(result)
+    text = concepts.summary(result)
     if any(r["direction"] == "raises" for r in result["layers"]):
         st.success(text)
     else:
@@ -264,6 +248,9 @@ def _result(result: dict) -> None:
         key="cav_chart",
     )
     st.markdown("\n".join(f"- {r['meaning']}" for r in result["layers"]))
+    flat = [r["layer"] for r in result["layers"] if set(r["random_scores"]) <= {0.0, 1.0}]
+    if flat:
+        st.caption(ALL_OR_NOTHING.format(layers=", ".join(flat)))
     used = result["images"]
     c1, c2 = st.columns([4, 1])
     c1.caption(

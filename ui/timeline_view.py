@@ -51,10 +51,13 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
     """The section for the run in `run_dir`; a caption when it recorded none. `key` keeps widgets apart."""
     st.subheader("Where it looked, epoch by epoch")
     if not store.has_timeline(run_dir):
-        st.caption(
-            "No timeline for this run: it was trained with the timeline off, before timelines existed, "
-            "or its first epoch is still running."
-        )
+        run = runs.Run(run_dir)
+        if run.config().get("timeline") is False:
+            st.caption("No timeline for this run: it was trained with the timeline switched off.")
+        elif run.status().get("status") in runs.ACTIVE:
+            st.caption("No timeline yet: the maps appear here after the first epoch.")
+        else:
+            st.caption("No timeline for this run: trained before timelines existed, or ended in its first epoch.")
         return
     try:
         stamp = _stamp(run_dir)

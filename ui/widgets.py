@@ -203,7 +203,7 @@ IMAGE_SOURCES = ("Sample photo", "Shapes image", "Upload")
 HANDED_OFF = "Handed off"  # the image another page sent (state.set_inspect_image)
 
 
-def image_picker(key: str = "img") -> tuple[str, np.ndarray, list[int] | None] | None:
+def image_picker(key: str = "img", shapes: str | None = None) -> tuple[str, np.ndarray, list[int] | None] | None:
     """One image to look at: (name, (H, W, 3) uint8, object box or None); None until chosen.
 
     An image handed over by another page (Predict's "Explain this prediction")
@@ -229,13 +229,13 @@ def image_picker(key: str = "img") -> tuple[str, np.ndarray, list[int] | None] |
         return SAMPLE_PHOTOS[name], cached.sample(name), None
     if source == IMAGE_SOURCES[1]:
         with st.spinner("Preparing the shapes set…"):
-            shapes = cached.builtin_shapes()
+            data = cached.builtin_shapes(shapes or sources.DEFAULT_SOURCE)
         c1, c2 = st.columns(2)
-        cls = c1.selectbox("Shape", shapes.classes, key=f"{key}_shape")
-        items = [i for i in shapes.items if shapes.classes[i.label] == cls]
-        k = c2.number_input("Index", 0, len(items) - 1, 0, key=f"{key}_shape_index")
+        cls = c1.selectbox("Shape", data.classes, key=f"{key}_shape")
+        items = [i for i in data.items if data.classes[i.label] == cls]
+        k = c2.number_input("Index", 0, len(items) - 1, 0, key=f"{key}_shape_index_{len(items)}")
         item = items[int(k)]
-        return item.rel, load_item(shapes, item), (shapes.boxes or {}).get(item.rel)
+        return item.rel, load_item(data, item), (data.boxes or {}).get(item.rel)
     upload = st.file_uploader(
         "An image (JPEG, PNG, GIF, BMP, TIFF, WebP)",
         key=f"{key}_upload",

@@ -41,13 +41,16 @@ def cmd_tcav(args: argparse.Namespace) -> dict:
 
 
 def _print_tcav(result: dict) -> None:
-    print(f"Concept {result['concept']!r} for class {result['class_name']!r} ({result['model']}):")
+    print(concepts.summary(result))
+    print(f"\nConcept {result['concept']!r} for class {result['class_name']!r} ({result['model']}):")
     print(f"{'layer':32} {'CAV acc':>8} {'TCAV':>12} {'random':>12} {'p (corr.)':>10}  verdict")
     for r in result["layers"]:
-        verdict = r["direction"] if r["significant"] else "not significant"
+        verdict = {"raises": "relies on it", "lowers": "lowered by it"}.get(r["direction"], "")
+        verdict = verdict or ("significant, no clear direction" if r["significant"] else "not significant")
         print(
             f"{r['layer']:32} {r['cav_accuracy']:8.0%} {r['score_mean']:6.0%} ±{r['score_std']:4.0%}"
             f" {r['random_mean']:6.0%} ±{r['random_std']:4.0%} {r['p_corrected']:10.2g}  {verdict}"
         )
     for r in result["layers"]:
         print(r["meaning"])
+    print(f"({result['seconds']:.0f} s)")

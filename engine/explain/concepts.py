@@ -322,11 +322,16 @@ class ConceptTest:
         return asdict(self)
 
 
+def p_text(p: float) -> str:
+    """A p-value as a student reads it: "p < 0.001", else two decimals (three under 0.01)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
 def meaning(r: LayerResult, concept: str, class_name: str, tests: int) -> str:
     """One sentence for a student: what the layer's result says."""
     share = f"{r.score_mean:.0%} of {class_name!r} images score higher along {concept!r}"
     against = f"random directions give {r.random_mean:.0%} ± {r.random_std:.0%}"
-    p = f"p = {r.p_corrected:.2g} after Bonferroni over {tests} layer(s)"
+    p = f"{p_text(r.p_corrected)}, corrected for {tests} layer{'s' if tests != 1 else ''}"
     if not r.separable:
         return (
             f"At {r.layer} the layer cannot tell {concept!r} from random images (CAV accuracy {r.cav_accuracy:.0%}), "
@@ -338,7 +343,29 @@ def meaning(r: LayerResult, concept: str, class_name: str, tests: int) -> str:
         return f"At {r.layer}: only {share}, while {against} ({p}): the concept lowers the class score here."
     if r.significant:
         return f"At {r.layer}: {share}; {against} ({p}): different from random, but no clear direction."
-    return f"At {r.layer}: {share}, but {against} ({p}): no evidence that the class relies on the concept here."
+    return f"At {r.layer}: {share}, and {against} ({p}): too close to random to say the class relies on the concept."
+
+
+def summary(result: dict) -> str:
+    """The whole test in a sentence (at how many layers the class relies on the concept), then any layers where
+    the concept lowers the score, and any that cannot tell it from random images."""
+    layers, concept, name = result["layers"], repr(result["concept"]), repr(result["class_name"])
+    n = len(layers)
+    of = f"of {n} layer{'s' if n != 1 else ''}"
+    raises = [r["layer"] for r in layers if r["direction"] == "raises"]
+    lowers = [r["layer"] for r in layers if r["direction"] == "lowers"]
+    blind = [r["layer"] for r in layers if not r["separable"]]
+    if raises:
+        where = "" if len(raises) == n else f" ({', '.join(raises)})"
+        parts = [f"The model relies on {concept} for {name} at {len(raises)} {of}{where}."]
+    else:
+        tested = "the layer tested" if n == 1 else f"any of the {n} layers tested"
+        parts = [f"No evidence that the model relies on {concept} for {name} at {tested}."]
+    if lowers:
+        parts.append(f"{concept} lowers its score at {len(lowers)} {of} ({', '.join(lowers)}).")
+    if blind:
+        parts.append(f"{len(blind)} {of} cannot tell {concept} from random images ({', '.join(blind)}).")
+    return " ".join(parts)
 
 
 def direction(significant: bool, score: float, random_mean: float) -> str:
