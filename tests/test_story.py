@@ -165,7 +165,7 @@ def _story(page, server: str, shot, tmp_path: Path) -> None:
         timeout=2 * MINUTE,
     )
     page.get_by_text("Finished").first.wait_for(timeout=5 * MINUTE)
-    page.get_by_text("Validation accuracy").wait_for()
+    page.get_by_text("Validation accuracy", exact=True).wait_for()
     settle(page)
     shot(page, "train-finished")
 
