@@ -1,0 +1,149 @@
+"""Where a run's time goes: one default feature run and one fine-tune of it, end to end, split by part.
+
+Each part is the wall time spent inside the engine functions named in PARTS, exclusive of the
+parts nested in it (tracing inside the fit counts as tracing, not as fitting), so the parts add up
+to the run. "process start" is a fresh `python -c "import engine.training.fit"` with TensorFlow, as
+a worker pays it before a dashboard run. `--after` also times what runs after the run is marked
+finished (latency, what changed): the work a user does not wait for.
+
+    python bench/fixed_costs.py [--source shapes] [--epochs N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_all import ratio  # noqa: E402
+
+# (part, "module:attribute"): the functions each part's time is spent in.
+PARTS = [
+    ("open data", "engine.training.loop:open_checked"),
+    ("build model", "engine.training.models:build"),
+    ("backbone / boundary pass", "engine.training.feature_cache:clean_features"),
+    ("backbone / boundary pass", "engine.training.feature_cache:augmented_features"),
+    ("backbone / boundary pass", "engine.training.finetune.setup:cached_batches"),
+    ("open data", "engine.training.finetune.setup:open_data"),
+    ("load model", "keras.models:load_model"),
+    ("fit", "keras:Model.fit"),
+    ("timeline", "engine.training.timeline:recorder"),
+    ("timeline", "engine.training.timeline:CamPass.__call__"),
+    ("evaluation", "engine.training.loop:finish"),
+    ("saving", "keras:Model.save"),
+    ("checkpoints", "engine.runs.folder:Run.save_checkpoint"),
+    ("latency", "engine.training.loop:_record_latency"),
+    ("latency", "engine.model.latency:measure_run"),
+    ("what changed (CKA)", "engine.training.changes:what_changed"),
+    ("tracing", "tensorflow.python.eager.polymorphic_function.tracing_compilation:_create_concrete_function"),
+]
+
+
+class Timers:
+    """Exclusive wall time per part: time inside a nested part is charged to it, not to its parent."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.stack: list[list] = []  # [part, started, nested seconds]
+
+    def wrap(self, part: str, fn):
+        def timed(*args, **kwargs):
+            self.stack.append([part, time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                name, t0, nested = self.stack.pop()
+                spent = time.perf_counter() - t0
+                self.seconds[name] += spent - nested
+                if self.stack:
+                    self.stack[-1][2] += spent
+
+        return timed
+
+    def install(self) -> None:
+        for part, where in PARTS:
+            module_name, attribute = where.split(":")
+            owner = importlib.import_module(module_name)
+            *path, name = attribute.split(".")
+            for step in path:
+                owner = getattr(owner, step)
+            setattr(owner, name, self.wrap(part, getattr(owner, name)))
+
+
+def process_start() -> float:
+    """Seconds for a fresh Python to import the training engine (TensorFlow and Keras with it)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import engine.training.fit"], check=True,
+                   cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def profile(name: str, timers: Timers, go) -> dict:
+    """Run `go()` (returns the train result) with fresh timers; its parts and total."""
+    timers.seconds.clear()
+    t0 = time.perf_counter()
+    result = go()
+    total = time.perf_counter() - t0
+    assert result["status"] == "finished", result
+    parts = dict(timers.seconds)
+    parts["other"] = total - sum(parts.values())
+    return {"run": name, "total": total, "parts": parts, "test_accuracy": result.get("test_accuracy")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="shapes")
+    parser.add_argument("--epochs", type=int, default=None, help="the feature run's epochs (default: its preset)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="convscope-bench-"))
+    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start = process_start()
+
+    from engine import runs
+    from engine.config import DataConfig, TrainConfig
+    from engine.jobs import worker
+    from engine.training import finetune, fit
+
+    timers = Timers()
+    timers.install()
+    feature = TrainConfig(data=DataConfig(source=args.source), epochs=args.epochs)
+    parent = runs.create(backbone=feature.backbone, mode="feature")
+    rows = [profile("feature run", timers, lambda: fit.train(feature, parent))]
+    tune = finetune.finetune_config(parent, unfreeze_top=2)  # the top 2 blocks, as bench/finetune.py
+    child = runs.create(backbone=tune.backbone, mode="finetune")
+    rows.append(profile("fine-tune", timers, lambda: _tune(fit, worker, tune, child)))
+
+    names = sorted({p for r in rows for p in r["parts"]}, key=lambda p: -max(r["parts"].get(p, 0) for r in rows))
+    print(f"process start (import the engine with TensorFlow): {start:.2f} s")
+    print(f"{'part':28}" + "".join(f"{r['run']:>16}" for r in rows))
+    for part in names:
+        print(f"{part:28}" + "".join(f"{r['parts'].get(part, 0):16.2f}" for r in rows))
+    print(f"{'total':28}" + "".join(f"{r['total']:16.2f}" for r in rows))
+    if args.json:
+        figures = [ratio(f"{r['run']}: seconds", r["total"]) for r in rows]
+        print(json.dumps({"bench": "fixed_costs", "ratios": figures, "rows": rows, "process_start": start}))
+
+
+def _tune(fit, worker, config, run) -> dict:
+    """A fine-tune as the dashboard's worker runs it: the fit, then what changed."""
+    result = fit.train(config, run)
+    if result["status"] == "finished":
+        worker._what_changed(config, run, lambda **_: None)
+    return result
+
+
+if __name__ == "__main__":
+    main()
