@@ -6,7 +6,8 @@ optimizer and schedule, epochs and seeds, on the same split:
 
 - ours: `engine.training.fit.train` on a fine-tune config, end to end from a
   cold boundary cache (the frozen part's output computed once per image, then
-  only the unfrozen part is fitted), evaluation included;
+  only the unfrozen part is fitted), evaluation included, until the run is
+  marked finished (its latency, measured after that, is not waited for);
 - the Keras recipe (keras-io's fine-tuning examples, the Keras transfer-learning
   guide): `model.fit` on the whole classifier with the top blocks trainable, on
   image batches (decoded once and kept in memory, shuffled each epoch, the
@@ -78,9 +79,10 @@ def ours(config, seed: int, cache: Path) -> tuple[float, float, float]:
         old.unlink()  # cold: the boundary tensors are computed inside the timing
     t0 = time.perf_counter()
     run = runs.create(backbone=config.backbone, mode="finetune")
-    result = fit.train(replace(config, seed=seed), run)
+    done: list[float] = []  # when the run was marked finished: what a user waits for (latency is measured after)
+    result = fit.train(replace(config, seed=seed), run, finished=lambda _result: done.append(time.perf_counter()))
     assert result["status"] == "finished", result["reason"]
-    return time.perf_counter() - t0, result["val_accuracy"], result["test_accuracy"]
+    return done[0] - t0, result["val_accuracy"], result["test_accuracy"]
 
 
 def share_below(parent, config) -> float:
@@ -170,7 +172,7 @@ def main() -> None:
             f"top {top}: test accuracy: parent {result['test_accuracy']:.3f}, fine-tuned (ours, mean) "
             f"{test_ours:.3f}, {100 * (test_ours - result['test_accuracy']):+.1f} points"
         )
-        figures += [ratio(f"top {top}: speed-up over the Keras recipe", speedup),
+        figures += [ratio(f"top {top}: speed-up over the Keras recipe", speedup, ">= 3" if top == 2 else None),
                     ratio(f"top {top}: val accuracy, ours - Keras, points", 100 * (val_ours - val_keras)),
                     ratio(f"top {top}: test accuracy, ours - parent, points",
                           100 * (test_ours - result["test_accuracy"]))]  # fmt: skip

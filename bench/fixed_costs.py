@@ -3,10 +3,12 @@
 Each part is the wall time spent inside the engine functions named in PARTS, exclusive of the
 parts nested in it (tracing inside the fit counts as tracing, not as fitting), so the parts add up
 to the run. "process start" is a fresh `python -c "import engine.training.fit"` with TensorFlow, as
-a worker pays it before a dashboard run. `--after` also times what runs after the run is marked
-finished (latency, what changed): the work a user does not wait for.
+a worker pays it before a dashboard run. "until marked finished" is what a user waits for: latency
+and what changed (CKA) are measured after it, in the worker.
 
     python bench/fixed_costs.py [--source shapes] [--epochs N] [--json]
+
+No targets: it says where to look (issue 25).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run_all import ratio  # noqa: E402
+from run_all import BENCH, ratio  # noqa: E402
 
 # (part, "module:attribute"): the functions each part's time is spent in.
 PARTS = [
@@ -82,21 +84,23 @@ class Timers:
 def process_start() -> float:
     """Seconds for a fresh Python to import the training engine (TensorFlow and Keras with it)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import engine.training.fit"], check=True,
-                   cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", "import engine.training.fit"], check=True, cwd=BENCH.parent, env=env)
     return time.perf_counter() - t0
 
 
 def profile(name: str, timers: Timers, go) -> dict:
-    """Run `go()` (returns the train result) with fresh timers; its parts and total."""
+    """Run `go(finished)` (returns the train result) with fresh timers; its parts, total and wait until finished."""
     timers.seconds.clear()
+    done: list[float] = []
     t0 = time.perf_counter()
-    result = go()
+    result = go(lambda _result: done.append(time.perf_counter()))
     total = time.perf_counter() - t0
     assert result["status"] == "finished", result
     parts = dict(timers.seconds)
     parts["other"] = total - sum(parts.values())
-    return {"run": name, "total": total, "parts": parts, "test_accuracy": result.get("test_accuracy")}
+    waited = done[0] - t0
+    return {"run": name, "total": total, "waited": waited, "parts": parts, "test_accuracy": result.get("test_accuracy")}
 
 
 def main() -> None:
@@ -121,10 +125,10 @@ def main() -> None:
     timers.install()
     feature = TrainConfig(data=DataConfig(source=args.source), epochs=args.epochs)
     parent = runs.create(backbone=feature.backbone, mode="feature")
-    rows = [profile("feature run", timers, lambda: fit.train(feature, parent))]
+    rows = [profile("feature run", timers, lambda finished: fit.train(feature, parent, finished=finished))]
     tune = finetune.finetune_config(parent, unfreeze_top=2)  # the top 2 blocks, as bench/finetune.py
     child = runs.create(backbone=tune.backbone, mode="finetune")
-    rows.append(profile("fine-tune", timers, lambda: _tune(fit, worker, tune, child)))
+    rows.append(profile("fine-tune", timers, lambda finished: _tune(fit, worker, tune, child, finished)))
 
     names = sorted({p for r in rows for p in r["parts"]}, key=lambda p: -max(r["parts"].get(p, 0) for r in rows))
     print(f"process start (import the engine with TensorFlow): {start:.2f} s")
@@ -132,14 +136,15 @@ def main() -> None:
     for part in names:
         print(f"{part:28}" + "".join(f"{r['parts'].get(part, 0):16.2f}" for r in rows))
     print(f"{'total':28}" + "".join(f"{r['total']:16.2f}" for r in rows))
+    print(f"{'until marked finished':28}" + "".join(f"{r['waited']:16.2f}" for r in rows))
     if args.json:
-        figures = [ratio(f"{r['run']}: seconds", r["total"]) for r in rows]
+        figures = [ratio(f"{r['run']}: seconds until finished", r["waited"]) for r in rows]
         print(json.dumps({"bench": "fixed_costs", "ratios": figures, "rows": rows, "process_start": start}))
 
 
-def _tune(fit, worker, config, run) -> dict:
+def _tune(fit, worker, config, run, finished) -> dict:
     """A fine-tune as the dashboard's worker runs it: the fit, then what changed."""
-    result = fit.train(config, run)
+    result = fit.train(config, run, finished=finished)
     if result["status"] == "finished":
         worker._what_changed(config, run, lambda **_: None)
     return result

@@ -32,8 +32,9 @@ QUICK = {
     "evaluate_speed": ["--per-class", "30", "--repeats", "2"],
     "explain_speed": ["--repeats", "3"],
     "export": ["--repeats", "10"],
-    "feature_cache": ["--per-class", "40", "--seeds", "1", "--epochs", "5"],
-    "finetune": ["--tops", "2", "--seeds", "0", "--epochs", "3", "--size", "160"],
+    # the figures are for the default sizes; one seed each
+    "feature_cache": ["--seeds", "1"],
+    "finetune": ["--tops", "2", "--seeds", "0"],
     "import_model": ["--repeats", "1"],
     "probe": ["--per-class", "30"],
     "timeline": ["--epochs", "20"],

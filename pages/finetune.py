@@ -450,6 +450,7 @@ def _panel(job: str) -> None:
         icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
         text = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
         (st.error if snap["status"] == "failed" else st.success)(text)
+        widgets.following_caption(snap)
     if child_config and child_config.finetune:  # what this job really uses, from its run (not the form above)
         with st.container(border=True, key=f"ft_settings_{job}"):
             st.markdown(f"**Settings of this fine-tune** ({snap['id']})")
@@ -469,14 +470,10 @@ def _panel(job: str) -> None:
         key=f"ft_curves_{job}",
     )
     timeline_view.timeline_section(run.path, history, key=f"ft_{job}")
-    seen = st.session_state.setdefault("ft_seen", {})
-    if seen.get(job) in runs.ACTIVE and not active:
-        seen[job] = snap["status"]
-        st.rerun(scope="app")
-    seen[job] = snap["status"]
+    widgets.rerun_when_done(snap, "ft_seen")
 
 
-def _results(parent_run: runs.Run, run: runs.Run) -> None:
+def _results(parent_run: runs.Run, run: runs.Run, following: bool = False) -> None:
     before, after = parent_run.metrics(), run.metrics()
     st.subheader("Before and after")
     cols = st.columns(2)
@@ -490,12 +487,16 @@ def _results(parent_run: runs.Run, run: runs.Run) -> None:
                 else "not measured before fine-tuning (an imported model came without this data's splits)"
             )
             col.metric(label, f"{after[key]:.1%}", delta, help=was)
-    with st.spinner("Measuring what changed in each block…"):
-        try:
-            changed = changes.what_changed(parent_run, run)
-        except (ConvScopeError, OSError) as exc:
-            changed = None
-            st.error(widgets.path_free(str(exc)))
+    changed = None
+    if following and not (run.path / "changes.json").is_file():
+        # the worker measures it right after the run finished: not twice, and not in the server
+        st.info("⏳ Measuring what changed in each block, in the background: it shows here when done.")
+    else:
+        with st.spinner("Measuring what changed in each block…"):
+            try:
+                changed = changes.what_changed(parent_run, run)
+            except (ConvScopeError, OSError) as exc:
+                st.error(widgets.path_free(str(exc)))
     if changed:
         st.markdown("**What changed, block by block**")
         st.plotly_chart(charts.what_changed(changed["blocks"]), width="stretch", key="ft_changed")
@@ -580,9 +581,8 @@ def _pointing(parent_run: runs.Run, run: runs.Run) -> None:
 
 if job_id:
     snap = widgets.job_snapshot(job_id)
-    active = bool(snap and snap["status"] in runs.ACTIVE)
-    st.fragment(_panel, run_every=1.0 if active else None)(job_id)
+    st.fragment(_panel, run_every=1.0 if widgets.job_live(snap) else None)(job_id)
     if snap and snap["status"] == "finished" and child is not None:
         parent_of_child = child.parent
         if parent_of_child is not None:
-            _results(parent_of_child, child)
+            _results(parent_of_child, child, bool(snap.get("following")))

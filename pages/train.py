@@ -313,6 +313,7 @@ def job_panel(job_id: str) -> None:
         icon = {"finished": "✅", "stopped": "⏹", "failed": "❌"}.get(snap["status"], "")
         message = f"{icon} {snap['status'].capitalize()}" + (f": {snap['reason']}" if snap["reason"] else "")
         (st.error if snap["status"] == "failed" else st.success)(message)
+        widgets.following_caption(snap)
     live = snap["progress"].get("logs") if snap["progress"].get("stage") == "training" and active else None
     # While it runs the curves grow into the planned epochs (with early stopping: into the epochs done and a few
     # more); once it ended, they fill the chart.
@@ -328,12 +329,8 @@ def job_panel(job_id: str) -> None:
         timeline_view.timeline_section(Path(snap["run_dir"]), snap["history"], key=f"train_{job_id}")
     if not active:
         _results(runs.Run(Path(snap["run_dir"])))
-    # When a job ends, refresh the whole page once (the runs table, the form's Start button).
-    seen = st.session_state.setdefault("train_seen_status", {})
-    if seen.get(job_id) in runs.ACTIVE and not active:
-        seen[job_id] = snap["status"]
-        st.rerun(scope="app")
-    seen[job_id] = snap["status"]
+    # When a job ends, and when its follow-up ends, refresh the whole page once (the runs table, the Start button).
+    widgets.rerun_when_done(snap, "train_seen_status")
 
 
 def _results(run: runs.Run) -> None:
@@ -398,9 +395,8 @@ def snap_status(run: runs.Run) -> str:
 
 def show_job(job_id: str) -> None:
     snap = widgets.job_snapshot(job_id)
-    active = bool(snap and snap["status"] in runs.ACTIVE)
-    # Redraw every second while the job is queued or running; a finished job is drawn once.
-    st.fragment(job_panel, run_every=1.0 if active else None)(job_id)
+    # Redraw every second while the job is queued, running or following up; a finished job is drawn once.
+    st.fragment(job_panel, run_every=1.0 if widgets.job_live(snap) else None)(job_id)
 
 
 # ---- the page -----------------------------------------------------------------------

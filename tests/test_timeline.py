@@ -259,3 +259,33 @@ def test_with_early_stopping_the_saved_model_is_the_best_epochs_entry():
     assert best < ran, "early stopping put back an earlier epoch's weights"
     assert store.load(run.path).epochs.tolist() == list(range(1, ran + 1)), "every epoch run is recorded"
     check_last_epoch_is_explain_gradcam(run, epoch=best)
+
+
+@pytest.mark.slow  # trains two feature runs on the tiny shapes
+def test_a_feature_run_takes_the_frozen_activations_from_the_feature_pass_and_then_from_the_cache(monkeypatch):
+    """No new pass over the backbone is traced for the timeline: the first run's come from the features' own
+    traced pass, a second run's from the feature cache; the maps are those of the classifier's own pass."""
+    from engine.model.compiled import CompiledModel
+    from engine.training import timeline
+
+    first = runs.create(backbone="efficientnet_lite0", mode="feature")
+    passes = []
+    real = CompiledModel.activations
+    monkeypatch.setattr(CompiledModel, "activations", lambda self, *a: passes.append(1) or real(self, *a))
+    assert fit.train(feature_config(), first)["status"] == "finished"
+    assert not passes, "the timeline's frozen activations came from the pass that computed the features"
+    kept = {}
+    real_pass = timeline.CamPass.__init__
+
+    def spy(self, classifier, preprocess, layer, images, frozen_below, activations=None):
+        kept["activations"], kept["args"] = activations, (classifier, preprocess, layer, images)
+        real_pass(self, classifier, preprocess, layer, images, frozen_below, activations)
+
+    monkeypatch.setattr(timeline.CamPass, "__init__", spy)
+    second = runs.create(backbone="efficientnet_lite0", mode="feature")
+    assert fit.train(feature_config(), second)["status"] == "finished"
+    assert not passes and kept["activations"] is not None, "read from the feature cache"
+    classifier, preprocess, layer, images = kept["args"]
+    own = CompiledModel(classifier, preprocess).activations(images, layer)
+    np.testing.assert_allclose(kept["activations"], own, rtol=1e-5, atol=1e-5 * float(np.abs(own).max()))
+    np.testing.assert_allclose(store.load(second.path).maps, store.load(first.path).maps, atol=MAP_TOLERANCE)

@@ -184,3 +184,22 @@ def test_lr_finder_and_latency_run_in_worker_processes(runs_dir, monkeypatch):
     assert measured["ms_per_image"] > 0 and latency.saved(parent)["ms_per_image"] == measured["ms_per_image"]
     with pytest.raises(ConvScopeError, match="not a run folder"):
         registry.call("latency", {"run_dir": str(runs_dir / "nothing")})
+
+
+@pytest.mark.slow
+def test_the_page_hears_finished_before_the_latency_and_the_job_waits_for_it(runs_dir):
+    """The run is finished and usable (model saved) while its worker still measures its latency."""
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    job = registry.submit(tiny_config())
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        snap = registry.snapshot(job.id)
+        if snap["status"] not in runs.ACTIVE:
+            seen.append((snap["following"], (job.run.path / "latency.json").is_file()))
+            if not snap["following"]:
+                break
+        time.sleep(0.01)
+    assert seen and seen[0] == ("Measuring its latency", False), seen[:3]
+    assert job.run.status()["status"] == "finished" and job.run.model_file.is_file()
+    assert registry.wait(job.id, 60)["following"] == "" and (job.run.path / "latency.json").is_file()

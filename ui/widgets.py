@@ -265,6 +265,27 @@ def job_snapshot(job_id: str) -> dict | None:
     return run.progress()
 
 
+def job_live(snap: dict | None) -> bool:
+    """Whether a job's panel should redraw itself: queued, running, or finished and following up."""
+    return bool(snap and (snap["status"] in runs.ACTIVE or snap.get("following")))
+
+
+def following_caption(snap: dict) -> None:
+    """Under a finished run: what its worker still measures, which a user need not wait for."""
+    if snap.get("following"):
+        st.caption(f"⏳ {snap['following']}… The run is finished and ready to use; this follows in the background.")
+
+
+def rerun_when_done(snap: dict, key: str) -> None:
+    """Refresh the whole page once when a job ends, and once when its follow-up ends (tables, buttons)."""
+    seen = st.session_state.setdefault(key, {})
+    state = (snap["status"], bool(snap.get("following")))
+    before = seen.get(snap["id"])
+    seen[snap["id"]] = state
+    if isinstance(before, tuple) and before != state and (before[0] in runs.ACTIVE or before[1]):
+        st.rerun(scope="app")
+
+
 def eta_text(seconds: float | None, upper_bound: bool = False) -> str:
     """' · about 2 min 05 s left'; ' · estimating time left…' until the engine has timed a few batches."""
     if seconds is None:

@@ -47,6 +47,8 @@ class _TrainProgress:
             print(fields["message"], file=sys.__stderr__, flush=True)
         elif stage in ("evaluating", "saving"):
             print(f"{stage}…", file=sys.__stderr__, flush=True)
+        elif stage == "follow-up":  # the run is finished and usable; this is what follows
+            print(f"finished; {fields.get('message', '').lower()}…", file=sys.__stderr__, flush=True)
 
 
 def _stop_on_interrupt() -> threading.Event:

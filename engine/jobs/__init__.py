@@ -52,6 +52,8 @@ class Job:
     finished: float | None = None
     device: str = ""
     process: worker.Worker | None = None  # while it runs in a worker process
+    # finished, and its worker still measures what a user does not wait for (latency, what changed)
+    following: str = ""
 
 
 class JobRegistry:
@@ -163,6 +165,7 @@ class JobRegistry:
                 "started": job.started,
                 "finished": job.finished,
                 "device": job.device,
+                "following": job.following,
             }
 
     def active(self) -> list[str]:
@@ -172,10 +175,10 @@ class JobRegistry:
             return running + [j.id for j in self._queue]
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict | None:
-        """Block until the job is no longer queued or running (for the CLI and tests)."""
+        """Block until the job is no longer queued or running, nor following up (for the CLI and tests)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while (job := self._jobs.get(job_id)) is not None and job.status in runs.ACTIVE:
+            while (job := self._jobs.get(job_id)) is not None and (job.status in runs.ACTIVE or job.following):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
@@ -200,7 +203,7 @@ class JobRegistry:
                 job.status, job.started, job.device = "running", time.time(), device
             self._run(job, device)
             with self._lock:
-                job.finished = time.time()
+                job.finished, job.following = time.time(), ""
                 self._wake.notify_all()
             gc.collect()  # a job run in this process (tests): let its models go before the next one
 
@@ -210,10 +213,19 @@ class JobRegistry:
                 if "history" in fields:
                     job.history = fields.pop("history")
                 job.progress.update(fields)
+                if job.following and fields.get("message"):
+                    job.following = fields["message"]
+
+        def finished(result: dict) -> None:
+            """The run is finished and usable: say so now; the worker goes on with latency and what changed."""
+            with self._lock:
+                job.result, job.status, job.reason = result, result["status"], result["reason"]
+                job.history, job.following = result["history"], "Measuring its latency"
+                self._wake.notify_all()
 
         try:
             if self._train is None:
-                result = self._in_worker(job, device, report)
+                result = self._in_worker(job, device, report, finished)
             else:
                 import tensorflow as tf  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
@@ -228,7 +240,9 @@ class JobRegistry:
             with self._lock:
                 job.status, job.reason = "failed", str(exc) or type(exc).__name__
 
-    def _in_worker(self, job: Job, device: str, report: Callable[[dict], None]) -> dict:
+    def _in_worker(
+        self, job: Job, device: str, report: Callable[[dict], None], finished: Callable[[dict], None]
+    ) -> dict:
         """Run the job in a worker process; its result, or ConvScopeError with the worker's error."""
         request = {"task": "train", "config": job.config.to_json(), "run_dir": str(job.run.path), "resume": job.resume}
         process = worker.Worker(request, device)
@@ -237,7 +251,7 @@ class JobRegistry:
             if job.stop.is_set():  # Stop came while the process started
                 process.stop()
         try:
-            result = process.run(report)
+            result = process.run(report, finished)
         except worker.WorkerError as exc:
             # Killed or crashed without a word: the run folder must not say "running" for ever.
             if job.run.path.is_dir() and job.run.status().get("status") in runs.ACTIVE:

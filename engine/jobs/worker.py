@@ -14,7 +14,9 @@ The protocol, one process per job:
     {"task": "latency", "run_dir": "..."}
   then "stop" asks the job to stop within one batch; the end of stdin (the server is gone) does too.
 - stdout: {"progress": {...}} lines while it works (report()'s fields; the LR finder's sweep steps
-  as {"stage": "sweep", "done", "total"}), then the CLI's one JSON object: the result or {"error"}.
+  as {"stage": "sweep", "done", "total"}); a training run that finished says {"finished": result} as
+  soon as it is marked finished, then measures what a user does not wait for (latency, what
+  changed); last the CLI's one JSON object: the result or {"error"}.
 
 `Worker` is the server's side; `serve` is the worker's.
 """
@@ -103,8 +105,12 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
 
-    def run(self, progress: Callable[[dict], None] | None = None) -> dict:
+    def run(
+        self, progress: Callable[[dict], None] | None = None, finished: Callable[[dict], None] | None = None
+    ) -> dict:
         """Pass each progress event to `progress` until the worker ends; its final JSON object.
+
+        `finished(result)`: a training run is finished and usable (the worker goes on with its follow-up).
 
         Raises:
             WorkerError: the worker ended without one (killed, crashed): the end of its stderr says why.
@@ -121,6 +127,9 @@ class Worker:
                 if "progress" in event:
                     if progress is not None:
                         progress(event["progress"])
+                elif "finished" in event:
+                    if finished is not None:
+                        finished(event["finished"])
                 else:
                     final = event
         finally:
@@ -180,7 +189,7 @@ def serve(stop: threading.Event, stdin=None, stdout=None) -> dict:
     emit = Emitter(out)
     task = request.get("task")
     if task == "train":
-        return _train(request, stop, emit.report)
+        return _train(request, stop, emit)
     if task == "lr_find":
         return _lr_find(request, stop, emit)
     if task == "latency":
@@ -216,20 +225,24 @@ class Emitter:
             self.out.flush()
 
 
-def _train(request: dict, stop: threading.Event, report) -> dict:
+def _train(request: dict, stop: threading.Event, emit: Emitter) -> dict:
     config = TrainConfig.from_json(request["config"])
     resume = bool(request.get("resume"))
     run = runs.Run(Path(request["run_dir"]))
     distribute.start()  # as the CLI: the default strategy here (the server gives each job one device)
-    result = fit.train(config, run, stop=stop, report=report, resume=resume)
+
+    def announce(result: dict) -> None:  # the server hears "finished" as soon as the run is; the follow-up after
+        emit.send({"finished": result})
+
+    result = fit.train(config, run, stop=stop, report=emit.report, resume=resume, finished=announce)
     if config.mode == "finetune" and result["status"] == "finished":
-        _what_changed(config, run, report)
+        _what_changed(config, run, emit.report)
     return result
 
 
 def _what_changed(config, run, report) -> None:
     """As the CLI's finetune: measure what changed per block now (changes.json), not later in the server."""
-    report(stage="comparing")
+    report(stage="comparing", message="Measuring what changed in each block")
     try:
         changes.what_changed(runs.open_run(config.finetune.parent), run)
     except Exception as exc:  # noqa: BLE001 - the page measures it again and shows its error; the run is fine

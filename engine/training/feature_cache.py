@@ -182,3 +182,23 @@ def augmented_features(
         )
 
     return cached_array(path, (views, n), compute, progress)
+
+
+def frozen_maps(extractor: FeatureExtractor, key: FeatureKey, items: list[Item], images: np.ndarray) -> np.ndarray:
+    """The backbone's output before pooling for a few images (the training timeline's), kept per image file.
+
+    Args:
+        images: (N, S, S, 3) in [0, 255]: `items` resized to `key.image_size` with `key.resize`.
+
+    Returns:
+        (N, h, w, D) float32: read from `<features>/maps/<sha256>.npy` when all are there, else one pass of
+        `extractor` (its traced function, which computing the features already traced) saved there.
+    """
+    paths = [key.folder / "maps" / f"{item.sha256}.npy" for item in items]
+    kept = [_load(path, ()) for path in paths]
+    if all(k is not None for k in kept) and len({k.shape for k in kept}) == 1:
+        return np.stack(kept)
+    maps = np.asarray(extractor.maps(images), dtype=np.float32)
+    for path, one in zip(paths, maps, strict=True):
+        _save(path, one)
+    return maps

@@ -37,6 +37,16 @@ class FeatureExtractor:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 or float in [0, 255] -> (N, D) float32 features."""
+        out = self.maps(images)
+        if out.ndim == 4:  # a feature map: pool it
+            out = out.mean(axis=(1, 2))
+        return out.astype(np.float32)
+
+    def maps(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) in [0, 255] -> the backbone's output before pooling: (N, h, w, D), or (N, D) if it pools.
+
+        The same traced pass as the features: the training timeline takes its frozen activations from it.
+        """
         x = np.asarray(self.spec.preprocess(np.asarray(images, dtype=np.float32)), dtype=np.float32)
         with self._lock:
             if self._forward is None:
@@ -46,10 +56,7 @@ class FeatureExtractor:
                 # signature with any batch size, so a short last batch is not traced again.
                 spec = tf.TensorSpec((None, *self.model.input_shape[1:]), tf.float32)
                 self._forward = tf.function(self._call, input_signature=[spec])
-            out = np.asarray(self._forward(x))
-        if out.ndim == 4:  # a feature map: pool it
-            out = out.mean(axis=(1, 2))
-        return out.astype(np.float32)
+            return np.asarray(self._forward(x))
 
     def _call(self, x):
         return self.model(x, training=False)

@@ -179,9 +179,16 @@ class NewModel(Recipe):
         def predict(split: str) -> np.ndarray:
             return np.asarray(fitted(x[split], training=False))  # a few Dense layers: one eager call
 
+        def frozen_maps(layer: str, items: list[Item], images: np.ndarray) -> np.ndarray | None:
+            # the backbone's output is the timeline's usual layer; with several replicas the extractor's pass
+            # is a collective the timeline does not join, so the timeline makes its own
+            if layer != base.layers[-1].name or distribute.current().num_replicas_in_sync > 1:
+                return None
+            return feature_cache.frozen_maps(extractor, key, items, images)
+
         train_data = _feature_batches(views, y["train"], config.batch_size, config.seed)
         val_data = (x["validation"], y["validation"]) if has_val else None
-        return Prepared(fitted, classifier, train_data, val_data, predict, fresh)
+        return Prepared(fitted, classifier, train_data, val_data, predict, fresh, frozen_maps=frozen_maps)
 
 
 # ---- the run ---------------------------------------------------------------------
@@ -194,10 +201,14 @@ def train(
     stop: threading.Event | None = None,
     report: Report | None = None,
     resume: bool = False,
+    finished=None,
 ) -> dict:
-    """Train `config` into `run` (or continue it from its checkpoint with `resume`): engine.training.loop.train."""
+    """Train `config` into `run` (or continue it from its checkpoint with `resume`): engine.training.loop.train.
+
+    `finished(result)`: called once the run is marked finished, before the work a user does not wait for.
+    """
     recipe = Finetune() if config.mode == "finetune" else NewModel()
-    return loop.train(config, run, recipe, stop=stop, report=report, resume=resume)
+    return loop.train(config, run, recipe, stop=stop, report=report, resume=resume, finished=finished)
 
 
 def resume_config(run: Run, epochs: int | None = None) -> TrainConfig:

@@ -102,6 +102,8 @@ class Prepared:
     predicts_later: tuple = ()  # more models whose predict() runs after the fit (distribute.fitting)
     callbacks: list = field(default_factory=list)  # run after the loop's own, every epoch
     after_fit: Callable[[], None] | None = None
+    # a feature run's frozen activations for the timeline: (layer, items, images) -> (N, h, w, C) or None
+    frozen_maps: Callable | None = None
 
 
 class Recipe:
@@ -134,8 +136,13 @@ def train(
     stop: threading.Event | None = None,
     report: Report | None = None,
     resume: bool = False,
+    finished: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train `config` into `run` as `recipe` prepares it (or continue it from its checkpoint with `resume`).
+
+    A finished run is marked finished (its model saved, its metrics written) before the work a user does
+    not wait for: `finished(result)` is called then, with what this call returns, and the model's latency is
+    measured after it (latency.json), from the model in memory.
 
     Returns:
         {"run_dir", "status", "reason", "epochs_run", "history", "val_accuracy",
@@ -209,7 +216,7 @@ def train(
     history = run.history()
     run.set_status(status, reason, epoch=len(history.get("loss", [])), seconds=seconds)
     metrics = run.metrics()
-    return {
+    result = {
         "run_dir": str(run.path),
         "status": status,
         "reason": reason,
@@ -225,6 +232,12 @@ def train(
         "corrections": run.config().get("corrections"),
         **({"parent": info["parent"], "boundary": info.get("boundary")} if "parent" in info else {}),
     }
+    if status == "finished":
+        if finished is not None:
+            finished(result)
+        report(stage="follow-up", message="Measuring its latency")
+        _record_latency(run, info["classifier"], config)
+    return result
 
 
 def _record_latency(run: Run, classifier, config: TrainConfig) -> None:
@@ -298,7 +311,9 @@ def _fit(config: TrainConfig, run: Run, recipe: Recipe, stop, report, resume, st
     watch += prepared.callbacks
     # last: after a mixed-precision fine-tune's classifier has followed its copy (prepared.callbacks)
     record = (
-        timeline.recorder(run, config, dataset, splits, prepared.classifier, start_epoch) if config.timeline else None
+        timeline.recorder(run, config, dataset, splits, prepared.classifier, start_epoch, prepared.frozen_maps)
+        if config.timeline
+        else None
     )
     watch += [record] if record is not None else []
     # A fit that is not run needs distribute.fitting only for models predicting after it.
@@ -343,7 +358,6 @@ def finish(run, dataset, y, predict, callbacks, config, history, val_steps, repo
     runs.write_json(run.path / "metrics.json", metrics)
     report(stage="saving")
     _save_model(run, classifier)
-    _record_latency(run, classifier, config)
     epochs_run = len(history.get("loss", []))
     watched = "validation loss" if val_steps else "training loss"
     if early is not None and early.stopped_epoch:

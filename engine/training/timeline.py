@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -88,9 +89,19 @@ class CamPass:
         images: (N, S, S, 3) float32 in [0, 255].
         frozen_below: the layers up to `layer` never change (feature mode): their activations are kept, and
             each call runs only the rest, from a model whose input is the layer's output.
+        activations: those activations (N, h, w, C) when the caller has them (feature mode: from the feature
+            cache or the pass that computed the features), so no new pass over the frozen layers is traced.
     """
 
-    def __init__(self, classifier, preprocess, layer: str, images: np.ndarray, frozen_below: bool) -> None:
+    def __init__(
+        self,
+        classifier,
+        preprocess,
+        layer: str,
+        images: np.ndarray,
+        frozen_below: bool,
+        activations: np.ndarray | None = None,
+    ) -> None:
         import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
         self.compiled, self.layer, self.inputs = CompiledModel(classifier, preprocess), layer, images
@@ -102,7 +113,8 @@ class CamPass:
             except ValueError:  # the layers after it also use earlier tensors: the whole pass it is
                 rest = None
             if rest is not None:
-                activations = self.compiled.activations(images, layer)
+                if activations is None:
+                    activations = self.compiled.activations(images, layer)
                 # the layer's output as the input of the rest, behind an identity layer Grad-CAM is taken at
                 start = keras.Input(activations.shape[1:])
                 after = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start)))
@@ -125,12 +137,19 @@ def scaled(raw: np.ndarray) -> np.ndarray:
 
 
 def recorder(
-    run: Run, config: TrainConfig, dataset: Dataset, splits: dict[str, list[Item]], classifier, start_epoch: int
+    run: Run,
+    config: TrainConfig,
+    dataset: Dataset,
+    splits: dict[str, list[Item]],
+    classifier,
+    start_epoch: int,
+    frozen_maps: Callable[[str, list[Item], np.ndarray], np.ndarray | None] | None = None,
 ):
     """The Keras callback recording the timeline of `run` (None when the model has no spatial layer).
 
     A resumed run keeps its images and drops epochs after `start_epoch`; when the epoch it resumes
     from is missing (a kill between the checkpoint and the timeline), the restored model records it.
+    `frozen_maps(layer, items, images)`: a feature run's frozen activations at `layer` (None: not that layer).
     """
     import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
@@ -170,7 +189,9 @@ def recorder(
         store.write_images(run.path, np.clip(np.rint(images), 0, 255).astype(np.uint8))
         store.write_meta(run.path, meta)
     try:
-        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, config.mode == "feature")
+        frozen = config.mode == "feature"
+        kept = frozen_maps(layer, items, images) if frozen and frozen_maps is not None else None
+        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, frozen, kept)
         cams()  # traced here, once per run, so no epoch pays for it
     except Exception as exc:  # noqa: BLE001 - a model the maps cannot be taken of still trains
         logging.getLogger(__name__).warning("%s: no timeline (%s: %s)", run.name, type(exc).__name__, exc)
