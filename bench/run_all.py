@@ -35,6 +35,7 @@ QUICK = {
     # the figures are for the default sizes; one seed each
     "feature_cache": ["--seeds", "1"],
     "finetune": ["--tops", "2", "--seeds", "0"],
+    "fixed_costs": [],
     "import_model": ["--repeats", "1"],
     "probe": ["--per-class", "30"],
     "timeline": ["--epochs", "20"],

@@ -345,3 +345,26 @@ def test_the_timeline_is_on_by_default_and_can_be_switched_off(page, fake_jobs):
     assert started.wait(30)
     assert seen["config"].timeline is False, "switched off on the page: a run without a timeline"
     release.set()
+
+
+def test_a_finished_run_says_what_its_worker_still_measures_and_redraws_until_done(page, fake_jobs, monkeypatch):
+    """Latency follows a finished run in its worker: the page shows the results now and says so."""
+    from ui import widgets
+
+    registry, release, started, _ = fake_jobs
+    at = page()
+    job_id = start(at, train_size=96)
+    assert started.wait(30)
+    release.set()
+    assert wait_for(job_id, 30)["status"] == "finished"
+    real = registry.snapshot
+    monkeypatch.setattr(registry, "snapshot", lambda i: {**real(i), "following": "Measuring its latency"})
+    at.run()
+    assert not at.exception, at.exception
+    captions = [c.value for c in at.caption]
+    assert any("Measuring its latency… The run is finished and ready to use" in c for c in captions), captions
+    assert widgets.job_live(registry.snapshot(job_id)), "the panel keeps redrawing until the follow-up ends"
+    monkeypatch.setattr(registry, "snapshot", real)
+    at.run()
+    assert not any("Measuring its latency" in c.value for c in at.caption)
+    assert not widgets.job_live(registry.snapshot(job_id))
