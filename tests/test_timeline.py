@@ -250,6 +250,32 @@ def test_feature_mode_runs_only_the_layers_after_the_frozen_one_traced_once(feat
     assert sum(fast.compiled.traces.values()) == 1, "traced once, not per call"
 
 
+@pytest.mark.slow  # loads a trained model
+def test_a_fine_tunes_timeline_runs_only_the_layers_above_its_frozen_boundary(feature_run):
+    from engine.config import FinetuneConfig
+    from engine.explain import Explainable
+    from engine.model.compiled import OUTPUTS
+    from engine.training.finetune.boundary import split
+    from engine.training.finetune.layers import first_trainable
+    from engine.training.timeline import CamPass
+
+    model = Explainable.from_run(feature_run.path)
+    first = first_trainable(model.model, "efficientnet_lite0", FinetuneConfig(parent="p", unfreeze_top=2))
+    boundary = split(model.model, first).crossing
+    assert len(boundary) == 1
+    x = store.read_images(feature_run.path).astype(np.float32)
+    fast = CamPass(model.model, model.preprocess, "top_activation", x, frozen_below=boundary[0])
+    full = CamPass(model.model, model.preprocess, "top_activation", x, frozen_below=False)
+    assert fast.layer == OUTPUTS and fast.inputs.shape[0] == 6 and fast.inputs.shape[1:] != x.shape[1:]
+    for _ in range(2):
+        (cam, logits), (cam_full, logits_full) = fast(), full()
+    np.testing.assert_allclose(cam, cam_full, rtol=1e-4, atol=1e-5 * cam_full.max())
+    np.testing.assert_allclose(logits, logits_full, atol=1e-4)
+    assert sum(fast.compiled.traces.values()) == 1, "traced once, not per call"
+    above = CamPass(model.model, model.preprocess, "top_activation", x, frozen_below="avg_pool")
+    assert above.layer == "top_activation", "frozen above the maps' layer: the whole pass, as before"
+
+
 @pytest.mark.slow  # trains a feature run until early stopping ends it
 def test_with_early_stopping_the_saved_model_is_the_best_epochs_entry():
     config = replace(feature_config(), epochs=40, early_stopping=2, learning_rate=0.05)

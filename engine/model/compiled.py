@@ -345,16 +345,28 @@ def locate_layer(model, name: str) -> tuple:
     return (model.get_layer(outer), inner) if outer else (None, name)
 
 
+OUTPUTS = "<outputs>"  # the layer "name" of a model whose two outputs already are (activations, logits)
+
+
 def layer_and_logits(model, layer: str) -> Callable:
     """A function preprocessed (N, S, S, 3) -> (activations (N, h, w, C), logits), one forward pass.
 
     For a flat graph this is one keras.Model with two outputs. For a layer inside a
     backbone nested one level deep (`Input -> base -> head`), the pass is split into the
     part before the backbone, the backbone (returning the layer's and its own output)
-    and the part after it, so tape.gradient(logits, activations) still works.
+    and the part after it, so tape.gradient(logits, activations) still works. A model that
+    returns both itself is called as it is (`layer` OUTPUTS: the training timeline's part above
+    a fine-tune's frozen layers).
     """
     import keras  # heavy: TensorFlow loads in seconds; only what runs a model pays
 
+    if layer == OUTPUTS:
+
+        def both(x):
+            a, y = model(x, training=False)
+            return a, y
+
+        return both
     nested, inner = locate_layer(model, layer)
     if nested is None:
         both = keras.Model(model.input, [model.get_layer(inner).output, model.output])

@@ -102,7 +102,9 @@ class Prepared:
     predicts_later: tuple = ()  # more models whose predict() runs after the fit (distribute.fitting)
     callbacks: list = field(default_factory=list)  # run after the loop's own, every epoch
     after_fit: Callable[[], None] | None = None
-    # a feature run's frozen activations for the timeline: (layer, items, images) -> (N, h, w, C) or None
+    # the layer up to which nothing changes while it trains (the timeline runs only what is above it), and
+    # its activations when the mode has them: frozen_maps(layer, items, images) -> (N, h, w, C) or None
+    frozen_below: str | None = None
     frozen_maps: Callable | None = None
 
 
@@ -311,7 +313,9 @@ def _fit(config: TrainConfig, run: Run, recipe: Recipe, stop, report, resume, st
     watch += prepared.callbacks
     # last: after a mixed-precision fine-tune's classifier has followed its copy (prepared.callbacks)
     record = (
-        timeline.recorder(run, config, dataset, splits, prepared.classifier, start_epoch, prepared.frozen_maps)
+        timeline.recorder(
+            run, config, dataset, splits, prepared.classifier, start_epoch, prepared.frozen_below, prepared.frozen_maps
+        )
         if config.timeline
         else None
     )

@@ -30,7 +30,7 @@ from engine.backbones.registry import identity
 from engine.config import TrainConfig
 from engine.data.ingest import Dataset, Item, load_item
 from engine.errors import ConvScopeError
-from engine.model.compiled import CompiledModel
+from engine.model.compiled import OUTPUTS, CompiledModel
 from engine.numerics import softmax
 from engine.runs import Run, resize_policy_of
 from engine.runs import timeline as store
@@ -87,8 +87,9 @@ class CamPass:
         preprocess: [0, 255] RGB -> the model's input (TensorFlow ops).
         layer: a layer of `classifier` (flat graph) with an (N, h, w, C) output.
         images: (N, S, S, 3) float32 in [0, 255].
-        frozen_below: the layers up to `layer` never change (feature mode): their activations are kept, and
-            each call runs only the rest, from a model whose input is the layer's output.
+        frozen_below: the layers up to a layer never change: True for `layer` itself (feature mode), or the
+            name of a layer at or below it (a fine-tune's boundary). Their activations are kept, and each
+            call runs only the rest, from a model whose input is that layer's output.
         activations: those activations (N, h, w, C) when the caller has them (feature mode: from the feature
             cache or the pass that computed the features), so no new pass over the frozen layers is traced.
     """
@@ -99,30 +100,37 @@ class CamPass:
         preprocess,
         layer: str,
         images: np.ndarray,
-        frozen_below: bool,
+        frozen_below: bool | str,
         activations: np.ndarray | None = None,
     ) -> None:
         import tensorflow as tf  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
         self.compiled, self.layer, self.inputs = CompiledModel(classifier, preprocess), layer, images
-        if frozen_below:
+        frozen = layer if frozen_below is True else frozen_below or None
+        names = [one.name for one in classifier.layers]
+        if frozen and not (frozen in names and layer in names and names.index(frozen) <= names.index(layer)):
+            frozen = None  # above the maps' layer (only the head trains), or not in this graph: the whole pass
+        if frozen:
             import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
+            below = classifier.get_layer(frozen).output
             try:
-                rest = keras.Model(classifier.get_layer(layer).output, classifier.output)
+                if frozen == layer:
+                    rest = keras.Model(below, classifier.output)
+                else:  # the maps' layer and the logits, from the frozen layer's output
+                    rest = keras.Model(below, [classifier.get_layer(layer).output, classifier.output])
             except ValueError:  # the layers after it also use earlier tensors: the whole pass it is
                 rest = None
             if rest is not None:
                 if activations is None:
-                    activations = self.compiled.activations(images, layer)
-                # the layer's output as the input of the rest, behind an identity layer Grad-CAM is taken at
+                    activations = self.compiled.activations(images, frozen)
                 start = keras.Input(activations.shape[1:])
-                after = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start)))
-                self.compiled, self.layer, self.inputs = (
-                    CompiledModel(after, identity, input_shape=activations.shape[1:]),
-                    CUT,
-                    activations,
-                )
+                if frozen == layer:  # the kept activations are the maps' layer: behind an identity layer
+                    after, self.layer = keras.Model(start, rest(keras.layers.Identity(name=CUT)(start))), CUT
+                else:
+                    after, self.layer = keras.Model(start, rest(start)), OUTPUTS
+                self.compiled = CompiledModel(after, identity, input_shape=activations.shape[1:])
+                self.inputs = activations
         self.kept = tf.constant(self.inputs)  # copied once, not every epoch
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,13 +151,15 @@ def recorder(
     splits: dict[str, list[Item]],
     classifier,
     start_epoch: int,
+    frozen_below: str | None = None,
     frozen_maps: Callable[[str, list[Item], np.ndarray], np.ndarray | None] | None = None,
 ):
     """The Keras callback recording the timeline of `run` (None when the model has no spatial layer).
 
     A resumed run keeps its images and drops epochs after `start_epoch`; when the epoch it resumes
     from is missing (a kill between the checkpoint and the timeline), the restored model records it.
-    `frozen_maps(layer, items, images)`: a feature run's frozen activations at `layer` (None: not that layer).
+    `frozen_below`: a layer up to which nothing changes while it trains (CamPass); `frozen_maps(layer, items,
+    images)`: the activations there when the caller has them (None: not at that layer).
     """
     import keras  # heavy: TensorFlow loads in seconds; only commands that need it pay
 
@@ -189,9 +199,8 @@ def recorder(
         store.write_images(run.path, np.clip(np.rint(images), 0, 255).astype(np.uint8))
         store.write_meta(run.path, meta)
     try:
-        frozen = config.mode == "feature"
-        kept = frozen_maps(layer, items, images) if frozen and frozen_maps is not None else None
-        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, frozen, kept)
+        kept = frozen_maps(frozen_below, items, images) if frozen_below and frozen_maps is not None else None
+        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, frozen_below or False, kept)
         cams()  # traced here, once per run, so no epoch pays for it
     except Exception as exc:  # noqa: BLE001 - a model the maps cannot be taken of still trains
         logging.getLogger(__name__).warning("%s: no timeline (%s: %s)", run.name, type(exc).__name__, exc)

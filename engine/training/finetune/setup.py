@@ -240,6 +240,8 @@ class Finetune(Recipe):
             predicts_later=(setup.classifier,) + ((setup.cut.upper,) if setup.cut is not None else ()),
             callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: follow())] if mixed else [],
             after_fit=follow if mixed else None,  # after EarlyStopping put the best weights back
+            # below a one-tensor boundary nothing trains: the timeline keeps its activations there
+            frozen_below=setup.cut.crossing[0] if setup.cut is not None and len(setup.cut.crossing) == 1 else None,
         )
 
 
