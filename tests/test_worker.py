@@ -203,3 +203,27 @@ def test_the_page_hears_finished_before_the_latency_and_the_job_waits_for_it(run
     assert seen and seen[0] == ("Measuring its latency", False), seen[:3]
     assert job.run.status()["status"] == "finished" and job.run.model_file.is_file()
     assert registry.wait(job.id, 60)["following"] == "" and (job.run.path / "latency.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_spare_worker_takes_the_next_job_and_another_is_started_after_it(runs_dir):
+    """The dashboard keeps a worker process started, its imports done, so a click does not wait for them."""
+    registry = jobs.JobRegistry(devices=["/CPU:0"], spare=True)
+    deadline = time.monotonic() + 60
+    while "/CPU:0" not in registry._spares and time.monotonic() < deadline:
+        time.sleep(0.05)
+    spare = registry._spares["/CPU:0"]
+    job = registry.submit(tiny_config())
+    deadline = time.monotonic() + 60
+    while job.process is None and registry.snapshot(job.id)["status"] in runs.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.process is spare, "the job went to the spare"
+    assert registry.wait(job.id, 300)["status"] == "finished"
+    assert spare.proc.wait(10) == 0
+    deadline = time.monotonic() + 30
+    while (registry._spares.get("/CPU:0") in (None, spare)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fresh = registry._spares["/CPU:0"]
+    assert fresh is not spare and fresh.alive(), "a new spare waits for the next job"
+    measured = registry.call("latency", {"run_dir": str(job.run.path)})
+    assert measured["ms_per_image"] > 0 and fresh.proc.wait(10) == 0, "the short call went to the spare"

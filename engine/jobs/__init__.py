@@ -63,9 +63,11 @@ class JobRegistry:
         train_fn: None (the dashboard): each job runs in a worker process. A function with
             fit.train's signature runs jobs in this process's threads instead (tests of the queue).
         devices: the accelerators to run on (default: every GPU, else the CPU).
+        spare: keep a worker process started per device, its imports done (about 4 s on 2 cores),
+            so a job starts at once; a new one starts when a job ends (the dashboard's registry).
     """
 
-    def __init__(self, train_fn: Callable | None = None, devices: list[str] | None = None) -> None:
+    def __init__(self, train_fn: Callable | None = None, devices: list[str] | None = None, spare: bool = False) -> None:
         self._train = train_fn
         self._devices = devices
         self._lock = threading.Lock()
@@ -73,6 +75,30 @@ class JobRegistry:
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._workers: list[threading.Thread] = []
+        self._spares: dict[str, worker.Worker] = {}
+        self._keep_spares = spare and train_fn is None
+        if self._keep_spares:  # in the background: listing the devices imports TensorFlow
+            threading.Thread(target=self._refill, daemon=True, name="convscope-spare").start()
+
+    # ---- spare worker processes ---------------------------------------------------
+    def _refill(self) -> None:
+        """Start a spare worker for every device without a live one (it waits for its request)."""
+        for device in self._devices or _devices():
+            with self._lock:
+                spare = self._spares.get(device)
+                if spare is None or not spare.alive():
+                    self._spares[device] = worker.Worker(None, device)
+
+    def _process(self, request: dict, device: str | None) -> worker.Worker:
+        """A worker process for `request`: the device's spare when one is alive (any spare for None), else a new one."""
+        with self._lock:
+            if device is None:  # a short call, pinned to no device: any spare will do
+                device = next(iter(self._spares), None)
+            spare = self._spares.pop(device, None) if device is not None else None
+        if spare is not None and spare.alive():
+            spare.start(request)
+            return spare
+        return worker.Worker(request, device)
 
     # ---- requests ----------------------------------------------------------------
     def submit(self, config: TrainConfig, run: Run | None = None) -> Job:
@@ -205,6 +231,8 @@ class JobRegistry:
             with self._lock:
                 job.finished, job.following = time.time(), ""
                 self._wake.notify_all()
+            if self._keep_spares:
+                self._refill()  # its imports run now, while the user looks at the results
             gc.collect()  # a job run in this process (tests): let its models go before the next one
 
     def _run(self, job: Job, device: str) -> None:
@@ -245,7 +273,7 @@ class JobRegistry:
     ) -> dict:
         """Run the job in a worker process; its result, or ConvScopeError with the worker's error."""
         request = {"task": "train", "config": job.config.to_json(), "run_dir": str(job.run.path), "resume": job.resume}
-        process = worker.Worker(request, device)
+        process = self._process(request, device)
         with self._lock:
             job.process = process
             if job.stop.is_set():  # Stop came while the process started
@@ -269,7 +297,12 @@ class JobRegistry:
 
         It does not queue behind training: the caller waits for it (with a progress bar).
         """
-        return worker.call({**request, "task": task}, progress)
+        request = {**request, "task": task}
+        try:
+            return worker.call(request, progress, process=self._process(request, None) if self._spares else None)
+        finally:
+            if self._keep_spares:
+                threading.Thread(target=self._refill, daemon=True, name="convscope-spare").start()
 
 
 def _devices() -> list[str]:
@@ -291,5 +324,5 @@ def registry() -> JobRegistry:
     global _REGISTRY
     with _REGISTRY_LOCK:
         if _REGISTRY is None:
-            _REGISTRY = JobRegistry()
+            _REGISTRY = JobRegistry(spare=True)
         return _REGISTRY

@@ -62,11 +62,16 @@ def child_env(device: str | None = None) -> dict[str, str]:
 
 
 class Worker:
-    """One job in its own process; `run()` follows it to its end."""
+    """One job in its own process; `run()` follows it to its end.
 
-    def __init__(self, request: dict, device: str | None = None) -> None:
-        if request.get("task") not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {request.get('task')!r}")
+    `request` None starts a spare: the process imports TensorFlow and the engine now and waits for
+    `start(request)` (engine.jobs keeps one ready, so a click does not wait seconds for the imports).
+    """
+
+    def __init__(self, request: dict | None, device: str | None = None) -> None:
+        if request is not None:
+            _check(request)
+        self.device = device
         self._lock = threading.Lock()
         self._stderr: deque[str] = deque(maxlen=40)
         self.proc = subprocess.Popen(
@@ -83,7 +88,16 @@ class Worker:
             start_new_session=True,
         )
         threading.Thread(target=self._drain_stderr, daemon=True, name="convscope-worker-stderr").start()
+        if request is not None:
+            self._send(json.dumps(request))
+
+    def start(self, request: dict) -> None:
+        """Give a spare its job."""
+        _check(request)
         self._send(json.dumps(request))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def _drain_stderr(self) -> None:
         for line in self.proc.stderr:
@@ -148,13 +162,27 @@ class Worker:
         return final
 
 
-def call(request: dict, progress: Callable[[dict], None] | None = None, device: str | None = None) -> dict:
-    """Run one job in a worker process and return its result (for the LR finder and latency).
+def _check(request: dict) -> None:
+    if request.get("task") not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {request.get('task')!r}")
+
+
+def call(
+    request: dict,
+    progress: Callable[[dict], None] | None = None,
+    device: str | None = None,
+    process: Worker | None = None,
+) -> dict:
+    """Run one job in a worker process (`process`: a spare to give it to) and return its result.
+
+    For the LR finder and latency.
 
     Raises:
         ConvScopeError: the job's own error (bad options, missing run), or WorkerError.
     """
-    result = Worker(request, device).run(progress)
+    if process is not None:
+        process.start(request)
+    result = (process or Worker(request, device)).run(progress)
     if "error" in result:
         raise ConvScopeError(result["error"])
     return result
