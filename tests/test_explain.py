@@ -520,3 +520,23 @@ def test_explain_image_gives_the_two_pass_results_from_one_pass(tiny, method):
         assert forward.count(1) == (method in ("smoothgrad", "integrated_gradients", "occlusion")), forward
         again = explain_image(model, rgb, method, class_index)
         assert again.cached and again.class_index == index
+
+
+@pytest.mark.slow
+def test_one_pass_explanations_equal_the_two_pass_ones_on_lite0(lite0):
+    """On a real model too: the prediction taken from the map's pass is the forward pass's, and so are the maps."""
+    from engine.explain.base import normalise
+    from engine.model.memo import Memo
+    from engine.samples import sample_photo
+
+    rgb = sample_photo("chelsea")
+    x = lite0.prepare(rgb)[None]
+    probs = lite0.probabilities(x)[0]
+    for method in ("gradcam", "saliency"):
+        lite0.memo = Memo()  # nothing known of the image: the prediction comes from the map's pass
+        result = explain_image(lite0, rgb, method)
+        index = int(np.argmax(probs))
+        unscaled = make(method, lite0).unscaled(x, [index])
+        assert result.class_index == index and result.probability == pytest.approx(probs[index], abs=1e-5)
+        np.testing.assert_allclose(result.unscaled, unscaled[0], atol=1e-5)
+        np.testing.assert_allclose(result.heatmap, normalise(unscaled)[0], atol=1e-5)
