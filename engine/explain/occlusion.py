@@ -20,11 +20,10 @@ def patches(size: int) -> tuple[int, list[int]]:
 class Occlusion(BaseAttribution):
     name = "occlusion"
     title = "Occlusion sensitivity"
+    predicts = True  # its first pass runs the images as they are, before any patch hides a part
 
     def passes(self, size):
         return 1 + len(patches(size)[1]) ** 2, 0
-
-    predicts = True  # its first pass runs the images as they are
 
     def raw_maps_and_logits(self, images, classes, progress=None):
         n, size = images.shape[0], images.shape[1]
