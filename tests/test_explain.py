@@ -458,3 +458,85 @@ def test_warm_up_traces_what_a_first_look_needs(tiny, images):
         make(method, fresh)(images, [0, 1])
     fresh.probabilities(images)
     assert dict(fresh.compiled.traces) == traced  # nothing traced again on the first click
+
+
+# ---- one pass for the prediction and the map (issue 25) ---------------------------------------------------
+
+
+def image_that_tells_passes_apart(model: Explainable) -> np.ndarray:
+    """An (11, 13, 3) uint8 image whose predicted class differs from what the other passes would predict:
+
+    from class 0, from the black image (Integrated Gradients' path starts there) and from at least one of
+    SmoothGrad's noisy copies, so a class taken from any pass but the image's own shows in the results.
+    """
+    from engine.explain.smoothgrad import NOISE, SAMPLES
+
+    black = int(model.logits(np.zeros((1, 8, 8, 3), np.float32)).argmax())
+    for seed in range(500):
+        rng = np.random.default_rng(seed)  # a random colour with noise: tiny_flat predicts class 0 for most images
+        rgb = np.clip(rng.integers(0, 255, (1, 1, 3)) + rng.normal(0, 20, (11, 13, 3)), 0, 255).astype(np.uint8)
+        x = model.prepare(rgb)[None]
+        noisy = np.repeat(x, SAMPLES, axis=0)
+        noisy += np.random.default_rng(0).standard_normal(noisy.shape, dtype=np.float32) * np.float32(NOISE * 255)
+        predicted = int(model.logits(x).argmax())
+        if predicted not in (0, black) and (model.logits(noisy).argmax(axis=1) != predicted).any():
+            return rgb
+    raise AssertionError("no image tells the passes apart")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_explain_image_gives_the_two_pass_results_from_one_pass(tiny, method):
+    """explain_image's class, probability and maps equal the old way: a forward pass for the probabilities, then the
+    method's own pass for that class (or a given one). Only a method whose pass cannot predict runs a forward pass."""
+    from engine.explain.base import normalise
+
+    rgb = image_that_tells_passes_apart(tiny)
+    x = tiny.prepare(rgb)[None]
+    probs = tiny.probabilities(x)[0]
+    predicted = int(np.argmax(probs))
+    for class_index in (None, (predicted + 1) % 3):
+        model = Explainable(tiny.model, scale, LABELS, "fresh")  # an empty map cache and probability memo
+        forward, logits = [], model.compiled.logits
+
+        def counted(images, progress=None, seen=forward, run=logits):
+            seen.append(len(images))
+            return run(images, progress)
+
+        model.compiled.logits = counted
+        result = explain_image(model, rgb, method, class_index)
+        index = predicted if class_index is None else class_index
+        explainer = make(method, tiny)  # the old way, on the fixture's model: its passes are not counted
+        heat = normalise(explainer.unscaled(x, [index]))[0]
+        assert result.class_index == index and result.label == LABELS[index]
+        assert result.probability == pytest.approx(probs[index], abs=1e-6)
+        np.testing.assert_allclose(result.unscaled, explainer.unscaled(x, [index])[0], atol=1e-5)
+        np.testing.assert_allclose(result.heatmap, heat, atol=1e-5)
+        np.testing.assert_allclose(result.display, explainer.for_display(heat[None])[0], atol=1e-5)
+        assert result.peak == peak_in_original(heat, 11, 13)
+        memo = model.memo.get(("probabilities", checks.image_digest(x)))
+        np.testing.assert_allclose(memo, probs, atol=1e-6)  # what the Inside page reads for this image
+        # the image alone through a plain forward pass: only where the method's own pass cannot predict (occlusion's
+        # first pass is that one: it runs the image as it is, and its logits give the prediction)
+        assert forward.count(1) == (method in ("smoothgrad", "integrated_gradients", "occlusion")), forward
+        again = explain_image(model, rgb, method, class_index)
+        assert again.cached and again.class_index == index
+
+
+@pytest.mark.slow
+def test_one_pass_explanations_equal_the_two_pass_ones_on_lite0(lite0):
+    """On a real model too: the prediction taken from the map's pass is the forward pass's, and so are the maps."""
+    from engine.explain.base import normalise
+    from engine.model.memo import Memo
+    from engine.samples import sample_photo
+
+    rgb = sample_photo("chelsea")
+    x = lite0.prepare(rgb)[None]
+    probs = lite0.probabilities(x)[0]
+    for method in ("gradcam", "saliency"):
+        lite0.memo = Memo()  # nothing known of the image: the prediction comes from the map's pass
+        result = explain_image(lite0, rgb, method)
+        index = int(np.argmax(probs))
+        unscaled = make(method, lite0).unscaled(x, [index])
+        assert result.class_index == index and result.probability == pytest.approx(probs[index], abs=1e-5)
+        np.testing.assert_allclose(result.unscaled, unscaled[0], atol=1e-5)
+        np.testing.assert_allclose(result.heatmap, normalise(unscaled)[0], atol=1e-5)

@@ -28,6 +28,11 @@ def upsample(maps: np.ndarray, size: int) -> np.ndarray:
     return tf.image.resize(maps[..., None], (size, size), method="bilinear").numpy()[..., 0]
 
 
+def predicted_where_negative(classes: list[int], logits: np.ndarray) -> list[int]:
+    """The classes with each -1 replaced by the arg-max of its image's (N, K) logits (as the compiled passes do)."""
+    return [int(np.argmax(y)) if c < 0 else int(c) for c, y in zip(classes, logits, strict=True)]
+
+
 class Explainer:
     """Anything that turns images and target classes into heatmaps."""
 
@@ -35,6 +40,9 @@ class Explainer:
     title = ""
     uses_layer = True  # False: an input attribution, works on opaque models too
     display_percentile = 100.0  # see for_display
+    # True: the method's pass runs the images as they are (not noisy or masked copies only), so it also gives
+    # their logits and takes a class of -1 for the predicted one (engine.explain.maps.explain_image uses both)
+    predicts = False
 
     def __init__(self, model: Explainable, layer: str | None = None) -> None:
         self.model = model
@@ -56,18 +64,37 @@ class Explainer:
 
         Their values compare across classes of one image (for "relative to the prediction").
         """
+        return self.unscaled_and_logits(images, classes, progress)[0]
+
+    def unscaled_and_logits(
+        self, images: np.ndarray, classes: list[int], progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`unscaled`'s maps (N, S, S) and the images' (N, K) logits from the same pass (None unless `predicts`).
+
+        Where the method `predicts`, a class of -1 stands for the predicted one, found inside that pass:
+        one forward-and-backward pass gives both the prediction and its map.
+        """
         images = np.asarray(images, dtype=np.float32)
         if len(classes) != len(images):
             raise ValueError(f"one class per image: got {len(classes)} classes for {len(images)} images")
-        raw = self.raw_maps(images, [int(c) for c in classes], progress)
+        classes = [int(c) for c in classes]
+        if not self.predicts and any(c < 0 for c in classes):
+            raise ValueError(f"{self.name} does not see the images as they are: give the class, not -1")
+        raw, logits = self.raw_maps_and_logits(images, classes, progress)
         if raw.shape[1] != images.shape[1]:
             raw = upsample(raw, images.shape[1])
-        return np.maximum(np.nan_to_num(np.asarray(raw, np.float32)), 0)
+        return np.maximum(np.nan_to_num(np.asarray(raw, np.float32)), 0), logits
 
     def raw_maps(
         self, images: np.ndarray, classes: list[int], progress: Progress | None = None
     ) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def raw_maps_and_logits(
+        self, images: np.ndarray, classes: list[int], progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(raw maps, logits or None); a method whose pass sees the images as they are overrides it, with `predicts`."""
+        return self.raw_maps(images, classes, progress), None
 
     def passes(self, size: int) -> tuple[int, int]:
         """(forward passes, input-gradient passes) per image: what the method costs, for time estimates."""
@@ -94,9 +121,13 @@ class BaseCAM(Explainer):
     """Weighted sums of a layer's activation maps; subclasses give the weights."""
 
     needs_gradients = True
+    predicts = True
 
     def activations_and_grads(self, images: np.ndarray, classes: list[int]):
-        """(A (N, h, w, C), dScore/dA (N, h, w, C) or None, logits (N, K)) as NumPy, from one compiled pass."""
+        """(A (N, h, w, C), dScore/dA (N, h, w, C) or None, logits (N, K)) as NumPy, from one compiled pass.
+
+        A class of -1 takes the gradient of the predicted class (the logits' arg-max, inside the pass).
+        """
         compiled = self.model.compiled
         if not self.needs_gradients:
             a, y = compiled.layer_and_logits(images, self.layer)
@@ -107,11 +138,13 @@ class BaseCAM(Explainer):
         """(N, C) channel weights, or (N, h, w, C) per-position weights."""
         raise NotImplementedError
 
-    def raw_maps(self, images: np.ndarray, classes: list[int], progress: Progress | None = None) -> np.ndarray:
-        a, g, _ = self.activations_and_grads(images, classes)
-        w = self.weights(a, g, classes, images)
+    def raw_maps_and_logits(
+        self, images: np.ndarray, classes: list[int], progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        a, g, y = self.activations_and_grads(images, classes)
+        w = self.weights(a, g, predicted_where_negative(classes, y), images)
         cam = (w[:, None, None, :] * a).sum(-1) if w.ndim == 2 else (w * a).sum(-1)
-        return np.maximum(cam, 0)  # only what speaks for the class
+        return np.maximum(cam, 0), y  # only what speaks for the class
 
 
 class BaseAttribution(Explainer):

@@ -13,8 +13,8 @@ class EigenCAM(BaseCAM):
     title = "Eigen-CAM (class-agnostic)"
     needs_gradients = False
 
-    def raw_maps(self, images, classes, progress=None):
-        a, _, _ = self.activations_and_grads(images, classes)
+    def raw_maps_and_logits(self, images, classes, progress=None):
+        a, _, y = self.activations_and_grads(images, classes)
         out = []
         for act in a:
             h, w, c = act.shape
@@ -26,4 +26,4 @@ class EigenCAM(BaseCAM):
             if np.corrcoef(proj.ravel(), flat.sum(axis=1))[0, 1] < 0:
                 proj = -proj
             out.append(np.maximum(proj, 0))
-        return np.stack(out)
+        return np.stack(out), y

@@ -22,6 +22,7 @@ from engine.explain.score_cam import ScoreCAM
 from engine.explain.smoothgrad import SmoothGrad
 from engine.model.compiled import Progress
 from engine.model.explainable import Explainable
+from engine.numerics import softmax
 
 METHODS: dict[str, type[Explainer]] = {
     m.name: m
@@ -111,18 +112,22 @@ def explain_image(
 
     Results are kept in the model's map cache, keyed by (image content, method, layer,
     class): asking again, from any session, costs nothing (`seconds` is then the lookup).
+    The image's probabilities are kept too (the Inside page reads the same entry); for a
+    new image, a method whose pass runs the image as it is (`Explainer.predicts`: the
+    gradient CAMs, vanilla gradients...) gives them and the map in one forward-and-backward
+    pass, and the others pay one forward pass more.
     """
     t0 = time.perf_counter()
     explainer = make(method, model, layer)
+    if class_index is not None and not 0 <= int(class_index) < len(model.labels):
+        raise ExplainError(f"class index must be 0..{len(model.labels) - 1}, got {class_index}")
     x = model.prepare(rgb)[None]
     digest = image_digest(x)
-    probs = model.memo(("probabilities", digest), lambda: model.probabilities(x)[0])
-    index = int(np.argmax(probs)) if class_index is None else int(class_index)
-    if not 0 <= index < len(model.labels):
-        raise ExplainError(f"class index must be 0..{len(model.labels) - 1}, got {index}")
 
-    def compute() -> Explanation:
-        unscaled = explainer.unscaled(x, [index], progress)
+    def key(index: int) -> tuple:
+        return ("map", digest, method, explainer.layer, index, rgb.shape[:2])
+
+    def explanation(unscaled: np.ndarray, index: int, probs: np.ndarray) -> Explanation:
         heat = normalise(unscaled)[0]
         return Explanation(
             method=method,
@@ -138,11 +143,21 @@ def explain_image(
             seconds=time.perf_counter() - t0,
         )
 
-    key = ("map", digest, method, explainer.layer, index, rgb.shape[:2])
-    hit = model.memo.get(key)
+    probs = model.memo.get(("probabilities", digest))
+    if probs is None and explainer.predicts:
+        # A new image: one pass gives the map and the prediction (class -1: the predicted one, found inside it).
+        unscaled, logits = explainer.unscaled_and_logits(x, [-1 if class_index is None else int(class_index)], progress)
+        own = softmax(logits)[0]
+        probs = model.memo(("probabilities", digest), lambda: own)
+        index = int(np.argmax(own)) if class_index is None else int(class_index)  # the class the pass explained
+        return model.memo(key(index), lambda: explanation(unscaled, index, probs))
+    if probs is None:
+        probs = model.memo(("probabilities", digest), lambda: model.probabilities(x)[0])
+    index = int(np.argmax(probs)) if class_index is None else int(class_index)
+    hit = model.memo.get(key(index))
     if hit is not None:
         return replace(hit, seconds=time.perf_counter() - t0, cached=True)
-    return model.memo(key, compute)
+    return model.memo(key(index), lambda: explanation(explainer.unscaled(x, [index], progress), index, probs))
 
 
 def relative_to(result: Explanation, reference: Explanation) -> np.ndarray:

@@ -3,7 +3,8 @@ when a grey patch hides each region. Gradient-free: works on any model, opaque o
 
 import numpy as np
 
-from engine.explain.base import BaseAttribution
+from engine.explain.base import BaseAttribution, predicted_where_negative
+from engine.numerics import softmax
 
 
 def patches(size: int) -> tuple[int, list[int]]:
@@ -19,15 +20,18 @@ def patches(size: int) -> tuple[int, list[int]]:
 class Occlusion(BaseAttribution):
     name = "occlusion"
     title = "Occlusion sensitivity"
+    predicts = True  # its first pass runs the images as they are, before any patch hides a part
 
     def passes(self, size):
         return 1 + len(patches(size)[1]) ** 2, 0
 
-    def raw_maps(self, images, classes, progress=None):
+    def raw_maps_and_logits(self, images, classes, progress=None):
         n, size = images.shape[0], images.shape[1]
         patch, starts = patches(size)
         boxes = [(y, x) for y in starts for x in starts]
-        base = self.model.probabilities(images)[np.arange(n), classes]
+        logits = self.model.logits(images)
+        classes = predicted_where_negative(classes, logits)
+        base = softmax(logits)[np.arange(n), classes]
         out = np.zeros((n, size, size), np.float32)
         for i in range(n):
             batch = np.repeat(images[i][None], len(boxes), axis=0)
@@ -45,4 +49,4 @@ class Occlusion(BaseAttribution):
                 heat[y : y + patch, x : x + patch] += d
                 count[y : y + patch, x : x + patch] += 1
             out[i] = np.maximum(heat / np.maximum(count, 1), 0)
-        return out
+        return out, logits

@@ -9,5 +9,8 @@ class VanillaGradients(BaseAttribution):
     name = "saliency"
     title = "Vanilla gradients"
 
-    def raw_maps(self, images, classes, progress=None):
-        return np.abs(self.input_gradients(images, classes, progress)).max(axis=-1)
+    predicts = True
+
+    def raw_maps_and_logits(self, images, classes, progress=None):
+        grads, logits = self.model.compiled.input_gradients(images, classes, progress)  # class -1: the predicted one
+        return np.abs(grads).max(axis=-1), logits

@@ -5,7 +5,7 @@ small weights, so its map stays dark on the predicted class's scale."""
 
 import numpy as np
 
-from engine.explain.base import BaseCAM, normalise, upsample
+from engine.explain.base import BaseCAM, normalise, predicted_where_negative, upsample
 
 MAX_CHANNELS = 64  # the most active channels only: all 1280 would take minutes on a CPU
 
@@ -18,10 +18,10 @@ class ScoreCAM(BaseCAM):
     def passes(self, size):
         return 1 + MAX_CHANNELS, 0
 
-    def raw_maps(self, images, classes, progress=None):
-        a, _, _ = self.activations_and_grads(images, classes)
-        w = self.weights(a, None, classes, images, progress)
-        return np.maximum((w[:, None, None, :] * a).sum(-1), 0)
+    def raw_maps_and_logits(self, images, classes, progress=None):
+        a, _, y = self.activations_and_grads(images, classes)
+        w = self.weights(a, None, predicted_where_negative(classes, y), images, progress)
+        return np.maximum((w[:, None, None, :] * a).sum(-1), 0), y
 
     def weights(self, activations, grads, classes, images, progress=None):
         n, _, _, c = activations.shape
