@@ -203,6 +203,9 @@ def test_the_page_hears_finished_before_the_latency_and_the_job_waits_for_it(run
     assert seen and seen[0] == ("Measuring its latency", False), seen[:3]
     assert job.run.status()["status"] == "finished" and job.run.model_file.is_file()
     assert registry.wait(job.id, 60)["following"] == "" and (job.run.path / "latency.json").is_file()
+    from engine.evaluate import evaluation
+
+    assert evaluation.evaluate(job.run).cached, "the worker scored the test split for the Evaluate page, after"
 
 
 @pytest.mark.slow

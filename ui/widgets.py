@@ -345,8 +345,6 @@ def job_progress(snap: dict) -> None:
         )
     elif stage in ("evaluating", "saving"):
         st.progress(1.0, text=f"{stage.capitalize()}…")
-    elif stage == "comparing":  # a finished fine-tune measures what changed per block
-        st.progress(1.0, text="Measuring what changed in each block…")
     else:
         st.progress(0.0, text="Starting…")
 

@@ -16,7 +16,8 @@ The protocol, one process per job:
 - stdout: {"progress": {...}} lines while it works (report()'s fields; the LR finder's sweep steps
   as {"stage": "sweep", "done", "total"}); a training run that finished says {"finished": result} as
   soon as it is marked finished, then measures what a user does not wait for (latency, what
-  changed); last the CLI's one JSON object: the result or {"error"}.
+  changed, the test split's scores for the Evaluate page and the report); last the CLI's one
+  JSON object: the result or {"error"}.
 
 `Worker` is the server's side; `serve` is the worker's.
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 from engine import runs
 from engine.config import TrainConfig
 from engine.errors import ConvScopeError, WorkerError
+from engine.evaluate import evaluation
 from engine.model import latency
 from engine.training import changes, distribute, fit, lr_finder
 
@@ -263,14 +265,29 @@ def _train(request: dict, stop: threading.Event, emit: Emitter) -> dict:
         emit.send({"finished": result})
 
     result = fit.train(config, run, stop=stop, report=emit.report, resume=resume, finished=announce)
-    if config.mode == "finetune" and result["status"] == "finished":
-        _what_changed(config, run, emit.report)
+    if result["status"] == "finished":
+        if config.mode == "finetune":
+            _what_changed(config, run, emit.report)
+        _scores(run, emit.report)
     return result
+
+
+def _scores(run, report) -> None:
+    """The Evaluate page's and the report's inputs: the test split scored, the temperature's validation split too.
+
+    Kept in the run's score cache (engine.evaluate), so those open at once; measured here, after the run is
+    finished, not while the user waits for them.
+    """
+    report(stage="follow-up", message="Scoring the test split for the Evaluate page and the report")
+    try:
+        evaluation.evaluate(run)
+    except Exception as exc:  # noqa: BLE001 - the page scores it again and shows its error; the run is fine
+        logging.getLogger(__name__).warning("%s: test split not scored (%s)", run.name, exc)
 
 
 def _what_changed(config, run, report) -> None:
     """As the CLI's finetune: measure what changed per block now (changes.json), not later in the server."""
-    report(stage="comparing", message="Measuring what changed in each block")
+    report(stage="follow-up", message="Measuring what changed in each block")
     try:
         changes.what_changed(runs.open_run(config.finetune.parent), run)
     except Exception as exc:  # noqa: BLE001 - the page measures it again and shows its error; the run is fine
