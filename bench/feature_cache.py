@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run_all import ratio  # noqa: E402
+from run_all import private_dirs, ratio  # noqa: E402
 
 
 def classic(config, dataset, splits) -> tuple[float, float, float]:
@@ -124,10 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # A private cache and runs folder: the first run of ours really computes features.
-    tmp = Path(tempfile.mkdtemp(prefix="convscope-bench-"))
-    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    private_dirs()
 
     from engine.config import DataConfig, HeadConfig, TrainConfig
     from engine.data import sources

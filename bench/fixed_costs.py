@@ -19,14 +19,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run_all import BENCH, ratio  # noqa: E402
+from run_all import BENCH, private_dirs, ratio  # noqa: E402
 
 # (part, "module:attribute"): the functions each part's time is spent in.
 PARTS = [
@@ -110,10 +109,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="convscope-bench-"))
-    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    private_dirs()
     start = process_start()
 
     from engine import runs

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run_all import ratio  # noqa: E402
+from run_all import private_dirs, ratio  # noqa: E402
 
 
 def probe_accuracy(features, labels, splits_idx) -> tuple[float, int]:
@@ -205,10 +203,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # A private cache and runs folder: nothing from a developer's runs is reused.
-    tmp = Path(tempfile.mkdtemp(prefix="convscope-probe-"))
-    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    private_dirs("convscope-probe-")
     source = "shapes" if args.per_class is None else f"shapes:per_class={args.per_class}"
     figures = []
     if not args.no_feature:

@@ -44,6 +44,17 @@ QUICK = {
 SKIP = {"run_all"}
 
 
+def private_dirs(prefix: str = "convscope-bench-") -> Path:
+    """A new temporary folder holding this bench's own cache and runs (nothing of a developer's is reused)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
+    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return tmp
+
+
 def ratio(name: str, value: float | None, target: str | None = None) -> dict:
     """One figure of a bench's --json: `target` is "<= X", ">= X", "within X" (|value| <= X) or None (none stated)."""
     passed = None

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run_all import ratio  # noqa: E402
+from run_all import private_dirs, ratio  # noqa: E402
 
 
 def epoch_gaps(config) -> tuple[list[float], object]:
@@ -55,10 +53,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run_all.py")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="convscope-bench-"))
-    os.environ["CONVSCOPE_CACHE_DIR"] = str(tmp / "cache")
-    os.environ["CONVSCOPE_RUNS_DIR"] = str(tmp / "runs")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    private_dirs()
 
     import numpy as np
 
