@@ -63,8 +63,8 @@ def main() -> None:
         featurevis.visualize(model, layer, channels, featurevis.Settings(seed=next(seed)))  # a new seed: no memo
         return time.perf_counter() - t0
 
-    def model_pass(layer: str, batch: int) -> float:
-        """Seconds of the model's own part of a step: compiled forward and input gradient to the layer."""
+    def model_pass(layer: str, batch: int, times: int):
+        """`times` of the model's own part of a step: compiled forward and input gradient to the layer."""
         import tensorflow as tf
 
         fn = featurevis.any_size(model.model, layer, before_activation=True)
@@ -77,21 +77,22 @@ def main() -> None:
                 loss = tf.reduce_mean(fn(model.preprocess(x))[..., 0])
             return tape.gradient(loss, x)
 
-        step()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            step()
-        return (time.perf_counter() - t0) / 20
+        def run() -> None:
+            for _ in range(times):
+                step()
+
+        return run
 
     print(f"EfficientNet-Lite0, pictures at {settings.size} px, {settings.steps} steps; medians of {args.repeats}")
     header = f"{'depth':8} {'layer':28} {'first s':>8} {'1 ch s':>7} {'floor s':>8} {'8 ch s':>7} {'ratio':>6}"
     print(f"{header}  model alone: 8 vs 1")
     for depth, layer in DEPTHS.items():
         first = picture(layer, [0])
-        one = statistics.median(picture(layer, [0]) for _ in range(args.repeats))
+        # the warm picture and its floor timed alternately, as the 8-channel pass and the model's at batch 8 / 1
+        warm = lambda layer=layer: picture(layer, [0])  # noqa: E731
+        one, steps_floor = paired(warm, model_pass(layer, 1, settings.steps), args.repeats)
         eight = statistics.median(picture(layer, list(range(8))) for _ in range(args.repeats))
-        pass_1, pass_8 = model_pass(layer, 1), model_pass(layer, 8)
-        steps_floor = settings.steps * pass_1
+        pass_8, pass_1 = paired(model_pass(layer, 8, 20), model_pass(layer, 1, 20), args.repeats)
         print(
             f"{depth:8} {layer:28} {first:8.1f} {one:7.1f} {steps_floor:8.1f} {eight:7.1f} {eight / one:5.2f}x  "
             f"{pass_8 / pass_1:5.2f}x"
