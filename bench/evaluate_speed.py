@@ -7,9 +7,19 @@
   the same images already decoded and resized in memory.
 
 Both run on the same trained run's model (EfficientNet-Lite0 with a trained head, 224 px),
-timed alternately so that a load that comes and goes hits both alike. Target (issue 12):
-ours / floor throughput >= 0.85. Also prints the whole `evaluate()` call (data, scoring,
-the validation split for the temperature, metrics) once cold and once from the cache.
+timed alternately so that a load that comes and goes hits both alike. Target (issue 25):
+ours / floor throughput >= 0.95, decoding fully hidden behind the forward pass.
+
+Decoding needs CPU, and the forward pass already keeps the cores busy (both of a 2-core
+machine), so decoding can be hidden only as far as those cores have room for it. The bench
+measures, per image, the CPU seconds of decoding and resizing (one thread) and of the forward
+pass (all its threads), and prints the best ratio physically possible when the decoding's CPU
+is taken from the cores the forward pass keeps busy, "floor with decoding" = forward CPU /
+(forward CPU + decode CPU); that is forward / (forward + decode / cores) with cores = the
+forward pass's CPU over its wall time, which stays right when other work shares the machine.
+
+Also prints the whole `evaluate()` call (data, scoring, the validation split for the
+temperature, metrics) once cold and once from the cache.
 
     python bench/evaluate_speed.py [--per-class 100] [--repeats 3] [--json]
 """
@@ -20,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -60,7 +71,11 @@ def main() -> None:
     model = run_model(run)
     data = evaluate.labelled_set(run, split="all")
     n = len(data.rels)
-    in_memory = np.stack([load_resized(p, args.size) for p in data.paths]).astype(np.float32)
+    decode_cpu = []  # CPU seconds of this thread decoding and resizing every file, once per repeat
+    for _ in range(args.repeats):
+        t0 = time.thread_time()
+        in_memory = np.stack([load_resized(p, args.size) for p in data.paths]).astype(np.float32)
+        decode_cpu.append(time.thread_time() - t0)
     model.compiled.logits(in_memory[:32])  # trace and warm up outside the timings
 
     def ours() -> None:
@@ -76,7 +91,18 @@ def main() -> None:
     print(f"  ours  (files -> logits):       {ours_s:6.2f} s  {n / ours_s:7.1f} images/s")
     print(f"  floor (tensors -> logits):     {floor_s:6.2f} s  {n / floor_s:7.1f} images/s")
     ratio = floor_s / ours_s
-    print(f"  throughput ratio ours/floor:   {ratio:.3f}  (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+    print(f"  throughput ratio ours/floor:   {ratio:.3f}  (target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
+    forward_cpu = []  # CPU seconds of the whole process (every TensorFlow thread) in the floor's pass
+    for _ in range(args.repeats):
+        t0 = time.process_time()
+        floor()
+        forward_cpu.append(time.process_time() - t0)
+    forward, cpu, decode = floor_s / n, statistics.median(forward_cpu) / n, statistics.median(decode_cpu) / n
+    possible = cpu / (cpu + decode)
+    print(
+        f"  floor with decoding:           {possible:.3f}  (per image: forward {forward * 1000:.2f} ms wall, "
+        f"{cpu * 1000:.2f} ms CPU = {cpu / forward:.2f} cores busy; decode+resize {decode * 1000:.2f} ms CPU)"
+    )
 
     shutil.rmtree(run.path / "evaluations", ignore_errors=True)
     t0 = time.perf_counter()
@@ -93,7 +119,8 @@ def main() -> None:
     )
     shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        print(json.dumps({"bench": "evaluate_speed", "ratios": [figure("throughput ours / floor", ratio, ">= 0.85")]}))
+        figures = [figure("throughput ours / floor", ratio, ">= 0.95"), figure("floor with decoding", possible)]
+        print(json.dumps({"bench": "evaluate_speed", "ratios": figures}))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,14 @@ def test_data_config_round_trip_and_checks():
     assert DataConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ConfigError, match="resize must be one of"):
         DataConfig(resize="squash")
+
+
+@pytest.mark.parametrize("batch", [4, 7, 100])
+def test_decoded_batches_are_the_files_in_order(small_shapes, batch):
+    # the first batch is split over the cores, the rest decoded one ahead: the same images, in order
+    paths = [str(small_shapes.root / item.rel) for item in small_shapes.items]
+    got = list(pipeline.decoded_batches(paths, 40, batch=batch))
+    assert [len(b) for b in got] == [len(paths[k : k + batch]) for k in range(0, len(paths), batch)]
+    expected = np.stack([pipeline.load_resized(p, 40) for p in paths]).astype(np.float32)
+    np.testing.assert_array_equal(np.concatenate(got), expected)
+    assert list(pipeline.decoded_batches([], 40)) == []

@@ -68,6 +68,25 @@ def test_seeded_and_independent_of_batch_mates(small):
     assert odd.image.shape == (49, 49, 3)  # an odd size keeps its last column
 
 
+def test_the_step_loop_in_the_graph_makes_the_pictures_of_the_python_loop(monkeypatch):
+    """Issue 25 runs the steps as traced loops of CHUNK steps; the pictures are those of one step per call.
+
+    The reference numbers were made by the code before (a Python loop calling one traced step);
+    on that machine the chunked loop gave them bit for bit.
+    """
+    model = explainable(small_model())
+    settings = featurevis.Settings(steps=24, size=48)
+    chunked = featurevis.visualize(model, "r2", [0, 3, 5], settings)
+    assert [round(p.activation, 4) for p in chunked] == pytest.approx([0.1167, 0.0188, 0.1184], abs=2e-4)
+    np.testing.assert_allclose(chunked[0].curve[[0, 11, 23]], [0.000107, 0.0338, 0.0626], rtol=1e-2, atol=1e-5)
+    model.memo = type(model.memo)()
+    monkeypatch.setattr(featurevis, "CHUNK", 1)  # one step per call, as the Python loop ran them
+    stepped = featurevis.visualize(model, "r2", [0, 3, 5], settings)
+    for a, b in zip(chunked, stepped, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_allclose(a.curve, b.curve, rtol=1e-5, atol=1e-7)
+
+
 def test_pictures_are_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
     model = explainable(small_model(1))
     model.cache_folder, model.identity = tmp_path / "channels", "small:v1"

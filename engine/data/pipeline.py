@@ -15,6 +15,7 @@ shuffle buffer"), and every epoch still gets a full, fresh, seeded order.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +81,7 @@ def decoded_batches(paths: list[str], size: int, policy: str = "stretch", batch:
 
     The next batch is decoded in a worker thread while the caller works on this one (Pillow
     releases the GIL), so a pass of a compiled model over thousands of files costs little more
-    than the model itself.
+    than the model itself. The first batch, which nothing can hide, is decoded on every core.
     """
 
     def decode(chunk: list[str]) -> np.ndarray:
@@ -89,13 +90,17 @@ def decoded_batches(paths: list[str], size: int, policy: str = "stretch", batch:
     chunks = [paths[k : k + batch] for k in range(0, len(paths), batch)]
     if not chunks:
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-decode") as pool:
-        pending = pool.submit(decode, chunks[0])
-        for k in range(len(chunks)):
-            images = pending.result()
-            if k + 1 < len(chunks):
-                pending = pool.submit(decode, chunks[k + 1])
+    cores = max(1, min(os.cpu_count() or 1, len(chunks[0])))
+    step = -(-len(chunks[0]) // cores)  # the first batch split evenly over the cores
+    with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="convscope-decode") as pool:
+        images = np.concatenate(
+            list(pool.map(decode, [chunks[0][k : k + step] for k in range(0, len(chunks[0]), step)]))
+        )
+        for k in range(1, len(chunks) + 1):
+            pending = pool.submit(decode, chunks[k]) if k < len(chunks) else None  # one batch ahead, one thread
             yield images
+            if pending is not None:
+                images = pending.result()
 
 
 class DecodedImages:

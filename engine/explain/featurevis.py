@@ -46,6 +46,7 @@ PAD, JITTER1, JITTER2 = 12, 8, 4
 SCALES = np.array([1 + (i - 5) / 50 for i in range(11)], np.float32)
 ANGLES = np.array(list(range(-10, 11)) + 5 * [0], np.float32)
 BATCHES = (1, 2, 4, 8)  # batch sizes traced; more channels run in chunks of 8
+CHUNK = 16  # steps run as one traced loop between progress reports
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,15 @@ class _Optimiser:
             self.spectrum.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
             return value
 
-        i32, f32 = tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.float32)
-        self.step = tf.function(step, input_signature=[i32, f32, f32, i32, f32])
+        def steps(jitter1, scale, angle, jitter2, lr):
+            # A chunk of steps as one graph loop: no return to Python between steps.
+            curve = tf.TensorArray(tf.float32, size=tf.shape(scale)[0])
+            for k in tf.range(tf.shape(scale)[0]):
+                curve = curve.write(k, step(jitter1[k], scale[k], angle[k], jitter2[k], lr))
+            return curve.stack()  # (k, B)
+
+        i32, f32 = tf.TensorSpec((None, 2), tf.int32), tf.TensorSpec((None,), tf.float32)
+        self.steps = tf.function(steps, input_signature=[i32, f32, f32, i32, tf.TensorSpec((), tf.float32)])
 
     def image(self):
         """(B, S, S, 3) float in [0, 1] from the spectrum variable."""
@@ -226,10 +234,11 @@ class _Optimiser:
             self.channels.assign(np.asarray(channels, np.int32))
             steps = len(plan["scale"])
             curve = np.zeros((steps, len(channels)), np.float32)
-            for k in range(steps):
-                curve[k] = self.step(plan["jitter1"][k], plan["scale"][k], plan["angle"][k], plan["jitter2"][k], lr)
-                if progress and (k % 8 == 7 or k == steps - 1):
-                    progress((k + 1) / steps)
+            for k in range(0, steps, CHUNK):
+                part = [plan[name][k : k + CHUNK] for name in ("jitter1", "scale", "angle", "jitter2")]
+                curve[k : k + CHUNK] = self.steps(*part, np.float32(lr))
+                if progress:
+                    progress(min(steps, k + CHUNK) / steps)
             image = self.image()  # once per picture: eager is fine
             value = self.objective(image, self.report, False)  # the layer's own output, as natural images
         return (np.asarray(image) * 255).round().astype(np.uint8), np.asarray(value), curve
@@ -378,7 +387,7 @@ def visualize(
 
     Pictures already made with the same model, layer, channel and settings come from the
     memo or the model's cache folder; the rest are optimised together, 8 at a time.
-    `progress(fraction)` is called every 8 steps.
+    `progress(fraction)` is called every CHUNK (16) steps.
     """
     settings = settings or Settings()
     check_target(model, layer, channels)
