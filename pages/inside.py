@@ -126,6 +126,10 @@ if picked is None:
 image_name, rgb, box = picked
 x = model.prepare(rgb)
 image_key = f"{model_key}|{image_digest(x)}"
+if not model.opaque_reason and model.memo.get(("probabilities", image_digest(x[None]))) is None:
+    # A new image: its first map (Grad-CAM at the default layer, the default tab's first) gives the
+    # prediction too, in one forward-and-backward pass, instead of a forward pass and then the map.
+    explain_image(model, rgb, "gradcam")
 probs = model.memo(("probabilities", image_digest(x[None])), lambda: model.probabilities(x[None])[0])
 top = np.argsort(-probs)[:5]
 if st.session_state.get("inside_image_key") != image_key:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CONVSCOPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="convscope-test-cache-")
+# The dashboard's registry keeps a spare worker process (TensorFlow imported) ready: not in tests, where each
+# would import TensorFlow beside the test and keep an earlier test's folders; test_worker.py tests it.
+os.environ["CONVSCOPE_SPARE_WORKERS"] = "0"
 for name in ("TF_CONFIG", "CONVSCOPE_CPU_REPLICAS"):  # the tests train on one device unless they say otherwise
     os.environ.pop(name, None)
 

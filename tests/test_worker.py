@@ -230,3 +230,65 @@ def test_a_spare_worker_takes_the_next_job_and_another_is_started_after_it(runs_
     assert fresh is not spare and fresh.alive(), "a new spare waits for the next job"
     measured = registry.call("latency", {"run_dir": str(job.run.path)})
     assert measured["ms_per_image"] > 0 and fresh.proc.wait(10) == 0, "the short call went to the spare"
+    deadline = time.monotonic() + 30
+    while registry._spares.get("/CPU:0") in (None, fresh) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    last = registry._spares["/CPU:0"]
+    registry.close()
+    assert last.proc.wait(10) != 0 and not registry._spares, "close() ends the spare"
+
+
+@pytest.mark.slow
+def test_a_spare_is_not_started_beside_a_running_job_and_a_stale_one_is_replaced(runs_dir, monkeypatch):
+    registry = jobs.JobRegistry(devices=["/CPU:0"], spare=True)
+    deadline = time.monotonic() + 60
+    while "/CPU:0" not in registry._spares and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stale = registry._spares["/CPU:0"]
+    monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(runs_dir.parent / "another-cache"))
+    job = registry.submit(tiny_config())
+    deadline = time.monotonic() + 60
+    while job.process is None and registry.snapshot(job.id)["status"] in runs.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.process is not stale and stale.proc.wait(10) != 0, "a spare of other folders is ended, not used"
+    registry._refill()  # as a short call's end does: not while the job runs
+    assert "/CPU:0" not in registry._spares
+    assert registry.wait(job.id, 300)["status"] == "finished"
+    registry.close()
+
+
+def test_a_job_whose_follow_up_fails_stays_finished(runs_dir, monkeypatch):
+    """A worker that dies while measuring latency (after the run was finished) does not make the run failed."""
+
+    class Dies:
+        def __init__(self, request, device=None):
+            self.env, self.device, self.run_dir = worker.child_env(device), device, request["run_dir"]
+
+        def alive(self):
+            return True
+
+        def stop(self):
+            pass
+
+        def run(self, progress=None, finished=None):
+            runs.Run(Path(self.run_dir)).set_status("finished")  # as loop.train does before it says so
+            finished({"status": "finished", "reason": "", "history": {"loss": [1.0]}})
+            raise worker.WorkerError("the worker process ended without a result (exit code -9)")
+
+    monkeypatch.setattr(worker, "Worker", Dies)
+    registry = jobs.JobRegistry(devices=["/CPU:0"])
+    job = registry.submit(tiny_config())
+    snap = registry.wait(job.id, 30)
+    assert snap["status"] == "finished" and snap["following"] == "" and snap["reason"] == ""
+    assert job.run.status()["status"] == "finished"
+
+
+def test_a_changed_message_is_sent_at_once():
+    out = io.StringIO()
+    emit = worker.Emitter(out)
+    emit.report(stage="follow-up", message="Measuring its latency")
+    emit.report(stage="follow-up", message="Scoring the test split")
+    assert [json.loads(line)["progress"]["message"] for line in out.getvalue().splitlines()] == [
+        "Measuring its latency",
+        "Scoring the test split",
+    ]

@@ -17,7 +17,7 @@ from engine.data.ingest import Dataset, load_item
 from engine.data.shapes import SHAPE_CLASSES, ShapesConfig
 from engine.errors import ConvScopeError
 from engine.samples import SAMPLE_PHOTOS
-from ui import cached, state
+from ui import cached, state, wording
 
 # An absolute or home-relative server path: "/srv/data/x.zip", "~/.keras/models". Not "https://host/x"
 # (the lookbehind skips "//"), not "a/b" (relative), not "../ paths".
@@ -325,7 +325,11 @@ def job_progress(snap: dict) -> None:
     stage = p.get("stage")
     if snap["status"] == "queued":
         ahead = (snap["position"] or 1) - 1
-        st.info(f"Queued: position {snap['position']} in line ({ahead} job(s) ahead). It starts by itself.")
+        others = f" and {wording.plural(ahead, 'queued job')}" if ahead else ""
+        st.info(
+            f"Queued: position {snap['position']} in line, behind the job running now{others} (a finished run's "
+            "worker first ends its follow-up, a few seconds). It starts by itself."
+        )
         return
     if stage == "features" and p.get("cached"):
         st.progress(1.0, text=f"Backbone features: {p['total']:,} from the cache")

@@ -85,16 +85,11 @@ class Explainer:
             raw = upsample(raw, images.shape[1])
         return np.maximum(np.nan_to_num(np.asarray(raw, np.float32)), 0), logits
 
-    def raw_maps(
-        self, images: np.ndarray, classes: list[int], progress: Progress | None = None
-    ) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def raw_maps_and_logits(
         self, images: np.ndarray, classes: list[int], progress: Progress | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(raw maps, logits or None); a method whose pass sees the images as they are overrides it, with `predicts`."""
-        return self.raw_maps(images, classes, progress), None
+    ) -> tuple[np.ndarray, np.ndarray | None]:  # pragma: no cover - abstract
+        """(raw maps (N, h, w) at any size, the images' logits (N, K) when the method `predicts`, else None)."""
+        raise NotImplementedError
 
     def passes(self, size: int) -> tuple[int, int]:
         """(forward passes, input-gradient passes) per image: what the method costs, for time estimates."""

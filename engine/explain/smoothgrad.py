@@ -15,11 +15,11 @@ class SmoothGrad(BaseAttribution):
     def passes(self, size):
         return 0, SAMPLES
 
-    def raw_maps(self, images, classes, progress=None):
+    def raw_maps_and_logits(self, images, classes, progress=None):
         rng = np.random.default_rng(0)  # the same noise every time: reproducible maps
         n = len(images)
         # Every image's noisy copies in one batched gradient call: (N * SAMPLES, S, S, 3).
         noisy = np.repeat(images, SAMPLES, axis=0)
         noisy += rng.standard_normal(noisy.shape, dtype=np.float32) * np.float32(NOISE * 255)
         grads = self.input_gradients(noisy, np.repeat(classes, SAMPLES).tolist(), progress)
-        return np.abs(grads).max(axis=-1).reshape(n, SAMPLES, *images.shape[1:3]).mean(axis=1)
+        return np.abs(grads).max(axis=-1).reshape(n, SAMPLES, *images.shape[1:3]).mean(axis=1), None

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
+import os
 import threading
 import time
 from collections import deque
@@ -76,18 +78,38 @@ class JobRegistry:
         self._jobs: dict[str, Job] = {}
         self._workers: list[threading.Thread] = []
         self._spares: dict[str, worker.Worker] = {}
+        self._busy: set[str] = set()  # devices running a job (their spare is started only when it ends)
         self._keep_spares = spare and train_fn is None
         if self._keep_spares:  # in the background: listing the devices imports TensorFlow
             threading.Thread(target=self._refill, daemon=True, name="convscope-spare").start()
 
     # ---- spare worker processes ---------------------------------------------------
     def _refill(self) -> None:
-        """Start a spare worker for every device without a live one (it waits for its request)."""
+        """Start a spare worker for every idle device without a live one (it waits for its request).
+
+        Never beside a running job: its imports would take the job's CPU. A spare whose environment is
+        no longer this process's (another cache or runs folder) is stopped and replaced.
+        """
         for device in self._devices or _devices():
             with self._lock:
                 spare = self._spares.get(device)
-                if spare is None or not spare.alive():
-                    self._spares[device] = worker.Worker(None, device)
+                if device in self._busy or (
+                    spare is not None and spare.alive() and spare.env == worker.child_env(device)
+                ):
+                    continue
+                self._spares.pop(device, None)
+            if spare is not None:
+                spare.kill()
+            try:
+                fresh = worker.Worker(None, device)
+            except OSError as exc:  # out of processes or memory: jobs then start their own, as before
+                logging.getLogger(__name__).warning("no spare worker for %s (%s)", device, exc)
+                continue
+            with self._lock:
+                if device in self._spares or device in self._busy:  # another thread was quicker, or a job began
+                    fresh.kill()
+                else:
+                    self._spares[device] = fresh
 
     def _process(self, request: dict, device: str | None) -> worker.Worker:
         """A worker process for `request`: the device's spare when one is alive (any spare for None), else a new one."""
@@ -95,10 +117,19 @@ class JobRegistry:
             if device is None:  # a short call, pinned to no device: any spare will do
                 device = next(iter(self._spares), None)
             spare = self._spares.pop(device, None) if device is not None else None
-        if spare is not None and spare.alive():
+        if spare is not None and spare.alive() and spare.env == worker.child_env(spare.device):
             spare.start(request)
             return spare
+        if spare is not None:
+            spare.kill()
         return worker.Worker(request, device)
+
+    def close(self) -> None:
+        """Stop the spare workers (tests; a server that ends closes their stdin, which ends them too)."""
+        with self._lock:
+            spares, self._spares = list(self._spares.values()), {}
+        for spare in spares:
+            spare.kill()
 
     # ---- requests ----------------------------------------------------------------
     def submit(self, config: TrainConfig, run: Run | None = None) -> Job:
@@ -195,9 +226,13 @@ class JobRegistry:
             }
 
     def active(self) -> list[str]:
-        """Ids of running and queued jobs, running first."""
+        """Ids of running and queued jobs, running first, and of finished ones whose worker still follows up.
+
+        A following job still holds its device and writes to its run (latency, what changed, scores): it
+        is not deleted meanwhile, and a job queued behind it waits for it.
+        """
         with self._lock:
-            running = [j.id for j in self._jobs.values() if j.status == "running"]
+            running = [j.id for j in self._jobs.values() if j.status == "running" or j.following]
             return running + [j.id for j in self._queue]
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict | None:
@@ -227,9 +262,11 @@ class JobRegistry:
                     self._wake.wait()
                 job = self._queue.popleft()
                 job.status, job.started, job.device = "running", time.time(), device
+                self._busy.add(device)
             self._run(job, device)
             with self._lock:
                 job.finished, job.following = time.time(), ""
+                self._busy.discard(device)
                 self._wake.notify_all()
             if self._keep_spares:
                 self._refill()  # its imports run now, while the user looks at the results
@@ -266,7 +303,10 @@ class JobRegistry:
                 job.history = result["history"]
         except Exception as exc:  # noqa: BLE001 - a worker must survive any failed job; the run says why
             with self._lock:
-                job.status, job.reason = "failed", str(exc) or type(exc).__name__
+                if job.following:  # the run was finished and saved: only its follow-up failed (latency, ...)
+                    logging.getLogger(__name__).warning("%s: its follow-up failed (%s)", job.id, exc)
+                else:
+                    job.status, job.reason = "failed", str(exc) or type(exc).__name__
 
     def _in_worker(
         self, job: Job, device: str, report: Callable[[dict], None], finished: Callable[[dict], None]
@@ -281,8 +321,9 @@ class JobRegistry:
         try:
             result = process.run(report, finished)
         except worker.WorkerError as exc:
-            # Killed or crashed without a word: the run folder must not say "running" for ever.
-            if job.run.path.is_dir() and job.run.status().get("status") in runs.ACTIVE:
+            # Killed or crashed without a word: the run folder must not say "running" for ever (a run that
+            # finished before its follow-up died is finished).
+            if not job.following and job.run.path.is_dir() and job.run.status().get("status") in runs.ACTIVE:
                 job.run.set_status("failed", str(exc), epoch=job.run.checkpoint_epoch())
             raise
         finally:
@@ -299,10 +340,13 @@ class JobRegistry:
         """
         request = {**request, "task": task}
         try:
-            return worker.call(request, progress, process=self._process(request, None) if self._spares else None)
+            result = self._process(request, None).run(progress)
         finally:
             if self._keep_spares:
                 threading.Thread(target=self._refill, daemon=True, name="convscope-spare").start()
+        if "error" in result:
+            raise ConvScopeError(result["error"])
+        return result
 
 
 def _devices() -> list[str]:
@@ -324,5 +368,6 @@ def registry() -> JobRegistry:
     global _REGISTRY
     with _REGISTRY_LOCK:
         if _REGISTRY is None:
-            _REGISTRY = JobRegistry(spare=True)
+            # CONVSCOPE_SPARE_WORKERS=0 turns the spare off (the tests do: each would import TensorFlow)
+            _REGISTRY = JobRegistry(spare=os.environ.get("CONVSCOPE_SPARE_WORKERS", "1") != "0")
         return _REGISTRY

@@ -74,6 +74,7 @@ class Worker:
         if request is not None:
             _check(request)
         self.device = device
+        self.env = child_env(device)  # a spare is used only while this is still the server's
         self._lock = threading.Lock()
         self._stderr: deque[str] = deque(maxlen=40)
         self.proc = subprocess.Popen(
@@ -83,7 +84,7 @@ class Worker:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
-            env=child_env(device),
+            env=self.env,
             cwd=ROOT,
             # Its own process group: a Ctrl-C at the server's terminal reaches the server, which
             # closes the worker's stdin, and the worker stops cleanly (a resumable run).
@@ -99,6 +100,7 @@ class Worker:
         self._send(json.dumps(request))
 
     def alive(self) -> bool:
+        """Whether the process is still running (a spare that died is not given a job)."""
         return self.proc.poll() is None
 
     def _drain_stderr(self) -> None:
@@ -118,6 +120,7 @@ class Worker:
         self._send("stop")
 
     def kill(self) -> None:
+        """End the process now (a spare no longer wanted, or a job whose caller went away)."""
         if self.proc.poll() is None:
             self.proc.kill()
 
@@ -165,26 +168,18 @@ class Worker:
 
 
 def _check(request: dict) -> None:
+    """A request's task must be one the worker knows."""
     if request.get("task") not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {request.get('task')!r}")
 
 
-def call(
-    request: dict,
-    progress: Callable[[dict], None] | None = None,
-    device: str | None = None,
-    process: Worker | None = None,
-) -> dict:
-    """Run one job in a worker process (`process`: a spare to give it to) and return its result.
-
-    For the LR finder and latency.
+def call(request: dict, progress: Callable[[dict], None] | None = None, device: str | None = None) -> dict:
+    """Run one job in a worker process and return its result (for the LR finder and latency).
 
     Raises:
         ConvScopeError: the job's own error (bad options, missing run), or WorkerError.
     """
-    if process is not None:
-        process.start(request)
-    result = (process or Worker(request, device)).run(progress)
+    result = Worker(request, device).run(progress)
     if "error" in result:
         raise ConvScopeError(result["error"])
     return result
@@ -235,18 +230,20 @@ class Emitter:
         self.lock = threading.Lock()
         self.last = 0.0
         self.stage = None
+        self.message = None
 
     def report(self, **fields) -> None:
         now = time.monotonic()
         milestone = (
             "history" in fields
             or fields.get("stage") != self.stage
+            or fields.get("message") != self.message
             or ("batch" in fields and fields["batch"] in (0, fields.get("batches")))
             or ("done" in fields and fields.get("done") == fields.get("total"))
         )
         if not milestone and now - self.last < MIN_REPORT_INTERVAL_S:
             return
-        self.last, self.stage = now, fields.get("stage")
+        self.last, self.stage, self.message = now, fields.get("stage"), fields.get("message")
         self.send({"progress": fields})
 
     def send(self, event: dict) -> None:

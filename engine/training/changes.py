@@ -443,5 +443,5 @@ def what_changed(parent: Run, child: Run) -> dict:
     else:
         result = to_json(compare(before, after, x, labels, backbones.get_spec(config["backbone"])))
     result["projection"]["labels"] = [int(v) for v in labels]
-    runs.write_json(child.path / "changes.json", result)
+    runs.write_json(child.path / "changes.json", result, inside=child.path)  # a run deleted meanwhile stays so
     return result

@@ -188,10 +188,9 @@ class NewModel(Recipe):
 
         train_data = _feature_batches(views, y["train"], config.batch_size, config.seed)
         val_data = (x["validation"], y["validation"]) if has_val else None
-        # the whole backbone is frozen: the timeline runs only the head on its output
-        frozen = base.layers[-1].name
+        # the whole backbone is frozen: the timeline keeps its layer's activations and runs only what follows
         return Prepared(
-            fitted, classifier, train_data, val_data, predict, fresh, frozen_below=frozen, frozen_maps=frozen_maps
+            fitted, classifier, train_data, val_data, predict, fresh, frozen_below=True, frozen_maps=frozen_maps
         )
 
 

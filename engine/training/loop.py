@@ -102,9 +102,10 @@ class Prepared:
     predicts_later: tuple = ()  # more models whose predict() runs after the fit (distribute.fitting)
     callbacks: list = field(default_factory=list)  # run after the loop's own, every epoch
     after_fit: Callable[[], None] | None = None
-    # the layer up to which nothing changes while it trains (the timeline runs only what is above it), and
-    # its activations when the mode has them: frozen_maps(layer, items, images) -> (N, h, w, C) or None
-    frozen_below: str | None = None
+    # the layer up to which nothing changes while it trains, True for the timeline's own (the timeline runs
+    # only what is above it), and its activations when the mode has them: frozen_maps(layer, items, images)
+    # -> (N, h, w, C) or None
+    frozen_below: bool | str | None = None
     frozen_maps: Callable | None = None
 
 

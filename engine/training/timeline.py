@@ -151,7 +151,7 @@ def recorder(
     splits: dict[str, list[Item]],
     classifier,
     start_epoch: int,
-    frozen_below: str | None = None,
+    frozen_below: bool | str | None = None,
     frozen_maps: Callable[[str, list[Item], np.ndarray], np.ndarray | None] | None = None,
 ):
     """The Keras callback recording the timeline of `run` (None when the model has no spatial layer).
@@ -199,8 +199,9 @@ def recorder(
         store.write_images(run.path, np.clip(np.rint(images), 0, 255).astype(np.uint8))
         store.write_meta(run.path, meta)
     try:
-        kept = frozen_maps(frozen_below, items, images) if frozen_below and frozen_maps is not None else None
-        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, frozen_below or False, kept)
+        frozen = layer if frozen_below is True else frozen_below
+        kept = frozen_maps(frozen, items, images) if frozen and frozen_maps is not None else None
+        cams = CamPass(classifier, preprocess_of(saved or config.to_json()), layer, images, frozen or False, kept)
         cams()  # traced here, once per run, so no epoch pays for it
     except Exception as exc:  # noqa: BLE001 - a model the maps cannot be taken of still trains
         logging.getLogger(__name__).warning("%s: no timeline (%s: %s)", run.name, type(exc).__name__, exc)
