@@ -257,6 +257,7 @@ def test_a_spare_is_not_started_beside_a_running_job_and_a_stale_one_is_replaced
     registry.close()
 
 
+@pytest.mark.slow  # a registry job (its worker process is a stand-in that dies)
 def test_a_job_whose_follow_up_fails_stays_finished(runs_dir, monkeypatch):
     """A worker that dies while measuring latency (after the run was finished) does not make the run failed."""
 
