@@ -274,6 +274,7 @@ def test_a_job_whose_follow_up_fails_stays_finished(runs_dir, monkeypatch):
         def run(self, progress=None, finished=None):
             runs.Run(Path(self.run_dir)).set_status("finished")  # as loop.train does before it says so
             finished({"status": "finished", "reason": "", "history": {"loss": [1.0]}})
+            (Path(self.run_dir) / ".latency-abcd1234.json").write_text("half")  # the write it died in
             raise worker.WorkerError("the worker process ended without a result (exit code -9)")
 
     monkeypatch.setattr(worker, "Worker", Dies)
@@ -282,6 +283,7 @@ def test_a_job_whose_follow_up_fails_stays_finished(runs_dir, monkeypatch):
     snap = registry.wait(job.id, 30)
     assert snap["status"] == "finished" and snap["following"] == "" and snap["reason"] == ""
     assert job.run.status()["status"] == "finished"
+    assert not list(job.run.path.glob(".latency-*")), "the half write of the dead follow-up is cleaned"
 
 
 def test_a_changed_message_is_sent_at_once():

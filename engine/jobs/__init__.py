@@ -325,6 +325,8 @@ class JobRegistry:
             # finished before its follow-up died is finished).
             if not job.following and job.run.path.is_dir() and job.run.status().get("status") in runs.ACTIVE:
                 job.run.set_status("failed", str(exc), epoch=job.run.checkpoint_epoch())
+            elif job.following and job.run.path.is_dir():
+                job.run.clean_leftovers()  # the half write it died in (latency.json, ...): no process writes now
             raise
         finally:
             with self._lock:
