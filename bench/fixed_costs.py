@@ -5,7 +5,9 @@ parts nested in it (tracing inside the fit counts as tracing, not as fitting), s
 to the run. "process start" is `python -m engine worker` until it reads its request (its imports,
 TensorFlow's among them), which a dashboard run pays unless the registry's spare worker has paid it
 before the click (measured too, each way twice). "until marked finished" is what a user waits for:
-latency, what changed (CKA) and, in the dashboard's worker, the test split's scores follow it.
+latency, what changed (CKA) and, for a fine-tune in the dashboard's worker, the test split's scores
+follow it. "evaluation" scores the validation and test splits from the pass that computed them (a
+feature run keeps those scores for the Evaluate page).
 
     python bench/fixed_costs.py [--source shapes] [--epochs N] [--json]
 

@@ -51,8 +51,14 @@ def test_the_test_split_matches_training_and_the_matrix_counts_it(run):
 
 
 def test_scores_are_cached_per_model_and_data(run):
+    kept = evaluate.evaluate(run)
+    assert kept.cached, "training keeps the test split's logits from the pass that computed them"
+    shutil.rmtree(run.path / "evaluations")
     first = evaluate.evaluate(run)
-    assert not first.cached
+    assert not first.cached and first.temperature == pytest.approx(kept.temperature, rel=1e-4)
+    # The head on the cached features and the whole model on the images: the same logits, the same answers.
+    np.testing.assert_allclose(kept.logits, first.logits, atol=1e-4)
+    assert np.array_equal(kept.predicted, first.predicted) and kept.metrics["accuracy"] == first.metrics["accuracy"]
     again = evaluate.evaluate(run)
     assert again.cached and np.array_equal(again.logits, first.logits)
     os.utime(run.model_file, ns=(1, 1))  # a rewritten model (a resumed run): scored again

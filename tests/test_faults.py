@@ -30,14 +30,19 @@ class Killed(BaseException):
     """The process dies: nothing after it is written (not an Exception, like SystemExit)."""
 
 
-def leftovers(run: runs.Run) -> list[str]:
+def leftovers(run: runs.Run, folders=("", "checkpoints")) -> list[str]:
     return sorted(
         str(p.relative_to(run.path))
-        for folder in (run.path, run.path / "checkpoints")
+        for folder in (run.path / name for name in folders)
         if folder.is_dir()
         for p in folder.iterdir()
         if p.name.startswith(".")
     )
+
+
+def write_name(path: Path) -> str:
+    """A write's name: its file's, or `evaluations` for kept scores (their names hold the model file's time)."""
+    return "evaluations" if path.parent.name == "evaluations" else path.name
 
 
 def dies_at_write(real_write, name: str, at: int, calls: list):
@@ -46,10 +51,11 @@ def dies_at_write(real_write, name: str, at: int, calls: list):
     def write(path, fn, **kw):
         if name not in path.parts:
             return real_write(path, fn, **kw)
-        calls.append(path.name)
+        calls.append(write_name(path))
         if len(calls) <= at:
             return real_write(path, fn, **kw)
         if len(calls) == at + 1:  # killed mid-write: a half temporary file stays, nothing is renamed
+            path.parent.mkdir(exist_ok=True)  # as atomic_write makes evaluations/
             fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
             os.write(fd, b"half")
             os.close(fd)
@@ -76,7 +82,7 @@ def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(mo
 
     def record_write(path, write, **kw):
         if "reference" in path.parts:  # the run's own writes (not the feature cache's)
-            writes.append(path.name)
+            writes.append(write_name(path))
         return real_write(path, write, **kw)
 
     def record_save(self, epoch, save):
@@ -110,7 +116,7 @@ def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(mo
         with pytest.raises(Killed):
             fit.train(config, run)
         assert calls[at] == writes[at], (calls, writes)
-        assert leftovers(run), f"{kind}: the simulated kill left no temporary file"
+        assert leftovers(run, ("", "checkpoints", "evaluations")), f"{kind}: the simulated kill left no temporary file"
         patch_writes(monkeypatch, real_write)
         monkeypatch.setattr(runs.folder, "_pid_alive", lambda pid: False)  # the killed process is gone
         if at > marked_finished:  # killed in the follow-up: the run stays finished, whole and usable
@@ -138,6 +144,11 @@ def test_a_kill_at_any_write_loses_no_epoch_and_its_temporary_file_is_cleaned(mo
             assert len(values) == config.epochs, f"{kind}: {key} has {len(values)} epochs, not {config.epochs}"
             assert values[:done] == reference["history"][key][:done], f"{kind}: {key} shifted"
         assert leftovers(run) == [], f"{kind}: {leftovers(run)} left after the resume"
+        # Kept scores' temporary files wait until they are stale: an evaluation in another process may be writing one.
+        for half in (run.path / "evaluations").glob(".*"):
+            os.utime(half, (time.time() - 3600, time.time() - 3600))
+        run.clean_leftovers()
+        assert leftovers(run, ("evaluations",)) == [], kind
         assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["epoch-0003.keras", "last.json"]
 
 
@@ -266,6 +277,8 @@ def test_a_run_deleted_while_it_is_evaluated_stays_deleted(trained, runs_dir, mo
     from engine.evaluate import evaluation
 
     run = copy_of(trained, runs_dir, "doomed")
+    for kept in (run.path / "evaluations").glob("*.npz"):
+        kept.unlink()  # the scores training kept: this evaluation scores the images
     real_score = evaluation.score
 
     def score_then_delete(*a, **kw):

@@ -367,8 +367,18 @@ def test_scratch_mode_learns(tmp_path):
     h = out["history"]
     assert out["status"] == "finished" and h["loss"][-1] < h["loss"][0]
     assert out["val_accuracy"] > 0.8 and out["test_accuracy"] > 0.8, h  # chance is 0.5
-    again = fit.train(config, new_run(config))
+    again_run = new_run(config)
+    again = fit.train(config, again_run)
     assert again["history"] == h, "same seed, same data, CPU: identical metrics"
+    # The test logits training kept for the Evaluate page are the saved model's on the images.
+    from engine import evaluate
+
+    kept = evaluate.evaluate(again_run)
+    for old in (again_run.path / "evaluations").iterdir():
+        old.unlink()
+    fresh = evaluate.evaluate(again_run)
+    assert kept.cached and not fresh.cached and np.array_equal(kept.predicted, fresh.predicted)
+    np.testing.assert_allclose(kept.logits, fresh.logits, atol=1e-4)
 
 
 # ---- stop, NaN, out of memory, atomic checkpoints, resume -----------------------------

@@ -10,7 +10,6 @@ logits in milliseconds.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import threading
 import time
@@ -124,36 +123,28 @@ _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()
 
 
-def _cache_key(run: Run, data: LabelledSet, size: int, policy: str) -> str:
-    try:
-        stat = run.model_path.stat()
-    except FileNotFoundError:  # removed since it was checked
-        require_model(run)
-        raise
-    payload = f"{stat.st_mtime_ns}:{stat.st_size}:{data.fingerprint}:{data.source}:{data.split}:{size}:{policy}"
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
 def cached_logits(run: Run, data: LabelledSet, model=None, progress: Progress | None = None) -> tuple[np.ndarray, bool]:
-    """(logits (N, classes), True when read from the run's cache) for a labelled set."""
+    """(logits (N, classes), True when read from the run's cache) for a labelled set.
+
+    A run's own validation and test splits are kept by its training, from the pass that computed them.
+    """
     config = run.config()
     size = int(config["data"]["image_size"])
     policy = runs.resize_policy_of(config)
-    path = run.path / "evaluations" / f"{_cache_key(run, data, size, policy)}.npz"
+    try:
+        path = run.scores_file(data.fingerprint, data.source, data.split, size, policy)
+    except FileNotFoundError:  # removed since it was checked
+        require_model(run)
+        raise
     with _LOCKS_LOCK:
         lock = _LOCKS.setdefault(str(path), threading.Lock())
     with lock:  # two sessions asking at once score it once
-        if path.is_file():
-            try:
-                with np.load(path) as saved:
-                    if list(saved["rels"]) == data.rels:
-                        return saved["logits"], True
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable: score again and replace it
+        kept = run.read_scores(path, data.rels)
+        if kept is not None:
+            return kept, True
         model = model or run_model(run)
         logits = score(model, data.paths, size, policy, progress)
-        # inside=: a run deleted meanwhile is not brought back to hold its scores (runs.RunGone)
-        runs.atomic_write(path, lambda tmp: np.savez(tmp, logits=logits, rels=np.array(data.rels)), inside=run.path)
+        run.keep_scores(path, data.rels, logits)
     return logits, False
 
 

@@ -265,7 +265,9 @@ def _train(request: dict, stop: threading.Event, emit: Emitter) -> dict:
     if result["status"] == "finished":
         if config.mode == "finetune":
             _what_changed(config, run, emit.report)
-        _scores(run, emit.report)
+            # a feature or scratch run kept its training's scores as the model's; a fine-tune's came through
+            # its float16 boundary, so the model scores them here
+            _scores(run, emit.report)
     return result
 
 

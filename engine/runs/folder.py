@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from engine.config import DataConfig, TrainConfig
 from engine.data.ingest import Dataset, Item
@@ -117,6 +120,32 @@ class Run:
     @property
     def logs(self) -> Path:
         return self.path / "logs"
+
+    # ---- the model's scores on a labelled set (evaluations/) ----------------
+    def scores_file(self, fingerprint: str, source: str, split: str, size: int, policy: str) -> Path:
+        """Where the model's logits on a labelled set are kept: evaluations/<key>.npz.
+
+        The key holds the model file's time and size, the data's fingerprint, source and split, and how images
+        are resized, so a new model or changed data is scored again. FileNotFoundError while there is no model.
+        """
+        stat = self.model_path.stat()
+        payload = f"{stat.st_mtime_ns}:{stat.st_size}:{fingerprint}:{source}:{split}:{size}:{policy}"
+        return self.path / "evaluations" / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.npz"
+
+    def read_scores(self, file: Path, rels: list[str]) -> np.ndarray | None:
+        """The logits (N, classes) kept in `file` for exactly these images in this order; None if not there."""
+        try:
+            with np.load(file) as saved:
+                if list(saved["rels"]) == rels:
+                    return saved["logits"]
+        except (OSError, ValueError, KeyError):
+            pass  # absent or unreadable: scored again and replaced
+        return None
+
+    def keep_scores(self, file: Path, rels: list[str], logits: np.ndarray) -> None:
+        """Keep logits (N, classes) of the images `rels` (N posix paths) in `file` (from scores_file)."""
+        # inside=: a run deleted meanwhile is not brought back to hold its scores (RunGone)
+        files.atomic_write(file, lambda tmp: np.savez(tmp, logits=logits, rels=np.array(rels)), inside=self.path)
 
     # ---- reading -----------------------------------------------------------
     def config(self) -> dict:

@@ -107,6 +107,9 @@ class Prepared:
     # -> (N, h, w, C) or None
     frozen_below: bool | str | None = None
     frozen_maps: Callable | None = None
+    # predict(split) gives the saved model's logits on the split's images (not through a float16 boundary):
+    # they are kept as the model's scores, so the Evaluate page does not score those images again
+    scores_exact: bool = True
 
 
 class Recipe:
@@ -337,11 +340,21 @@ def _fit(config: TrainConfig, run: Run, recipe: Recipe, stop, report, resume, st
                 )
     if prepared.after_fit is not None:
         prepared.after_fit()
-    return finish(run, dataset, y, prepared.predict, watch, shown, history, val_steps, report, prepared.classifier)
+    kept = splits if prepared.scores_exact else None
+    return finish(
+        run, dataset, kept, y, prepared.predict, watch, shown, history, val_steps, report, prepared.classifier
+    )
 
 
-def finish(run, dataset, y, predict, callbacks, config, history, val_steps, report, classifier) -> tuple[str, str]:
+def finish(
+    run, dataset, splits, y, predict, callbacks, config, history, val_steps, report, classifier
+) -> tuple[str, str]:
     """After the fit: evaluate validation and test with `predict(split)`, write metrics.json, save the model.
+
+    With `splits` (the items of each split; None when `predict` is not exact) the two splits' logits are
+    kept as the saved model's scores (Run.keep_scores), so the Evaluate page, the report and the temperature
+    start from the pass that computed them (a feature run's: its head on the features) instead of passing
+    the images through the whole model again.
 
     Returns:
         (status, reason) of the finished run.
@@ -354,15 +367,21 @@ def finish(run, dataset, y, predict, callbacks, config, history, val_steps, repo
     metrics = {"classes": dataset.classes}
     if best_epoch is not None:
         metrics["best_epoch"] = best_epoch
+    logits = {}
     for split in ("validation", "test"):
         if len(y[split]):
-            result = _evaluate(predict(split), y[split], num_classes)
+            logits[split] = predict(split)
+            result = _evaluate(logits[split], y[split], num_classes)
             metrics[f"{'val' if split == 'validation' else split}_accuracy"] = result["accuracy"]
             metrics[f"{split}_confusion"] = result["confusion"]
             metrics[f"{split}_count"] = result["count"]
     runs.write_json(run.path / "metrics.json", metrics)
     report(stage="saving")
     _save_model(run, classifier)
+    size, policy = config.data.image_size, config.data.resize
+    for split, scores in logits.items() if splits is not None else ():
+        scores_file = run.scores_file(dataset.fingerprint, config.data.source, split, size, policy)
+        run.keep_scores(scores_file, [item.rel for item in splits[split]], np.asarray(scores, np.float32))
     epochs_run = len(history.get("loss", []))
     watched = "validation loss" if val_steps else "training loss"
     if early is not None and early.stopped_epoch:
