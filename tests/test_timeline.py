@@ -1,6 +1,7 @@
 """Where the model looked, epoch by epoch: the images chosen, the files, Grad-CAM equal to Explain's, resume, CLI."""
 
 import json
+import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -178,6 +179,27 @@ def test_the_train_page_shows_the_slider_and_the_grid(feature_run, open_page, mo
     assert not at.exception, at.exception
     first = [f"{tl.meta['classes'][c]} " for c in tl.predicted[0]]
     assert all(name in text for name, text in zip(first, shown(at), strict=True)), "the grid follows the slider"
+
+
+@pytest.mark.slow  # opens the Train page through AppTest
+def test_the_slider_follows_new_epochs_until_the_user_picks_one(feature_run, open_page, monkeypatch, tmp_path):
+    """While a run is watched its timeline grows: the slider moves on with it, unless the user moved it back."""
+    run = runs.Run(Path(shutil.copytree(feature_run.path, tmp_path / "runs" / feature_run.name)))
+    monkeypatch.setenv("CONVSCOPE_RUNS_DIR", str(run.path.parent))
+    third = store.folder(run.path) / "epoch_0003.npz"
+    held = third.read_bytes()
+    key = f"train_{run.name}_timeline_epoch"
+    for pick, expected in ((None, 3), (1, 1)):
+        third.unlink()  # two epochs recorded so far
+        at = open_page("pages/train.py", job=run.name)
+        assert not at.exception, at.exception
+        assert at.select_slider(key=key).value == 2
+        if pick is not None:
+            at.select_slider(key=key).set_value(pick).run()
+        third.write_bytes(held)  # the third epoch is recorded; the page redraws
+        at.run()
+        assert not at.exception, at.exception
+        assert at.select_slider(key=key).value == expected, pick
 
 
 @pytest.mark.slow  # trains with the CLI

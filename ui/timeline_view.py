@@ -47,6 +47,19 @@ def _stamp(run_dir: Path) -> tuple:
     return tuple(epochs), last.stat().st_mtime_ns if last is not None and last.exists() else 0
 
 
+def _follow_last(key: str, epochs: list[int]) -> str:
+    """The slider's key, its value moved to the newest epoch while it was on the newest one before (or new).
+
+    A widget keeps its value across reruns, so without this the slider would stay at the epoch it first
+    showed while the run goes on; a user who picked an earlier epoch keeps it.
+    """
+    shown_last = f"{key}_last"
+    if st.session_state.get(key) in (None, st.session_state.get(shown_last)) or st.session_state[key] not in epochs:
+        st.session_state[key] = epochs[-1]
+    st.session_state[shown_last] = epochs[-1]
+    return key
+
+
 def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -> None:
     """The section for the run in `run_dir`; a caption when it recorded none. `key` keeps widgets apart."""
     st.subheader("Where it looked, epoch by epoch")
@@ -72,7 +85,7 @@ def timeline_section(run_dir: Path, history: dict[str, list[float]], key: str) -
     epochs = [int(e) for e in tl.epochs]
     epoch = epochs[-1]
     if len(epochs) > 1:
-        epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=f"{key}_timeline_epoch")
+        epoch = st.select_slider("Epoch", epochs, key=_follow_last(f"{key}_timeline_epoch", epochs))
     index = epochs.index(epoch)
     try:
         tiles = _tiles(str(run_dir), stamp, index)
